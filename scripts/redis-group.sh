@@ -1,0 +1,598 @@
+#!/usr/bin/env bash
+# redis-group.sh — run a local Redis Sentinel group for flashsale development
+# and tests: 1 master, 2 replicas, 3 Sentinels (quorum 2), all on 127.0.0.1.
+#
+# Usage:
+#   scripts/redis-group.sh start|stop|status|env [options]
+#
+# Options (each may also come from the environment variable in brackets):
+#   --dir RUN_DIR        run directory          [REDIS_GROUP_DIR]         ./run/redis-group
+#   --base-port N        first port             [REDIS_GROUP_BASE_PORT]   26400
+#   --down-after MS      sentinel down-after    [REDIS_GROUP_DOWN_AFTER_MS] 5000
+#   --password PW        data-node password     [REDIS_GROUP_PASSWORD]    flashsale-dev
+#   --master-name NAME   monitored master name  [REDIS_GROUP_MASTER_NAME] mymaster
+#   --wait-secs N        convergence timeout    [REDIS_GROUP_WAIT_SECS]   30
+#
+# The default password "flashsale-dev" is for local development ONLY.
+#
+# Port layout (B = base port):
+#   redis-0 (initial master)  B        sentinel-0  B+10
+#   redis-1 (replica)         B+1      sentinel-1  B+11
+#   redis-2 (replica)         B+2      sentinel-2  B+12
+#
+# Run directory layout:
+#   RUN_DIR/group.state                  ports/name of the running group (0600)
+#   RUN_DIR/env                          FLASHSALE_REDIS_* exports (0600, holds the password)
+#   RUN_DIR/redis-N/redis.conf           config, pidfile redis.pid, logfile redis.log, data (AOF)
+#   RUN_DIR/sentinel-N/sentinel.conf     config (rewritten by Sentinel), sentinel.pid, sentinel.log
+#
+# Commands:
+#   start   install redis if missing, write configs, start all six processes, wait
+#           until every Sentinel sees the master, 2 healthy replicas and 2 other
+#           Sentinels, write RUN_DIR/env and print a summary. Refuses if the group
+#           in RUN_DIR is already running or a port is taken. Configs are rewritten
+#           on every start (redis-0 is master again); AOF data in the node dirs is kept.
+#   stop    TERM (then KILL after 10 s) exactly the PIDs in RUN_DIR's pidfiles, after
+#           checking /proc/PID/cmdline still names a redis process on that port.
+#           Removes the pidfiles. Idempotent.
+#   status  per node: port, pid, alive, role (Sentinels: the master they see).
+#           Exit status 0 if all six are alive, 3 otherwise.
+#   env     print RUN_DIR/env (source it: `. RUN_DIR/env` or `eval "$(... env)"`).
+#
+# The password is never printed; it is only written into configs and RUN_DIR/env,
+# all mode 0600. redis-cli gets it through REDISCLI_AUTH, never on a command line.
+set -euo pipefail
+
+PROG=${0##*/}
+
+die() {
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+
+log() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+}
+
+usage() {
+  sed -n '2,/^set -euo pipefail/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
+
+# ---------------------------------------------------------------- options ---
+
+CMD=""
+RUN_DIR=${REDIS_GROUP_DIR:-./run/redis-group}
+BASE_PORT=${REDIS_GROUP_BASE_PORT:-26400}
+DOWN_AFTER=${REDIS_GROUP_DOWN_AFTER_MS:-5000}
+PASSWORD=${REDIS_GROUP_PASSWORD:-flashsale-dev}
+MASTER_NAME=${REDIS_GROUP_MASTER_NAME:-mymaster}
+WAIT_SECS=${REDIS_GROUP_WAIT_SECS:-30}
+
+need_arg() {
+  [[ $# -ge 2 ]] || die "option $1 needs a value"
+}
+
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    start | stop | status | env)
+      [[ -z $CMD ]] || die "only one command allowed (got '$CMD' and '$1')"
+      CMD=$1
+      shift
+      ;;
+    --dir) need_arg "$@"; RUN_DIR=$2; shift 2 ;;
+    --dir=*) RUN_DIR=${1#*=}; shift ;;
+    --base-port) need_arg "$@"; BASE_PORT=$2; shift 2 ;;
+    --base-port=*) BASE_PORT=${1#*=}; shift ;;
+    --down-after) need_arg "$@"; DOWN_AFTER=$2; shift 2 ;;
+    --down-after=*) DOWN_AFTER=${1#*=}; shift ;;
+    --password) need_arg "$@"; PASSWORD=$2; shift 2 ;;
+    --password=*) PASSWORD=${1#*=}; shift ;;
+    --master-name) need_arg "$@"; MASTER_NAME=$2; shift 2 ;;
+    --master-name=*) MASTER_NAME=${1#*=}; shift ;;
+    --wait-secs) need_arg "$@"; WAIT_SECS=$2; shift 2 ;;
+    --wait-secs=*) WAIT_SECS=${1#*=}; shift ;;
+    -h | --help | help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument '$1'" ;;
+  esac
+done
+
+[[ -n $CMD ]] || { usage >&2; die "missing command (start|stop|status|env)"; }
+[[ -n $RUN_DIR ]] || die "--dir must not be empty"
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+validate_start_options() {
+  is_uint "$BASE_PORT" || die "--base-port must be a number"
+  is_uint "$DOWN_AFTER" || die "--down-after must be a number of milliseconds"
+  is_uint "$WAIT_SECS" || die "--wait-secs must be a number of seconds"
+  BASE_PORT=$((10#$BASE_PORT))
+  DOWN_AFTER=$((10#$DOWN_AFTER))
+  WAIT_SECS=$((10#$WAIT_SECS))
+  ((BASE_PORT >= 1024 && BASE_PORT + 12 <= 65535)) || die "--base-port must be in 1024..65523"
+  ((DOWN_AFTER >= 100)) || die "--down-after must be at least 100 ms"
+  ((WAIT_SECS >= 1)) || die "--wait-secs must be at least 1"
+  [[ $MASTER_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "--master-name must be [A-Za-z0-9_.-]+"
+  # Kept simple so it can be written into redis configs and shell files verbatim.
+  [[ -n $PASSWORD ]] || die "--password must not be empty"
+  [[ $PASSWORD =~ ^[A-Za-z0-9_.,:@%+=/~^!?*#-]+$ ]] ||
+    die "--password may only contain letters, digits and _.,:@%+=/~^!?*#-"
+}
+
+# Absolute run dir (created on start; other commands need it to exist).
+abs_dir() {
+  (cd "$1" && pwd -P)
+}
+
+# ------------------------------------------------------------ node layout ---
+
+NODES=(redis-0 redis-1 redis-2 sentinel-0 sentinel-1 sentinel-2)
+
+node_port() {
+  local node=$1 idx=${1##*-}
+  case $node in
+    redis-*) echo $((BASE_PORT + idx)) ;;
+    sentinel-*) echo $((BASE_PORT + 10 + idx)) ;;
+  esac
+}
+
+node_kind() {
+  case $1 in
+    redis-*) echo redis ;;
+    sentinel-*) echo sentinel ;;
+  esac
+}
+
+node_dir() { echo "$RUN_DIR/$1"; }
+node_conf() { echo "$RUN_DIR/$1/$(node_kind "$1").conf"; }
+node_pidfile() { echo "$RUN_DIR/$1/$(node_kind "$1").pid"; }
+node_logfile() { echo "$RUN_DIR/$1/$(node_kind "$1").log"; }
+
+# Load BASE_PORT/MASTER_NAME/... of an existing group (written by start).
+load_state() {
+  local f="$RUN_DIR/group.state" line k v
+  [[ -f $f ]] || return 1
+  while IFS= read -r line; do
+    k=${line%%=*}
+    v=${line#*=}
+    case $k in
+      base_port) BASE_PORT=$v ;;
+      master_name) MASTER_NAME=$v ;;
+      down_after_ms) DOWN_AFTER=$v ;;
+      password) PASSWORD=$v ;;
+    esac
+  done <"$f"
+  return 0
+}
+
+# ------------------------------------------------------------- processes ---
+
+read_pid() {
+  local f pid
+  f=$(node_pidfile "$1")
+  [[ -f $f ]] || return 1
+  pid=$(tr -dc '0-9' <"$f")
+  [[ -n $pid ]] || return 1
+  echo "$pid"
+}
+
+# True if PID is alive and its cmdline names a redis process of this group on
+# PORT. The configs set proc-title-template so that the title reads
+# "redis-server 127.0.0.1:PORT /RUN_DIR/redis-N/redis.conf" (pgrep -f RUN_DIR works).
+pid_is_ours() {
+  local pid=$1 port=$2 cmd
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd == *redis-server* || $cmd == *redis-sentinel* ]] || return 1
+  [[ $cmd == *":$port "* && $cmd == *"$RUN_DIR/"* ]] || return 1
+  # A zombie or dying process has no cmdline worth trusting.
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
+}
+
+node_alive() {
+  local pid
+  pid=$(read_pid "$1") || return 1
+  pid_is_ours "$pid" "$(node_port "$1")"
+}
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# redis-cli against a data node (authenticated via env, bounded by timeout).
+rcli() {
+  local port=$1
+  shift
+  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" "$@"
+}
+
+# redis-cli against a Sentinel (no password on Sentinels).
+scli() {
+  local port=$1
+  shift
+  timeout 3 redis-cli -h 127.0.0.1 -p "$port" "$@"
+}
+
+# ------------------------------------------------------------------ start ---
+
+ensure_redis_installed() {
+  local missing=0 b
+  for b in redis-server redis-sentinel redis-cli; do
+    command -v "$b" >/dev/null 2>&1 || missing=1
+  done
+  ((missing)) || return 0
+  log "redis-server/redis-sentinel/redis-cli missing; installing with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install redis-server, redis-sentinel and redis-tools yourself"
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo; install redis-server redis-sentinel redis-tools yourself"
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update ||
+    die "apt-get update failed"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-sentinel redis-tools ||
+    die "apt-get install redis-server redis-sentinel redis-tools failed"
+  for b in redis-server redis-sentinel redis-cli; do
+    command -v "$b" >/dev/null 2>&1 || die "$b still missing after apt-get install"
+  done
+}
+
+write_redis_conf() {
+  local node=$1 port dir
+  port=$(node_port "$node")
+  dir=$(node_dir "$node")
+  {
+    echo "# generated by $PROG — rewritten on every start"
+    echo "port $port"
+    echo "bind 127.0.0.1"
+    echo "protected-mode no"
+    echo "dir \"$dir\""
+    echo "daemonize yes"
+    echo "pidfile \"$(node_pidfile "$node")\""
+    echo "logfile \"$(node_logfile "$node")\""
+    echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
+    echo "requirepass \"$PASSWORD\""
+    echo "masterauth \"$PASSWORD\""
+    echo "appendonly yes"
+    echo "appendfsync everysec"
+    echo "save \"\""
+    echo "min-replicas-to-write 1"
+    echo "min-replicas-max-lag 5"
+    echo "repl-diskless-sync no"
+    echo "replica-priority 100"
+    if [[ $node != redis-0 ]]; then
+      echo "replicaof 127.0.0.1 $(node_port redis-0)"
+    fi
+  } >"$(node_conf "$node")"
+}
+
+write_sentinel_conf() {
+  local node=$1 port dir failover_timeout
+  port=$(node_port "$node")
+  dir=$(node_dir "$node")
+  failover_timeout=$((3 * DOWN_AFTER))
+  ((failover_timeout >= 10000)) || failover_timeout=10000
+  {
+    echo "# generated by $PROG — rewritten on every start (Sentinel also rewrites it)"
+    echo "port $port"
+    echo "bind 127.0.0.1"
+    echo "protected-mode no"
+    echo "dir \"$dir\""
+    echo "daemonize yes"
+    echo "pidfile \"$(node_pidfile "$node")\""
+    echo "logfile \"$(node_logfile "$node")\""
+    echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
+    echo "sentinel resolve-hostnames no"
+    echo "sentinel monitor $MASTER_NAME 127.0.0.1 $(node_port redis-0) 2"
+    echo "sentinel auth-pass $MASTER_NAME \"$PASSWORD\""
+    echo "sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER"
+    echo "sentinel failover-timeout $MASTER_NAME $failover_timeout"
+    echo "sentinel parallel-syncs $MASTER_NAME 1"
+  } >"$(node_conf "$node")"
+}
+
+# Print the last lines of a node's log to stderr (on failure).
+show_log_tail() {
+  local f
+  f=$(node_logfile "$1")
+  if [[ -f $f ]]; then
+    log "last lines of $f:"
+    tail -n 15 "$f" >&2 || true
+  fi
+}
+
+start_node() {
+  local node=$1 conf
+  conf=$(node_conf "$node")
+  rm -f "$(node_pidfile "$node")"
+  case $(node_kind "$node") in
+    redis) redis-server "$conf" || { show_log_tail "$node"; die "redis-server $conf failed"; } ;;
+    sentinel) redis-sentinel "$conf" || { show_log_tail "$node"; die "redis-sentinel $conf failed"; } ;;
+  esac
+}
+
+# Wait until NODE has written its pidfile and answers PING.
+wait_node_up() {
+  local node=$1 port i reply
+  port=$(node_port "$node")
+  for ((i = 0; i < 100; i++)); do
+    if node_alive "$node"; then
+      if [[ $(node_kind "$node") == redis ]]; then
+        reply=$(rcli "$port" PING 2>/dev/null) || reply=""
+      else
+        reply=$(scli "$port" PING 2>/dev/null) || reply=""
+      fi
+      [[ $reply == PONG ]] && return 0
+    fi
+    sleep 0.1
+  done
+  show_log_tail "$node"
+  die "$node (port $port) did not come up within 10 s"
+}
+
+# value of FIELD in "field:value" INFO output on stdin
+info_field() {
+  tr -d '\r' | awk -F: -v k="$1" '$1 == k { print $2; exit }'
+}
+
+# Master has both replicas online and both replicas report a live link.
+replication_ready() {
+  local n
+  n=$(rcli "$(node_port redis-0)" INFO replication 2>/dev/null | info_field connected_slaves) || return 1
+  [[ $n == 2 ]] || return 1
+  for node in redis-1 redis-2; do
+    [[ $(rcli "$(node_port "$node")" INFO replication 2>/dev/null | info_field master_link_status) == up ]] ||
+      return 1
+  done
+}
+
+# One Sentinel sees: master with flags "master", 2 replicas flagged exactly
+# "slave", and 2 other Sentinels.
+sentinel_ready() {
+  local port=$1 out flags nslaves nsent replicas rflags count=0
+  out=$(scli "$port" SENTINEL MASTER "$MASTER_NAME" 2>/dev/null) || return 1
+  flags=$(awk 'prev == "flags" { print; exit } { prev = $0 }' <<<"$out")
+  nslaves=$(awk 'prev == "num-slaves" { print; exit } { prev = $0 }' <<<"$out")
+  nsent=$(awk 'prev == "num-other-sentinels" { print; exit } { prev = $0 }' <<<"$out")
+  [[ $flags == master && $nslaves == 2 && $nsent == 2 ]] || return 1
+  replicas=$(scli "$port" SENTINEL REPLICAS "$MASTER_NAME" 2>/dev/null) || return 1
+  while IFS= read -r rflags; do
+    [[ $rflags == slave ]] || return 1
+    count=$((count + 1))
+  done < <(awk 'prev == "flags" { print } { prev = $0 }' <<<"$replicas")
+  [[ $count == 2 ]]
+}
+
+group_ready() {
+  local s
+  for s in sentinel-0 sentinel-1 sentinel-2; do
+    sentinel_ready "$(node_port "$s")" || return 1
+  done
+}
+
+# Poll CHECK (a function name) until it succeeds or WAIT_SECS pass.
+wait_for() {
+  local check=$1 deadline
+  deadline=$((SECONDS + WAIT_SECS))
+  until "$check"; do
+    if ((SECONDS >= deadline)); then
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+any_node_alive() {
+  local node
+  for node in "${NODES[@]}"; do
+    node_alive "$node" && return 0
+  done
+  return 1
+}
+
+cmd_start() {
+  validate_start_options
+  ensure_redis_installed
+  command -v timeout >/dev/null 2>&1 || die "coreutils 'timeout' is required"
+
+  mkdir -p "$RUN_DIR" || die "cannot create $RUN_DIR"
+  RUN_DIR=$(abs_dir "$RUN_DIR")
+
+  # Refuse if a group from this dir is running (with the ports it was started on).
+  (
+    if load_state; then
+      if any_node_alive; then
+        die "the group in $RUN_DIR is already running (use '$PROG stop --dir $RUN_DIR')"
+      fi
+    fi
+  )
+
+  local node port
+  for node in "${NODES[@]}"; do
+    port=$(node_port "$node")
+    if port_in_use "$port"; then
+      die "port $port ($node) is already in use on 127.0.0.1; choose another --base-port"
+    fi
+  done
+
+  umask 077
+  for node in "${NODES[@]}"; do
+    mkdir -p "$(node_dir "$node")"
+    rm -f "$(node_pidfile "$node")"
+  done
+  rm -f "$RUN_DIR/env"
+  {
+    echo "base_port=$BASE_PORT"
+    echo "master_name=$MASTER_NAME"
+    echo "down_after_ms=$DOWN_AFTER"
+    echo "password=$PASSWORD"
+  } >"$RUN_DIR/group.state"
+  chmod 600 "$RUN_DIR/group.state"
+
+  for node in redis-0 redis-1 redis-2; do
+    write_redis_conf "$node"
+  done
+  for node in sentinel-0 sentinel-1 sentinel-2; do
+    write_sentinel_conf "$node"
+  done
+
+  # On any failure from here on, do not leave half a group running.
+  trap 'rc=$?; if ((rc != 0)); then log "start failed; stopping what was started"; cmd_stop_quiet; fi' EXIT
+
+  # Data nodes first, then wait for replication, so that each Sentinel's first
+  # INFO of the master already lists both replicas (else discovery takes ~10 s).
+  for node in redis-0 redis-1 redis-2; do
+    start_node "$node"
+  done
+  for node in redis-0 redis-1 redis-2; do
+    wait_node_up "$node"
+  done
+  if ! wait_for replication_ready; then
+    show_log_tail redis-1
+    die "replicas did not attach to the master within ${WAIT_SECS} s"
+  fi
+
+  for node in sentinel-0 sentinel-1 sentinel-2; do
+    start_node "$node"
+  done
+  for node in sentinel-0 sentinel-1 sentinel-2; do
+    wait_node_up "$node"
+  done
+  local t0=$SECONDS
+  if ! wait_for group_ready; then
+    for node in sentinel-0 sentinel-1 sentinel-2; do
+      show_log_tail "$node"
+    done
+    die "Sentinels did not converge within ${WAIT_SECS} s (master, 2 replicas, 2 other sentinels each)"
+  fi
+
+  local sentinels
+  sentinels="127.0.0.1:$(node_port sentinel-0),127.0.0.1:$(node_port sentinel-1),127.0.0.1:$(node_port sentinel-2)"
+  {
+    echo "# flashsale local Redis Sentinel group ($RUN_DIR) — dev only"
+    echo "export FLASHSALE_REDIS_SENTINELS=$sentinels"
+    echo "export FLASHSALE_REDIS_MASTER_NAME=$MASTER_NAME"
+    echo "export FLASHSALE_REDIS_PASSWORD='$PASSWORD'"
+  } >"$RUN_DIR/env"
+  chmod 600 "$RUN_DIR/env"
+  trap - EXIT
+
+  echo "redis group '$MASTER_NAME' running in $RUN_DIR (sentinels converged in $((SECONDS - t0)) s)"
+  for node in "${NODES[@]}"; do
+    printf '  %-11s 127.0.0.1:%-5s pid %s\n' "$node" "$(node_port "$node")" "$(read_pid "$node")"
+  done
+  echo "  FLASHSALE_REDIS_SENTINELS=$sentinels"
+  echo "  environment (incl. password): . $RUN_DIR/env"
+  if [[ $PASSWORD == flashsale-dev ]]; then
+    echo "  note: the default password is for local development only"
+  fi
+}
+
+# ------------------------------------------------------------------- stop ---
+
+# TERM the given nodes' PIDs, wait up to 10 s, then KILL survivors.
+stop_nodes() {
+  local node pid port i
+  local -a pids=() ports=() names=()
+  for node in "$@"; do
+    pid=$(read_pid "$node") || { rm -f "$(node_pidfile "$node")"; continue; }
+    port=$(node_port "$node")
+    if pid_is_ours "$pid" "$port"; then
+      kill -CONT "$pid" 2>/dev/null || true # a SIGSTOPped node cannot handle TERM
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+      ports+=("$port")
+      names+=("$node")
+    elif [[ -d /proc/$pid ]]; then
+      log "$node: pid $pid is not a redis process on port $port any more; not touching it"
+    fi
+  done
+  for ((i = 0; i < 100; i++)); do
+    local alive=0 j
+    for j in "${!pids[@]}"; do
+      pid_is_ours "${pids[$j]}" "${ports[$j]}" && alive=1
+    done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for j in "${!pids[@]}"; do
+    if pid_is_ours "${pids[$j]}" "${ports[$j]}"; then
+      log "${names[$j]}: pid ${pids[$j]} ignored SIGTERM for 10 s; sending SIGKILL"
+      kill -KILL "${pids[$j]}" 2>/dev/null || true
+    fi
+  done
+  for node in "$@"; do
+    rm -f "$(node_pidfile "$node")"
+  done
+}
+
+cmd_stop_quiet() {
+  # Sentinels first, so they do not fail over while the data nodes go down.
+  stop_nodes sentinel-0 sentinel-1 sentinel-2
+  stop_nodes redis-1 redis-2 redis-0
+}
+
+cmd_stop() {
+  if [[ ! -d $RUN_DIR ]]; then
+    echo "nothing to stop: $RUN_DIR does not exist"
+    return 0
+  fi
+  RUN_DIR=$(abs_dir "$RUN_DIR")
+  load_state || true
+  cmd_stop_quiet
+  echo "redis group in $RUN_DIR stopped"
+}
+
+# ----------------------------------------------------------------- status ---
+
+cmd_status() {
+  [[ -d $RUN_DIR ]] || die "$RUN_DIR does not exist (group never started?)"
+  RUN_DIR=$(abs_dir "$RUN_DIR")
+  load_state || die "$RUN_DIR/group.state missing (group never started?)"
+  local node port pid alive role all=0 out
+  printf '%-11s %-6s %-8s %-6s %s\n' NODE PORT PID ALIVE ROLE
+  for node in "${NODES[@]}"; do
+    port=$(node_port "$node")
+    pid=$(read_pid "$node") || pid=-
+    role=-
+    if [[ $pid != - ]] && pid_is_ours "$pid" "$port"; then
+      alive=yes
+      if [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == T ]]; then
+        role="frozen (SIGSTOP)"
+      elif [[ $(node_kind "$node") == redis ]]; then
+        out=$(rcli "$port" ROLE 2>/dev/null) || out=""
+        role=$(head -n 1 <<<"$out")
+        case $role in
+          slave) role="replica of $(sed -n '2p;3p' <<<"$out" | paste -sd: -) ($(sed -n '4p' <<<"$out"))" ;;
+          master) role="master, $((($(wc -l <<<"$out") - 2) / 3)) replica(s)" ;;
+          "") role="no answer" ;;
+        esac
+      else
+        out=$(scli "$port" SENTINEL GET-MASTER-ADDR-BY-NAME "$MASTER_NAME" 2>/dev/null) || out=""
+        if [[ -n $out ]]; then
+          role="sentinel, sees master $(paste -sd: - <<<"$out")"
+        else
+          role="sentinel, no answer"
+        fi
+      fi
+    else
+      alive=no
+      all=3
+    fi
+    printf '%-11s %-6s %-8s %-6s %s\n' "$node" "$port" "$pid" "$alive" "$role"
+  done
+  return "$all"
+}
+
+# -------------------------------------------------------------------- env ---
+
+cmd_env() {
+  [[ -f $RUN_DIR/env ]] || die "$RUN_DIR/env not found (start the group first)"
+  cat "$RUN_DIR/env"
+}
+
+case $CMD in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+esac
