@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Renders flashsale.conf.tmpl (beside this script) to stdout or to --out FILE.
+#
+#   FLASHSALE_UPSTREAMS=127.0.0.1:8081,127.0.0.1:8082 \
+#   FLASHSALE_PAGES_DIR=/var/lib/flashsale/pages \
+#   deploy/nginx/render.sh --out /etc/nginx/sites-available/flashsale.conf
+#
+# Variables (defaults in brackets):
+#   FLASHSALE_NGINX_LISTEN      [80]            listen address or port
+#   FLASHSALE_NGINX_SERVER_NAME [_]
+#   FLASHSALE_UPSTREAMS         [127.0.0.1:8081,127.0.0.1:8082]  app instances, comma-separated
+#   FLASHSALE_PAGES_DIR         [/var/lib/flashsale/pages]
+#   FLASHSALE_STATIC_DIR        [/usr/share/flashsale/static]
+#   FLASHSALE_MAX_BODY          [16k]
+#   FLASHSALE_PURCHASE_RATE     [5r/s]          per client address
+#   FLASHSALE_PURCHASE_BURST    [10]
+#   FLASHSALE_PAGE_MAX_AGE      [5]             seconds
+# Needs only bash and sed (it also runs in the nginx container image).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tmpl=${FLASHSALE_NGINX_TEMPLATE:-$here/flashsale.conf.tmpl}
+out=-
+while [ $# -gt 0 ]; do
+    case $1 in
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "render.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+listen=${FLASHSALE_NGINX_LISTEN:-80}
+server_name=${FLASHSALE_NGINX_SERVER_NAME:-_}
+upstreams=${FLASHSALE_UPSTREAMS:-127.0.0.1:8081,127.0.0.1:8082}
+pages=${FLASHSALE_PAGES_DIR:-/var/lib/flashsale/pages}
+static=${FLASHSALE_STATIC_DIR:-/usr/share/flashsale/static}
+max_body=${FLASHSALE_MAX_BODY:-16k}
+rate=${FLASHSALE_PURCHASE_RATE:-5r/s}
+burst=${FLASHSALE_PURCHASE_BURST:-10}
+max_age=${FLASHSALE_PAGE_MAX_AGE:-5}
+
+fail() { echo "render.sh: $*" >&2; exit 2; }
+# Values end up inside nginx directives: refuse anything that could break out.
+for v in "$listen" "$server_name" "$upstreams" "$pages" "$static" "$max_body" "$rate" "$burst" "$max_age"; do
+    case $v in
+        *[\;\{\}\'\"\\\|\&\$\#]*|*' '*|'') fail "refusing value '$v' (empty, or has a space or one of ;{}'\"\\|&\$#)" ;;
+    esac
+done
+case $pages in /*) ;; *) fail "FLASHSALE_PAGES_DIR must be absolute" ;; esac
+case $static in /*) ;; *) fail "FLASHSALE_STATIC_DIR must be absolute" ;; esac
+static=${static%/}
+
+servers=""
+IFS=',' read -r -a list <<<"$upstreams"
+for u in "${list[@]}"; do
+    [ -n "$u" ] || continue
+    case $u in *:[0-9]*) ;; *) fail "upstream '$u' is not host:port" ;; esac
+    servers+="    server $u max_fails=2 fail_timeout=5s;\\n"
+done
+[ -n "$servers" ] || fail "FLASHSALE_UPSTREAMS names no instance"
+
+rendered=$(sed \
+    -e "/^[[:space:]]*#/!s|@@UPSTREAM_SERVERS@@|${servers%\\n}|" \
+    -e "/^[[:space:]]*#/!s|@@LISTEN@@|$listen|g" \
+    -e "/^[[:space:]]*#/!s|@@SERVER_NAME@@|$server_name|g" \
+    -e "/^[[:space:]]*#/!s|@@PAGES_DIR@@|$pages|g" \
+    -e "/^[[:space:]]*#/!s|@@STATIC_DIR@@|$static|g" \
+    -e "/^[[:space:]]*#/!s|@@MAX_BODY@@|$max_body|g" \
+    -e "/^[[:space:]]*#/!s|@@PURCHASE_RATE@@|$rate|g" \
+    -e "/^[[:space:]]*#/!s|@@PURCHASE_BURST@@|$burst|g" \
+    -e "/^[[:space:]]*#/!s|@@PAGE_MAX_AGE@@|$max_age|g" \
+    "$tmpl")
+# Every placeholder outside the comment header must be filled.
+if grep -v '^#' <<<"$rendered" | grep -q '@@[A-Z_]*@@'; then
+    fail "placeholders left: $(grep -v '^#' <<<"$rendered" | grep -o '@@[A-Z_]*@@' | sort -u | tr '\n' ' ')"
+fi
+if [ "$out" = - ]; then
+    printf '%s\n' "$rendered"
+else
+    tmp=$(mktemp "$out.XXXXXX")
+    printf '%s\n' "$rendered" >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$out"
+fi

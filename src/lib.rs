@@ -1,0 +1,18 @@
+//! flashsale: a flash-sale backend on a Redis Sentinel group.
+//!
+//! Layout:
+//! - [`config`]: settings from the environment and flags, validated once.
+//! - [`redis`]: Sentinel discovery, the failover watcher, master and replica
+//!   connections, group-committed `WAIT`, and the Function library.
+//! - [`sale`]: the domain — catalog, purchase, orders, audit. No HTTP here.
+//! - [`web`]: the axum router, handlers, errors, pages, auth and metrics.
+//! - [`worker`]: the order-stream consumer behind `flashsale-worker`.
+//! - [`telemetry`]: logging and the Prometheus recorder.
+
+pub mod config;
+pub mod error;
+pub mod redis;
+pub mod sale;
+pub mod telemetry;
+pub mod web;
+pub mod worker;

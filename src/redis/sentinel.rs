@@ -1,0 +1,444 @@
+//! The watcher: follows the Sentinels and keeps the master link and the
+//! replica set current.
+//!
+//! One task per process. It subscribes to `+switch-master` and to replica
+//! up/down events on every Sentinel (each subscription reconnects on its own),
+//! and polls all Sentinels as a backstop every `poll_interval` (≤ 1 s; every
+//! 100 ms while there is no usable master). Each pass asks every Sentinel
+//! `SENTINEL MASTER <name>` in parallel and trusts the answer with the highest
+//! `config-epoch` (a Sentinel that has not yet heard of a failover reports an
+//! older epoch), or the address a `+switch-master` just announced. The
+//! address is only installed after `ROLE` there says `master`; until then the
+//! old link stays (WAIT keeps its writes from being acknowledged when it has
+//! lost its replicas), unless it is already stale.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
+use tokio::sync::mpsc;
+
+use super::{DbError, Inner, ReplicaLink, connect, url_host_port};
+use crate::config::{RedisTarget, ReplicaAcks, Secret};
+
+const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+const EVENTS: &[&str] = &[
+    "+switch-master",
+    "+sdown",
+    "-sdown",
+    "+odown",
+    "-odown",
+    "+slave",
+    "+convert-to-slave",
+    "+failover-end",
+];
+
+enum Event {
+    Switch(String, u16),
+    Topology,
+}
+
+/// Persistent connections to the Sentinels, owned by the watcher task.
+struct Sentinels {
+    addrs: Vec<(String, u16)>,
+    password: Option<Secret>,
+    conns: Vec<Option<MultiplexedConnection>>,
+}
+
+/// What the Sentinels say about the master and its replicas.
+struct View {
+    master: (String, u16),
+    epoch: i64,
+    up_replicas: Vec<(String, u16)>,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// A flat `[k, v, k, v, …]` (or RESP3 map) reply as a map.
+fn fields(v: &Value) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    match v {
+        Value::Array(items) => {
+            for pair in items.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    m.insert(k, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    m.insert(k, v);
+                }
+            }
+        }
+        _ => {}
+    }
+    m
+}
+
+fn addr_of(m: &HashMap<String, String>) -> Option<(String, u16)> {
+    Some((m.get("ip")?.clone(), m.get("port")?.parse().ok()?))
+}
+
+fn is_down(flags: &str) -> bool {
+    flags
+        .split(',')
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+}
+
+impl Sentinels {
+    async fn conn(&mut self, i: usize) -> Result<MultiplexedConnection, DbError> {
+        if let Some(c) = &self.conns[i] {
+            return Ok(c.clone());
+        }
+        let (h, p) = &self.addrs[i];
+        let c = connect(
+            h,
+            *p,
+            self.password.as_ref(),
+            SENTINEL_TIMEOUT,
+            Some(SENTINEL_TIMEOUT),
+        )
+        .await?;
+        self.conns[i] = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn ask_one(
+        mut conn: MultiplexedConnection,
+        name: &str,
+    ) -> Result<(HashMap<String, String>, Vec<HashMap<String, String>>), redis::RedisError> {
+        let (master, replicas): (Value, Value) = redis::pipe()
+            .cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(name)
+            .cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(name)
+            .query_async(&mut conn)
+            .await?;
+        let replicas = match &replicas {
+            Value::Array(items) => items.iter().map(fields).collect(),
+            _ => Vec::new(),
+        };
+        Ok((fields(&master), replicas))
+    }
+
+    /// Asks every Sentinel at once; the answer with the highest config epoch wins.
+    async fn view(&mut self, name: &str) -> Result<View, DbError> {
+        let mut conns = Vec::with_capacity(self.addrs.len());
+        for i in 0..self.addrs.len() {
+            conns.push(self.conn(i).await.ok());
+        }
+        let answers = futures_util::future::join_all(conns.into_iter().map(|c| async move {
+            match c {
+                Some(c) => tokio::time::timeout(SENTINEL_TIMEOUT, Self::ask_one(c, name))
+                    .await
+                    .ok(),
+                None => None,
+            }
+        }))
+        .await;
+        let mut best: Option<View> = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            let (master, replicas) = match answer {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
+                    if e.code().is_none() {
+                        self.conns[i] = None;
+                    }
+                    continue;
+                }
+                None => {
+                    self.conns[i] = None;
+                    continue;
+                }
+            };
+            let Some(addr) = addr_of(&master) else {
+                continue;
+            };
+            let epoch: i64 = master
+                .get("config-epoch")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            if best.as_ref().is_some_and(|b| b.epoch >= epoch) {
+                continue;
+            }
+            let up_replicas = replicas
+                .iter()
+                .filter(|r| !r.get("flags").is_some_and(|f| is_down(f)))
+                .filter_map(addr_of)
+                .filter(|a| *a != addr)
+                .collect();
+            best = Some(View {
+                master: addr,
+                epoch,
+                up_replicas,
+            });
+        }
+        best.ok_or_else(|| {
+            DbError::Discovery(format!(
+                "no Sentinel of {} knows master `{name}`",
+                self.addrs
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
+        })
+    }
+}
+
+async fn role(conn: &mut MultiplexedConnection) -> Result<String, redis::RedisError> {
+    let v: Value = redis::cmd("ROLE").query_async(conn).await?;
+    Ok(match &v {
+        Value::Array(items) => items.first().and_then(text).unwrap_or_default(),
+        _ => String::new(),
+    })
+}
+
+/// Keeps replica links for exactly the replicas the Sentinels consider up.
+async fn refresh_replicas(inner: &Inner, up: &[(String, u16)]) {
+    let current = inner.replicas.load();
+    let same = current.len() == up.len() && current.iter().all(|r| up.contains(&r.addr));
+    if same {
+        return;
+    }
+    let mut next = Vec::with_capacity(up.len());
+    for addr in up {
+        if let Some(r) = current.iter().find(|r| &r.addr == addr) {
+            next.push(ReplicaLink {
+                addr: r.addr.clone(),
+                conn: r.conn.clone(),
+            });
+            continue;
+        }
+        let s = &inner.settings;
+        match connect(
+            &addr.0,
+            addr.1,
+            inner.password(),
+            s.timeout,
+            Some(s.timeout),
+        )
+        .await
+        {
+            Ok(mut c) => match role(&mut c).await {
+                Ok(r) if r == "slave" => next.push(ReplicaLink {
+                    addr: addr.clone(),
+                    conn: c,
+                }),
+                Ok(r) => {
+                    tracing::debug!(replica = %format!("{}:{}", addr.0, addr.1), role = %r, "not a replica; skipped")
+                }
+                Err(e) => tracing::debug!(error = %e, "replica ROLE failed"),
+            },
+            Err(e) => tracing::debug!(error = %e, "replica connect failed"),
+        }
+    }
+    tracing::info!(replicas = next.len(), "replica set changed");
+    inner.replicas.store(Arc::new(next));
+}
+
+/// One pass: resolve the master (verifying ROLE), swap the link if needed,
+/// refresh replicas and the number of acknowledgements required.
+async fn refresh(
+    inner: &Inner,
+    sentinels: Option<&mut Sentinels>,
+    hint: Option<(String, u16)>,
+) -> Result<(), DbError> {
+    let current = inner.master.load_full();
+    let usable = current.as_ref().filter(|l| !l.is_stale());
+    let (candidates, view) = match (&inner.settings.target, sentinels) {
+        (RedisTarget::Url(url), _) => {
+            if usable.is_some() {
+                return Ok(());
+            }
+            (vec![url_host_port(url)?], None)
+        }
+        (RedisTarget::Sentinels { master_name, .. }, Some(s)) => {
+            let view = s.view(master_name).await;
+            let mut c = Vec::with_capacity(2);
+            if let Some(h) = hint {
+                c.push(h);
+            }
+            match &view {
+                Ok(v) if !c.contains(&v.master) => c.push(v.master.clone()),
+                Ok(_) => {}
+                Err(e) if c.is_empty() => return Err(DbError::Discovery(e.to_string())),
+                Err(_) => {}
+            }
+            (c, view.ok())
+        }
+        (RedisTarget::Sentinels { .. }, None) => return Ok(()),
+    };
+
+    if let Some(v) = &view {
+        if inner.settings.replica_acks == ReplicaAcks::All {
+            let n = v.up_replicas.len().max(1);
+            if inner.required_acks.swap(n, Ordering::SeqCst) != n {
+                tracing::info!(required = n, "replicas required per acknowledgement");
+            }
+        }
+        refresh_replicas(inner, &v.up_replicas).await;
+    }
+
+    if let Some(l) = usable
+        && candidates.first() == Some(&l.addr)
+    {
+        return Ok(());
+    }
+    let mut last_err = None;
+    for (host, port) in candidates {
+        if usable.is_some_and(|l| l.addr == (host.clone(), port)) {
+            return Ok(());
+        }
+        match inner.build_link(&host, port).await {
+            Ok(link) => {
+                let from = current
+                    .as_ref()
+                    .map(|l| format!("{}:{}", l.addr.0, l.addr.1))
+                    .unwrap_or_else(|| "-".into());
+                let changed = current.as_ref().is_some_and(|l| l.addr != link.addr);
+                tracing::info!(%from, to = %format!("{host}:{port}"), epoch = link.epoch, "master link installed");
+                if changed {
+                    inner.switches.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("flashsale_master_switches_total").increment(1);
+                }
+                inner.install(Some(link));
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(master = %format!("{host}:{port}"), error = %e, "master candidate rejected");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or(DbError::NoMaster))
+}
+
+async fn subscribe(
+    addr: (String, u16),
+    password: Option<Secret>,
+    master_name: String,
+    tx: mpsc::Sender<Event>,
+) {
+    loop {
+        let open = async {
+            let mut rs = RedisConnectionInfo::default();
+            if let Some(p) = &password {
+                rs = rs.set_password(p.expose());
+            }
+            let info = ConnectionAddr::Tcp(addr.0.clone(), addr.1)
+                .into_connection_info()?
+                .set_redis_settings(rs);
+            let mut ps = Client::open(info)?.get_async_pubsub().await?;
+            ps.subscribe(EVENTS).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        if let Ok(Ok(ps)) = tokio::time::timeout(Duration::from_secs(1), open).await {
+            let mut stream = ps.into_on_message();
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    _ = tx.closed() => return,
+                };
+                let Some(msg) = msg else { break };
+                let payload: String = msg.get_payload().unwrap_or_default();
+                let event = if msg.get_channel_name() == "+switch-master" {
+                    let parts: Vec<&str> = payload.split(' ').collect();
+                    match parts.as_slice() {
+                        [name, _, _, ip, port] if *name == master_name => port
+                            .parse()
+                            .map(|p| Event::Switch((*ip).to_owned(), p))
+                            .unwrap_or(Event::Topology),
+                        _ => continue,
+                    }
+                } else {
+                    if !payload.contains(master_name.as_str()) {
+                        continue;
+                    }
+                    Event::Topology
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The watcher task. Holds only a weak reference between passes, so dropping
+/// the last [`super::Redis`] stops it (and with it the subscriptions).
+pub(super) async fn watch(weak: Weak<Inner>) {
+    let Some(inner) = weak.upgrade() else { return };
+    let settings = inner.settings.clone();
+    drop(inner);
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let mut sentinels = match &settings.target {
+        RedisTarget::Sentinels {
+            addrs,
+            master_name,
+            sentinel_password,
+        } => {
+            for a in addrs {
+                tokio::spawn(subscribe(
+                    a.clone(),
+                    sentinel_password.clone(),
+                    master_name.clone(),
+                    tx.clone(),
+                ));
+            }
+            Some(Sentinels {
+                addrs: addrs.clone(),
+                password: sentinel_password.clone(),
+                conns: vec![None; addrs.len()],
+            })
+        }
+        RedisTarget::Url(_) => None,
+    };
+    let mut hint = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let result = refresh(&inner, sentinels.as_mut(), hint.take()).await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "refresh failed");
+        }
+        let missing = inner.master.load().as_ref().is_none_or(|l| l.is_stale());
+        let wake = inner.wake.clone();
+        drop(inner);
+        let period = if missing || result.is_err() {
+            Duration::from_millis(100)
+        } else {
+            settings.poll_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            ev = rx.recv() => {
+                if let Some(Event::Switch(h, p)) = ev {
+                    tracing::info!(to = %format!("{h}:{p}"), "+switch-master announced");
+                    hint = Some((h, p));
+                }
+            }
+            _ = wake.notified() => {}
+        }
+    }
+}

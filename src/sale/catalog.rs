@@ -1,0 +1,242 @@
+//! The catalog: sales read from the replicas (master as fallback) behind a
+//! short-lived in-process cache, plus sale creation and the audit.
+//!
+//! Staleness bound: a cached catalog is at most `FLASHSALE_CATALOG_CACHE_MS`
+//! (default 200 ms) old, plus replica lag; `stock_left` shown to shoppers is
+//! a display value and never decides a purchase. Creating a sale on this
+//! instance drops the cache at once; other instances see it within the bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use serde::Serialize;
+
+use super::{Sale, valid_sku};
+use crate::error::Error;
+use crate::redis::Redis;
+
+/// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit` shows them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Audit {
+    pub stock_total: i64,
+    pub stock_left: i64,
+    pub sold: i64,
+    pub orders: i64,
+    pub buyers: i64,
+    pub confirmed: i64,
+    pub pending: i64,
+    pub dead: i64,
+    pub max_units_per_buyer: i64,
+    pub consistent: bool,
+}
+
+/// What an operator asks for when creating a sale (already validated).
+#[derive(Clone, Debug)]
+pub struct NewSale {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: i64,
+}
+
+pub struct Catalog {
+    redis: Redis,
+    ttl: Duration,
+    cache: Mutex<Option<(Instant, Arc<Vec<Sale>>)>>,
+}
+
+fn field<'a>(m: &'a HashMap<String, String>, k: &str) -> &'a str {
+    m.get(k).map(String::as_str).unwrap_or("")
+}
+
+fn num(m: &HashMap<String, String>, k: &str) -> i64 {
+    field(m, k).parse().unwrap_or(0)
+}
+
+fn sale_from(m: &HashMap<String, String>) -> Option<Sale> {
+    let sku = m.get("sku")?.clone();
+    Some(Sale {
+        name: field(m, "name").to_owned(),
+        description: field(m, "description").to_owned(),
+        price_cents: num(m, "price_cents"),
+        stock_total: num(m, "stock_total"),
+        stock_left: num(m, "stock_left"),
+        starts_ms: num(m, "starts_ms"),
+        ends_ms: num(m, "ends_ms"),
+        per_user_limit: num(m, "per_user_limit"),
+        sku,
+    })
+}
+
+impl Catalog {
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
+        Self {
+            redis,
+            ttl,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn cached(&self) -> Option<Arc<Vec<Sale>>> {
+        let guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Drops the cached catalog (after a sale is created here).
+    pub fn invalidate(&self) {
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Every sale, ordered by start time (cached for the TTL).
+    pub async fn list(&self) -> Result<Arc<Vec<Sale>>, Error> {
+        if let Some(v) = self.cached() {
+            return Ok(v);
+        }
+        let fresh = Arc::new(self.load_all(false).await?);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    /// Every sale straight from Redis (`master`: from the master, not replicas).
+    pub async fn load_all(&self, master: bool) -> Result<Vec<Sale>, Error> {
+        let keys = self.redis.keys();
+        let index_cmd = {
+            let mut c = redis::cmd("ZRANGE");
+            c.arg(keys.sales_index()).arg(0).arg(-1);
+            c
+        };
+        let skus: Vec<String> = if master {
+            self.redis.read_master(&index_cmd).await?
+        } else {
+            self.redis.read(&index_cmd).await?
+        };
+        let skus: Vec<String> = skus.into_iter().filter(|s| valid_sku(s)).collect();
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sku in &skus {
+            pipe.cmd("HGETALL").arg(keys.sale(sku));
+        }
+        let rows: Vec<HashMap<String, String>> = if master {
+            self.redis.read_master(&pipe).await?
+        } else {
+            self.redis.read(&pipe).await?
+        };
+        Ok(rows.iter().filter_map(sale_from).collect())
+    }
+
+    /// One sale: from the cached catalog, else straight from Redis (a sale
+    /// created on another instance a moment ago).
+    pub async fn get(&self, sku: &str) -> Result<Sale, Error> {
+        if !valid_sku(sku) {
+            return Err(Error::UnknownSku);
+        }
+        let list = self.list().await?;
+        if let Some(s) = list.iter().find(|s| s.sku == sku) {
+            return Ok(s.clone());
+        }
+        let cmd = {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(self.redis.keys().sale(sku));
+            c
+        };
+        let m: HashMap<String, String> = self.redis.read(&cmd).await?;
+        sale_from(&m).ok_or(Error::UnknownSku)
+    }
+
+    /// Creates a sale (201) or reports that it exists (409). Acknowledged by
+    /// the replicas before it returns.
+    pub async fn create(&self, s: &NewSale) -> Result<Sale, Error> {
+        let keys = self.redis.keys();
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("fs_create_sale")
+            .arg(2)
+            .arg(keys.sale(&s.sku))
+            .arg(keys.sales_index())
+            .arg(&s.sku)
+            .arg(&s.name)
+            .arg(&s.description)
+            .arg(s.price_cents)
+            .arg(s.stock)
+            .arg(s.starts_ms)
+            .arg(s.ends_ms)
+            .arg(s.per_user_limit);
+        let reply: Vec<String> = self.redis.write_acked(&cmd).await?;
+        self.invalidate();
+        match reply.first().map(String::as_str) {
+            Some("created") => Ok(Sale {
+                sku: s.sku.clone(),
+                name: s.name.clone(),
+                description: s.description.clone(),
+                price_cents: s.price_cents,
+                stock_total: s.stock,
+                stock_left: s.stock,
+                starts_ms: s.starts_ms,
+                ends_ms: s.ends_ms,
+                per_user_limit: s.per_user_limit,
+            }),
+            Some("exists") => Err(Error::SaleExists),
+            Some("invalid") => Err(Error::invalid(
+                "invalid_sale",
+                format!(
+                    "invalid {}",
+                    reply.get(1).map(String::as_str).unwrap_or("field")
+                ),
+            )),
+            _ => Err(Error::Internal(format!("fs_create_sale replied {reply:?}"))),
+        }
+    }
+
+    /// The audit of one sale, read from the master.
+    pub async fn audit(&self, sku: &str) -> Result<Audit, Error> {
+        if !valid_sku(sku) {
+            return Err(Error::UnknownSku);
+        }
+        let keys = self.redis.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL_RO")
+            .arg("fs_audit")
+            .arg(2)
+            .arg(keys.sale(sku))
+            .arg(keys.units(sku))
+            .cmd("XLEN")
+            .arg(keys.dead_letters(sku));
+        let (row, dead): (Vec<Value>, i64) = self.redis.read_master(&pipe).await?;
+        if row.is_empty() {
+            return Err(Error::UnknownSku);
+        }
+        let n: Vec<i64> = row
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => *i,
+                _ => 0,
+            })
+            .collect();
+        if n.len() < 8 {
+            return Err(Error::Internal(format!("fs_audit replied {row:?}")));
+        }
+        Ok(Audit {
+            stock_total: n[0],
+            stock_left: n[1],
+            sold: n[2],
+            orders: n[3],
+            buyers: n[4],
+            confirmed: n[5],
+            pending: n[3] - n[5],
+            dead,
+            max_units_per_buyer: n[7],
+            consistent: n[6] == 1,
+        })
+    }
+}

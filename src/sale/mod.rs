@@ -1,0 +1,194 @@
+//! The domain: sales, the catalog, purchases and orders. No HTTP in here.
+//!
+//! [`Shop`] is the service object the web layer and the operator commands
+//! call. It decides nothing about units itself: every decision is made by the
+//! Function library on the master (see `redis/flashsale.lua`), and every
+//! answer that promises something (a new order, or the shopper's existing one)
+//! is given only after the replicas acknowledged it.
+
+pub mod catalog;
+mod orders;
+mod purchase;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+pub use catalog::Catalog;
+pub use orders::Order;
+pub use purchase::{Purchased, SoldOutIndex};
+
+use crate::redis::Redis;
+
+/// Largest quantity one purchase may ask for.
+pub const MAX_QTY: i64 = 1_000_000;
+
+/// `[A-Za-z0-9_-]{1,64}`: the only skus that reach a Redis key.
+pub fn valid_sku(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `[A-Za-z0-9_.:-]{1,64}`: the only user ids that reach a Redis key.
+pub fn valid_user(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Idempotency keys: `[A-Za-z0-9_.:-]{1,128}` (UUIDs fit).
+pub fn valid_idempotency_key(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Order ids are `<sku>.<32 hex>`: the sku locates the order's keys.
+pub fn sku_of_order(order_id: &str) -> Option<&str> {
+    let (sku, tail) = order_id.rsplit_once('.')?;
+    (valid_sku(sku) && tail.len() == 32 && tail.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(sku)
+}
+
+/// Where a sale stands at a given moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    Upcoming,
+    Live,
+    SoldOut,
+    Ended,
+}
+
+impl SaleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleState::Upcoming => "upcoming",
+            SaleState::Live => "live",
+            SaleState::SoldOut => "sold_out",
+            SaleState::Ended => "ended",
+        }
+    }
+}
+
+/// One sale as stored in Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sale {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub stock_total: i64,
+    pub stock_left: i64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: i64,
+}
+
+impl Sale {
+    pub fn state_at(&self, now_ms: i64) -> SaleState {
+        if now_ms >= self.ends_ms {
+            SaleState::Ended
+        } else if self.stock_left <= 0 {
+            SaleState::SoldOut
+        } else if now_ms < self.starts_ms {
+            SaleState::Upcoming
+        } else {
+            SaleState::Live
+        }
+    }
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 text of a millisecond timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses RFC 3339 into milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// The service object: catalog, purchases, orders, administration.
+#[derive(Clone)]
+pub struct Shop {
+    pub redis: Redis,
+    pub catalog: Arc<Catalog>,
+    pub sold_out: Arc<SoldOutIndex>,
+}
+
+impl Shop {
+    pub fn new(redis: Redis, catalog_ttl: std::time::Duration) -> Self {
+        Self {
+            catalog: Arc::new(Catalog::new(redis.clone(), catalog_ttl)),
+            sold_out: Arc::new(SoldOutIndex::default()),
+            redis,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators() {
+        assert!(valid_sku("tv-55_a"));
+        assert!(!valid_sku(""));
+        assert!(!valid_sku("a{b}"));
+        assert!(!valid_sku(&"a".repeat(65)));
+        assert!(valid_user("u:1.a-b_c"));
+        assert!(!valid_user("u*"));
+        assert!(!valid_user("{x}"));
+        assert!(!valid_user(&"u".repeat(65)));
+        assert_eq!(
+            sku_of_order("tv-1.0123456789abcdef0123456789abcdef"),
+            Some("tv-1")
+        );
+        assert_eq!(sku_of_order("tv-1.xyz"), None);
+        assert_eq!(sku_of_order("nodot"), None);
+    }
+
+    #[test]
+    fn states() {
+        let s = Sale {
+            sku: "a".into(),
+            name: "n".into(),
+            description: String::new(),
+            price_cents: 1,
+            stock_total: 2,
+            stock_left: 2,
+            starts_ms: 100,
+            ends_ms: 200,
+            per_user_limit: 1,
+        };
+        assert_eq!(s.state_at(50), SaleState::Upcoming);
+        assert_eq!(s.state_at(100), SaleState::Live);
+        assert_eq!(s.state_at(200), SaleState::Ended);
+        let gone = Sale {
+            stock_left: 0,
+            ..s.clone()
+        };
+        assert_eq!(gone.state_at(150), SaleState::SoldOut);
+    }
+
+    #[test]
+    fn time_round_trip() {
+        let ms = parse_rfc3339("2026-11-22T10:00:00.250Z").unwrap();
+        assert_eq!(rfc3339(ms), "2026-11-22T10:00:00.25Z");
+    }
+}

@@ -1,0 +1,93 @@
+//! Orders as shoppers see them: one order, and all of a shopper's orders.
+//!
+//! Reads go to the replicas; an order a replica does not have yet (it was
+//! acknowledged, so this is rare) is looked up on the master before the
+//! answer is "not found".
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{Shop, rfc3339, sku_of_order, valid_user};
+use crate::error::Error;
+
+/// `{order_id, sku, user_id, qty, status, created_at}` of CONTRACT.md.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Order {
+    pub order_id: String,
+    pub sku: String,
+    pub user_id: String,
+    pub qty: i64,
+    pub status: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+}
+
+fn order_from(m: &HashMap<String, String>) -> Option<Order> {
+    let ms = |k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
+    Some(Order {
+        order_id: m.get("order_id")?.clone(),
+        sku: m.get("sku")?.clone(),
+        user_id: m.get("user_id")?.clone(),
+        qty: ms("qty").unwrap_or(0),
+        status: m.get("status")?.clone(),
+        created_at: ms("created_ms").map(rfc3339).unwrap_or_default(),
+        confirmed_at: ms("confirmed_ms").map(rfc3339),
+    })
+}
+
+impl Shop {
+    /// The order, if it exists and belongs to `user` (otherwise not found).
+    pub async fn order(&self, user: &str, order_id: &str) -> Result<Order, Error> {
+        let sku = sku_of_order(order_id).ok_or(Error::NotFound)?;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.redis.keys().order(sku, order_id));
+        let mut m: HashMap<String, String> = self.redis.read(&cmd).await?;
+        if m.is_empty() {
+            m = self.redis.read_master(&cmd).await?;
+        }
+        match order_from(&m) {
+            Some(o) if o.user_id == user => Ok(o),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    /// Every order of `user`, across all sales, oldest sale first.
+    pub async fn orders_of(&self, user: &str) -> Result<Vec<Order>, Error> {
+        if !valid_user(user) {
+            return Ok(Vec::new());
+        }
+        let sales = self.catalog.list().await?;
+        if sales.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.redis.keys();
+        let mut pipe = redis::pipe();
+        for s in sales.iter() {
+            pipe.cmd("LRANGE")
+                .arg(keys.user_orders(&s.sku, user))
+                .arg(0)
+                .arg(-1);
+        }
+        let ids: Vec<Vec<String>> = self.redis.read(&pipe).await?;
+        let ids: Vec<(&str, String)> = sales
+            .iter()
+            .zip(ids)
+            .flat_map(|(s, ids)| ids.into_iter().map(move |id| (s.sku.as_str(), id)))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (sku, id) in &ids {
+            pipe.cmd("HGETALL").arg(keys.order(sku, id));
+        }
+        let rows: Vec<HashMap<String, String>> = self.redis.read(&pipe).await?;
+        Ok(rows
+            .iter()
+            .filter_map(order_from)
+            .filter(|o| o.user_id == user)
+            .collect())
+    }
+}

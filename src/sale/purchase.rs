@@ -1,0 +1,269 @@
+//! The purchase: one `FCALL fs_purchase` on the master, then a group-committed
+//! `WAIT` before anything is promised.
+//!
+//! The server makes the order id (`<sku>.<uuid>`) before the call, so a
+//! purchase can be retried blindly: after a lost reply, a stale master or a
+//! WAIT shortfall it runs the Function again (on the new master if there is
+//! one) and the Function answers `exists` when this very order is already
+//! there. Retries stop at the failover wait; then the answer is 503 and the
+//! shopper's own retry (same `Idempotency-Key`) is just as safe.
+//!
+//! A sale that the Function reported sold out — and whose state the replicas
+//! acknowledged — is remembered in the [`SoldOutIndex`]: later purchases are
+//! answered without a Redis call (410, or 409 with the order id of a shopper
+//! who holds the limit).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use redis::Value;
+use tokio::time::Instant;
+
+use super::{MAX_QTY, Shop};
+use crate::error::Error;
+use crate::redis::AckFault;
+
+/// A purchase that was accepted: the order exists and the replicas hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchased {
+    pub order_id: String,
+    pub stock_left: Option<i64>,
+}
+
+/// What this process knows about sales that sold out.
+#[derive(Default)]
+pub struct SoldOutIndex {
+    sales: ArcSwap<HashMap<String, Arc<SoldOutSale>>>,
+    loading: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Buyers of a sold-out sale: user id → (units held, first order id).
+pub struct SoldOutSale {
+    per_user_limit: i64,
+    buyers: HashMap<String, (i64, String)>,
+}
+
+impl SoldOutIndex {
+    pub fn get(&self, sku: &str) -> Option<Arc<SoldOutSale>> {
+        self.sales.load().get(sku).cloned()
+    }
+
+    fn insert(&self, sku: &str, sale: SoldOutSale) {
+        let sale = Arc::new(sale);
+        self.sales.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(sku.to_owned(), sale.clone());
+            m
+        });
+    }
+
+    pub fn contains(&self, sku: &str) -> bool {
+        self.sales.load().contains_key(sku)
+    }
+
+    /// True for the one caller that should load the sale's buyers.
+    fn begin_loading(&self, sku: &str) -> bool {
+        !self.contains(sku)
+            && self
+                .loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sku.to_owned())
+    }
+
+    fn end_loading(&self, sku: &str) {
+        self.loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sku);
+    }
+}
+
+enum Reply {
+    Ours(Option<i64>),
+    Already(String),
+    SoldOut,
+    Final(Error),
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Int(i)) => *i,
+        Some(other) => text(other).parse().unwrap_or(0),
+        None => 0,
+    }
+}
+
+fn parse(reply: Value) -> Reply {
+    let items = match reply {
+        Value::Array(items) => items,
+        other => return Reply::Final(Error::Internal(format!("fs_purchase replied {other:?}"))),
+    };
+    let kind = items.first().map(text).unwrap_or_default();
+    match kind.as_str() {
+        "created" => Reply::Ours(Some(int(items.get(2)))),
+        "exists" => Reply::Ours(None),
+        "already" => Reply::Already(items.get(1).map(text).unwrap_or_default()),
+        "sold_out" => Reply::SoldOut,
+        "ended" => Reply::Final(Error::Ended),
+        "not_started" => Reply::Final(Error::NotStarted {
+            starts_ms: int(items.get(1)),
+        }),
+        "unknown_sku" => Reply::Final(Error::UnknownSku),
+        "invalid_qty" => {
+            let limit = int(items.get(1));
+            let left = int(items.get(2));
+            Reply::Final(Error::InvalidQty(format!(
+                "qty must be between 1 and the per-shopper limit of {limit}, and at most the {left} units left"
+            )))
+        }
+        _ => Reply::Final(Error::Internal(format!("fs_purchase replied {kind:?}"))),
+    }
+}
+
+impl Shop {
+    /// Buys `qty` units of `sku` for `user`. Inputs must be validated
+    /// (`valid_sku`, `valid_user`, `valid_idempotency_key`, 1 ≤ qty ≤ MAX_QTY);
+    /// the Function checks them again.
+    pub async fn purchase(
+        &self,
+        sku: &str,
+        user: &str,
+        qty: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<Purchased, Error> {
+        debug_assert!((1..=MAX_QTY).contains(&qty));
+        if let Some(gone) = self.sold_out.get(sku) {
+            match gone.buyers.get(user) {
+                Some((units, order_id)) if *units >= gone.per_user_limit => {
+                    return Err(Error::AlreadyPurchased {
+                        order_id: order_id.clone(),
+                    });
+                }
+                // A buyer's retry with a key may map to an order: ask Redis.
+                Some(_) if idempotency_key.is_some() => {}
+                _ => return Err(Error::SoldOut),
+            }
+        }
+
+        let keys = self.redis.keys();
+        let order_id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("fs_purchase")
+            .arg(7)
+            .arg(keys.sale(sku))
+            .arg(keys.units(sku))
+            .arg(keys.first(sku))
+            .arg(keys.user_orders(sku, user))
+            .arg(keys.order(sku, &order_id))
+            .arg(keys.stream(sku))
+            .arg(match idempotency_key {
+                Some(k) => keys.idempotency(sku, user, k),
+                None => String::new(),
+            })
+            .arg(user)
+            .arg(qty)
+            .arg(&order_id);
+
+        let deadline = Instant::now() + self.redis.failover_wait();
+        'attempt: loop {
+            let link = self.redis.master(deadline).await?;
+            let reply: Value = match cmd.query_async(&mut link.conn()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    if self.redis.report(&link, &e) {
+                        if Instant::now() < deadline {
+                            continue 'attempt;
+                        }
+                        return Err(Error::Unavailable(e.to_string()));
+                    }
+                    return Err(Error::Internal(e.to_string()));
+                }
+            };
+            let reply = parse(reply);
+            if let Reply::Final(e) = reply {
+                return Err(e);
+            }
+            // Everything else is a promise (or, for sold out, a state we are
+            // about to remember): only after the replicas hold it.
+            loop {
+                match link.ack().await {
+                    Ok(()) => break,
+                    Err(_) if Instant::now() >= deadline => {
+                        return Err(Error::Unavailable("replica acknowledgement".into()));
+                    }
+                    Err(AckFault::Shortfall) if !link.is_stale() => continue,
+                    Err(_) => continue 'attempt,
+                }
+            }
+            return match reply {
+                Reply::Ours(stock_left) => Ok(Purchased {
+                    order_id,
+                    stock_left,
+                }),
+                Reply::Already(id) => Err(Error::AlreadyPurchased { order_id: id }),
+                Reply::SoldOut => {
+                    if self.sold_out.begin_loading(sku) {
+                        let shop = self.clone();
+                        let sku = sku.to_owned();
+                        tokio::spawn(async move {
+                            shop.remember_sold_out(&sku).await;
+                            shop.sold_out.end_loading(&sku);
+                        });
+                    }
+                    Err(Error::SoldOut)
+                }
+                Reply::Final(e) => Err(e),
+            };
+        }
+    }
+
+    /// Loads the buyers of a sale that sold out (its state is acknowledged)
+    /// so later purchases need no Redis call. Failure only means the fast
+    /// path stays off for now.
+    async fn remember_sold_out(&self, sku: &str) {
+        let keys = self.redis.keys();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET")
+            .arg(keys.sale(sku))
+            .arg("per_user_limit")
+            .cmd("HGETALL")
+            .arg(keys.units(sku))
+            .cmd("HGETALL")
+            .arg(keys.first(sku));
+        type Buyers = (i64, HashMap<String, i64>, HashMap<String, String>);
+        let loaded: Result<Buyers, _> = self.redis.read_master(&pipe).await;
+        match loaded {
+            Ok((limit, units, mut first)) => {
+                let buyers = units
+                    .into_iter()
+                    .map(|(u, n)| {
+                        let id = first.remove(&u).unwrap_or_default();
+                        (u, (n, id))
+                    })
+                    .collect();
+                self.sold_out.insert(
+                    sku,
+                    SoldOutSale {
+                        per_user_limit: limit,
+                        buyers,
+                    },
+                );
+                tracing::info!(sku, "sale sold out; answering locally from now on");
+            }
+            Err(e) => {
+                tracing::warn!(sku, error = %e, "could not load the buyers of a sold-out sale")
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! JSON handlers of `/api`, `/admin`, and the health and metrics endpoints.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Admin, Shopper};
+use crate::error::Error;
+use crate::sale::{
+    MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
+    valid_sku,
+};
+
+/// A path parameter whose rejection is the contract's 404 JSON.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        let axum::extract::Path(v) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        Ok(PathParam(v))
+    }
+}
+
+/// `{sku, name, …, state}` of CONTRACT.md.
+#[derive(Serialize)]
+pub struct ProductJson<'a> {
+    sku: &'a str,
+    name: &'a str,
+    description: &'a str,
+    price_cents: i64,
+    stock_total: i64,
+    stock_left: i64,
+    per_user_limit: i64,
+    starts_at: String,
+    ends_at: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_time: Option<String>,
+}
+
+impl<'a> ProductJson<'a> {
+    pub fn new(s: &'a Sale, now: i64, with_time: bool) -> Self {
+        Self {
+            sku: &s.sku,
+            name: &s.name,
+            description: &s.description,
+            price_cents: s.price_cents,
+            stock_total: s.stock_total,
+            stock_left: s.stock_left.max(0),
+            per_user_limit: s.per_user_limit,
+            starts_at: rfc3339(s.starts_ms),
+            ends_at: rfc3339(s.ends_ms),
+            state: s.state_at(now).as_str(),
+            server_time: with_time.then(|| rfc3339(now)),
+        }
+    }
+}
+
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+pub async fn products(State(app): State<AppState>) -> Result<Response, Error> {
+    let sales = app.shop.catalog.list().await?;
+    let now = now_ms();
+    let body: Vec<ProductJson> = sales
+        .iter()
+        .map(|s| ProductJson::new(s, now, false))
+        .collect();
+    Ok(no_store(Json(body).into_response()))
+}
+
+pub async fn product(
+    State(app): State<AppState>,
+    PathParam(sku): PathParam,
+) -> Result<Response, Error> {
+    let sale = app.shop.catalog.get(&sku).await?;
+    let now = now_ms();
+    Ok(no_store(
+        Json(ProductJson::new(&sale, now, true)).into_response(),
+    ))
+}
+
+/// The purchase body: `{"qty": N}`. Anything else is 422 `invalid_qty` (or
+/// 400 for bytes that are not JSON at all).
+fn parse_qty(body: &[u8]) -> Result<i64, Error> {
+    let bad = || {
+        Error::InvalidQty(format!(
+            "body must be {{\"qty\": N}} with 1 <= N <= {MAX_QTY}"
+        ))
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad());
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| Error::BadJson("the body is not JSON".into()))?;
+    let qty = v.get("qty").and_then(Value::as_i64).ok_or_else(bad)?;
+    if !(1..=MAX_QTY).contains(&qty) {
+        return Err(bad());
+    }
+    Ok(qty)
+}
+
+pub async fn purchase(
+    State(app): State<AppState>,
+    PathParam(sku): PathParam,
+    Shopper(user): Shopper,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, Error> {
+    let body = body?;
+    if !valid_sku(&sku) {
+        return Err(Error::UnknownSku);
+    }
+    let qty = parse_qty(&body)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if valid_idempotency_key(k) => Some(k),
+            _ => {
+                return Err(Error::invalid(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1-128 of [A-Za-z0-9_.:-]",
+                ));
+            }
+        },
+    };
+    app.limiter.check_shopper(&user).await?;
+    let result = app.shop.purchase(&sku, &user, qty, key).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("flashsale_purchases_total", "outcome" => outcome).increment(1);
+    let p = result?;
+    let mut body = json!({ "order_id": p.order_id, "status": "queued" });
+    if let Some(left) = p.stock_left {
+        body["stock_left"] = json!(left);
+    }
+    Ok(no_store((StatusCode::ACCEPTED, Json(body)).into_response()))
+}
+
+pub async fn order(
+    State(app): State<AppState>,
+    Shopper(user): Shopper,
+    PathParam(order_id): PathParam,
+) -> Result<Response, Error> {
+    let o = app.shop.order(&user, &order_id).await?;
+    Ok(no_store(Json(o).into_response()))
+}
+
+pub async fn my_orders(
+    State(app): State<AppState>,
+    Shopper(user): Shopper,
+) -> Result<Response, Error> {
+    let orders = app.shop.orders_of(&user).await?;
+    Ok(no_store(Json(json!({ "orders": orders })).into_response()))
+}
+
+pub async fn healthz() -> Response {
+    no_store(Json(json!({"status": "ok"})).into_response())
+}
+
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.shop.redis.ping_master().await {
+        no_store(Json(json!({"status": "ready"})).into_response())
+    } else {
+        Error::Unavailable("master does not answer".into()).into_response()
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    metrics::gauge!("flashsale_required_replica_acks").set(app.shop.redis.required_acks() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSaleJson {
+    sku: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    price_cents: i64,
+    stock: i64,
+    starts_at: String,
+    ends_at: String,
+    per_user_limit: i64,
+}
+
+fn validate_sale(body: &[u8]) -> Result<NewSale, Error> {
+    let j: NewSaleJson = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid("invalid_sale", format!("invalid sale: {e}")))?;
+    let bad = |m: &str| Error::invalid("invalid_sale", m.to_owned());
+    if !valid_sku(&j.sku) {
+        return Err(bad("sku must be 1-64 of [A-Za-z0-9_-]"));
+    }
+    if j.name.trim().is_empty() || j.name.len() > 200 {
+        return Err(bad("name must be 1-200 bytes"));
+    }
+    if j.description.len() > 10_000 {
+        return Err(bad("description must be at most 10000 bytes"));
+    }
+    if !(0..=100_000_000_000).contains(&j.price_cents) {
+        return Err(bad("price_cents must be between 0 and 100000000000"));
+    }
+    if !(1..=100_000_000).contains(&j.stock) {
+        return Err(bad("stock must be between 1 and 100000000"));
+    }
+    if !(1..=MAX_QTY).contains(&j.per_user_limit) {
+        return Err(bad("per_user_limit must be at least 1"));
+    }
+    let starts_ms = parse_rfc3339(&j.starts_at).ok_or_else(|| bad("starts_at must be RFC 3339"))?;
+    let ends_ms = parse_rfc3339(&j.ends_at).ok_or_else(|| bad("ends_at must be RFC 3339"))?;
+    if ends_ms <= starts_ms {
+        return Err(bad("ends_at must be after starts_at"));
+    }
+    if starts_ms < 0 {
+        return Err(bad("starts_at must be after 1970"));
+    }
+    Ok(NewSale {
+        sku: j.sku,
+        name: j.name,
+        description: j.description,
+        price_cents: j.price_cents,
+        stock: j.stock,
+        starts_ms,
+        ends_ms,
+        per_user_limit: j.per_user_limit,
+    })
+}
+
+pub async fn create_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, Error> {
+    let new = validate_sale(&body?)?;
+    let sale = app.shop.catalog.create(&new).await?;
+    app.pages.invalidate();
+    let now = now_ms();
+    let mut v = serde_json::to_value(ProductJson::new(&sale, now, false))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    v["per_user_limit"] = json!(sale.per_user_limit);
+    Ok(no_store((StatusCode::CREATED, Json(v)).into_response()))
+}
+
+pub async fn audit(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+) -> Result<Response, Error> {
+    let a = app.shop.catalog.audit(&sku).await?;
+    Ok(no_store(Json(a).into_response()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qty_parsing() {
+        assert_eq!(parse_qty(br#"{"qty":1}"#).unwrap(), 1);
+        for bad in [
+            &br#"{"qty":0}"#[..],
+            br#"{"qty":-1}"#,
+            br#"{"qty":1000000000000}"#,
+            br#"{"qty":"abc"}"#,
+            b"",
+            b"{}",
+            br#"{"qty":1.5}"#,
+        ] {
+            assert_eq!(
+                parse_qty(bad).unwrap_err().status(),
+                422,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(parse_qty(b"{nope").unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn sale_validation() {
+        let ok = br#"{"sku":"a","name":"n","price_cents":1,"stock":1,"starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z","per_user_limit":1}"#;
+        assert!(validate_sale(ok).is_ok());
+        let backwards = br#"{"sku":"a","name":"n","price_cents":1,"stock":1,"starts_at":"2026-01-02T00:00:00Z","ends_at":"2026-01-01T00:00:00Z","per_user_limit":1}"#;
+        assert_eq!(validate_sale(backwards).unwrap_err().status(), 422);
+        let bad_sku = br#"{"sku":"a b","name":"n","price_cents":1,"stock":1,"starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z","per_user_limit":1}"#;
+        assert_eq!(validate_sale(bad_sku).unwrap_err().status(), 422);
+    }
+}

@@ -1,0 +1,171 @@
+//! Shopper identity (HS256 JWT in `Authorization: Bearer` or the `fs_token`
+//! cookie) and the admin bearer token.
+//!
+//! The algorithm is pinned to HS256 (`none` and every other `alg` are
+//! refused by the validation), `exp` is required, clock-skew leeway is 5 s,
+//! tokens over 4 KiB are refused before decoding, and `sub` must match the
+//! user-id pattern before it is used in any Redis key. The admin token is
+//! compared in constant time.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::config::Secret;
+use crate::error::Error;
+use crate::sale::valid_user;
+
+const MAX_TOKEN_LEN: usize = 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Verifies shopper tokens.
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(secret: &Secret) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation,
+        }
+    }
+
+    /// The user id of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, Error> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(Error::Unauthorized);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|_| Error::Unauthorized)?;
+        if !valid_user(&data.claims.sub) {
+            return Err(Error::Unauthorized);
+        }
+        Ok(data.claims.sub)
+    }
+}
+
+/// Mints a shopper token (for `flashsale token` and tests).
+pub fn mint(secret: &Secret, user: &str, ttl_s: u64) -> Result<String, Error> {
+    if !valid_user(user) {
+        return Err(Error::invalid(
+            "invalid_user",
+            "user ids are 1-64 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: user.to_owned(),
+        exp: now + ttl_s,
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The token of a request: bearer header first, then the `fs_token` cookie.
+fn token_of(parts: &Parts) -> Option<&str> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        return v.to_str().ok()?.strip_prefix("Bearer ").map(str::trim);
+    }
+    for v in parts.headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some(t) = pair.trim().strip_prefix("fs_token=") {
+                return Some(t);
+            }
+        }
+    }
+    None
+}
+
+/// The authenticated shopper's user id.
+pub struct Shopper(pub String);
+
+impl FromRequestParts<AppState> for Shopper {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = token_of(parts).ok_or(Error::Unauthorized)?;
+        state.tokens.verify(token).map(Shopper)
+    }
+}
+
+/// Proof that the request carries the admin token. Without a configured
+/// token the admin API does not exist (404).
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Some(expected) = &state.admin_token else {
+            return Err(Error::NotFound);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(Error::AdminUnauthorized)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new("0123456789abcdef0123")
+    }
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let v = TokenVerifier::new(&secret());
+        let t = mint(&secret(), "alice", 60).unwrap();
+        assert_eq!(v.verify(&t).unwrap(), "alice");
+        let other = mint(&Secret::new("another-secret-0123456"), "alice", 60).unwrap();
+        assert!(v.verify(&other).is_err());
+        assert!(v.verify("").is_err());
+        assert!(v.verify(&"a".repeat(5000)).is_err());
+        assert!(mint(&secret(), "bad*user", 60).is_err());
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64(br#"{"sub":"alice","exp":99999999999}"#);
+        let v = TokenVerifier::new(&secret());
+        assert!(v.verify(&format!("{header}.{body}.")).is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! HTML pages from askama templates, identical for every shopper.
+//!
+//! A page holds only what changes when a sale is created or changed (name,
+//! description, price, stock total, window); the live parts — stock left,
+//! state, countdown, the Buy button, order status — are filled in by
+//! `static/app.js` from small JSON calls. So pages are cacheable by nginx and
+//! CDNs (`Cache-Control`, `ETag`, `Last-Modified`), and `flashsale render`
+//! writes them to files nginx serves without the app ("staticization").
+//! Assets are addressed with a content fingerprint (`?v=<hash>`), so they
+//! can be cached for a year.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use tower::Layer;
+use tower_http::services::ServeDir;
+use tower_http::set_header::{SetResponseHeader, SetResponseHeaderLayer};
+
+use super::AppState;
+use super::api::PathParam;
+use crate::error::Error;
+use crate::sale::{Sale, rfc3339};
+
+/// Display data of one sale.
+pub struct SaleView {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub price: String,
+    pub stock_total: i64,
+    pub per_user_limit: i64,
+    pub starts_at: String,
+    pub ends_at: String,
+}
+
+fn price(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+impl From<&Sale> for SaleView {
+    fn from(s: &Sale) -> Self {
+        Self {
+            sku: s.sku.clone(),
+            name: s.name.clone(),
+            description: s.description.clone(),
+            price: price(s.price_cents),
+            stock_total: s.stock_total,
+            per_user_limit: s.per_user_limit,
+            starts_at: rfc3339(s.starts_ms),
+            ends_at: rfc3339(s.ends_ms),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+pub struct IndexPage<'a> {
+    pub sales: &'a [SaleView],
+    pub v: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "product.html")]
+pub struct ProductPage<'a> {
+    pub sale: &'a SaleView,
+    pub v: &'a str,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "orders.html")]
+pub struct OrdersPage {
+    pub v: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "dev_login.html")]
+pub struct DevLoginPage {
+    pub v: String,
+    pub user: String,
+}
+
+/// A rendered page and its validators.
+#[derive(Clone)]
+pub struct Rendered {
+    pub html: Arc<str>,
+    pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+}
+
+fn rendered(html: String) -> Rendered {
+    let mut h = DefaultHasher::new();
+    html.hash(&mut h);
+    let etag = HeaderValue::from_str(&format!("\"{:016x}\"", h.finish()))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+    let now = httpdate(std::time::SystemTime::now());
+    Rendered {
+        html: html.into(),
+        etag,
+        last_modified: HeaderValue::from_str(&now).unwrap_or_else(|_| HeaderValue::from_static("")),
+    }
+}
+
+/// RFC 7231 date of `t`.
+fn httpdate(t: std::time::SystemTime) -> String {
+    let odt = time::OffsetDateTime::from(t);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    odt.format(&fmt).unwrap_or_default()
+}
+
+/// Rendered pages, kept until a sale is created or the catalog changes.
+#[derive(Default)]
+pub struct PageCache {
+    pages: Mutex<HashMap<String, (Vec<Sale>, Rendered)>>,
+    version: std::sync::OnceLock<String>,
+}
+
+impl PageCache {
+    pub fn invalidate(&self) {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The asset fingerprint: a hash of every file under the static dir.
+    pub fn asset_version(&self, static_dir: &str) -> &str {
+        self.version
+            .get_or_init(|| asset_version(Path::new(static_dir)))
+    }
+
+    fn get(&self, key: &str, sales: &[Sale]) -> Option<Rendered> {
+        let pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        pages
+            .get(key)
+            .filter(|(src, _)| same_page_data(src, sales))
+            .map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, key: &str, sales: Vec<Sale>, r: Rendered) {
+        self.pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), (sales, r));
+    }
+}
+
+/// Whether two catalogs render the same page (stock left is not on pages).
+fn same_page_data(a: &[Sale], b: &[Sale]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.sku == y.sku
+                && x.name == y.name
+                && x.description == y.description
+                && x.price_cents == y.price_cents
+                && x.stock_total == y.stock_total
+                && x.starts_ms == y.starts_ms
+                && x.ends_ms == y.ends_ms
+                && x.per_user_limit == y.per_user_limit
+        })
+}
+
+/// Hash of the files under `dir` (names and contents), for `?v=`.
+pub fn asset_version(dir: &Path) -> String {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).unwrap_or_default().hash(&mut h);
+    }
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+pub fn render_index(sales: &[Sale], v: &str) -> Result<String, Error> {
+    let views: Vec<SaleView> = sales.iter().map(SaleView::from).collect();
+    IndexPage { sales: &views, v }
+        .render()
+        .map_err(|e| Error::Internal(format!("template: {e}")))
+}
+
+pub fn render_product(sale: &Sale, v: &str) -> Result<String, Error> {
+    ProductPage {
+        sale: &SaleView::from(sale),
+        v,
+    }
+    .render()
+    .map_err(|e| Error::Internal(format!("template: {e}")))
+}
+
+fn respond(r: Rendered, headers: &HeaderMap) -> Response {
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == r.etag.as_bytes());
+    let common = [
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=10, stale-while-revalidate=60"),
+        ),
+        (header::ETAG, r.etag.clone()),
+        (header::LAST_MODIFIED, r.last_modified.clone()),
+    ];
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (
+        common,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        r.html.to_string(),
+    )
+        .into_response()
+}
+
+pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+    let sales = app.shop.catalog.list().await?;
+    if let Some(r) = app.pages.get("/", &sales) {
+        return Ok(respond(r, &headers));
+    }
+    let v = app.pages.asset_version(&app.settings.static_dir);
+    let r = rendered(render_index(&sales, v)?);
+    app.pages.put("/", sales.to_vec(), r.clone());
+    Ok(respond(r, &headers))
+}
+
+pub async fn product(
+    State(app): State<AppState>,
+    PathParam(sku): PathParam,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let sale = match app.shop.catalog.get(&sku).await {
+        Ok(s) => s,
+        Err(Error::UnknownSku) => return Err(Error::NotFound),
+        Err(e) => return Err(e),
+    };
+    let key = format!("/p/{sku}");
+    let one = std::slice::from_ref(&sale);
+    if let Some(r) = app.pages.get(&key, one) {
+        return Ok(respond(r, &headers));
+    }
+    let v = app.pages.asset_version(&app.settings.static_dir);
+    let r = rendered(render_product(&sale, v)?);
+    app.pages.put(&key, vec![sale], r.clone());
+    Ok(respond(r, &headers))
+}
+
+pub async fn orders(State(app): State<AppState>) -> OrdersPage {
+    OrdersPage {
+        v: app.pages.asset_version(&app.settings.static_dir).to_owned(),
+    }
+}
+
+pub async fn dev_login_form(State(app): State<AppState>) -> DevLoginPage {
+    DevLoginPage {
+        v: app.pages.asset_version(&app.settings.static_dir).to_owned(),
+        user: String::new(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct DevLoginForm {
+    user: String,
+}
+
+/// Sets the `fs_token` cookie for a typed-in name (`--dev-login` only).
+pub async fn dev_login(
+    State(app): State<AppState>,
+    form: Result<axum::Form<DevLoginForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, Error> {
+    let axum::Form(form) =
+        form.map_err(|_| Error::invalid("invalid_user", "a user name is required"))?;
+    let token = super::auth::mint(&app.settings.jwt_secret, form.user.trim(), 12 * 3600)?;
+    let secure = if app.settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie =
+        format!("fs_token={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}");
+    let mut resp = Redirect::to("/").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+/// `/static`: files from disk, cacheable for a year (URLs carry `?v=`).
+pub fn static_files(dir: &str) -> SetResponseHeader<ServeDir, HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    )
+    .layer(ServeDir::new(dir))
+}
+
+/// Writes every page into `out` (`index.html`, `p/<sku>.html`) for nginx.
+pub async fn render_all(sales: &[Sale], static_dir: &str, out: &Path) -> Result<usize, String> {
+    let v = asset_version(Path::new(static_dir));
+    std::fs::create_dir_all(out.join("p")).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |path: std::path::PathBuf, html: String| {
+        let tmp = path.with_extension("html.tmp");
+        std::fs::write(&tmp, html)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(
+        out.join("index.html"),
+        render_index(sales, &v).map_err(|e| e.to_string())?,
+    )?;
+    for s in sales {
+        write(
+            out.join("p").join(format!("{}.html", s.sku)),
+            render_product(s, &v).map_err(|e| e.to_string())?,
+        )?;
+    }
+    Ok(sales.len() + 1)
+}

@@ -1,0 +1,73 @@
+//! Rate limits shared by every server instance: token buckets kept in Redis
+//! (`fs_rate` of the Function library), per shopper on the purchase route
+//! and per client address on `/api`.
+//!
+//! A limiter that cannot reach Redis lets the request through: the purchase
+//! itself still needs the master, and a limiter must not turn a failover into
+//! a wall of 429s.
+
+use std::net::IpAddr;
+
+use crate::error::Error;
+use crate::redis::Redis;
+
+pub struct Limiter {
+    redis: Redis,
+    per_shopper: u32,
+    per_ip: u32,
+}
+
+impl Limiter {
+    pub fn new(redis: Redis, per_shopper: u32, per_ip: u32) -> Self {
+        Self {
+            redis,
+            per_shopper,
+            per_ip,
+        }
+    }
+
+    pub fn per_ip_enabled(&self) -> bool {
+        self.per_ip > 0
+    }
+
+    async fn take(&self, scope: &str, id: &str, rate: u32) -> Result<(), Error> {
+        if rate == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("fs_rate")
+            .arg(1)
+            .arg(self.redis.keys().rate(scope, id))
+            .arg(rate);
+        let Some(link) = self.redis.current_master() else {
+            return Ok(());
+        };
+        match cmd.query_async::<(i64, i64)>(&mut link.conn()).await {
+            Ok((1, _)) => Ok(()),
+            Ok((_, wait_ms)) => {
+                metrics::counter!("flashsale_rate_limited_total", "scope" => if scope == "ip" { "ip" } else { "shopper" }).increment(1);
+                Err(Error::RateLimited {
+                    retry_after_s: (wait_ms.max(1) as u64).div_ceil(1000),
+                })
+            }
+            Err(e) => {
+                self.redis.report(&link, &e);
+                tracing::debug!(error = %e, "rate limiter unavailable; request let through");
+                Ok(())
+            }
+        }
+    }
+
+    /// One purchase attempt of `user`.
+    pub async fn check_shopper(&self, user: &str) -> Result<(), Error> {
+        self.take("shopper", user, self.per_shopper).await
+    }
+
+    /// One `/api` request from `ip`.
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<(), Error> {
+        if self.per_ip == 0 {
+            return Ok(());
+        }
+        self.take("ip", &ip.to_string(), self.per_ip).await
+    }
+}

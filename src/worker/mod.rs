@@ -1,0 +1,736 @@
+//! The order-stream consumer behind `flashsale-worker`.
+//!
+//! Design (at-least-once delivery, exactly-once effect):
+//! - Every sale has one stream (`P:{sku}:stream`); every worker joins the
+//!   consumer group `flashsale` on each (created with `MKSTREAM` when absent,
+//!   recreated after `NOGROUP`, e.g. on a promoted replica that missed it) and
+//!   finds streams of new sales through the sales index.
+//! - A worker reads with `XREADGROUP … BLOCK` on a dedicated connection (never
+//!   sleep-polling) at most `--batch` entries at a time: that bounds the
+//!   orders it holds. Each entry is confirmed by `fs_confirm`, which flips
+//!   the order `queued → confirmed` *and* `XACK`s the entry in one atomic
+//!   step; a repeat delivery finds it confirmed, acks, and counts as a
+//!   duplicate. A batch's Function calls go in one pipeline.
+//! - Entries left pending longer than `--claim-idle-ms` (a dead consumer, or
+//!   one that failed) are taken over with `XAUTOCLAIM`; one delivered
+//!   `--max-deliveries` times is moved by `fs_dead_letter` to `P:{sku}:dead`
+//!   with its reason and acknowledged, so a poison entry never blocks the
+//!   stream. `flashsale dead-letters` lists and replays them.
+//! - Processed entries are trimmed with `XTRIM MINID` below the oldest entry
+//!   any group still needs (its oldest pending entry, or the first it has
+//!   not read).
+//! - SIGTERM/SIGINT: stop reading, finish and ack the batch in hand, exit 0
+//!   (bounded by `--shutdown-timeout-s`); a second signal exits at once —
+//!   what this worker held is reclaimed by the others.
+//! - Failover: every call goes through the access layer ([`crate::redis`]);
+//!   the blocking connection is reopened on the new master after an error.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use redis::Value;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use tokio::sync::Notify;
+
+use crate::config::RedisArgs;
+use crate::redis::{DbError, Redis};
+use crate::sale::{sku_of_order, valid_sku, valid_user};
+
+/// The consumer group every worker joins.
+pub const GROUP: &str = "flashsale";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "flashsale-worker",
+    version,
+    about = "Consumes the flashsale order streams"
+)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Consumer name (default: host-pid-random).
+    #[arg(long, env = "FLASHSALE_WORKER_NAME")]
+    pub consumer: Option<String>,
+    /// Most entries read (and held) at once.
+    #[arg(long, env = "FLASHSALE_WORKER_BATCH", default_value_t = 128)]
+    pub batch: usize,
+    /// XREADGROUP BLOCK time in milliseconds.
+    #[arg(long, env = "FLASHSALE_WORKER_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+    /// Pending entries idle this long are reclaimed from their consumer.
+    #[arg(long, env = "FLASHSALE_WORKER_CLAIM_IDLE_MS", default_value_t = 10_000)]
+    pub claim_idle_ms: u64,
+    /// Deliveries after which an entry is moved to the dead-letter stream.
+    #[arg(long, env = "FLASHSALE_WORKER_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: usize,
+    /// How often the sales index is read for new streams, in milliseconds.
+    #[arg(long, env = "FLASHSALE_WORKER_DISCOVER_MS", default_value_t = 1000)]
+    pub discover_ms: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
+    #[arg(long = "metrics", env = "FLASHSALE_WORKER_METRICS")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Longest graceful shutdown, in seconds.
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
+        default_value_t = 15
+    )]
+    pub shutdown_timeout_s: u64,
+}
+
+/// Counters of one [`Worker::step`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    pub read: usize,
+    pub confirmed: usize,
+    pub duplicates: usize,
+    pub failed: usize,
+    pub reclaimed: usize,
+    pub dead_lettered: usize,
+}
+
+impl StepReport {
+    pub fn is_empty(&self) -> bool {
+        self.read == 0 && self.reclaimed == 0 && self.dead_lettered == 0
+    }
+}
+
+/// Tunables of a worker, without the Redis settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub consumer: String,
+    pub batch: usize,
+    pub block: Duration,
+    pub claim_idle: Duration,
+    pub max_deliveries: usize,
+    pub discover_every: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_args(a: &WorkerArgs) -> Self {
+        Self {
+            consumer: a.consumer.clone().unwrap_or_else(default_consumer),
+            batch: a.batch.clamp(1, 10_000),
+            block: Duration::from_millis(a.block_ms.clamp(10, 60_000)),
+            claim_idle: Duration::from_millis(a.claim_idle_ms.max(100)),
+            max_deliveries: a.max_deliveries.max(1),
+            discover_every: Duration::from_millis(a.discover_ms.max(50)),
+        }
+    }
+}
+
+/// host-pid-random: unique per process, readable in XINFO CONSUMERS.
+pub fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let rand: u32 = rand::random();
+    format!("{host}-{}-{rand:08x}", std::process::id())
+}
+
+/// One parsed order entry.
+struct Entry {
+    id: String,
+    sku: String,
+    order_id: String,
+}
+
+fn field(e: &StreamId, k: &str) -> Option<String> {
+    match e.map.get(k)? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Validates an entry's fields; `Err(reason)` for a poison entry.
+fn parse_entry(stream_sku: &str, e: &StreamId) -> Result<Entry, String> {
+    let order_id = field(e, "order_id").ok_or("missing order_id")?;
+    let sku = field(e, "sku").ok_or("missing sku")?;
+    let user = field(e, "user_id").ok_or("missing user_id")?;
+    let qty: i64 = field(e, "qty")
+        .and_then(|q| q.parse().ok())
+        .ok_or("missing or malformed qty")?;
+    if sku != stream_sku || !valid_sku(&sku) {
+        return Err(format!("sku {sku:?} does not belong to this stream"));
+    }
+    if sku_of_order(&order_id) != Some(sku.as_str()) {
+        return Err("malformed order_id".into());
+    }
+    if !valid_user(&user) || qty < 1 {
+        return Err("malformed user_id or qty".into());
+    }
+    Ok(Entry {
+        id: e.id.clone(),
+        sku,
+        order_id,
+    })
+}
+
+/// A worker: its consumer name, its streams, its blocking connection.
+pub struct Worker {
+    redis: Redis,
+    cfg: WorkerConfig,
+    streams: Vec<(String, String)>, // (sku, stream key)
+    last_discover: Option<Instant>,
+    last_claim: Option<Instant>,
+    last_trim: Option<Instant>,
+    reader: Option<(u64, redis::aio::MultiplexedConnection)>,
+}
+
+impl Worker {
+    pub fn new(redis: Redis, cfg: WorkerConfig) -> Self {
+        Self {
+            redis,
+            cfg,
+            streams: Vec::new(),
+            last_discover: None,
+            last_claim: None,
+            last_trim: None,
+            reader: None,
+        }
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.cfg.consumer
+    }
+
+    /// Reads the sales index; joins the group on every new stream.
+    async fn discover(&mut self, force: bool) -> Result<(), DbError> {
+        if !force
+            && self
+                .last_discover
+                .is_some_and(|t| t.elapsed() < self.cfg.discover_every)
+        {
+            return Ok(());
+        }
+        let keys = self.redis.keys();
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(keys.sales_index()).arg(0).arg(-1);
+        let skus: Vec<String> = self.redis.read_master(&cmd).await?;
+        for sku in skus.into_iter().filter(|s| valid_sku(s)) {
+            if self.streams.iter().any(|(s, _)| *s == sku) {
+                continue;
+            }
+            let stream = keys.stream(&sku);
+            self.ensure_group(&stream).await?;
+            self.streams.push((sku, stream));
+        }
+        self.last_discover = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn ensure_group(&self, stream: &str) -> Result<(), DbError> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.redis.write::<String, _>(&cmd).await {
+            Ok(_) => {
+                tracing::info!(stream, group = GROUP, "consumer group created");
+                Ok(())
+            }
+            Err(DbError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The blocking connection, reopened after a master switch.
+    async fn reader(&mut self) -> Result<redis::aio::MultiplexedConnection, DbError> {
+        if let Some((epoch, c)) = &self.reader
+            && self
+                .redis
+                .current_master()
+                .is_some_and(|l| l.epoch == *epoch)
+        {
+            return Ok(c.clone());
+        }
+        let (link, conn) = self
+            .redis
+            .dedicated_master_connection(self.cfg.block + Duration::from_secs(2))
+            .await?;
+        self.reader = Some((link.epoch, conn.clone()));
+        Ok(conn)
+    }
+
+    /// One round: discover streams, reclaim and dead-letter idle entries
+    /// (every `claim_idle / 2`), read a batch (blocking up to `block`),
+    /// process it, and trim. Returns what it did; an empty report means the
+    /// streams had nothing for this worker.
+    pub async fn step(&mut self) -> Result<StepReport, DbError> {
+        let mut report = StepReport::default();
+        self.discover(false).await?;
+        if self.streams.is_empty() {
+            tokio::time::sleep(self.cfg.block.min(self.cfg.discover_every)).await;
+            return Ok(report);
+        }
+        if self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.cfg.claim_idle / 2)
+        {
+            self.reclaim(&mut report).await?;
+            self.last_claim = Some(Instant::now());
+        }
+        let entries = self.read_batch().await?;
+        report.read = entries.len();
+        self.process(entries, &mut report).await?;
+        if self
+            .last_trim
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+        {
+            self.trim().await?;
+            self.last_trim = Some(Instant::now());
+        }
+        Ok(report)
+    }
+
+    async fn read_batch(&mut self) -> Result<Vec<(usize, StreamId)>, DbError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.cfg.consumer)
+            .arg("COUNT")
+            .arg(self.cfg.batch)
+            .arg("BLOCK")
+            .arg(self.cfg.block.as_millis() as u64)
+            .arg("STREAMS");
+        for (_, s) in &self.streams {
+            cmd.arg(s);
+        }
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let mut conn = self.reader().await?;
+        let reply: Result<Option<StreamReadReply>, _> = cmd.query_async(&mut conn).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("consumer group missing (new master?); recreating");
+                for (_, s) in self.streams.clone() {
+                    self.ensure_group(&s).await?;
+                }
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                self.reader = None;
+                if let Some(link) = self.redis.current_master() {
+                    self.redis.report(&link, &e);
+                }
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(i) = self.streams.iter().position(|(_, s)| *s == key.key) else {
+                continue;
+            };
+            out.extend(key.ids.into_iter().map(|id| (i, id)));
+        }
+        Ok(out)
+    }
+
+    /// Confirms a batch in one pipeline of `fs_confirm` calls.
+    async fn process(
+        &mut self,
+        entries: Vec<(usize, StreamId)>,
+        report: &mut StepReport,
+    ) -> Result<(), DbError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let keys = self.redis.keys().clone();
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(entries.len());
+        for (i, raw) in &entries {
+            let (sku, stream) = &self.streams[*i];
+            match parse_entry(sku, raw) {
+                Ok(e) => {
+                    pipe.cmd("FCALL")
+                        .arg("fs_confirm")
+                        .arg(3)
+                        .arg(keys.order(&e.sku, &e.order_id))
+                        .arg(keys.sale(&e.sku))
+                        .arg(stream)
+                        .arg(&e.order_id)
+                        .arg(GROUP)
+                        .arg(&e.id);
+                    sent.push(e);
+                }
+                Err(reason) => {
+                    // Left pending: reclaimed, retried, and dead-lettered after
+                    // max deliveries.
+                    report.failed += 1;
+                    tracing::warn!(entry = %raw.id, stream = %stream, %reason, "malformed order entry");
+                }
+            }
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let results: Vec<i64> = self.redis.write(&pipe).await?;
+        for (e, r) in sent.iter().zip(results) {
+            match r {
+                1 => {
+                    report.confirmed += 1;
+                    tracing::debug!(order_id = %e.order_id, "order confirmed");
+                }
+                0 => {
+                    report.duplicates += 1;
+                    metrics::counter!("flashsale_worker_duplicates_total").increment(1);
+                    tracing::info!(order_id = %e.order_id, "duplicate delivery; already confirmed");
+                }
+                _ => {
+                    report.failed += 1;
+                    tracing::warn!(order_id = %e.order_id, entry = %e.id, "order record missing; left pending");
+                }
+            }
+        }
+        metrics::counter!("flashsale_worker_processed_total").increment(report.confirmed as u64);
+        metrics::histogram!("flashsale_worker_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Takes over idle pending entries; dead-letters those delivered too often.
+    async fn reclaim(&mut self, report: &mut StepReport) -> Result<(), DbError> {
+        let idle = self.cfg.claim_idle.as_millis() as u64;
+        let keys = self.redis.keys().clone();
+        for i in 0..self.streams.len() {
+            let (sku, stream) = self.streams[i].clone();
+            // Entries delivered too often: dead-letter them first.
+            let mut pending = redis::cmd("XPENDING");
+            pending
+                .arg(&stream)
+                .arg(GROUP)
+                .arg("IDLE")
+                .arg(idle)
+                .arg("-")
+                .arg("+")
+                .arg(self.cfg.batch);
+            let p: StreamPendingCountReply = match self.redis.read_master(&pending).await {
+                Ok(p) => p,
+                Err(DbError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                    self.ensure_group(&stream).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut claim_ids = Vec::new();
+            for pid in p.ids {
+                if pid.times_delivered >= self.cfg.max_deliveries {
+                    let mut cmd = redis::cmd("FCALL");
+                    cmd.arg("fs_dead_letter")
+                        .arg(2)
+                        .arg(&stream)
+                        .arg(keys.dead_letters(&sku))
+                        .arg(GROUP)
+                        .arg(&pid.id)
+                        .arg(format!(
+                            "not processed after {} deliveries",
+                            pid.times_delivered
+                        ))
+                        .arg(pid.times_delivered)
+                        .arg(&pid.consumer);
+                    let _: i64 = self.redis.write(&cmd).await?;
+                    report.dead_lettered += 1;
+                    metrics::counter!("flashsale_worker_dead_lettered_total").increment(1);
+                    tracing::warn!(entry = %pid.id, stream = %stream, deliveries = pid.times_delivered, "entry dead-lettered");
+                } else {
+                    claim_ids.push(pid.id);
+                }
+            }
+            if claim_ids.is_empty() {
+                continue;
+            }
+            let mut claim = redis::cmd("XAUTOCLAIM");
+            claim
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&self.cfg.consumer)
+                .arg(idle)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.cfg.batch);
+            let r: StreamAutoClaimReply = self.redis.write(&claim).await?;
+            if r.claimed.is_empty() {
+                continue;
+            }
+            report.reclaimed += r.claimed.len();
+            metrics::counter!("flashsale_worker_reclaimed_total").increment(r.claimed.len() as u64);
+            tracing::info!(stream = %stream, count = r.claimed.len(), "reclaimed idle entries");
+            let entries = r.claimed.into_iter().map(|e| (i, e)).collect();
+            self.process(entries, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Trims each stream below the oldest entry any group still needs, and
+    /// publishes the lag gauge.
+    async fn trim(&mut self) -> Result<(), DbError> {
+        let mut total_lag = 0i64;
+        for (_, stream) in self.streams.clone() {
+            let mut info = redis::cmd("XINFO");
+            info.arg("GROUPS").arg(&stream);
+            let groups: Vec<HashMap<String, Value>> = match self.redis.read_master(&info).await {
+                Ok(g) => g,
+                Err(_) => continue,
+            };
+            let mut min_needed: Option<(u64, u64)> = None;
+            for g in &groups {
+                let name = match g.get("name") {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    _ => continue,
+                };
+                let pending = match g.get("pending") {
+                    Some(Value::Int(n)) => *n,
+                    _ => 0,
+                };
+                if let Some(Value::Int(l)) = g.get("lag") {
+                    total_lag += *l;
+                }
+                total_lag += pending;
+                let needed = if pending > 0 {
+                    let mut first = redis::cmd("XPENDING");
+                    first.arg(&stream).arg(&name).arg("-").arg("+").arg(1);
+                    let p: StreamPendingCountReply = self.redis.read_master(&first).await?;
+                    p.ids.first().and_then(|p| parse_id(&p.id))
+                } else {
+                    match g.get("last-delivered-id") {
+                        Some(Value::BulkString(b)) => {
+                            parse_id(&String::from_utf8_lossy(b)).map(|(ms, seq)| (ms, seq + 1))
+                        }
+                        _ => None,
+                    }
+                };
+                let Some(needed) = needed else {
+                    min_needed = Some((0, 0));
+                    continue;
+                };
+                min_needed = Some(min_needed.map_or(needed, |m| m.min(needed)));
+            }
+            if let Some((ms, seq)) = min_needed
+                && (ms, seq) > (0, 0)
+                && !groups.is_empty()
+            {
+                let mut t = redis::cmd("XTRIM");
+                t.arg(&stream).arg("MINID").arg(format!("{ms}-{seq}"));
+                let _: i64 = self.redis.write(&t).await?;
+            }
+        }
+        metrics::gauge!("flashsale_worker_lag").set(total_lag as f64);
+        Ok(())
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Runs a worker until `stop` is notified (then finishes the batch in hand).
+pub async fn run(mut worker: Worker, stop: Arc<Notify>, stopping: Arc<AtomicBool>) {
+    tracing::info!(consumer = worker.consumer(), "worker started");
+    while !stopping.load(Ordering::SeqCst) {
+        let step = tokio::select! {
+            r = worker.step() => r,
+            _ = stop.notified() => break,
+        };
+        if let Err(e) = step {
+            tracing::warn!(error = %e, "worker step failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tracing::info!(consumer = worker.consumer(), "worker stopped");
+}
+
+/// `flashsale-worker` main.
+pub async fn main(args: WorkerArgs) -> ExitCode {
+    let settings = match args.redis.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flashsale-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = crate::telemetry::metrics_handle();
+    if let Some(addr) = args.metrics_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let h = handle.clone();
+                        async move { h.render() }
+                    }),
+                );
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, app).await;
+                });
+            }
+            Err(e) => {
+                eprintln!("flashsale-worker: FLASHSALE_WORKER_METRICS {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let redis = match Redis::connect(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flashsale-worker: redis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let worker = Worker::new(redis, WorkerConfig::from_args(&args));
+    let stop = Arc::new(Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut task = tokio::spawn(run(worker, stop.clone(), stopping.clone()));
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flashsale-worker: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tokio::select! {
+        _ = &mut task => return ExitCode::SUCCESS,
+        _ = signal => {}
+    }
+    tracing::info!("signal received: finishing the batch in hand");
+    stopping.store(true, Ordering::SeqCst);
+    let graceful = tokio::time::timeout(Duration::from_secs(args.shutdown_timeout_s), &mut task);
+    tokio::select! {
+        r = graceful => {
+            if r.is_err() {
+                tracing::warn!("shutdown timed out; pending entries will be reclaimed");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        _ = tokio::signal::ctrl_c() => std::process::exit(130),
+        _ = term.recv() => std::process::exit(143),
+    }
+}
+
+/// `flashsale dead-letters`.
+#[derive(Args, Debug)]
+pub struct DeadLetterArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(subcommand)]
+    pub action: DeadLetterAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// Print the dead letters of a sale, one JSON object per line.
+    List {
+        #[arg(long)]
+        sku: String,
+    },
+    /// Put dead letters back on the order stream (all, or one by --id) and
+    /// remove them from the dead-letter stream.
+    Replay {
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+pub async fn dead_letters_command(args: DeadLetterArgs) -> ExitCode {
+    let settings = match args.redis.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flashsale: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let redis = match Redis::connect(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flashsale: redis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sku = match &args.action {
+        DeadLetterAction::List { sku } | DeadLetterAction::Replay { sku, .. } => sku.clone(),
+    };
+    if !valid_sku(&sku) {
+        eprintln!("flashsale: --sku must be 1-64 of [A-Za-z0-9_-]");
+        return ExitCode::FAILURE;
+    }
+    let keys = redis.keys().clone();
+    let mut range = redis::cmd("XRANGE");
+    range.arg(keys.dead_letters(&sku)).arg("-").arg("+");
+    let entries: Vec<(String, Vec<Value>)> = match redis.read_master(&range).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("flashsale: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut replayed = 0;
+    for (id, flat) in entries {
+        let fields: Vec<(String, String)> = flat
+            .chunks(2)
+            .filter_map(|p| match p {
+                [k, v] => Some((text(k), text(v))),
+                _ => None,
+            })
+            .collect();
+        match &args.action {
+            DeadLetterAction::List { .. } => {
+                let obj: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                println!("{}", serde_json::json!({ "id": id, "fields": obj }));
+            }
+            DeadLetterAction::Replay { id: only, .. } => {
+                if only.as_ref().is_some_and(|o| *o != id) {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let xadd = pipe.cmd("XADD").arg(keys.stream(&sku)).arg("*");
+                for (k, v) in &fields {
+                    if let Some(orig) = k.strip_prefix("f:") {
+                        xadd.arg(orig).arg(v);
+                    }
+                }
+                pipe.cmd("XDEL").arg(keys.dead_letters(&sku)).arg(&id);
+                if let Err(e) = redis.write::<Value, _>(&pipe).await {
+                    eprintln!("flashsale: replay {id}: {e}");
+                    return ExitCode::FAILURE;
+                }
+                replayed += 1;
+            }
+        }
+    }
+    if let DeadLetterAction::Replay { .. } = args.action {
+        println!("replayed {replayed} dead letter(s) of {sku}");
+    }
+    ExitCode::SUCCESS
+}
