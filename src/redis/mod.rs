@@ -25,8 +25,10 @@
 //!   as fallback. A replica never decides whether a unit can be sold.
 //! - **Acknowledgement.** With `FLASHSALE_REPLICA_ACKS=all`, the number of
 //!   replicas a write must reach is the number the Sentinels consider up
-//!   (no `s_down`/`o_down`/`disconnected` flag), at least one — not the number
-//!   attached to the master right now (see CONTRACT.md "Acknowledgement").
+//!   (no `s_down`/`o_down`/`disconnected` flag, and reporting the replica
+//!   role), at least one — not the number attached to the master right now
+//!   (see CONTRACT.md "Acknowledgement"): during a planned failover the old
+//!   master still has one replica attached, and its WAIT must fall short.
 //!
 //! With `FLASHSALE_REDIS_URL` there are no Sentinels: the one node is the
 //! master, links are rebuilt after errors, and reads go to it as well.

@@ -100,6 +100,15 @@ fn is_down(flags: &str) -> bool {
         .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
 }
 
+/// A replica the Sentinels consider up: no down flag, and it reports the
+/// replica role. An old master that still claims `master` (Sentinel turns
+/// it into a replica only seconds after a failover) is not one yet: counting
+/// it would make every WAIT on the new master fall short until then.
+fn is_up_replica(r: &HashMap<String, String>) -> bool {
+    !r.get("flags").is_some_and(|f| is_down(f))
+        && r.get("role-reported").is_none_or(|role| role == "slave")
+}
+
 impl Sentinels {
     async fn conn(&mut self, i: usize) -> Result<MultiplexedConnection, DbError> {
         if let Some(c) = &self.conns[i] {
@@ -180,7 +189,7 @@ impl Sentinels {
             }
             let up_replicas = replicas
                 .iter()
-                .filter(|r| !r.get("flags").is_some_and(|f| is_down(f)))
+                .filter(|r| is_up_replica(r))
                 .filter_map(addr_of)
                 .filter(|a| *a != addr)
                 .collect();

@@ -1,1 +1,4 @@
+//! The one integration-test binary: real Redis Sentinel groups, real HTTP.
+
+mod api;
 mod support;

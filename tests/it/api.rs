@@ -1,0 +1,397 @@
+//! The HTTP API on the shared Sentinel group: purchases, limits, windows,
+//! bad input, auth, orders, admin, pages.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::support::app::{AppOptions, TestApp, shared_group, stream_order_ids, unique};
+
+async fn app() -> TestApp {
+    TestApp::spawn(shared_group(), AppOptions::default()).await
+}
+
+fn sku() -> String {
+    unique("sku")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_happy_path() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 10, 1, -5, 3600).await;
+
+    let (s, body) = app.purchase("alice", &sku, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["status"], "queued");
+    let order_id = body["order_id"].as_str().expect("order id").to_owned();
+
+    let (s, order) = app.get(&format!("/api/orders/{order_id}"), Some("alice")).await;
+    assert_eq!(s, 200);
+    assert_eq!(order["order_id"], order_id.as_str());
+    assert_eq!(order["sku"], sku.as_str());
+    assert_eq!(order["user_id"], "alice");
+    assert_eq!(order["qty"], 1);
+    assert_eq!(order["status"], "queued");
+    assert!(order["created_at"].as_str().is_some_and(|t| t.contains('T')));
+
+    let (s, mine) = app.get("/api/me/orders", Some("alice")).await;
+    assert_eq!(s, 200);
+    assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1));
+
+    let a = app.audit(&sku).await;
+    assert_eq!(a["stock_total"], 10);
+    assert_eq!(a["stock_left"], 9);
+    assert_eq!(a["sold"], 1);
+    assert_eq!(a["orders"], 1);
+    assert_eq!(a["buyers"], 1);
+    assert_eq!(a["pending"], 1);
+    assert_eq!(a["consistent"], true);
+
+    let (s, product) = app.get(&format!("/api/products/{sku}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(product["state"], "live");
+    assert!(product["server_time"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sells_exactly_the_stock_to_concurrent_shoppers() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 100, 1, -5, 3600).await;
+
+    let results = join_all((0..500).map(|i| {
+        let app = &app;
+        let sku = &sku;
+        async move { app.purchase(&format!("shopper{i}"), sku, 1, None).await }
+    }))
+    .await;
+    let mut accepted = Vec::new();
+    for (s, body) in &results {
+        match s {
+            202 => accepted.push(body["order_id"].as_str().expect("id").to_owned()),
+            410 => assert_eq!(body["error"], "sold_out"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(accepted.len(), 100, "exactly the stock is sold");
+    let unique_ids: HashSet<&String> = accepted.iter().collect();
+    assert_eq!(unique_ids.len(), 100);
+
+    let a = app.audit(&sku).await;
+    assert_eq!(a["stock_left"], 0);
+    assert_eq!(a["sold"], 100);
+    assert_eq!(a["orders"], 100);
+    assert_eq!(a["consistent"], true);
+
+    let group = shared_group();
+    let master = group.master_port().await;
+    let in_stream = stream_order_ids(group, master, &app.prefix, &sku).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &in_stream {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    for id in &accepted {
+        assert_eq!(counts.get(id.as_str()), Some(&1), "order {id} once in the stream");
+    }
+    assert_eq!(in_stream.len(), 100);
+
+    // Sold out is now answered locally, and a buyer still learns the order id.
+    let (s, body) = app.purchase("late-shopper", &sku, 1, None).await;
+    assert_eq!((s, body["error"].as_str()), (410, Some("sold_out")));
+    let winner = results.iter().position(|(s, _)| *s == 202).expect("a winner");
+    let (s, body) = app.purchase(&format!("shopper{winner}"), &sku, 1, None).await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(body["order_id"], results[winner].1["order_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_shopper_limit_holds_under_double_clicks() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 50, 1, -5, 3600).await;
+    let results = join_all((0..20).map(|_| app.purchase("clicker", &sku, 1, None))).await;
+    let accepted: Vec<&Value> = results.iter().filter(|(s, _)| *s == 202).map(|(_, b)| b).collect();
+    assert_eq!(accepted.len(), 1, "{results:?}");
+    let id = &accepted[0]["order_id"];
+    for (s, body) in &results {
+        assert!(*s == 202 || *s == 409, "{s} {body}");
+        assert_eq!(&body["order_id"], id, "every answer names the one order");
+    }
+    let a = app.audit(&sku).await;
+    assert_eq!(a["sold"], 1);
+    assert_eq!(a["buyers"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_limits_above_one() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 50, 2, -5, 3600).await;
+    let (s, first) = app.purchase("bob", &sku, 1, Some("key-1")).await;
+    assert_eq!(s, 202);
+    // Same key: the same order, 409.
+    let (s, again) = app.purchase("bob", &sku, 1, Some("key-1")).await;
+    assert_eq!(s, 409);
+    assert_eq!(again["order_id"], first["order_id"]);
+    // A new key buys again while under the limit of 2...
+    let (s, second) = app.purchase("bob", &sku, 1, Some("key-2")).await;
+    assert_eq!(s, 202);
+    assert_ne!(second["order_id"], first["order_id"]);
+    // ...and not beyond it.
+    let (s, third) = app.purchase("bob", &sku, 1, Some("key-3")).await;
+    assert_eq!(s, 409);
+    assert_eq!(third["order_id"], first["order_id"]);
+    // More than the limit at once is invalid, not a purchase.
+    let (s, body) = app.purchase("carol", &sku, 3, None).await;
+    assert_eq!((s, body["error"].as_str()), (422, Some("invalid_qty")));
+    let a = app.audit(&sku).await;
+    assert_eq!(a["sold"], 2);
+    assert_eq!(a["orders"], 2);
+    assert_eq!(a["max_units_per_buyer"], 2);
+    // A malformed key is refused before anything happens.
+    let (s, _) = app.purchase("dave", &sku, 1, Some("bad key{}")).await;
+    assert_eq!(s, 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sale_window_is_enforced() {
+    let app = app().await;
+    let early = sku();
+    app.create_sale(&early, 5, 1, 3600, 3600).await;
+    let (s, body) = app.purchase("erin", &early, 1, None).await;
+    assert_eq!((s, body["error"].as_str()), (425, Some("not_started")), "{body}");
+    let (_, p) = app.get(&format!("/api/products/{early}"), None).await;
+    assert_eq!(p["state"], "upcoming");
+
+    let over = sku();
+    app.create_sale(&over, 5, 1, -10, 2).await;
+    let (s, body) = app.purchase("erin", &over, 1, None).await;
+    assert_eq!((s, body["error"].as_str()), (410, Some("ended")));
+    let (_, p) = app.get(&format!("/api/products/{over}"), None).await;
+    assert_eq!(p["state"], "ended");
+    for sku in [&early, &over] {
+        assert_eq!(app.audit(sku).await["sold"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_4xx_json_error_and_changes_nothing() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let before = app.audit(&sku).await;
+    let token = app.token("frank");
+    let big = format!("{{\"qty\":1,\"pad\":\"{}\"}}", "x".repeat(1 << 20));
+    let cases: Vec<(String, u16, &str)> = vec![
+        (r#"{"qty":0}"#.into(), 422, "invalid_qty"),
+        (r#"{"qty":-1}"#.into(), 422, "invalid_qty"),
+        (r#"{"qty":1000000000000}"#.into(), 422, "invalid_qty"),
+        (r#"{"qty":"abc"}"#.into(), 422, "invalid_qty"),
+        (String::new(), 422, "invalid_qty"),
+        ("not json".into(), 400, "invalid_json"),
+        (big, 413, "payload_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let shown = body.chars().take(40).collect::<String>();
+        let (s, b) = app.purchase_raw(&token, &sku, body, None).await;
+        assert_eq!(s, status, "{shown}: {b}");
+        assert_eq!(b["error"], code, "{shown}");
+        assert!(b["message"].is_string());
+    }
+    let (s, b) = app.purchase("frank", "no-such-sku", 1, None).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("unknown_sku")));
+    let (s, b) = app.purchase("frank", "bad{sku}", 1, None).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("unknown_sku")));
+    let (s, b) = app.get("/api/products/nope", None).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("unknown_sku")));
+    let (s, b) = app.get("/no/such/route", None).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+    let r = app.http.delete(app.url("/api/products")).send().await.expect("delete");
+    assert_eq!(r.status().as_u16(), 405);
+    let b: Value = r.json().await.expect("405 json");
+    assert!(b["error"].is_string());
+    assert_eq!(app.audit(&sku).await, before, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let forged = flashsale::web::auth::mint(
+        &flashsale::config::Secret::new("another-secret-0123456789"),
+        "mallory",
+        3600,
+    )
+    .expect("mint");
+    let expired = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        encode(
+            &Header::default(),
+            &json!({"sub": "mallory", "exp": 1_000_000_000u64}),
+            &EncodingKey::from_secret(crate::support::app::JWT_SECRET.as_bytes()),
+        )
+        .expect("encode")
+    };
+    for token in [forged.as_str(), expired.as_str(), "", "garbage"] {
+        let (s, b) = app.purchase_raw(token, &sku, r#"{"qty":1}"#.into(), None).await;
+        assert_eq!((s, b["error"].as_str()), (401, Some("unauthorized")), "{token}");
+    }
+    let r = app
+        .http
+        .post(app.url(&format!("/api/sales/{sku}/purchase")))
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, _) = app.get("/api/me/orders", None).await;
+    assert_eq!(s, 401);
+    // The cookie works like the header.
+    let r = app
+        .http
+        .post(app.url(&format!("/api/sales/{sku}/purchase")))
+        .header("cookie", format!("fs_token={}", app.token("cookie-user")))
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(app.audit(&sku).await["sold"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_shoppers_order_is_not_found() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let (_, body) = app.purchase("grace", &sku, 1, None).await;
+    let id = body["order_id"].as_str().expect("id");
+    let (s, b) = app.get(&format!("/api/orders/{id}"), Some("heidi")).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+    let (s, _) = app.get(&format!("/api/orders/{id}"), Some("grace")).await;
+    assert_eq!(s, 200);
+    let (s, _) = app.get("/api/orders/not-an-order", Some("grace")).await;
+    assert_eq!(s, 404);
+    let (s, _) = app.get(&format!("/api/orders/{id}"), None).await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_is_guarded_and_validated() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let sale = json!({"sku": sku, "name": "n", "description": "", "price_cents": 1, "stock": 1,
+        "starts_at": "2030-01-01T00:00:00Z", "ends_at": "2030-01-02T00:00:00Z", "per_user_limit": 1});
+    let (s, b) = app.admin_post("/admin/sales", sale.clone()).await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("sale_exists")));
+    let mut backwards = sale.clone();
+    backwards["sku"] = json!(unique("bk"));
+    backwards["ends_at"] = json!("2029-01-01T00:00:00Z");
+    let (s, _) = app.admin_post("/admin/sales", backwards).await;
+    assert_eq!(s, 422);
+    let r = app
+        .http
+        .post(app.url("/admin/sales"))
+        .bearer_auth("wrong")
+        .json(&sale)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = app
+        .http
+        .get(app.url(&format!("/admin/sales/{sku}/audit")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = app
+        .http
+        .get(app.url("/admin/sales/nope/audit"))
+        .bearer_auth(crate::support::app::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+
+    let no_admin = TestApp::spawn(
+        shared_group(),
+        AppOptions {
+            admin: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let r = no_admin
+        .http
+        .get(no_admin.url(&format!("/admin/sales/{sku}/audit")))
+        .bearer_auth(crate::support::app::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404, "admin API is off without a token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_escaped_and_cacheable() {
+    let app = app().await;
+    let sku = sku();
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let (s, _) = app
+        .admin_post(
+            "/admin/sales",
+            json!({"sku": sku, "name": "<script>alert(1)</script> TV", "description": "a & b",
+                "price_cents": 123456, "stock": 7, "per_user_limit": 1,
+                "starts_at": now.format(fmt).expect("fmt"),
+                "ends_at": (now + time::Duration::hours(1)).format(fmt).expect("fmt")}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let r = app.http.get(app.url(&format!("/p/{sku}"))).send().await.expect("page");
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+    assert!(r.headers()["cache-control"].to_str().expect("cc").contains("public"));
+    assert!(r.headers().contains_key("last-modified"));
+    assert!(r.headers()["content-security-policy"].to_str().expect("csp").contains("script-src 'self'"));
+    let html = r.text().await.expect("html");
+    assert!(!html.contains("<script>alert(1)</script>"), "name is escaped");
+    assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62; TV"));
+    assert!(html.contains("1234.56"));
+    assert!(html.contains(r#"id="buy""#));
+    let r = app
+        .http
+        .get(app.url(&format!("/p/{sku}")))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status().as_u16(), 304);
+    let index = app.http.get(app.url("/")).send().await.expect("index").text().await.expect("text");
+    assert!(index.contains(&format!("/p/{sku}")));
+    let r = app.http.get(app.url("/p/no-such-sale")).send().await.expect("page");
+    assert_eq!(r.status().as_u16(), 404);
+    let r = app.http.get(app.url("/static/app.js")).send().await.expect("js");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["cache-control"].to_str().expect("cc").contains("immutable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let _ = app.purchase("ivan", &sku, 1, None).await;
+    let (s, _) = app.get("/healthz", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = app.get("/readyz", None).await;
+    assert_eq!(s, 200);
+    let text = app.http.get(app.url("/metrics")).send().await.expect("m").text().await.expect("t");
+    assert!(text.contains("flashsale_http_requests_total"), "{text}");
+    assert!(text.contains("flashsale_purchases_total"));
+    assert!(!text.contains(crate::support::app::JWT_SECRET));
+}

@@ -1,0 +1,305 @@
+//! In-process `flashsale serve` instances (port 0) and helpers that drive
+//! them over real HTTP, plus the shared Sentinel group.
+//!
+//! Tests that do not break the group share one ([`shared_group`]) and isolate
+//! themselves with a unique key prefix per app; tests that kill nodes start
+//! their own [`RedisGroup`]. The shared group is started once on its own
+//! thread and runtime; a watchdog process (`redis-group.sh stop` once this
+//! test process is gone) stops it by PID whatever way the process ends.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flashsale::config::{RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings};
+use flashsale::web::Application;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::redis_group::{GroupOptions, RedisGroup};
+
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// The group shared by every test that does not break it.
+pub fn shared_group() -> &'static RedisGroup {
+    static GROUP: OnceLock<RedisGroup> = OnceLock::new();
+    GROUP.get_or_init(|| {
+        let group = std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for the shared group")
+                .block_on(RedisGroup::start(GroupOptions::default()))
+        })
+        .join()
+        .expect("shared group start");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-group.sh");
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' stop --dir '{dir}'; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = group.dir().display(),
+        );
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("shared group watchdog");
+        group
+    })
+}
+
+/// A unique key prefix (and sku namespace) per app.
+pub fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{name}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub prefix: Option<String>,
+    pub replica_acks: ReplicaAcks,
+    pub failover_wait: Duration,
+    pub admin: bool,
+    pub rate_limit_per_shopper: u32,
+    pub rate_limit_per_ip: u32,
+    pub max_in_flight: usize,
+    pub catalog_cache: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            replica_acks: ReplicaAcks::All,
+            failover_wait: Duration::from_secs(5),
+            admin: true,
+            rate_limit_per_shopper: 0,
+            rate_limit_per_ip: 0,
+            max_in_flight: 4096,
+            catalog_cache: Duration::from_millis(100),
+        }
+    }
+}
+
+pub fn redis_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> RedisSettings {
+    RedisSettings {
+        target: RedisTarget::Sentinels {
+            addrs: (0..3)
+                .map(|i| ("127.0.0.1".to_owned(), group.sentinel_port(i)))
+                .collect(),
+            master_name: group.master_name().to_owned(),
+            sentinel_password: None,
+        },
+        password: Some(Secret::new(group.password())),
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_millis(1000),
+        failover_wait: opts.failover_wait,
+        replica_acks: opts.replica_acks,
+        wait_timeout: Duration::from_millis(250),
+        write_connections: 2,
+        poll_interval: Duration::from_millis(500),
+    }
+}
+
+/// One running app.
+pub struct TestApp {
+    pub base: String,
+    pub prefix: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(group: &RedisGroup, opts: AppOptions) -> TestApp {
+        let prefix = opts.prefix.clone().unwrap_or_else(|| unique("t"));
+        Self::spawn_with(group, &prefix, opts).await
+    }
+
+    pub async fn spawn_with(group: &RedisGroup, prefix: &str, opts: AppOptions) -> TestApp {
+        let settings = ServeSettings {
+            redis: redis_settings(group, prefix, &opts),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            jwt_secret: Secret::new(JWT_SECRET),
+            admin_token: opts.admin.then(|| Secret::new(ADMIN_TOKEN)),
+            rate_limit_per_shopper: opts.rate_limit_per_shopper,
+            rate_limit_per_ip: opts.rate_limit_per_ip,
+            max_in_flight: opts.max_in_flight,
+            static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
+            catalog_cache: opts.catalog_cache,
+            dev_login: true,
+            cookie_secure: false,
+        };
+        let app = Application::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("app start: {e}"));
+        let base = format!("http://{}", app.addr());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        TestApp {
+            base,
+            prefix: prefix.to_owned(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving (graceful) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        flashsale::web::auth::mint(&Secret::new(JWT_SECRET), user, 3600).expect("mint")
+    }
+
+    /// Creates a sale that opens `start_in` seconds from now (negative:
+    /// already open) and lasts `len` seconds.
+    pub async fn create_sale(&self, sku: &str, stock: i64, limit: i64, start_in: i64, len: i64) -> Value {
+        let now = time::OffsetDateTime::now_utc();
+        let fmt = &time::format_description::well_known::Rfc3339;
+        let starts = (now + time::Duration::seconds(start_in)).format(fmt).expect("fmt");
+        let ends = (now + time::Duration::seconds(start_in + len)).format(fmt).expect("fmt");
+        let (status, body) = self
+            .admin_post(
+                "/admin/sales",
+                json!({
+                    "sku": sku, "name": format!("Product {sku}"), "description": "A test product",
+                    "price_cents": 1999, "stock": stock, "starts_at": starts, "ends_at": ends,
+                    "per_user_limit": limit
+                }),
+            )
+            .await;
+        assert_eq!(status, 201, "create sale {sku}: {body}");
+        body
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin post");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn audit(&self, sku: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(&format!("/admin/sales/{sku}/audit")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("audit");
+        assert_eq!(r.status().as_u16(), 200, "audit {sku}");
+        r.json().await.expect("audit json")
+    }
+
+    /// POSTs a purchase; returns (status, body). Transport errors are status 0.
+    pub async fn purchase(&self, user: &str, sku: &str, qty: i64, key: Option<&str>) -> (u16, Value) {
+        self.purchase_raw(&self.token(user), sku, json!({ "qty": qty }).to_string(), key)
+            .await
+    }
+
+    pub async fn purchase_raw(&self, token: &str, sku: &str, body: String, key: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/sales/{sku}/purchase")))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str, user: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(u) = user {
+            req = req.bearer_auth(self.token(u));
+        }
+        let r = req.send().await.expect("get");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Every order id in a sale's stream (XRANGE), read from `port`.
+pub async fn stream_order_ids(group: &RedisGroup, port: u16, prefix: &str, sku: &str) -> Vec<String> {
+    let mut c = group.client(port).await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:{{{sku}}}:stream"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("xrange");
+    entries
+        .into_iter()
+        .filter_map(|(_, f)| f.into_iter().find(|(k, _)| k == "order_id").map(|(_, v)| v))
+        .collect()
+}
+
+/// Whether an order record exists on `port`.
+pub async fn order_exists(group: &RedisGroup, port: u16, prefix: &str, order_id: &str) -> bool {
+    let sku = order_id.rsplit_once('.').map(|(s, _)| s).expect("order id");
+    let mut c = group.client(port).await;
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:{{{sku}}}:order:{order_id}"))
+        .query_async(&mut c)
+        .await
+        .expect("exists");
+    n == 1
+}
