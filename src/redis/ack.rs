@@ -61,6 +61,9 @@ pub struct AckConfig {
     pub required: Arc<AtomicUsize>,
     /// Set when the link fails, so the owner re-resolves the master.
     pub on_link_fault: Arc<dyn Fn() + Send + Sync>,
+    /// Set once the link is retired (the Sentinels name another master): a
+    /// WAIT that returns after that confirms nothing.
+    pub retired: Arc<AtomicBool>,
 }
 
 impl Acker {
@@ -117,7 +120,7 @@ async fn run(mut conn: MultiplexedConnection, cfg: AckConfig, s: Arc<Shared>) {
         }
         let round = s.started.fetch_add(1, Ordering::SeqCst) + 1;
         let required = cfg.required.load(Ordering::SeqCst);
-        let verdict = if broken {
+        let verdict = if broken || cfg.retired.load(Ordering::SeqCst) {
             Err(AckFault::Link)
         } else if required == 0 {
             Ok(())
@@ -130,6 +133,7 @@ async fn run(mut conn: MultiplexedConnection, cfg: AckConfig, s: Arc<Shared>) {
                 .arg(required)
                 .arg(timeout_ms);
             match pipe.query_async::<(i64,)>(&mut conn).await {
+                Ok(_) if cfg.retired.load(Ordering::SeqCst) => Err(AckFault::Link),
                 Ok((acked,)) if acked >= required as i64 => Ok(()),
                 Ok(_) => {
                     metrics::counter!("flashsale_wait_shortfalls_total").increment(1);

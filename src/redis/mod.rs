@@ -158,6 +158,11 @@ impl MasterLink {
         self.stale.load(Ordering::SeqCst)
     }
 
+    /// Marks the link stale: no more acknowledgements, callers move on.
+    pub(crate) fn retire(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
     /// Waits until the replicas hold every write answered on this link before
     /// the call (a no-op when no replica acknowledgement is required).
     pub async fn ack(&self) -> Result<(), AckFault> {
@@ -501,6 +506,7 @@ impl Inner {
                     counter_key: self.keys.ack_counter(),
                     wait_timeout: s.wait_timeout,
                     required: self.required_acks.clone(),
+                    retired: stale.clone(),
                     on_link_fault: Arc::new(move || {
                         flag.store(true, Ordering::SeqCst);
                         wake.notify_one();

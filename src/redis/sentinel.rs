@@ -37,6 +37,13 @@ const EVENTS: &[&str] = &[
     "+failover-end",
 ];
 
+/// What the watcher remembers between passes.
+#[derive(Default)]
+struct Memory {
+    last_master: Option<(String, u16)>,
+    former_masters: std::collections::HashSet<(String, u16)>,
+}
+
 enum Event {
     Switch(String, u16),
     Topology,
@@ -53,7 +60,9 @@ struct Sentinels {
 struct View {
     master: (String, u16),
     epoch: i64,
-    up_replicas: Vec<(String, u16)>,
+    /// Replicas without a down flag, and whether each still reports the
+    /// master role.
+    up_replicas: Vec<((String, u16), bool)>,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -100,13 +109,9 @@ fn is_down(flags: &str) -> bool {
         .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
 }
 
-/// A replica the Sentinels consider up: no down flag, and it reports the
-/// replica role. An old master that still claims `master` (Sentinel turns
-/// it into a replica only seconds after a failover) is not one yet: counting
-/// it would make every WAIT on the new master fall short until then.
+/// A replica the Sentinels consider up: no down flag.
 fn is_up_replica(r: &HashMap<String, String>) -> bool {
     !r.get("flags").is_some_and(|f| is_down(f))
-        && r.get("role-reported").is_none_or(|role| role == "slave")
 }
 
 impl Sentinels {
@@ -190,8 +195,11 @@ impl Sentinels {
             let up_replicas = replicas
                 .iter()
                 .filter(|r| is_up_replica(r))
-                .filter_map(addr_of)
-                .filter(|a| *a != addr)
+                .filter_map(|r| {
+                    let claims_master = r.get("role-reported").is_some_and(|x| x == "master");
+                    addr_of(r).map(|a| (a, claims_master))
+                })
+                .filter(|(a, _)| *a != addr)
                 .collect();
             best = Some(View {
                 master: addr,
@@ -268,6 +276,7 @@ async fn refresh_replicas(inner: &Inner, up: &[(String, u16)]) {
 async fn refresh(
     inner: &Inner,
     sentinels: Option<&mut Sentinels>,
+    memory: &mut Memory,
     hint: Option<(String, u16)>,
 ) -> Result<(), DbError> {
     let current = inner.master.load_full();
@@ -296,26 +305,63 @@ async fn refresh(
         (RedisTarget::Sentinels { .. }, None) => return Ok(()),
     };
 
+    let mut keep = false;
+    if let Some(l) = usable {
+        match candidates.first() {
+            Some(target) if *target == l.addr => keep = true,
+            Some(target) => {
+                // The Sentinels name another master: this link must not
+                // acknowledge anything more, even before the new one is verified.
+                tracing::warn!(
+                    old = %format!("{}:{}", l.addr.0, l.addr.1),
+                    new = %format!("{}:{}", target.0, target.1),
+                    "master moved; retiring the old link"
+                );
+                l.retire();
+                inner.wake.notify_one();
+            }
+            None => {}
+        }
+    }
     if let Some(v) = &view {
+        if memory.last_master.as_ref().is_some_and(|m| *m != v.master)
+            && let Some(m) = memory.last_master.take()
+        {
+            memory.former_masters.insert(m);
+        }
+        memory.last_master = Some(v.master.clone());
+        // Every replica the Sentinels consider up must acknowledge, except a
+        // former master that still claims the role: Sentinel demotes it only
+        // seconds after a failover and it then resyncs in full, so it can
+        // neither hold nor lose an acknowledged write. A replica that claims
+        // master and never was one is being promoted: it still counts, so
+        // the old master's WAIT falls short while the switch is under way.
+        let counted: Vec<(String, u16)> = v
+            .up_replicas
+            .iter()
+            .filter(|(a, claims_master)| !(*claims_master && memory.former_masters.contains(a)))
+            .map(|(a, _)| a.clone())
+            .collect();
         if inner.settings.replica_acks == ReplicaAcks::All {
-            let n = v.up_replicas.len().max(1);
+            let n = counted.len().max(1);
             if inner.required_acks.swap(n, Ordering::SeqCst) != n {
                 tracing::info!(required = n, "replicas required per acknowledgement");
             }
         }
-        refresh_replicas(inner, &v.up_replicas).await;
+        let readable: Vec<(String, u16)> = v
+            .up_replicas
+            .iter()
+            .filter(|(_, claims_master)| !claims_master)
+            .map(|(a, _)| a.clone())
+            .collect();
+        refresh_replicas(inner, &readable).await;
     }
-
-    if let Some(l) = usable
-        && candidates.first() == Some(&l.addr)
-    {
+    if keep {
         return Ok(());
     }
+
     let mut last_err = None;
     for (host, port) in candidates {
-        if usable.is_some_and(|l| l.addr == (host.clone(), port)) {
-            return Ok(());
-        }
         match inner.build_link(&host, port).await {
             Ok(link) => {
                 let from = current
@@ -425,9 +471,10 @@ pub(super) async fn watch(weak: Weak<Inner>) {
         RedisTarget::Url(_) => None,
     };
     let mut hint = None;
+    let mut memory = Memory::default();
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let result = refresh(&inner, sentinels.as_mut(), hint.take()).await;
+        let result = refresh(&inner, sentinels.as_mut(), &mut memory, hint.take()).await;
         if let Err(e) = &result {
             tracing::debug!(error = %e, "refresh failed");
         }

@@ -27,14 +27,20 @@ async fn purchase_happy_path() {
     assert_eq!(body["status"], "queued");
     let order_id = body["order_id"].as_str().expect("order id").to_owned();
 
-    let (s, order) = app.get(&format!("/api/orders/{order_id}"), Some("alice")).await;
+    let (s, order) = app
+        .get(&format!("/api/orders/{order_id}"), Some("alice"))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(order["order_id"], order_id.as_str());
     assert_eq!(order["sku"], sku.as_str());
     assert_eq!(order["user_id"], "alice");
     assert_eq!(order["qty"], 1);
     assert_eq!(order["status"], "queued");
-    assert!(order["created_at"].as_str().is_some_and(|t| t.contains('T')));
+    assert!(
+        order["created_at"]
+            .as_str()
+            .is_some_and(|t| t.contains('T'))
+    );
 
     let (s, mine) = app.get("/api/me/orders", Some("alice")).await;
     assert_eq!(s, 200);
@@ -93,15 +99,24 @@ async fn sells_exactly_the_stock_to_concurrent_shoppers() {
         *counts.entry(id.as_str()).or_default() += 1;
     }
     for id in &accepted {
-        assert_eq!(counts.get(id.as_str()), Some(&1), "order {id} once in the stream");
+        assert_eq!(
+            counts.get(id.as_str()),
+            Some(&1),
+            "order {id} once in the stream"
+        );
     }
     assert_eq!(in_stream.len(), 100);
 
     // Sold out is now answered locally, and a buyer still learns the order id.
     let (s, body) = app.purchase("late-shopper", &sku, 1, None).await;
     assert_eq!((s, body["error"].as_str()), (410, Some("sold_out")));
-    let winner = results.iter().position(|(s, _)| *s == 202).expect("a winner");
-    let (s, body) = app.purchase(&format!("shopper{winner}"), &sku, 1, None).await;
+    let winner = results
+        .iter()
+        .position(|(s, _)| *s == 202)
+        .expect("a winner");
+    let (s, body) = app
+        .purchase(&format!("shopper{winner}"), &sku, 1, None)
+        .await;
     assert_eq!(s, 409, "{body}");
     assert_eq!(body["order_id"], results[winner].1["order_id"]);
 }
@@ -112,7 +127,11 @@ async fn per_shopper_limit_holds_under_double_clicks() {
     let sku = sku();
     app.create_sale(&sku, 50, 1, -5, 3600).await;
     let results = join_all((0..20).map(|_| app.purchase("clicker", &sku, 1, None))).await;
-    let accepted: Vec<&Value> = results.iter().filter(|(s, _)| *s == 202).map(|(_, b)| b).collect();
+    let accepted: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b)
+        .collect();
     assert_eq!(accepted.len(), 1, "{results:?}");
     let id = &accepted[0]["order_id"];
     for (s, body) in &results {
@@ -161,7 +180,11 @@ async fn sale_window_is_enforced() {
     let early = sku();
     app.create_sale(&early, 5, 1, 3600, 3600).await;
     let (s, body) = app.purchase("erin", &early, 1, None).await;
-    assert_eq!((s, body["error"].as_str()), (425, Some("not_started")), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (425, Some("not_started")),
+        "{body}"
+    );
     let (_, p) = app.get(&format!("/api/products/{early}"), None).await;
     assert_eq!(p["state"], "upcoming");
 
@@ -208,7 +231,12 @@ async fn bad_input_is_a_4xx_json_error_and_changes_nothing() {
     assert_eq!((s, b["error"].as_str()), (404, Some("unknown_sku")));
     let (s, b) = app.get("/no/such/route", None).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
-    let r = app.http.delete(app.url("/api/products")).send().await.expect("delete");
+    let r = app
+        .http
+        .delete(app.url("/api/products"))
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(r.status().as_u16(), 405);
     let b: Value = r.json().await.expect("405 json");
     assert!(b["error"].is_string());
@@ -236,8 +264,14 @@ async fn tokens_are_checked() {
         .expect("encode")
     };
     for token in [forged.as_str(), expired.as_str(), "", "garbage"] {
-        let (s, b) = app.purchase_raw(token, &sku, r#"{"qty":1}"#.into(), None).await;
-        assert_eq!((s, b["error"].as_str()), (401, Some("unauthorized")), "{token}");
+        let (s, b) = app
+            .purchase_raw(token, &sku, r#"{"qty":1}"#.into(), None)
+            .await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{token}"
+        );
     }
     let r = app
         .http
@@ -352,14 +386,32 @@ async fn pages_render_escaped_and_cacheable() {
         )
         .await;
     assert_eq!(s, 201);
-    let r = app.http.get(app.url(&format!("/p/{sku}"))).send().await.expect("page");
+    let r = app
+        .http
+        .get(app.url(&format!("/p/{sku}")))
+        .send()
+        .await
+        .expect("page");
     assert_eq!(r.status().as_u16(), 200);
     let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
-    assert!(r.headers()["cache-control"].to_str().expect("cc").contains("public"));
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .expect("cc")
+            .contains("public")
+    );
     assert!(r.headers().contains_key("last-modified"));
-    assert!(r.headers()["content-security-policy"].to_str().expect("csp").contains("script-src 'self'"));
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("script-src 'self'")
+    );
     let html = r.text().await.expect("html");
-    assert!(!html.contains("<script>alert(1)</script>"), "name is escaped");
+    assert!(
+        !html.contains("<script>alert(1)</script>"),
+        "name is escaped"
+    );
     assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62; TV"));
     assert!(html.contains("1234.56"));
     assert!(html.contains(r#"id="buy""#));
@@ -371,13 +423,36 @@ async fn pages_render_escaped_and_cacheable() {
         .await
         .expect("page");
     assert_eq!(r.status().as_u16(), 304);
-    let index = app.http.get(app.url("/")).send().await.expect("index").text().await.expect("text");
+    let index = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("index")
+        .text()
+        .await
+        .expect("text");
     assert!(index.contains(&format!("/p/{sku}")));
-    let r = app.http.get(app.url("/p/no-such-sale")).send().await.expect("page");
+    let r = app
+        .http
+        .get(app.url("/p/no-such-sale"))
+        .send()
+        .await
+        .expect("page");
     assert_eq!(r.status().as_u16(), 404);
-    let r = app.http.get(app.url("/static/app.js")).send().await.expect("js");
+    let r = app
+        .http
+        .get(app.url("/static/app.js"))
+        .send()
+        .await
+        .expect("js");
     assert_eq!(r.status().as_u16(), 200);
-    assert!(r.headers()["cache-control"].to_str().expect("cc").contains("immutable"));
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .expect("cc")
+            .contains("immutable")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +465,15 @@ async fn health_readiness_and_metrics() {
     assert_eq!(s, 200);
     let (s, _) = app.get("/readyz", None).await;
     assert_eq!(s, 200);
-    let text = app.http.get(app.url("/metrics")).send().await.expect("m").text().await.expect("t");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
     assert!(text.contains("flashsale_http_requests_total"), "{text}");
     assert!(text.contains("flashsale_purchases_total"));
     assert!(!text.contains(crate::support::app::JWT_SECRET));

@@ -185,11 +185,22 @@ impl TestApp {
 
     /// Creates a sale that opens `start_in` seconds from now (negative:
     /// already open) and lasts `len` seconds.
-    pub async fn create_sale(&self, sku: &str, stock: i64, limit: i64, start_in: i64, len: i64) -> Value {
+    pub async fn create_sale(
+        &self,
+        sku: &str,
+        stock: i64,
+        limit: i64,
+        start_in: i64,
+        len: i64,
+    ) -> Value {
         let now = time::OffsetDateTime::now_utc();
         let fmt = &time::format_description::well_known::Rfc3339;
-        let starts = (now + time::Duration::seconds(start_in)).format(fmt).expect("fmt");
-        let ends = (now + time::Duration::seconds(start_in + len)).format(fmt).expect("fmt");
+        let starts = (now + time::Duration::seconds(start_in))
+            .format(fmt)
+            .expect("fmt");
+        let ends = (now + time::Duration::seconds(start_in + len))
+            .format(fmt)
+            .expect("fmt");
         let (status, body) = self
             .admin_post(
                 "/admin/sales",
@@ -230,12 +241,29 @@ impl TestApp {
     }
 
     /// POSTs a purchase; returns (status, body). Transport errors are status 0.
-    pub async fn purchase(&self, user: &str, sku: &str, qty: i64, key: Option<&str>) -> (u16, Value) {
-        self.purchase_raw(&self.token(user), sku, json!({ "qty": qty }).to_string(), key)
-            .await
+    pub async fn purchase(
+        &self,
+        user: &str,
+        sku: &str,
+        qty: i64,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        self.purchase_raw(
+            &self.token(user),
+            sku,
+            json!({ "qty": qty }).to_string(),
+            key,
+        )
+        .await
     }
 
-    pub async fn purchase_raw(&self, token: &str, sku: &str, body: String, key: Option<&str>) -> (u16, Value) {
+    pub async fn purchase_raw(
+        &self,
+        token: &str,
+        sku: &str,
+        body: String,
+        key: Option<&str>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .post(self.url(&format!("/api/sales/{sku}/purchase")))
@@ -277,7 +305,12 @@ impl Drop for TestApp {
 }
 
 /// Every order id in a sale's stream (XRANGE), read from `port`.
-pub async fn stream_order_ids(group: &RedisGroup, port: u16, prefix: &str, sku: &str) -> Vec<String> {
+pub async fn stream_order_ids(
+    group: &RedisGroup,
+    port: u16,
+    prefix: &str,
+    sku: &str,
+) -> Vec<String> {
     let mut c = group.client(port).await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("{prefix}:{{{sku}}}:stream"))
