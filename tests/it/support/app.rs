@@ -42,7 +42,7 @@ pub fn shared_group() -> &'static RedisGroup {
             pid = std::process::id(),
             dir = group.dir().display(),
         );
-        std::process::Command::new("sh")
+        let watchdog_child = std::process::Command::new("sh")
             .arg("-c")
             .arg(watchdog)
             .stdin(std::process::Stdio::null())
@@ -50,6 +50,8 @@ pub fn shared_group() -> &'static RedisGroup {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("shared group watchdog");
+        // Not waited for on purpose: it must outlive this process.
+        std::mem::forget(watchdog_child);
         group
     })
 }
