@@ -3,3 +3,4 @@
 mod api;
 mod failover;
 mod support;
+mod worker;

@@ -1,0 +1,349 @@
+//! `flashsale-worker` processes against real Redis: parallel drain, a
+//! `kill -9` mid-drain, a dead consumer's entries, poison entries, a planned
+//! failover while draining, and SIGTERM.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use flashsale::redis::Keys;
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::support::app::{AppOptions, TestApp, shared_group, unique};
+use crate::support::redis_group::{GroupOptions, RedisGroup};
+
+/// A worker process owned by the test: killed by PID on drop.
+struct WorkerProc {
+    child: Child,
+}
+
+impl WorkerProc {
+    fn spawn(group: &RedisGroup, prefix: &str, extra: &[&str]) -> WorkerProc {
+        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-worker"))
+            .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+            .env("FLASHSALE_REDIS_PASSWORD", group.password())
+            .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
+            .env("FLASHSALE_KEY_PREFIX", prefix)
+            .env("RUST_LOG", "warn")
+            .args(["--discover-ms", "200", "--block-ms", "200"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn flashsale-worker");
+        WorkerProc { child }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+/// Queues `n` orders for distinct users straight through the purchase Function.
+async fn queue_orders(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str, from: usize, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (from..from + n).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let user = format!("w{i}");
+            let id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
+            pipe.cmd("FCALL")
+                .arg("fs_purchase")
+                .arg(7)
+                .arg(keys.sale(sku))
+                .arg(keys.units(sku))
+                .arg(keys.first(sku))
+                .arg(keys.user_orders(sku, &user))
+                .arg(keys.order(sku, &id))
+                .arg(keys.stream(sku))
+                .arg("")
+                .arg(&user)
+                .arg(1)
+                .arg(&id);
+            ids.push(id);
+        }
+        let replies: Vec<Vec<redis::Value>> = pipe.query_async(conn).await.expect("fcall");
+        for r in replies {
+            assert!(
+                matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"created"),
+                "{r:?}"
+            );
+        }
+    }
+    ids
+}
+
+/// Waits until every order of `skus` is confirmed (audit), or panics.
+async fn wait_all_confirmed(app: &TestApp, skus: &[&str], timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut audits = Vec::new();
+        for s in skus {
+            audits.push(app.audit(s).await);
+        }
+        if audits.iter().all(|a| a["confirmed"] == a["orders"]) {
+            return audits;
+        }
+        assert!(Instant::now() < deadline, "not all confirmed: {audits:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pending(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(keys.stream(sku))
+        .arg(flashsale::worker::GROUP)
+        .query_async(conn)
+        .await
+        .expect("xpending");
+    match summary {
+        redis::Value::Array(v) => match v.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Every order record of a sale, confirmed once: status confirmed and the
+/// sale's confirmed counter equal to the number of orders.
+async fn assert_confirmed_once(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str, ids: &[String]) {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGET").arg(keys.order(sku, id)).arg("status");
+    }
+    let statuses: Vec<Option<String>> = pipe.query_async(conn).await.expect("statuses");
+    let bad: Vec<_> = ids
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, s)| s.as_deref() != Some("confirmed"))
+        .take(5)
+        .collect();
+    assert!(bad.is_empty(), "not confirmed: {bad:?}");
+    let confirmed: i64 = redis::cmd("HGET")
+        .arg(keys.sale(sku))
+        .arg("confirmed")
+        .query_async(conn)
+        .await
+        .expect("confirmed");
+    assert_eq!(confirmed, ids.len() as i64, "each confirmed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_drain_ten_thousand_orders_once() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let skus = ["d0", "d1", "d2"];
+    for s in skus {
+        app.create_sale(s, 4000, 1, -5, 3600).await;
+    }
+    let mut conn = group.client(group.master_port().await).await;
+    let workers: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(group, &app.prefix, &[])).collect();
+    let mut all = Vec::new();
+    for (i, s) in skus.iter().enumerate() {
+        let n = if i == 0 { 3334 } else { 3333 };
+        all.push(queue_orders(&mut conn, &keys, s, 0, n).await);
+    }
+    let audits = wait_all_confirmed(&app, &skus, Duration::from_secs(90)).await;
+    let total: i64 = audits.iter().map(|a| a["orders"].as_i64().expect("orders")).sum();
+    assert_eq!(total, 10_000);
+    for (s, ids) in skus.iter().zip(&all) {
+        assert_confirmed_once(&mut conn, &keys, s, ids).await;
+        assert_eq!(pending(&mut conn, &keys, s).await, 0);
+    }
+    drop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_dead_consumers_entries_are_reclaimed() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "reclaim";
+    app.create_sale(sku, 5000, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+
+    // A consumer that read entries and died without acknowledging them.
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.stream(sku))
+        .arg(flashsale::worker::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let mut ids = queue_orders(&mut conn, &keys, sku, 0, 300).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(flashsale::worker::GROUP)
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(300)
+        .arg("STREAMS")
+        .arg(keys.stream(sku))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("ghost read");
+    assert_eq!(pending(&mut conn, &keys, sku).await, 300);
+
+    // A real worker killed with -9 in the middle of a drain.
+    let a = WorkerProc::spawn(group, &app.prefix, &["--claim-idle-ms", "500", "--batch", "50"]);
+    ids.extend(queue_orders(&mut conn, &keys, sku, 300, 2000).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.signal("KILL");
+    ids.extend(queue_orders(&mut conn, &keys, sku, 2300, 500).await);
+
+    let _b = WorkerProc::spawn(group, &app.prefix, &["--claim-idle-ms", "500"]);
+    wait_all_confirmed(&app, &[sku], Duration::from_secs(60)).await;
+    assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending(&mut conn, &keys, sku).await > 0 {
+        assert!(Instant::now() < deadline, "entries left pending");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_dead_lettered_and_do_not_block() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "poison";
+    app.create_sale(sku, 100, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+    let mut ids = queue_orders(&mut conn, &keys, sku, 0, 10).await;
+    let poison: String = redis::cmd("XADD")
+        .arg(keys.stream(sku))
+        .arg("*")
+        .arg("order_id")
+        .arg("garbage")
+        .arg("qty")
+        .arg("many")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    ids.extend(queue_orders(&mut conn, &keys, sku, 10, 10).await);
+
+    let _w = WorkerProc::spawn(
+        group,
+        &app.prefix,
+        &["--claim-idle-ms", "200", "--max-deliveries", "3"],
+    );
+    wait_all_confirmed(&app, &[sku], Duration::from_secs(30)).await;
+    assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(keys.dead_letters(sku))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange dead");
+        if let Some((_, fields)) = dead.first() {
+            assert!(fields.windows(2).any(|w| w[0] == "original_id" && w[1] == poison));
+            assert!(fields.windows(2).any(|w| w[0] == "reason" && w[1].contains("3 deliveries")));
+            assert!(fields.windows(2).any(|w| w[0] == "f:order_id" && w[1] == "garbage"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "poison entry not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pending(&mut conn, &keys, sku).await, 0);
+    assert_eq!(app.audit(sku).await["dead"], 1);
+
+    // The operator command lists it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["dead-letters", "list", "--sku", sku])
+        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+        .env("FLASHSALE_REDIS_PASSWORD", group.password())
+        .env("FLASHSALE_KEY_PREFIX", &app.prefix)
+        .output()
+        .expect("flashsale dead-letters");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&poison));
+
+    // Confirming twice changes nothing: the second call reports a duplicate.
+    let id = &ids[0];
+    let again: i64 = redis::cmd("FCALL")
+        .arg("fs_confirm")
+        .arg(3)
+        .arg(keys.order(sku, id))
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(id)
+        .arg(flashsale::worker::GROUP)
+        .arg("0-1")
+        .query_async(&mut conn)
+        .await
+        .expect("fs_confirm");
+    assert_eq!(again, 0);
+    assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_drain_exits_zero_and_loses_nothing() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "term";
+    app.create_sale(sku, 5000, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+    let mut w = WorkerProc::spawn(group, &app.prefix, &["--batch", "20"]);
+    let mut ids = queue_orders(&mut conn, &keys, sku, 0, 3000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), w.child.wait())
+        .await
+        .expect("exits within the bound")
+        .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    ids.extend(queue_orders(&mut conn, &keys, sku, 3000, 100).await);
+    let _next = WorkerProc::spawn(group, &app.prefix, &[]);
+    wait_all_confirmed(&app, &[sku], Duration::from_secs(60)).await;
+    assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
+    assert_eq!(pending(&mut conn, &keys, sku).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switch_while_workers_drain() {
+    let group = RedisGroup::start(GroupOptions::default()).await;
+    let prefix = unique("wf");
+    let app = TestApp::spawn_with(&group, &prefix, AppOptions::default()).await;
+    let keys = Keys::new(prefix.clone());
+    let sku = "wf";
+    app.create_sale(sku, 5000, 1, -5, 3600).await;
+    let old = group.master_port().await;
+    let mut conn = group.client(old).await;
+    let ids = queue_orders(&mut conn, &keys, sku, 0, 3000).await;
+    // Let the replicas hold the orders before the switch.
+    let _: i64 = redis::cmd("WAIT").arg(2).arg(2000).query_async(&mut conn).await.expect("wait");
+    let _w1 = WorkerProc::spawn(&group, &prefix, &["--batch", "25", "--claim-idle-ms", "1000"]);
+    let _w2 = WorkerProc::spawn(&group, &prefix, &["--batch", "25", "--claim-idle-ms", "1000"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    group.sentinel_failover().await;
+    let new = group.wait_master_change(old, Duration::from_secs(15)).await;
+    wait_all_confirmed(&app, &[sku], Duration::from_secs(60)).await;
+    let mut conn = group.client(new).await;
+    assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pending(&mut conn, &keys, sku).await > 0 {
+        assert!(Instant::now() < deadline, "entries left pending on the new master");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
