@@ -324,7 +324,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<String>,
     /// Purchase attempts per second per shopper, shared by all instances (0 = off).
-    #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_SHOPPER", default_value_t = 5)]
+    #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_SHOPPER", default_value_t = 10)]
     pub rate_limit_per_shopper: u32,
     /// Requests per second per client address on /api (0 = off).
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_IP", default_value_t = 0)]

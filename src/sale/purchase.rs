@@ -143,17 +143,8 @@ impl Shop {
         idempotency_key: Option<&str>,
     ) -> Result<Purchased, Error> {
         debug_assert!((1..=MAX_QTY).contains(&qty));
-        if let Some(gone) = self.sold_out.get(sku) {
-            match gone.buyers.get(user) {
-                Some((units, order_id)) if *units >= gone.per_user_limit => {
-                    return Err(Error::AlreadyPurchased {
-                        order_id: order_id.clone(),
-                    });
-                }
-                // A buyer's retry with a key may map to an order: ask Redis.
-                Some(_) if idempotency_key.is_some() => {}
-                _ => return Err(Error::SoldOut),
-            }
+        if let Some(answer) = self.answer_locally(sku, user, idempotency_key) {
+            return Err(answer);
         }
 
         let keys = self.redis.keys();
@@ -225,6 +216,28 @@ impl Shop {
                 }
                 Reply::Final(e) => Err(e),
             };
+        }
+    }
+
+    /// The answer for a sale this process knows is sold out, without Redis:
+    /// 410, or 409 with the order id of a shopper who holds the limit. `None`
+    /// when Redis must decide.
+    pub fn answer_locally(
+        &self,
+        sku: &str,
+        user: &str,
+        idempotency_key: Option<&str>,
+    ) -> Option<Error> {
+        let gone = self.sold_out.get(sku)?;
+        match gone.buyers.get(user) {
+            Some((units, order_id)) if *units >= gone.per_user_limit => {
+                Some(Error::AlreadyPurchased {
+                    order_id: order_id.clone(),
+                })
+            }
+            // A buyer's retry with a key may map to an order: ask Redis.
+            Some(_) if idempotency_key.is_some() => None,
+            _ => Some(Error::SoldOut),
         }
     }
 

@@ -478,3 +478,68 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("flashsale_purchases_total"));
     assert!(!text.contains(crate::support::app::JWT_SECRET));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopper_rate_limit_is_shared_by_instances() {
+    let opts = AppOptions {
+        rate_limit_per_shopper: 3,
+        ..AppOptions::default()
+    };
+    let a = TestApp::spawn(shared_group(), opts.clone()).await;
+    let b = TestApp::spawn_with(shared_group(), &a.prefix, opts).await;
+    let sku = sku();
+    a.create_sale(&sku, 100, 100, -5, 3600).await;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let r = app
+            .http
+            .post(app.url(&format!("/api/sales/{sku}/purchase")))
+            .bearer_auth(app.token("hammer"))
+            .json(&json!({"qty": 1}))
+            .send()
+            .await
+            .expect("post");
+        let s = r.status().as_u16();
+        if s == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["error"], "rate_limited");
+        }
+        statuses.push(s);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!((3..=4).contains(&accepted), "{statuses:?}");
+    assert_eq!(accepted + limited, 12, "{statuses:?}");
+    assert_eq!(a.audit(&sku).await["orders"], accepted as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_purchases_are_refused() {
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 5, 1, -5, 3600).await;
+    let r = app
+        .http
+        .post(app.url(&format!("/api/sales/{sku}/purchase")))
+        .bearer_auth(app.token("victim"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(app.audit(&sku).await["sold"], 0);
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let r = app
+        .http
+        .post(app.url(&format!("/api/sales/{sku}/purchase")))
+        .bearer_auth(app.token("victim"))
+        .header("origin", format!("http://{host}"))
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 202);
+}

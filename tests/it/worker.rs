@@ -52,7 +52,13 @@ impl WorkerProc {
 }
 
 /// Queues `n` orders for distinct users straight through the purchase Function.
-async fn queue_orders(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str, from: usize, n: usize) -> Vec<String> {
+async fn queue_orders(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    from: usize,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for chunk in (from..from + n).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
@@ -119,7 +125,12 @@ async fn pending(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> i6
 
 /// Every order record of a sale, confirmed once: status confirmed and the
 /// sale's confirmed counter equal to the number of orders.
-async fn assert_confirmed_once(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str, ids: &[String]) {
+async fn assert_confirmed_once(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    ids: &[String],
+) {
     let mut pipe = redis::pipe();
     for id in ids {
         pipe.cmd("HGET").arg(keys.order(sku, id)).arg("status");
@@ -151,14 +162,19 @@ async fn three_workers_drain_ten_thousand_orders_once() {
         app.create_sale(s, 4000, 1, -5, 3600).await;
     }
     let mut conn = group.client(group.master_port().await).await;
-    let workers: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(group, &app.prefix, &[])).collect();
+    let workers: Vec<WorkerProc> = (0..3)
+        .map(|_| WorkerProc::spawn(group, &app.prefix, &[]))
+        .collect();
     let mut all = Vec::new();
     for (i, s) in skus.iter().enumerate() {
         let n = if i == 0 { 3334 } else { 3333 };
         all.push(queue_orders(&mut conn, &keys, s, 0, n).await);
     }
     let audits = wait_all_confirmed(&app, &skus, Duration::from_secs(90)).await;
-    let total: i64 = audits.iter().map(|a| a["orders"].as_i64().expect("orders")).sum();
+    let total: i64 = audits
+        .iter()
+        .map(|a| a["orders"].as_i64().expect("orders"))
+        .sum();
     assert_eq!(total, 10_000);
     for (s, ids) in skus.iter().zip(&all) {
         assert_confirmed_once(&mut conn, &keys, s, ids).await;
@@ -202,7 +218,11 @@ async fn killed_and_dead_consumers_entries_are_reclaimed() {
     assert_eq!(pending(&mut conn, &keys, sku).await, 300);
 
     // A real worker killed with -9 in the middle of a drain.
-    let a = WorkerProc::spawn(group, &app.prefix, &["--claim-idle-ms", "500", "--batch", "50"]);
+    let a = WorkerProc::spawn(
+        group,
+        &app.prefix,
+        &["--claim-idle-ms", "500", "--batch", "50"],
+    );
     ids.extend(queue_orders(&mut conn, &keys, sku, 300, 2000).await);
     tokio::time::sleep(Duration::from_millis(150)).await;
     a.signal("KILL");
@@ -256,9 +276,21 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
             .await
             .expect("xrange dead");
         if let Some((_, fields)) = dead.first() {
-            assert!(fields.windows(2).any(|w| w[0] == "original_id" && w[1] == poison));
-            assert!(fields.windows(2).any(|w| w[0] == "reason" && w[1].contains("3 deliveries")));
-            assert!(fields.windows(2).any(|w| w[0] == "f:order_id" && w[1] == "garbage"));
+            assert!(
+                fields
+                    .windows(2)
+                    .any(|w| w[0] == "original_id" && w[1] == poison)
+            );
+            assert!(
+                fields
+                    .windows(2)
+                    .any(|w| w[0] == "reason" && w[1].contains("3 deliveries"))
+            );
+            assert!(
+                fields
+                    .windows(2)
+                    .any(|w| w[0] == "f:order_id" && w[1] == "garbage")
+            );
             break;
         }
         assert!(Instant::now() < deadline, "poison entry not dead-lettered");
@@ -275,7 +307,11 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
         .env("FLASHSALE_KEY_PREFIX", &app.prefix)
         .output()
         .expect("flashsale dead-letters");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&poison));
 
     // Confirming twice changes nothing: the second call reports a duplicate.
@@ -332,9 +368,22 @@ async fn planned_switch_while_workers_drain() {
     let mut conn = group.client(old).await;
     let ids = queue_orders(&mut conn, &keys, sku, 0, 3000).await;
     // Let the replicas hold the orders before the switch.
-    let _: i64 = redis::cmd("WAIT").arg(2).arg(2000).query_async(&mut conn).await.expect("wait");
-    let _w1 = WorkerProc::spawn(&group, &prefix, &["--batch", "25", "--claim-idle-ms", "1000"]);
-    let _w2 = WorkerProc::spawn(&group, &prefix, &["--batch", "25", "--claim-idle-ms", "1000"]);
+    let _: i64 = redis::cmd("WAIT")
+        .arg(2)
+        .arg(2000)
+        .query_async(&mut conn)
+        .await
+        .expect("wait");
+    let _w1 = WorkerProc::spawn(
+        &group,
+        &prefix,
+        &["--batch", "25", "--claim-idle-ms", "1000"],
+    );
+    let _w2 = WorkerProc::spawn(
+        &group,
+        &prefix,
+        &["--batch", "25", "--claim-idle-ms", "1000"],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     group.sentinel_failover().await;
     let new = group.wait_master_change(old, Duration::from_secs(15)).await;
@@ -343,7 +392,10 @@ async fn planned_switch_while_workers_drain() {
     assert_confirmed_once(&mut conn, &keys, sku, &ids).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while pending(&mut conn, &keys, sku).await > 0 {
-        assert!(Instant::now() < deadline, "entries left pending on the new master");
+        assert!(
+            Instant::now() < deadline,
+            "entries left pending on the new master"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# setup.sh — install what flashsale needs on a Debian machine (run as root):
+# Redis (server, Sentinel, tools), nginx, curl, build tools, and a Rust
+# toolchain when cargo is missing. Fails loudly when something cannot be
+# installed. Used by demo.sh and test.sh.
+set -euo pipefail
+
+PROG=${0##*/}
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+need_apt=()
+for pair in redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools \
+            nginx:nginx curl:curl cc:build-essential pkg-config:pkg-config python3:python3; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+for extra in "$@"; do
+  case $extra in
+    chromium) command -v chromium >/dev/null 2>&1 || need_apt+=(chromium) ;;
+    node) command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm) ;;
+    *) need_apt+=("$extra") ;;
+  esac
+done
+if ((${#need_apt[@]})); then
+  [ "$(id -u)" -eq 0 ] || die "missing ${need_apt[*]}; run as root to install them"
+  command -v apt-get >/dev/null 2>&1 || die "missing ${need_apt[*]} and no apt-get"
+  echo "$PROG: installing ${need_apt[*]}" >&2
+  apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null \
+    || die "apt-get install ${need_apt[*]} failed"
+fi
+# Debian starts the packaged services; flashsale runs its own on loopback.
+for svc in redis-server redis-sentinel nginx; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "$PROG: cargo missing; installing rustup" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustup >/dev/null 2>&1 \
+    || die "cargo is missing and rustup could not be installed: install Rust >= 1.88 (https://rustup.rs)"
+  rustup default stable || die "rustup could not install a stable toolchain"
+fi
+rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+[ "$rustc_minor" -ge 88 ] || die "rustc $(rustc --version) is too old: flashsale needs Rust >= 1.88"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite, as CI runs it: installs what is missing,
+# checks formatting and lints, runs the unit and integration tests (real
+# Redis Sentinel groups on loopback), and the deployment checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+for tool in redis-server redis-sentinel redis-cli nginx; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing" >&2; exit 1; }
+done
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo build --locked --bins
+cargo test --locked -- --test-threads 2
+if [ -x deploy/check.sh ]; then
+  deploy/check.sh
+fi
