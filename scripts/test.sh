@@ -11,8 +11,8 @@ for tool in redis-server redis-sentinel redis-cli nginx; do
 done
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo build --locked --bins
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --locked --bins
 cargo test --locked -- --test-threads 2
 if [ -x deploy/check.sh ]; then
   deploy/check.sh
