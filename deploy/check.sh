@@ -67,15 +67,15 @@ section() { printf '\n== %s (at %ss)\n' "$1" "$((SECONDS - START))"; }
 # only when it fails.
 check() {
     local name=$1; shift
-    local log=$T/check.$((PASS + FAIL)).log rc
+    local log=$T/check.$((PASS + FAIL)).log rc t0=$SECONDS
     set +e
     ( set -euo pipefail; "$@" ) >"$log" 2>&1
     rc=$?
     set -e
     if [ "$rc" -eq 0 ]; then
-        PASS=$((PASS + 1)); echo "ok   $name"
+        PASS=$((PASS + 1)); echo "ok   $name [$((SECONDS - t0))s]"
     else
-        FAIL=$((FAIL + 1)); echo "FAIL $name (exit $rc)"; tail -n 40 "$log" | sed 's/^/     | /'
+        FAIL=$((FAIL + 1)); echo "FAIL $name (exit $rc) [$((SECONDS - t0))s]"; tail -n 40 "$log" | sed 's/^/     | /'
     fi
 }
 # Assertion helpers for use inside checks.
@@ -86,8 +86,8 @@ expect_not() { ! grep -qiE -- "$2" <<<"$1" || { echo "did not expect /$2/ in:"; 
 wait_until() {
     local limit=$1; shift
     local end=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$end" ] || { echo "timed out after ${limit}s: $*"; return 1; }
+    until "$@" >"$T/wait.out" 2>&1; do
+        [ "$SECONDS" -lt "$end" ] || { echo "timed out after ${limit}s: $*"; cat "$T/wait.out"; return 1; }
         sleep 0.3
     done
 }
@@ -130,23 +130,36 @@ for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpri
     command -v "$t" >/dev/null || die "$t is not available and could not be installed"
 done
 
-PY=$(python3 -c 'import sys; print(sys.executable)')
-PYBIN=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-export PATH="$PYBIN:$PATH"
+# ansible-core and ansible-lint: those of python3 if they are in the tested
+# range, else a venv of our own (kept between runs; pip of Debian's system
+# Python is externally managed).
 ansible_ok() {
-    "$PY" - <<'EOF'
+    "$1" - <<'EOF'
 from importlib.metadata import version
 def v(p): return tuple(int(x) for x in version(p).split(".")[:2])
 assert (2, 16) <= v("ansible-core") < (2, 20), version("ansible-core")
 assert (25, 0) <= v("ansible-lint") < (27, 0), version("ansible-lint")
 EOF
 }
-if ! ansible_ok >/dev/null 2>&1 || ! [ -x "$PYBIN/ansible-playbook" ] || ! [ -x "$PYBIN/ansible-lint" ]; then
-    echo "installing with pip: ansible-core, ansible-lint"
-    "$PY" -m pip install -q --disable-pip-version-check 'ansible-core>=2.16,<2.20' 'ansible-lint>=25.0,<27' \
-        >"$T/pip.log" 2>&1 || { tail -n 20 "$T/pip.log"; die "pip install ansible-core ansible-lint failed"; }
+PY=$(python3 -c 'import sys; print(sys.executable)')
+PYBIN=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if ! ansible_ok "$PY" >/dev/null 2>&1 || ! [ -x "$PYBIN/ansible-playbook" ] || ! [ -x "$PYBIN/ansible-lint" ]; then
+    VENV=${FLASHSALE_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/flashsale-deploy-venv}
+    if ! { [ -x "$VENV/bin/python" ] && ansible_ok "$VENV/bin/python" >/dev/null 2>&1; }; then
+        echo "installing ansible-core and ansible-lint with pip into $VENV"
+        if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+                || die "python3-venv could not be installed"
+            rm -rf "$VENV"; python3 -m venv "$VENV" || die "python3 -m venv failed"
+        fi
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'ansible-core>=2.16,<2.20' 'ansible-lint>=25.0,<27' \
+            >"$T/pip.log" 2>&1 || { tail -n 20 "$T/pip.log"; die "pip install ansible-core ansible-lint failed"; }
+    fi
+    PY=$VENV/bin/python
+    PYBIN=$VENV/bin
 fi
-ansible_ok || die "ansible-core/ansible-lint not in the tested version range"
+ansible_ok "$PY" || die "ansible-core/ansible-lint not in the tested version range"
+export PATH="$PYBIN:$PATH"
 for t in ansible-playbook ansible-lint ansible-vault; do
     [ -x "$PYBIN/$t" ] || die "$t missing after pip install"
 done
@@ -203,7 +216,7 @@ check "nginx -t accepts the rendered site" nginx -t -q -p "$N/" -e "$N/error.log
 check_nginx_rejects_broken() {
     sed 's/proxy_pass http:\/\/flashsale_app;/proxy_pass http:\/\/no_such_upstream;/' "$N/flashsale.conf" >"$N/broken.conf"
     write_nginx_conf "$N/broken.conf" >"$N/broken-nginx.conf"
-    ! nginx -t -q -p "$N/" -e "$N/error.log" -c "$N/broken-nginx.conf"
+    ! nginx -t -q -p "$N/" -e "$N/broken-error.log" -c "$N/broken-nginx.conf"
 }
 check "nginx -t rejects a broken site (the check is real)" check_nginx_rejects_broken
 
@@ -247,7 +260,7 @@ wait_until 10 port_open "$UP1" || die "fake upstream did not start"
 wait_until 10 port_open "$NGX" || { cat "$N/error.log" "$N/nginx.out" >&2 || true; die "nginx did not start"; }
 BASE="http://127.0.0.1:$NGX"
 # fetch URL [curl args...] -> "STATUS\n<headers>\n\n<body>"
-fetch() { local u=$1; shift; curl -sS -D - -o "$T/body" -H 'Expect:' "$@" "$BASE$u"; echo; cat "$T/body"; }
+fetch() { local u=$1; shift; curl -sS -m 10 -D - -o "$T/body" -H 'Expect:' "$@" "$BASE$u"; echo; cat "$T/body"; }
 
 check_page_index() {
     local r; r=$(fetch /)
@@ -303,7 +316,7 @@ check "/api, /admin, /healthz, /readyz proxied over HTTP/1.1 with X-Forwarded-Fo
 check_keepalive() {
     local i ports=""
     for i in 1 2 3 4 5 6 7 8; do
-        ports+="$(curl -sS "$BASE/api/products" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["peer_port"])') "
+        ports+="$(curl -sS -m 10 "$BASE/api/products" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["peer_port"])') "
     done
     local distinct; distinct=$(tr ' ' '\n' <<<"$ports" | sed '/^$/d' | sort -u | wc -l)
     echo "upstream connections used for 8 requests: $distinct ($ports)"
@@ -328,7 +341,7 @@ check_429() {
     sleep 1.2   # let the 1r/s bucket drain
     local i codes="" r
     for i in 1 2 3 4 5 6 7 8; do
-        codes+="$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        codes+="$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
             --data '{"qty":1}' "$BASE/api/sales/SKU1/purchase") "
     done
     echo "purchase burst: $codes"
@@ -500,10 +513,12 @@ recap_changed_zero() { # every host changed=0, failed=0
     ! grep -vE 'changed=0 +unreachable=0 +failed=0' <<<"$recap"
 }
 check_dry_run() {
-    run_playbook dry dry --check
+    # Limited to one data node and the app host: every role, half the time.
+    run_playbook dry dry --check --limit redis1,app1
     # Check mode creates nothing.
     [ -z "$(find "$AT/dryroot" -mindepth 1 -print -quit)" ] || { find "$AT/dryroot"; return 1; }
     grep -q 'changed: \[redis1\]' "$AT/dry.log"
+    grep -q 'changed: \[app1\]' "$AT/dry.log"
 }
 check "ansible-playbook --check into an empty prefix: passes, reports changes, writes nothing" check_dry_run
 check "ansible-playbook (real run) into the throw-away prefix" run_playbook first real
@@ -572,14 +587,20 @@ sc() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
 # group_formed MASTER_PORT: every Sentinel names it, sees 2 healthy replicas
 # and the 2 other Sentinels; the master has 2 connected replicas.
 group_formed() {
-    local m=$1 s
+    local m=$1 s out
     for s in $SP1 $SP2 $SP3; do
-        [ "$(sc "$s" SENTINEL get-master-addr-by-name mymaster | tr '\n' ' ')" = "127.0.0.1 $m " ] || return 1
-        [ "$(sc "$s" SENTINEL replicas mymaster | grep -cx 'slave')" = 2 ] || return 1
-        [ "$(sc "$s" SENTINEL sentinels mymaster | grep -cx 'sentinel')" = 2 ] || return 1
-        sc "$s" SENTINEL ckquorum mymaster | grep -q '^OK 3 usable'
+        out=$(sc "$s" SENTINEL get-master-addr-by-name mymaster | tr '\n' ' ')
+        [ "$out" = "127.0.0.1 $m " ] || { echo "sentinel $s names master [$out]"; return 1; }
+        out=$(sc "$s" SENTINEL replicas mymaster | grep -A1 -x flags | grep -cx 'slave' || true)
+        [ "$out" = 2 ] || { echo "sentinel $s sees $out healthy replicas"; return 1; }
+        out=$(sc "$s" SENTINEL sentinels mymaster | grep -A1 -x flags | grep -cx 'sentinel' || true)
+        [ "$out" = 2 ] || { echo "sentinel $s sees $out other sentinels"; return 1; }
+        out=$(sc "$s" SENTINEL ckquorum mymaster)
+        [[ "$out" == "OK 3 usable"* ]] || { echo "sentinel $s ckquorum: $out"; return 1; }
     done
-    rcli -p "$m" INFO replication | grep -q '^connected_slaves:2'
+    out=$(rcli -p "$m" INFO replication | tr -d '\r')
+    grep -qx 'connected_slaves:2' <<<"$out" || { echo "master $m: $out"; return 1; }
+    [ "$(grep -cE '^slave[0-9]+:.*state=online' <<<"$out")" = 2 ] || { echo "master $m: $out"; return 1; }
 }
 show_group() {
     local s
@@ -634,7 +655,7 @@ check "SENTINEL FAILOVER: a new master with 2 replicas; Sentinels record it; red
 check_third_run() {
     NEW=$(cat "$T/new-master")
     local before; before=$(cat "$P"/redis*/var/lib/flashsale-sentinel/sentinel.conf | md5sum)
-    run_playbook third real -e redis_sentinel_down_after_ms=4000
+    run_playbook third real --limit redis -e redis_sentinel_down_after_ms=4000
     local i
     for i in 1 2 3; do
         # The learned state is still there (the file was not re-rendered)...
@@ -642,7 +663,8 @@ check_third_run() {
         grep -q "^sentinel known-replica mymaster" "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf"
         grep -Eq "^sentinel current-epoch [1-9]" "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf"
         # ...and the changed tunable reached the running Sentinels (SENTINEL SET).
-        sc "$(eval echo "\$SP$i")" SENTINEL master mymaster | grep -A1 -x down-after-milliseconds | grep -qx 4000
+        local live; live=$(sc "$(eval echo "\$SP$i")" SENTINEL master mymaster)
+        grep -A1 -x down-after-milliseconds <<<"$live" | tail -n 1 | grep -x 4000
     done
     grep -q 'Apply changed settings to the running Sentinel' "$AT/third.log"
     # replication.conf follows the new master; redis.conf (restart trigger) did not change.
