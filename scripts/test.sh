@@ -13,7 +13,11 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --bins
-cargo test --locked -- --test-threads 2
 if [ -x deploy/check.sh ]; then
   deploy/check.sh
 fi
+# The failover harness, short form: a killed master and a planned switch
+# under load, audited for the four invariants (full matrix: loadtest/failover.sh).
+./target/debug/failover --scenario kill-master --scenario planned --runs 1 \
+  --stock 600 --shoppers 1500 --arrival-rate 500
+cargo test --locked -- --test-threads 2

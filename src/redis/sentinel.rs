@@ -63,6 +63,8 @@ struct View {
     /// Replicas without a down flag, and whether each still reports the
     /// master role.
     up_replicas: Vec<((String, u16), bool)>,
+    /// A Sentinel is failing this master over: it must not take writes.
+    failover: bool,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -167,7 +169,8 @@ impl Sentinels {
             }
         }))
         .await;
-        let mut best: Option<View> = None;
+        // (view, this Sentinel is in the middle of a failover of that master)
+        let mut seen: Vec<(View, bool)> = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
             let (master, replicas) = match answer {
                 Some(Ok(a)) => a,
@@ -189,9 +192,13 @@ impl Sentinels {
                 .get("config-epoch")
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
-            if best.as_ref().is_some_and(|b| b.epoch >= epoch) {
-                continue;
-            }
+            let in_failover = master
+                .get("flags")
+                .is_some_and(|f| f.split(',').any(|x| x == "failover_in_progress"))
+                || replicas.iter().any(|r| {
+                    r.get("flags")
+                        .is_some_and(|f| f.split(',').any(|x| x == "promoted"))
+                });
             let up_replicas = replicas
                 .iter()
                 .filter(|r| is_up_replica(r))
@@ -201,12 +208,38 @@ impl Sentinels {
                 })
                 .filter(|(a, _)| *a != addr)
                 .collect();
-            best = Some(View {
-                master: addr,
-                epoch,
-                up_replicas,
-            });
+            seen.push((
+                View {
+                    master: addr,
+                    epoch,
+                    up_replicas,
+                    failover: false,
+                },
+                in_failover,
+            ));
         }
+        // The newest configuration wins; among equals, a Sentinel that is not
+        // in the middle of a failover (the leader keeps reporting the old
+        // master until its failover ends, with the same epoch as the others
+        // already report for the new one).
+        let max_epoch = seen.iter().map(|(v, _)| v.epoch).max();
+        let chosen = seen
+            .iter()
+            .filter(|(v, _)| Some(v.epoch) == max_epoch)
+            .min_by_key(|(_, in_failover)| *in_failover)
+            .map(|(v, _)| v.master.clone());
+        let best = chosen.and_then(|master| {
+            let failover = seen
+                .iter()
+                .any(|(v, in_failover)| *in_failover && v.master == master);
+            let idx = seen
+                .iter()
+                .position(|(v, f)| v.master == master && Some(v.epoch) == max_epoch && !*f)
+                .or_else(|| seen.iter().position(|(v, _)| v.master == master))?;
+            let (mut v, _) = seen.swap_remove(idx);
+            v.failover = failover;
+            Some(v)
+        });
         best.ok_or_else(|| {
             DbError::Discovery(format!(
                 "no Sentinel of {} knows master `{name}`",
@@ -305,6 +338,19 @@ async fn refresh(
         (RedisTarget::Sentinels { .. }, None) => return Ok(()),
     };
 
+    let mut candidates = candidates;
+    if let Some(v) = view.as_ref().filter(|v| v.failover) {
+        // The master is being replaced: whatever it accepts now is lost when
+        // it is demoted. Stop using it and wait for the announced one.
+        if let Some(l) = usable.filter(|l| l.addr == v.master)
+            && !l.is_stale()
+        {
+            tracing::warn!(master = %format!("{}:{}", l.addr.0, l.addr.1), "failover in progress; retiring the master link");
+            l.retire();
+        }
+        candidates.retain(|c| *c != v.master);
+    }
+    let usable = usable.filter(|l| !l.is_stale());
     let mut keep = false;
     if let Some(l) = usable {
         match candidates.first() {

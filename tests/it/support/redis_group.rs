@@ -206,8 +206,15 @@ fn fresh_temp_dir() -> PathBuf {
     );
 }
 
+/// `scripts/redis-group.sh` of the repository: next to the manifest of the
+/// crate that includes this module (the root crate, or `loadtest/`'s parent).
 fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis-group.sh")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|d| d.join("scripts/redis-group.sh"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| manifest.join("scripts/redis-group.sh"))
 }
 
 fn on_path(bin: &str) -> bool {
