@@ -543,3 +543,56 @@ async fn cross_site_purchases_are_refused() {
         .expect("post");
     assert_eq!(r.status().as_u16(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_node_url_works_for_development() {
+    use flashsale::config::{RedisTarget, ReplicaAcks, Secret, ServeSettings};
+    let group = shared_group();
+    let master = group.master_port().await;
+    let prefix = unique("url");
+    let mut redis = crate::support::app::redis_settings(group, &prefix, &AppOptions::default());
+    redis.target = RedisTarget::Url(format!("redis://127.0.0.1:{master}"));
+    redis.replica_acks = ReplicaAcks::Count(0);
+    let settings = ServeSettings {
+        redis,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        jwt_secret: Secret::new(crate::support::app::JWT_SECRET),
+        admin_token: Some(Secret::new(crate::support::app::ADMIN_TOKEN)),
+        rate_limit_per_shopper: 0,
+        rate_limit_per_ip: 0,
+        max_in_flight: 64,
+        static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
+        catalog_cache: std::time::Duration::from_millis(100),
+        dev_login: false,
+        cookie_secure: true,
+    };
+    let app = flashsale::web::Application::build(settings)
+        .await
+        .expect("build");
+    let base = format!("http://{}", app.addr());
+    let task = tokio::spawn(app.run_until(std::future::pending()));
+    let http = reqwest::Client::new();
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let r = http
+        .post(format!("{base}/admin/sales"))
+        .bearer_auth(crate::support::app::ADMIN_TOKEN)
+        .json(&json!({"sku": "url-sale", "name": "n", "price_cents": 1, "stock": 2, "per_user_limit": 1,
+            "starts_at": (now - time::Duration::seconds(5)).format(fmt).expect("fmt"),
+            "ends_at": (now + time::Duration::hours(1)).format(fmt).expect("fmt")}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status().as_u16(), 201);
+    let token = flashsale::web::auth::mint(&Secret::new(crate::support::app::JWT_SECRET), "u1", 60)
+        .expect("mint");
+    let r = http
+        .post(format!("{base}/api/sales/url-sale/purchase"))
+        .bearer_auth(&token)
+        .json(&json!({"qty": 1}))
+        .send()
+        .await
+        .expect("buy");
+    assert_eq!(r.status().as_u16(), 202);
+    task.abort();
+}

@@ -180,6 +180,25 @@ async fn three_workers_drain_ten_thousand_orders_once() {
         assert_confirmed_once(&mut conn, &keys, s, ids).await;
         assert_eq!(pending(&mut conn, &keys, s).await, 0);
     }
+    // Processed entries are trimmed once every group has acknowledged them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for s in skus {
+        loop {
+            let len: i64 = redis::cmd("XLEN")
+                .arg(keys.stream(s))
+                .query_async(&mut conn)
+                .await
+                .expect("xlen");
+            if len < 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{s}: stream not trimmed ({len} entries)"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     drop(workers);
 }
 
