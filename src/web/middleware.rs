@@ -1,6 +1,8 @@
 //! Middleware: request metrics and the one log line of a 500, security
 //! headers, the cross-site guard for state-changing routes, the per-address
-//! rate limit on `/api`, and the JSON 404/405 fallbacks.
+//! rate limit on `/api`, the JSON 404/405 fallbacks, and the contract JSON
+//! for error responses made outside our handlers (the static-file service's
+//! 404/405/416, framework rejections).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -71,6 +73,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut resp = next.run(req).await;
     let status = resp.status();
+    if (status.is_client_error() || status.is_server_error()) && !is_json(&resp) {
+        resp = contract_error(resp);
+    }
     if let Some(InternalDetail(detail)) = resp.extensions_mut().remove::<InternalDetail>() {
         tracing::error!(%method, route, detail = %detail, "internal error");
     }
@@ -101,6 +106,51 @@ pub async fn observe(req: Request, next: Next) -> Response {
         );
     }
     resp
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// The same error as `{"error","message"}` JSON, keeping the status and
+/// headers such as `Allow` and `Content-Range`.
+fn contract_error(resp: Response) -> Response {
+    let (mut parts, _) = resp.into_parts();
+    let status = parts.status;
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        416 => "range_not_satisfiable",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "the store is busy; retry shortly"
+    } else if status.is_server_error() {
+        "internal error"
+    } else {
+        status.canonical_reason().unwrap_or("request refused")
+    };
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts
+        .headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// The client address: the peer, or `X-Real-IP` when the peer is a proxy on
@@ -154,6 +204,37 @@ pub async fn origin_and_ip_guard(
     next.run(req).await
 }
 
+/// Longest file name the static directory can hold (NAME_MAX).
+const MAX_NAME: usize = 255;
+
+/// Bytes of a path segment once percent-decoded.
+fn decoded_len(seg: &str) -> usize {
+    let b = seg.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        let escaped =
+            b[i] == b'%' && i + 2 < b.len() && b[i + 1..=i + 2].iter().all(u8::is_ascii_hexdigit);
+        i += if escaped { 3 } else { 1 };
+        n += 1;
+    }
+    n
+}
+
+/// In front of the static files: a name no file can have is 404 at once
+/// (the file service would answer the file system's "name too long" with
+/// an empty 500).
+pub async fn static_guard(req: Request, next: Next) -> Response {
+    if req
+        .uri()
+        .path()
+        .split('/')
+        .any(|s| decoded_len(s) > MAX_NAME)
+    {
+        return Error::NotFound.into_response();
+    }
+    next.run(req).await
+}
+
 pub async fn not_found() -> Response {
     Error::NotFound.into_response()
 }
@@ -162,4 +243,19 @@ pub async fn method_not_allowed() -> Response {
     let mut r = Error::invalid("method_not_allowed", "method not allowed").into_response();
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoded_len;
+
+    #[test]
+    fn segment_lengths_count_escapes_once() {
+        assert_eq!(decoded_len(""), 0);
+        assert_eq!(decoded_len("app.js"), 6);
+        assert_eq!(decoded_len("%79%79"), 2);
+        assert_eq!(decoded_len("%7"), 2);
+        assert_eq!(decoded_len("%zz1"), 4);
+        assert_eq!(decoded_len(&"%79".repeat(300)), 300);
+    }
 }

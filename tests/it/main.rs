@@ -2,5 +2,6 @@
 
 mod api;
 mod failover;
+mod hostile;
 mod support;
 mod worker;
