@@ -2,11 +2,14 @@
 //! short-lived in-process cache, plus sale creation and the audit.
 //!
 //! Staleness bound: a cached catalog is at most `FLASHSALE_CATALOG_CACHE_MS`
-//! (default 200 ms) old, plus replica lag; `stock_left` shown to shoppers is
-//! a display value and never decides a purchase. Creating a sale on this
+//! (default 200 ms) old, plus the time one refresh takes (while one request
+//! refreshes an expired catalog, the others answer from the previous one),
+//! plus replica lag; `stock_left` shown to shoppers is a display value and
+//! never decides a purchase. Creating a sale on this
 //! instance drops the cache at once; other instances see it within the bound.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +52,9 @@ pub struct Catalog {
     redis: Redis,
     ttl: Duration,
     cache: Mutex<Option<(Instant, Arc<Vec<Sale>>)>>,
+    /// One request refreshes an expired catalog; the others keep answering
+    /// from the previous one meanwhile (no stampede on the replicas).
+    refreshing: AtomicBool,
 }
 
 fn field<'a>(m: &'a HashMap<String, String>, k: &str) -> &'a str {
@@ -80,15 +86,16 @@ impl Catalog {
             redis,
             ttl,
             cache: Mutex::new(None),
+            refreshing: AtomicBool::new(false),
         }
     }
 
-    fn cached(&self) -> Option<Arc<Vec<Sale>>> {
+    /// The cached catalog and whether it is still fresh.
+    fn cached(&self) -> Option<(Arc<Vec<Sale>>, bool)> {
         let guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         guard
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
+            .map(|(at, v)| (v.clone(), at.elapsed() < self.ttl))
     }
 
     /// Drops the cached catalog (after a sale is created here).
@@ -98,10 +105,27 @@ impl Catalog {
 
     /// Every sale, ordered by start time (cached for the TTL).
     pub async fn list(&self) -> Result<Arc<Vec<Sale>>, Error> {
-        if let Some(v) = self.cached() {
-            return Ok(v);
+        let stale = match self.cached() {
+            Some((v, true)) => return Ok(v),
+            Some((v, false)) => Some(v),
+            None => None,
+        };
+        if let Some(v) = &stale
+            && self.refreshing.swap(true, Ordering::AcqRel)
+        {
+            // Another request is refreshing it right now.
+            return Ok(v.clone());
         }
-        let fresh = Arc::new(self.load_all(false).await?);
+        let loaded = self.load_all(false).await;
+        self.refreshing.store(false, Ordering::Release);
+        let fresh = match (loaded, stale) {
+            (Ok(v), _) => Arc::new(v),
+            (Err(e), Some(old)) => {
+                tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
+                return Ok(old);
+            }
+            (Err(e), None) => return Err(e),
+        };
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), fresh.clone()));
         Ok(fresh)
