@@ -41,15 +41,29 @@ PASS=0
 FAIL=0
 FINISHED=0
 
+# tree PID: the PID and those of its descendants (a background function
+# call is a subshell whose child is the real process).
+tree() {
+    local child
+    echo "$1"
+    for child in $(pgrep -P "$1" 2>/dev/null); do tree "$child"; done
+}
 cleanup() {
     local rc=$?
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+    local pid st all=()
+    for pid in "${PIDS[@]}"; do all+=($(tree "$pid")); done
+    for pid in "${all[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Give them 5 s to stop gracefully (Redis saves on SIGTERM), then KILL.
+    for _ in $(seq 25); do
+        local alive=0
+        for pid in "${all[@]}"; do
+            st=$(ps -o stat= -p "$pid" 2>/dev/null) && [[ $st != Z* ]] && alive=1
+        done
+        [ "$alive" = 1 ] || break
+        sleep 0.2
     done
+    for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
     if [ "$FINISHED" != 1 ]; then
         echo "check.sh: aborted (exit $rc) after $((SECONDS - START))s" >&2
@@ -113,6 +127,7 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v timeout >/dev/null || need_apt+=(coreutils)
+command -v pgrep >/dev/null || need_apt+=(procps)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing with apt-get: ${need_apt[*]}"
     # Debian's postinst would start nginx/redis on their default ports; a
@@ -126,7 +141,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
         || { tail -n 20 "$T/apt.log"; die "apt-get install ${need_apt[*]} failed"; }
     [ "$made_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
 fi
-for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout python3; do
+for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout pgrep python3; do
     command -v "$t" >/dev/null || die "$t is not available and could not be installed"
 done
 
@@ -164,8 +179,8 @@ for t in ansible-playbook ansible-lint ansible-vault; do
     [ -x "$PYBIN/$t" ] || die "$t missing after pip install"
 done
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///'), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'),"\
-     "$(systemd-analyze --version | head -1), docker-compose $(docker-compose version --short 2>/dev/null),"\
-     "$("$PYBIN/ansible-playbook" --version | head -1), ansible-lint $("$PY" -c 'from importlib.metadata import version; print(version("ansible-lint"))')"
+     "$(systemd-analyze --version | sed -n 1p), docker-compose $(docker-compose version --short 2>/dev/null),"\
+     "$("$PYBIN/ansible-playbook" --version 2>/dev/null | sed -n 1p), ansible-lint $("$PY" -c 'from importlib.metadata import version; print(version("ansible-lint"))')"
 
 # ---------------------------------------------------------------------------
 section "nginx"
@@ -433,8 +448,12 @@ export ANSIBLE_CONFIG=$A/ansible.cfg ANSIBLE_PIPELINING=1 ANSIBLE_NOCOLOR=1 ANSI
 export ANSIBLE_LOCAL_TEMP=$T/ansible-tmp ANSIBLE_REMOTE_TEMP=$T/ansible-tmp
 check "ansible-playbook --syntax-check site.yml" \
     bash -c "cd '$A' && ansible-playbook -i inventory.example.ini --syntax-check site.yml"
-check "ansible-lint --profile production" \
-    bash -c "cd '$A' && ANSIBLE_LINT_NODEPS=1 timeout 120 ansible-lint --offline --nocolor --profile production"
+# ansible-lint runs in the background beside the playbook runs below (its
+# result is checked after them): the machine has 2 cores and this is the
+# longest section.
+(cd "$A" && ANSIBLE_LINT_NODEPS=1 timeout 150 ansible-lint --offline --nocolor --profile production) >"$T/lint.out" 2>&1 &
+LINT_PID=$!
+PIDS+=("$LINT_PID")
 
 read -r RP1 RP2 RP3 SP1 SP2 SP3 <<<"$(free_ports 6)"
 AT=$T/ans
@@ -512,16 +531,25 @@ recap_changed_zero() { # every host changed=0, failed=0
     [ "$(wc -l <<<"$recap")" -eq 4 ] || { echo "recap: $recap"; return 1; }
     ! grep -vE 'changed=0 +unreachable=0 +failed=0' <<<"$recap"
 }
+# The --check run (into its own empty prefix) runs beside the real run.
+run_playbook dry dry --check --limit redis1,app1 >"$AT/dry.out" 2>&1 &
+DRY_PID=$!
+PIDS+=("$DRY_PID")
+check "ansible-playbook (real run) into the throw-away prefix" run_playbook first real
+DRY_RC=0; wait "$DRY_PID" || DRY_RC=$?
+LINT_RC=0; wait "$LINT_PID" || LINT_RC=$?
 check_dry_run() {
     # Limited to one data node and the app host: every role, half the time.
-    run_playbook dry dry --check --limit redis1,app1
-    # Check mode creates nothing.
+    cat "$AT/dry.out"
+    [ "$DRY_RC" = 0 ]
+    # Check mode writes nothing...
     [ -z "$(find "$AT/dryroot" -mindepth 1 -print -quit)" ] || { find "$AT/dryroot"; return 1; }
+    # ...and reports what it would change.
     grep -q 'changed: \[redis1\]' "$AT/dry.log"
     grep -q 'changed: \[app1\]' "$AT/dry.log"
 }
 check "ansible-playbook --check into an empty prefix: passes, reports changes, writes nothing" check_dry_run
-check "ansible-playbook (real run) into the throw-away prefix" run_playbook first real
+check "ansible-lint --profile production" bash -c "cat '$T/lint.out'; [ '$LINT_RC' = 0 ]"
 P=$AT/root
 check_files() {
     mode() { stat -c '%a' "$1"; }
@@ -570,7 +598,8 @@ for i in 1 2 3; do
     chgrp -R nogroup "$P/redis$i/etc/flashsale-redis"
     chown -R nobody:nogroup "$P/redis$i/var/lib/flashsale-redis" "$P/redis$i/var/lib/flashsale-sentinel"
 done
-as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
+# exec: started with &, the subshell becomes setpriv, which becomes redis, so $! is redis.
+as_nobody() { exec setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 for i in 1 2 3; do
     as_nobody redis-server "$P/redis$i/etc/flashsale-redis/redis.conf" >"$T/redis$i.log" 2>&1 &
     PIDS+=("$!")
