@@ -57,6 +57,9 @@ pub use keys::Keys;
 
 use crate::config::{RedisSettings, RedisTarget, ReplicaAcks, Secret};
 
+/// How long a candidate master may take to answer ROLE.
+pub(crate) const ROLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Errors of the access layer. Messages never carry secrets; Redis error
 /// text is kept for logs only and never shown to a client.
 #[derive(Debug, thiserror::Error)]
@@ -472,20 +475,18 @@ impl Inner {
                 }
             }
         };
-        let mut first = open().await?;
-        let role: redis::Value = redis::cmd("ROLE").query_async(&mut first).await?;
-        let role_name = match &role {
-            redis::Value::Array(items) => items.first().and_then(|v| match v {
-                redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                redis::Value::SimpleString(s) => Some(s.clone()),
-                _ => None,
-            }),
-            _ => None,
+        // A frozen or unreachable node must not hold up the watcher.
+        let check = async {
+            let mut c = open().await?;
+            let r = sentinel::role(&mut c).await?;
+            Ok::<_, redis::RedisError>((c, r))
         };
-        if role_name.as_deref() != Some("master") {
+        let (mut first, role_name) = tokio::time::timeout(s.timeout.min(ROLE_CHECK_TIMEOUT), check)
+            .await
+            .map_err(|_| DbError::Timeout)??;
+        if role_name != "master" {
             return Err(DbError::Discovery(format!(
-                "{host}:{port} is not a master (ROLE says {})",
-                role_name.as_deref().unwrap_or("nothing")
+                "{host}:{port} is not a master (ROLE says {role_name:?})"
             )));
         }
         functions::ensure_loaded(&mut first).await?;

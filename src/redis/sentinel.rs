@@ -253,7 +253,7 @@ impl Sentinels {
     }
 }
 
-async fn role(conn: &mut MultiplexedConnection) -> Result<String, redis::RedisError> {
+pub(super) async fn role(conn: &mut MultiplexedConnection) -> Result<String, redis::RedisError> {
     let v: Value = redis::cmd("ROLE").query_async(conn).await?;
     Ok(match &v {
         Value::Array(items) => items.first().and_then(text).unwrap_or_default(),
@@ -261,45 +261,62 @@ async fn role(conn: &mut MultiplexedConnection) -> Result<String, redis::RedisEr
     })
 }
 
-/// Keeps replica links for exactly the replicas the Sentinels consider up.
+/// Keeps replica links for exactly the replicas the Sentinels consider up
+/// (new ones are ROLE-checked concurrently, each within a short timeout, so a
+/// frozen node cannot hold up the watcher).
 async fn refresh_replicas(inner: &Inner, up: &[(String, u16)]) {
     let current = inner.replicas.load();
     let same = current.len() == up.len() && current.iter().all(|r| up.contains(&r.addr));
     if same {
         return;
     }
-    let mut next = Vec::with_capacity(up.len());
-    for addr in up {
-        if let Some(r) = current.iter().find(|r| &r.addr == addr) {
-            next.push(ReplicaLink {
-                addr: r.addr.clone(),
-                conn: r.conn.clone(),
-            });
-            continue;
-        }
-        let s = &inner.settings;
-        match connect(
-            &addr.0,
-            addr.1,
-            inner.password(),
-            s.timeout,
-            Some(s.timeout),
-        )
-        .await
-        {
-            Ok(mut c) => match role(&mut c).await {
-                Ok(r) if r == "slave" => next.push(ReplicaLink {
-                    addr: addr.clone(),
-                    conn: c,
-                }),
-                Ok(r) => {
-                    tracing::debug!(replica = %format!("{}:{}", addr.0, addr.1), role = %r, "not a replica; skipped")
+    let s = &inner.settings;
+    let fresh = futures_util::future::join_all(
+        up.iter()
+            .filter(|a| !current.iter().any(|r| &r.addr == *a))
+            .map(|addr| async move {
+                let check = async {
+                    let mut c = connect(
+                        &addr.0,
+                        addr.1,
+                        inner.password(),
+                        s.timeout,
+                        Some(s.timeout),
+                    )
+                    .await?;
+                    let r = role(&mut c).await?;
+                    Ok::<_, redis::RedisError>((c, r))
+                };
+                match tokio::time::timeout(s.timeout.min(super::ROLE_CHECK_TIMEOUT), check).await {
+                    Ok(Ok((c, r))) if r == "slave" => Some(ReplicaLink {
+                        addr: addr.clone(),
+                        conn: c,
+                    }),
+                    Ok(Ok((_, r))) => {
+                        tracing::debug!(replica = %format!("{}:{}", addr.0, addr.1), role = %r, "not a replica; skipped");
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "replica check failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(replica = %format!("{}:{}", addr.0, addr.1), "replica check timed out");
+                        None
+                    }
                 }
-                Err(e) => tracing::debug!(error = %e, "replica ROLE failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "replica connect failed"),
-        }
-    }
+            }),
+    )
+    .await;
+    let mut next: Vec<ReplicaLink> = current
+        .iter()
+        .filter(|r| up.contains(&r.addr))
+        .map(|r| ReplicaLink {
+            addr: r.addr.clone(),
+            conn: r.conn.clone(),
+        })
+        .collect();
+    next.extend(fresh.into_iter().flatten());
     tracing::info!(replicas = next.len(), "replica set changed");
     inner.replicas.store(Arc::new(next));
 }
@@ -394,15 +411,21 @@ async fn refresh(
                 tracing::info!(required = n, "replicas required per acknowledgement");
             }
         }
-        let readable: Vec<(String, u16)> = v
-            .up_replicas
-            .iter()
-            .filter(|(_, claims_master)| !claims_master)
-            .map(|(a, _)| a.clone())
-            .collect();
-        refresh_replicas(inner, &readable).await;
     }
+    let readable: Vec<(String, u16)> = view
+        .as_ref()
+        .map(|v| {
+            v.up_replicas
+                .iter()
+                .filter(|(_, claims_master)| !claims_master)
+                .map(|(a, _)| a.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     if keep {
+        if view.is_some() {
+            refresh_replicas(inner, &readable).await;
+        }
         return Ok(());
     }
 
@@ -421,6 +444,9 @@ async fn refresh(
                     metrics::counter!("flashsale_master_switches_total").increment(1);
                 }
                 inner.install(Some(link));
+                if view.is_some() {
+                    refresh_replicas(inner, &readable).await;
+                }
                 return Ok(());
             }
             Err(e) => {
@@ -428,6 +454,9 @@ async fn refresh(
                 last_err = Some(e);
             }
         }
+    }
+    if view.is_some() {
+        refresh_replicas(inner, &readable).await;
     }
     Err(last_err.unwrap_or(DbError::NoMaster))
 }
@@ -520,7 +549,27 @@ pub(super) async fn watch(weak: Weak<Inner>) {
     let mut memory = Memory::default();
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let result = refresh(&inner, sentinels.as_mut(), &mut memory, hint.take()).await;
+        // A `+switch-master` heard while a pass is under way (say, stuck on a
+        // frozen master) cancels it: the next pass starts from the announcement.
+        let switch = async {
+            loop {
+                match rx.recv().await {
+                    Some(Event::Switch(h, p)) => return Some((h, p)),
+                    Some(Event::Topology) => continue,
+                    None => return None,
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = refresh(&inner, sentinels.as_mut(), &mut memory, hint.take()) => r,
+            announced = switch => {
+                if let Some((h, p)) = announced {
+                    tracing::info!(to = %format!("{h}:{p}"), "+switch-master announced");
+                    hint = Some((h, p));
+                }
+                continue;
+            }
+        };
         if let Err(e) = &result {
             tracing::debug!(error = %e, "refresh failed");
         }
