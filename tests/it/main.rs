@@ -1,6 +1,7 @@
 //! The one integration-test binary: real Redis Sentinel groups, real HTTP.
 
 mod api;
+mod deploy;
 mod failover;
 mod hostile;
 mod support;
