@@ -38,10 +38,25 @@ pub struct SaleView {
     pub per_user_limit: i64,
     pub starts_at: String,
     pub ends_at: String,
+    /// `starts_at` for people, in UTC (`app.js` shows it in local time).
+    pub starts_label: String,
+    pub ends_label: String,
 }
 
 fn price(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// `22 Nov 2026, 01:26:05 UTC`: a time as the page shows it before
+/// `app.js` puts it in the shopper's zone (about as long, so nothing moves).
+fn time_label(ms: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[day] [month repr:short] [year], [hour]:[minute]:[second] UTC"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| rfc3339(ms))
 }
 
 impl From<&Sale> for SaleView {
@@ -55,6 +70,8 @@ impl From<&Sale> for SaleView {
             per_user_limit: s.per_user_limit,
             starts_at: rfc3339(s.starts_ms),
             ends_at: rfc3339(s.ends_ms),
+            starts_label: time_label(s.starts_ms),
+            ends_label: time_label(s.ends_ms),
         }
     }
 }
@@ -207,10 +224,21 @@ pub fn render_product(sale: &Sale, v: &str) -> Result<String, Error> {
     .map_err(|e| Error::Internal(format!("template: {e}")))
 }
 
+/// Whether an `If-None-Match` value (`*`, or a list of tags, weak or not)
+/// names `etag` (weak comparison, as RFC 9110 asks for GET).
+fn etag_matches(if_none_match: &str, etag: &HeaderValue) -> bool {
+    let ours = etag.as_bytes();
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == ours)
+}
+
 fn respond(r: Rendered, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == r.etag.as_bytes());
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &r.etag));
     let common = [
         (
             header::CACHE_CONTROL,
@@ -336,4 +364,27 @@ pub async fn render_all(sales: &[Sale], static_dir: &str, out: &Path) -> Result<
         )?;
     }
     Ok(sales.len() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let tag = HeaderValue::from_static("\"abc\"");
+        assert!(etag_matches("\"abc\"", &tag));
+        assert!(etag_matches("W/\"abc\"", &tag));
+        assert!(etag_matches("\"x\", \"abc\"", &tag));
+        assert!(etag_matches("*", &tag));
+        assert!(!etag_matches("\"abcd\"", &tag));
+        assert!(!etag_matches("", &tag));
+    }
+
+    #[test]
+    fn time_labels_are_utc_and_readable() {
+        assert_eq!(time_label(1_795_311_509_334), "22 Nov 2026, 01:38:29 UTC");
+        assert_eq!(price(123_456), "1234.56");
+        assert_eq!(price(5), "0.05");
+    }
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod deploy;
+mod browser;
 mod failover;
 mod hostile;
 mod support;
