@@ -464,6 +464,10 @@ fn case() -> BoxedStrategy<Case> {
 /// The sales and the valid material of one property-test app.
 struct Fuzz {
     app: TestApp,
+    /// A client without a pool for the hostile requests: the server closes
+    /// a connection whose request body it did not read, and a pooled
+    /// connection could be reused by the audits in that instant.
+    fresh: reqwest::Client,
     live: String,
     upcoming: String,
     ended: String,
@@ -653,8 +657,7 @@ async fn run_case(f: &Fuzz, c: &Case) -> Result<Option<Outcome>, String> {
     let valid = f.is_valid_purchase(c, &body).filter(|_| c.extra.is_empty());
     let before = audits(&f.app, &skus).await;
     let resp = f
-        .app
-        .http
+        .fresh
         .request(method, parsed)
         .headers(headers)
         .body(body)
@@ -751,6 +754,11 @@ fn random_requests_change_nothing_but_valid_purchases() {
         let host = app.base.trim_start_matches("http://").to_owned();
         Fuzz {
             app,
+            fresh: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
             live,
             upcoming,
             ended,
@@ -1093,19 +1101,44 @@ async fn overload_is_shed_with_fast_503s() {
         .parse()
         .expect("addr");
 
-    // Hold every slot with purchases whose bodies have not arrived yet.
+    // Hold every slot with purchases whose bodies have not arrived yet. A
+    // holder that arrives while a probe holds a slot is shed itself: it is
+    // replaced until the probe finds every slot taken.
     let mut held = Vec::new();
     for i in 0..SLOTS {
         held.push(half_sent_purchase(addr, &sku, &app.token(&format!("holder{i}"))).await);
     }
     let deadline = Instant::now() + Duration::from_secs(3);
+    let mut spares = 0;
     loop {
-        let r = app.http.get(app.url("/healthz")).send().await.expect("get");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for h in &mut held {
+            let mut buf = [0u8; 64];
+            if !matches!(h.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                spares += 1;
+                let token = app.token(&format!("spare{spares}"));
+                *h = half_sent_purchase(addr, &sku, &token).await;
+            }
+        }
+        let r = app
+            .http
+            .get(app.url("/api/products"))
+            .send()
+            .await
+            .expect("get");
         if r.status().as_u16() == 503 {
             break;
         }
-        assert!(Instant::now() < deadline, "the slots never filled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < deadline,
+            "the slots never filled ({spares} holders replaced)"
+        );
+    }
+    // Liveness and metrics stay outside the limit.
+    for path in ["/healthz", "/metrics"] {
+        let (s, _) = app.get(path, None).await;
+        assert_eq!(s, 200, "{path} while every slot is taken");
     }
 
     // 400 concurrent requests past the limit: each is a fast JSON 503.
@@ -1267,8 +1300,10 @@ async fn slowloris_holds_only_its_share_and_is_cut_off() {
     const PER_IP: usize = 8;
     const SLOW: usize = 40;
     let timeout = Duration::from_millis(1500);
+    let idle = Duration::from_secs(3);
     let served = serve_with(ConnLimits {
         header_read_timeout: timeout,
+        idle_timeout: idle,
         max_connections: 256,
         max_connections_per_ip: PER_IP,
         exempt_loopback: false,
@@ -1328,6 +1363,29 @@ async fn slowloris_holds_only_its_share_and_is_cut_off() {
         .await
         .expect("write");
     assert_eq!(read_status(&mut s).await, Some(200));
+
+    // Between requests a keep-alive connection may idle longer than a head
+    // may take (a proxy's pooled connections), and is closed after the idle
+    // timeout.
+    let mut ka = connect_from("127.0.0.4", addr).await.expect("connect");
+    let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    ka.write_all(req).await.expect("write");
+    assert_eq!(read_status(&mut ka).await, Some(200));
+    tokio::time::sleep(timeout + timeout / 2).await;
+    ka.write_all(req).await.expect("write after idling");
+    assert_eq!(
+        read_status(&mut ka).await,
+        Some(200),
+        "idle is not a slow head"
+    );
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(idle + Duration::from_secs(5), ka.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "idle keep-alive is closed: {r:?}"
+    );
+    assert!(idle_from.elapsed() >= idle - Duration::from_millis(200));
 
     // An idle connection that never sends a byte is closed too.
     let mut idle = connect_from("127.0.0.3", addr).await.expect("connect");
