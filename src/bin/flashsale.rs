@@ -107,13 +107,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
-async fn connect(args: &RedisArgs) -> Result<Redis, String> {
-    let settings = args.settings().map_err(|e| e.to_string())?;
-    Redis::connect(settings)
-        .await
-        .map_err(|e| format!("redis: {e}"))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     flashsale::telemetry::init_tracing();
@@ -171,7 +164,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Render(r) => {
-            let redis = match connect(&r.redis).await {
+            let redis = match Redis::from_args(&r.redis).await {
                 Ok(x) => x,
                 Err(e) => return fail(e),
             };
@@ -189,7 +182,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Audit(a) => {
-            let redis = match connect(&a.redis).await {
+            let redis = match Redis::from_args(&a.redis).await {
                 Ok(x) => x,
                 Err(e) => return fail(e),
             };

@@ -201,6 +201,15 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Validates the Redis settings of a binary and connects; the error is
+    /// one line naming the variable or the failure, without secrets.
+    pub async fn from_args(args: &crate::config::RedisArgs) -> Result<Redis, String> {
+        let settings = args.settings().map_err(|e| e.to_string())?;
+        Redis::connect(settings)
+            .await
+            .map_err(|e| format!("redis: {e}"))
+    }
+
     /// Resolves the master (and replicas), loads the Function library and
     /// starts the watcher. Fails when no master can be found within the
     /// failover wait (at least 5 s at start-up).
@@ -393,6 +402,16 @@ impl Redis {
         )
         .await?;
         Ok((link, conn))
+    }
+}
+
+/// The text of a scalar reply (bulk or simple string, or integer).
+pub fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
     }
 }
 

@@ -22,7 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::mpsc;
 
-use super::{DbError, Inner, ReplicaLink, connect, url_host_port};
+use super::{DbError, Inner, ReplicaLink, connect, text, url_host_port};
 use crate::config::{RedisTarget, ReplicaAcks, Secret};
 
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -65,15 +65,6 @@ struct View {
     up_replicas: Vec<((String, u16), bool)>,
     /// A Sentinel is failing this master over: it must not take writes.
     failover: bool,
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
 }
 
 /// A flat `[k, v, k, v, …]` (or RESP3 map) reply as a map.

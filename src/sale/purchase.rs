@@ -88,12 +88,7 @@ enum Reply {
 }
 
 fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        _ => String::new(),
-    }
+    crate::redis::text(v).unwrap_or_default()
 }
 
 fn int(v: Option<&Value>) -> i64 {

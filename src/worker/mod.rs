@@ -552,13 +552,10 @@ pub async fn run(mut worker: Worker, stop: Arc<Notify>, stopping: Arc<AtomicBool
 
 /// `flashsale-worker` main.
 pub async fn main(args: WorkerArgs) -> ExitCode {
-    let settings = match args.redis.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("flashsale-worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    if let Err(e) = args.redis.settings() {
+        eprintln!("flashsale-worker: {e}");
+        return ExitCode::FAILURE;
+    }
     let handle = crate::telemetry::metrics_handle();
     if let Some(addr) = args.metrics_addr {
         match tokio::net::TcpListener::bind(addr).await {
@@ -580,10 +577,10 @@ pub async fn main(args: WorkerArgs) -> ExitCode {
             }
         }
     }
-    let redis = match Redis::connect(settings).await {
+    let redis = match Redis::from_args(&args.redis).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("flashsale-worker: redis: {e}");
+            eprintln!("flashsale-worker: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -650,27 +647,11 @@ pub enum DeadLetterAction {
     },
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        _ => String::new(),
-    }
-}
-
 pub async fn dead_letters_command(args: DeadLetterArgs) -> ExitCode {
-    let settings = match args.redis.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("flashsale: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let redis = match Redis::connect(settings).await {
+    let redis = match Redis::from_args(&args.redis).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("flashsale: redis: {e}");
+            eprintln!("flashsale: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -696,7 +677,10 @@ pub async fn dead_letters_command(args: DeadLetterArgs) -> ExitCode {
         let fields: Vec<(String, String)> = flat
             .chunks(2)
             .filter_map(|p| match p {
-                [k, v] => Some((text(k), text(v))),
+                [k, v] => Some((
+                    crate::redis::text(k).unwrap_or_default(),
+                    crate::redis::text(v).unwrap_or_default(),
+                )),
                 _ => None,
             })
             .collect();
@@ -712,13 +696,19 @@ pub async fn dead_letters_command(args: DeadLetterArgs) -> ExitCode {
                 if only.as_ref().is_some_and(|o| *o != id) {
                     continue;
                 }
+                let original: Vec<(&str, &str)> = fields
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix("f:").map(|k| (k, v.as_str())))
+                    .collect();
+                if original.is_empty() {
+                    eprintln!("flashsale: skipped {id}: its original entry was already gone");
+                    continue;
+                }
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 let xadd = pipe.cmd("XADD").arg(keys.stream(&sku)).arg("*");
-                for (k, v) in &fields {
-                    if let Some(orig) = k.strip_prefix("f:") {
-                        xadd.arg(orig).arg(v);
-                    }
+                for (k, v) in original {
+                    xadd.arg(k).arg(v);
                 }
                 pipe.cmd("XDEL").arg(keys.dead_letters(&sku)).arg(&id);
                 if let Err(e) = redis.write::<Value, _>(&pipe).await {

@@ -333,6 +333,45 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&poison));
 
+    // Replay puts it back on the stream (still poison: it returns to the
+    // dead letters after the same number of tries, under a new entry id).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["dead-letters", "replay", "--sku", sku])
+        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+        .env("FLASHSALE_REDIS_PASSWORD", group.password())
+        .env("FLASHSALE_KEY_PREFIX", &app.prefix)
+        .output()
+        .expect("flashsale dead-letters replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(keys.dead_letters(sku))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange dead");
+        if dead.len() == 1
+            && dead[0]
+                .1
+                .windows(2)
+                .any(|w| w[0] == "original_id" && w[1] != poison)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replayed entry not back in the dead letters: {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Confirming twice changes nothing: the second call reports a duplicate.
     let id = &ids[0];
     let again: i64 = redis::cmd("FCALL")
