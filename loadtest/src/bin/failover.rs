@@ -119,6 +119,15 @@ struct Cluster {
     group: RedisGroup,
     servers: Vec<(String, Proc)>,
     workers: Vec<Proc>,
+    watchdog: std::process::Child,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A normal end: the group's own Drop and kill_on_drop clean up.
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
 }
 
 impl Cluster {
@@ -169,6 +178,31 @@ impl Cluster {
                 name: format!("worker-{i}"),
             });
         }
+        // If the harness itself is killed, Drop never runs: a watchdog stops
+        // what this run started, by PID, once the harness is gone.
+        let pids: Vec<String> = servers
+            .iter()
+            .map(|(_, p)| p)
+            .chain(workers.iter())
+            .filter_map(Proc::pid)
+            .map(|p| p.to_string())
+            .collect();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-group.sh");
+        let watchdog = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in {pids}; do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; bash '{script}' stop --dir '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+            me = std::process::id(),
+            pids = pids.join(" "),
+            script = script.display(),
+            dir = group.dir().display(),
+        );
+        let watchdog = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the watchdog");
         let http = reqwest::Client::new();
         for (base, p) in &servers {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -186,6 +220,7 @@ impl Cluster {
             group,
             servers,
             workers,
+            watchdog,
         }
     }
 }
