@@ -14,7 +14,11 @@ fn deployment_checks_pass() {
         .expect("run deploy/check.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     assert!(
         out.status.success() && last.ends_with(" 0 failed"),
         "deploy/check.sh failed ({}):\n{stdout}\n{stderr}",

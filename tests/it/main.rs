@@ -1,8 +1,8 @@
 //! The one integration-test binary: real Redis Sentinel groups, real HTTP.
 
 mod api;
-mod deploy;
 mod browser;
+mod deploy;
 mod failover;
 mod hostile;
 mod support;
