@@ -4,3 +4,5 @@
 
 #[path = "../../tests/it/support/redis_group.rs"]
 pub mod redis_group;
+
+pub mod bench;

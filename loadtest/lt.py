@@ -1,0 +1,1268 @@
+#!/usr/bin/env python3
+"""lt.py — the orchestrator behind `loadtest/run.sh` (Python stdlib only).
+
+run.sh installs the tools and builds the binaries, then runs this script,
+which:
+
+1. starts a Redis Sentinel group with `scripts/redis-group.sh` (free ports,
+   down-after 5000 ms, a random password) in <results>/redis,
+2. starts `flashsale serve` twice — acknowledgement on (`FLASHSALE_REPLICA_ACKS=all`)
+   and off (`=0`) — one `flashsale-worker`, and the bare axum baseline
+   (`bare`), rate limits off, a random admin token,
+3. mints shopper tokens in bulk (`flashsale token --users N --prefix u`),
+4. runs the scenarios `--runs` times (baselines first in every run, so each
+   figure has the ceiling of its own run), checking the invariants of every
+   sale afterwards (audit `consistent`, `sold <= stock_total`, and for the
+   stampede: exactly as many 202 as units sold),
+5. writes <results>/summary.md (medians, ratios to the ceilings, CPU seconds
+   per process from /proc/PID/stat), results.json, raw outputs under raw/,
+   and latency.svg (plot.py),
+6. stops every process it started, by PID (also on Ctrl-C / SIGTERM).
+
+Exit status: 0 when every scenario ran and every invariant held, 1 otherwise.
+Timings are reported, never asserted.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.dont_write_bytecode = True  # no __pycache__ in the tree
+sys.path.insert(0, str(HERE))
+import plot  # noqa: E402  (loadtest/plot.py)
+
+ALL_SCENARIOS = ["baseline", "live", "stampede", "soldout", "browse", "mixed", "workers"]
+CONNS = 256
+# The Python seeds' stack on this kind of machine (issue 6): purchases/s,
+# sold-out answers/s, product JSON/s. Flashsale should do ≥ 10× these.
+SEEDS = {"purchase": 2900, "soldout": 5300, "product_json": 5700}
+
+
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"lt: [{time.monotonic() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+# ------------------------------------------------------------------ RESP ---
+
+class RespError(Exception):
+    pass
+
+
+class Resp:
+    """A minimal RESP2 client (enough for INFO, SENTINEL, SCAN, UNLINK, FCALL)."""
+
+    def __init__(self, host, port, password=None, timeout=10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.f = self.sock.makefile("rb")
+        if password:
+            self.call("AUTH", password)
+
+    def send(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        self.sock.sendall(b"".join(out))
+
+    def read(self):
+        line = self.f.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RespError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            return self.f.read(n + 2)[:-2].decode("utf-8", "replace")
+        if t == b"*":
+            n = int(rest)
+            if n < 0:
+                return None
+            return [self.read() for _ in range(n)]
+        raise RespError(f"unexpected reply {line!r}")
+
+    def call(self, *args):
+        self.send(*args)
+        return self.read()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def info_fields(text):
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.split(":", 1)
+            out[k] = v.strip()
+    return out
+
+
+# ------------------------------------------------------------- processes ---
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process, in seconds (None when gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Procs:
+    """Every long-running process this script started, stopped by PID."""
+
+    def __init__(self):
+        self.children = {}
+
+    def start(self, name, cmd, env, logfile):
+        out = open(logfile, "ab")
+        p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, cwd=REPO)
+        out.close()
+        self.children[name] = p
+        log(f"started {name} (pid {p.pid})")
+        return p
+
+    def pid(self, name):
+        p = self.children.get(name)
+        return p.pid if p and p.poll() is None else None
+
+    def check_alive(self):
+        for name, p in self.children.items():
+            if p.poll() is not None:
+                raise Failure(f"{name} (pid {p.pid}) exited with {p.returncode}; see its log")
+
+    def stop(self, name, timeout=15):
+        p = self.children.pop(name, None)
+        if p is None or p.poll() is not None:
+            return p.returncode if p else None
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {p.pid}) ignored SIGTERM for {timeout} s; SIGKILL")
+            p.kill()
+            return p.wait()
+
+    def stop_all(self):
+        for name in list(self.children):
+            self.stop(name)
+
+
+def run_child(cmd, logfile, timeout, env=None):
+    """Runs a bounded child; returns (exit code, its CPU seconds, wall seconds)."""
+    t0 = time.monotonic()
+    with open(logfile, "ab") as out:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             env=env, cwd=REPO)
+    deadline = t0 + timeout
+    status, ru = None, None
+    try:
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid == p.pid:
+                break
+            if time.monotonic() > deadline:
+                log(f"{cmd[0]} ran over {timeout} s; killing pid {p.pid}")
+                p.send_signal(signal.SIGTERM)
+                time.sleep(2)
+                p.kill()
+                _, status, ru = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.02)
+    except BaseException:
+        if status is None:
+            p.kill()
+            os.wait4(p.pid, 0)
+        raise
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, ru.ru_utime + ru.ru_stime, time.monotonic() - t0
+
+
+# ------------------------------------------------------------------ HTTP ---
+
+def http_call(port, method, path, body=None, headers=None, timeout=15):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        h = dict(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        raw = r.read()
+        try:
+            j = json.loads(raw) if raw else None
+        except ValueError:
+            j = raw.decode("utf-8", "replace")
+        return r.status, j
+    finally:
+        c.close()
+
+
+def rfc3339(ms):
+    dt = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pick_base_port():
+    for _ in range(500):
+        base = random.randint(20000, 32700)
+        if all(port_free(base + off) for off in (0, 1, 2, 10, 11, 12)):
+            return base
+    raise Failure("no free base port for the Redis group")
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# ------------------------------------------------------------- the bench ---
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.bin = Path(args.bin_dir).resolve()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.out = Path(args.out).resolve() if args.out else HERE / "results" / stamp
+        self.raw = self.out / "raw"
+        self.logs = self.out / "logs"
+        for d in (self.raw, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.procs = Procs()
+        self.group_dir = self.out / "redis"
+        self.group_started = False
+        self.password = "lt-" + secrets.token_hex(12)
+        self.jwt_secret = secrets.token_hex(32)
+        self.admin_token = secrets.token_hex(24)
+        self.failures = []
+        self.results = {}  # run -> name -> measurement
+        self.invariants = []  # (run, sku, audit, ok, note)
+        self.k6 = not args.no_k6
+        q = self.quick
+        self.dur = 2.0 if q else 10.0          # live sale, mixed
+        self.dur_short = 2.0 if q else 5.0     # single-URL oha runs, fcall_bench
+        self.dur_stampede = 3.0 if q else 10.0
+        self.rb_requests = 20_000 if q else 150_000
+        self.n_tokens = 20_000 if q else 200_000
+        self.wb_orders = 2_000 if q else 50_000
+        self.run_skus = []
+        self.rb_skus = []
+
+    # --- environment ---------------------------------------------------
+
+    def base_env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+        env.update({
+            "FLASHSALE_REDIS_SENTINELS": self.sentinels,
+            "FLASHSALE_REDIS_MASTER_NAME": "mymaster",
+            "FLASHSALE_REDIS_PASSWORD": self.password,
+        })
+        return env
+
+    def server_env(self, port, acks):
+        env = self.base_env()
+        env.update({
+            "FLASHSALE_JWT_SECRET": self.jwt_secret,
+            "FLASHSALE_ADMIN_TOKEN": self.admin_token,
+            "FLASHSALE_RATE_LIMIT_PER_SHOPPER": "0",
+            "FLASHSALE_RATE_LIMIT_PER_IP": "0",
+            "FLASHSALE_STATIC_DIR": str(REPO / "static"),
+            "FLASHSALE_LISTEN": f"127.0.0.1:{port}",
+            "FLASHSALE_REPLICA_ACKS": acks,
+        })
+        return env
+
+    # --- set-up --------------------------------------------------------
+
+    def start_group(self):
+        base = pick_base_port()
+        self.base_port = base
+        cmd = ["bash", str(REPO / "scripts/redis-group.sh"), "start", "--dir", str(self.group_dir),
+               "--base-port", str(base), "--down-after", "5000"]
+        env = dict(os.environ, REDIS_GROUP_PASSWORD=self.password)
+        self.group_started = True
+        r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=90)
+        (self.logs / "redis-group.log").write_text(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise Failure(f"redis-group.sh start failed:\n{r.stdout}{r.stderr}")
+        self.sentinels = ",".join(f"127.0.0.1:{base + 10 + i}" for i in range(3))
+        self.redis_pids = {}
+        for i in range(3):
+            self.redis_pids[base + i] = int((self.group_dir / f"redis-{i}/redis.pid").read_text().strip())
+        self.sentinel_pids = [int((self.group_dir / f"sentinel-{i}/sentinel.pid").read_text().strip())
+                              for i in range(3)]
+        log(f"redis group on ports {base}..{base + 12} ({self.group_dir})")
+
+    def stop_group(self):
+        if self.group_started:
+            subprocess.run(["bash", str(REPO / "scripts/redis-group.sh"), "stop", "--dir",
+                            str(self.group_dir)], cwd=REPO, capture_output=True, timeout=60)
+            self.group_started = False
+
+    def master(self):
+        for i in range(3):
+            try:
+                s = Resp("127.0.0.1", self.base_port + 10 + i, timeout=3)
+                host, port = s.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+                s.close()
+                return host, int(port)
+            except (OSError, RespError, TypeError, ValueError):
+                continue
+        raise Failure("no Sentinel names a master")
+
+    def redis(self, timeout=10.0):
+        host, port = self.master()
+        return Resp(host, port, self.password, timeout=timeout)
+
+    def wait_ready(self, port, name, secs=30):
+        deadline = time.monotonic() + secs
+        while time.monotonic() < deadline:
+            self.procs.check_alive()
+            try:
+                st, _ = http_call(port, "GET", "/readyz", timeout=2)
+                if st == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise Failure(f"{name} on port {port} not ready within {secs} s")
+
+    def start_services(self):
+        self.port_all = free_port()
+        self.port_noack = free_port()
+        self.port_bare = free_port()
+        serve = str(self.bin / "flashsale")
+        self.procs.start("server", [serve, "serve"], self.server_env(self.port_all, "all"),
+                         self.logs / "server.log")
+        self.procs.start("server_noack", [serve, "serve"], self.server_env(self.port_noack, "0"),
+                         self.logs / "server-noack.log")
+        self.procs.start("worker", [str(self.bin / "flashsale-worker")], self.base_env(),
+                         self.logs / "worker.log")
+        self.procs.start("bare", [str(self.bin / "bare"), "--listen", f"127.0.0.1:{self.port_bare}"],
+                         dict(os.environ), self.logs / "bare.log")
+        self.wait_ready(self.port_all, "flashsale serve (acks all)")
+        self.wait_ready(self.port_noack, "flashsale serve (acks 0)")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                st, _ = http_call(self.port_bare, "GET", "/", timeout=2)
+                if st == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise Failure("bare did not answer within 15 s")
+            time.sleep(0.1)
+
+    def mint_tokens(self):
+        self.tokens = self.out / "tokens.txt"
+        env = dict(os.environ, FLASHSALE_JWT_SECRET=self.jwt_secret)
+        t0 = time.monotonic()
+        r = subprocess.run([str(self.bin / "flashsale"), "token", "--users", str(self.n_tokens),
+                            "--prefix", "u", "--out", str(self.tokens)], env=env, capture_output=True,
+                           text=True, timeout=600)
+        if r.returncode != 0:
+            raise Failure(f"flashsale token failed: {r.stderr}")
+        # A small pool for k6 (SharedArray parse time) and a shopper who never buys.
+        lines = self.tokens.read_text().splitlines()
+        self.tokens_k6 = self.out / "tokens-k6.txt"
+        self.tokens_k6.write_text("\n".join(lines[:20_000]) + "\n")
+        r = subprocess.run([str(self.bin / "flashsale"), "token", "--user", "prober"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise Failure(f"flashsale token failed: {r.stderr}")
+        self.prober = r.stdout.strip()
+        r = subprocess.run([str(self.bin / "flashsale"), "token", "--user", "first-buyer"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        self.first_buyer = r.stdout.strip()
+        log(f"minted {len(lines)} shopper tokens in {time.monotonic() - t0:.1f} s")
+
+    # --- sales ----------------------------------------------------------
+
+    def create_sale(self, sku, stock, limit, starts_ms=None, ends_ms=None, track=True):
+        starts_ms = starts_ms if starts_ms is not None else now_ms() - 60_000
+        ends_ms = ends_ms if ends_ms is not None else now_ms() + 6 * 3600_000
+        st, j = http_call(self.port_all, "POST", "/admin/sales", {
+            "sku": sku, "name": f"Load test {sku}", "description": "created by loadtest/lt.py",
+            "price_cents": 1999, "stock": stock, "starts_at": rfc3339(starts_ms),
+            "ends_at": rfc3339(ends_ms), "per_user_limit": limit,
+        }, {"Authorization": f"Bearer {self.admin_token}"})
+        if st != 201:
+            raise Failure(f"creating sale {sku}: {st} {j}")
+        if track:
+            self.run_skus.append(sku)
+        return sku
+
+    def audit(self, sku):
+        st, j = http_call(self.port_all, "GET", f"/admin/sales/{sku}/audit", None,
+                          {"Authorization": f"Bearer {self.admin_token}"})
+        if st != 200:
+            raise Failure(f"audit of {sku}: {st} {j}")
+        return j
+
+    def check_sale(self, run, sku, accepted=None, exact=False, note=""):
+        """Invariants after a scenario: consistent, sold <= stock, and the 202s
+        all exist (== sold when nothing else bought)."""
+        a = self.audit(sku)
+        ok = bool(a.get("consistent")) and a["sold"] <= a["stock_total"] \
+            and a["stock_left"] + a["sold"] == a["stock_total"]
+        why = []
+        if not a.get("consistent"):
+            why.append("audit not consistent")
+        if a["sold"] > a["stock_total"]:
+            why.append("oversold")
+        if accepted is not None:
+            if exact and a["orders"] != accepted:
+                ok = False
+                why.append(f"{accepted} answered 202 but {a['orders']} orders exist")
+            elif a["orders"] < accepted:
+                ok = False
+                why.append(f"{accepted} answered 202 but only {a['orders']} orders exist")
+        self.invariants.append({"run": run, "sku": sku, "audit": a, "ok": ok,
+                                "note": note, "why": why, "accepted": accepted})
+        if not ok:
+            self.failures.append(f"run {run}: invariants of {sku} broken: {', '.join(why)} ({a})")
+        return a
+
+    def wait_confirmed(self, skus, secs=90):
+        """Waits until the worker confirmed every order of the given sales."""
+        deadline = time.monotonic() + secs
+        r = self.redis()
+        try:
+            pending = list(skus)
+            while pending and time.monotonic() < deadline:
+                still = []
+                for sku in pending:
+                    orders, confirmed = r.call("HMGET", f"fs:{{{sku}}}:sale", "orders", "confirmed")
+                    if int(orders or 0) > int(confirmed or 0):
+                        still.append(sku)
+                pending = still
+                if pending:
+                    time.sleep(0.2)
+            return pending
+        finally:
+            r.close()
+
+    def cleanup_sales(self, skus):
+        """Removes the sales' keys (but the stream, which the worker keeps
+        reading) once the worker has confirmed them, to keep Redis small."""
+        left = self.wait_confirmed(skus)
+        if left:
+            log(f"worker still confirming {left}; keeping their keys")
+        r = self.redis(timeout=60)
+        try:
+            for sku in skus:
+                if sku in left:
+                    continue
+                cursor = "0"
+                while True:
+                    cursor, keys = r.call("SCAN", cursor, "MATCH", f"fs:{{{sku}}}:*", "COUNT", 5000)
+                    keys = [k for k in keys if not k.endswith(":stream")]
+                    if keys:
+                        r.call("UNLINK", *keys)
+                    if cursor == "0":
+                        break
+                r.call("ZREM", "fs:sales", sku)
+        finally:
+            r.close()
+
+    def cleanup_prefix(self, prefix, skus):
+        """Removes every key of the benchmark sales (no worker reads them)."""
+        r = self.redis(timeout=60)
+        try:
+            for sku in skus:
+                cursor = "0"
+                while True:
+                    cursor, keys = r.call("SCAN", cursor, "MATCH", f"{prefix}:{{{sku}}}:*", "COUNT", 5000)
+                    if keys:
+                        r.call("UNLINK", *keys)
+                    if cursor == "0":
+                        break
+                r.call("ZREM", f"{prefix}:sales", sku)
+        finally:
+            r.close()
+
+    # --- measurement ------------------------------------------------------
+
+    def cpu_snapshot(self):
+        snap = {}
+        for name in ("server", "server_noack", "worker", "bare"):
+            pid = self.procs.pid(name)
+            snap[name] = cpu_seconds(pid) if pid else None
+        master = self.master()[1]
+        snap["redis_master"] = cpu_seconds(self.redis_pids.get(master, -1))
+        snap["redis_replicas"] = sum(cpu_seconds(p) or 0 for port, p in self.redis_pids.items()
+                                     if port != master)
+        snap["sentinels"] = sum(cpu_seconds(p) or 0 for p in self.sentinel_pids)
+        return snap
+
+    def generate(self, run, name, cmd, timeout, parse, meta=None, rss_pid=None):
+        """Runs one load generator with CPU snapshots around it."""
+        self.procs.check_alive()
+        logfile = self.raw / f"r{run}-{name}.log"
+        before = self.cpu_snapshot()
+        sampler = RssSampler(rss_pid) if rss_pid else None
+        rc, gen_cpu, wall = run_child(cmd, logfile, timeout)
+        if sampler:
+            sampler.stop()
+        after = self.cpu_snapshot()
+        cpu = {k: round(after[k] - before[k], 2) for k in before
+               if after.get(k) is not None and before.get(k) is not None}
+        cpu["generator"] = round(gen_cpu, 2)
+        if rc != 0:
+            raise Failure(f"{name}: {cmd[0]} exited {rc}; see {logfile}")
+        m = parse()
+        m.update(meta or {})
+        m["cpu_s"] = cpu
+        m["wall_s"] = round(wall, 2)
+        if sampler:
+            m["rss_peak_mb"] = round(sampler.peak_kb / 1024, 1)
+        self.results.setdefault(run, {})[name] = m
+        log(f"run {run} {name}: {m.get('rps', 0):.0f} req/s, p50 {fmt_ms(m.get('p50'))}, "
+            f"p99 {fmt_ms(m.get('p99'))}, status {m.get('status')}")
+        return m
+
+    def loadgen(self, run, name, reqs, duration, tokens=None, start_at=None, target=None, meta=None,
+                conns=CONNS, rss_pid=None):
+        out = self.raw / f"r{run}-{name}.json"
+        cmd = [str(self.bin / "loadgen"), "--target", f"http://127.0.0.1:{target or self.port_all}",
+               "-c", str(conns), "-z", str(duration), "--out", str(out), "--label", name]
+        for r in reqs:
+            cmd += ["--req", r]
+        if tokens:
+            cmd += ["--tokens", str(tokens)]
+        if start_at:
+            cmd += ["--start-at-ms", str(start_at)]
+        return self.generate(run, name, cmd, duration + 90, lambda: parse_loadgen(out), meta, rss_pid)
+
+    def oha(self, run, name, path, port, method="GET", token=None, duration=None, meta=None):
+        out = self.raw / f"r{run}-{name}.json"
+        duration = duration or self.dur_short
+        cmd = ["oha", "--no-tui", "--output-format", "json", "-o", str(out), "-c", str(CONNS),
+               "-z", f"{duration}s", "-w"]
+        if method != "GET":
+            cmd += ["-m", method, "-d", '{"qty":1}', "-T", "application/json"]
+        if token:
+            cmd += ["-H", f"Authorization: Bearer {token}"]
+        cmd.append(f"http://127.0.0.1:{port}{path}")
+        return self.generate(run, name, cmd, duration + 60, lambda: parse_oha(out), meta)
+
+    # --- scenarios -------------------------------------------------------
+
+    def sku(self, kind, run):
+        return f"{kind}-r{run}-{secrets.token_hex(3)}"
+
+    def sc_baseline(self, run):
+        # The benchmark sale lives under its own key prefix (`rb`), so no
+        # worker reads its stream: redis-benchmark fills KEYS and ARGV with
+        # independent random numbers, so its orders cannot be confirmed, and
+        # the ceiling is the Function alone. Same Function, same master.
+        sku = self.sku("bench", run)
+        host, port = self.master()
+        r = Resp(host, port, self.password)
+        try:
+            t = now_ms()
+            reply = r.call("FCALL", "fs_create_sale", 2, f"rb:{{{sku}}}:sale", "rb:sales", sku, "bench", "",
+                           100, 100_000_000, t - 60_000, t + 6 * 3600_000, 1_000_000)
+        finally:
+            r.close()
+        if reply != ["created"]:
+            raise Failure(f"fs_create_sale for the benchmark replied {reply}")
+        self.rb_skus.append(sku)
+        k = lambda s: f"rb:{{{sku}}}:{s}"  # noqa: E731
+        for c in (50, CONNS):
+            name = f"redis_benchmark_c{c}"
+            out = self.raw / f"r{run}-{name}.csv"
+            cmd = ["redis-benchmark", "-h", host, "-p", str(port), "-a", self.password, "-c", str(c),
+                   "-n", str(self.rb_requests), "-r", "2000000000", "--csv",
+                   "FCALL", "fs_purchase", "7", k("sale"), k("units"), k("first"),
+                   k("uorders:u__rand_int__"), k("order:o__rand_int__"), k("stream"), "",
+                   "u__rand_int__", "1", f"{sku}.o__rand_int__"]
+
+            def parse(out=out, c=c):
+                return parse_redis_benchmark(out)
+            self.generate_to_file(run, name, cmd, out, 300, parse, {"tool": "redis-benchmark", "conns": c})
+        for c in (50, CONNS):
+            for wait in (0, 2):
+                name = f"fcall_c{c}_wait{wait}"
+                out = self.raw / f"r{run}-{name}.json"
+                cmd = [str(self.bin / "fcall_bench"), "--sku", sku, "--prefix", "rb", "-c", str(c), "-z",
+                       str(self.dur_short), "--wait", str(wait), "--out", str(out)]
+                self.generate_env(run, name, cmd, out, self.dur_short + 60, {"tool": "fcall_bench",
+                                                                             "conns": c})
+        self.oha(run, "bare_get", "/api/products/bare", self.port_bare, meta={"tool": "oha", "conns": CONNS})
+        self.oha(run, "bare_post", "/api/sales/bare/purchase", self.port_bare, method="POST",
+                 token=self.prober, meta={"tool": "oha", "conns": CONNS})
+        r = Resp(host, port, self.password)
+        try:
+            a = r.call("FCALL_RO", "fs_audit", 2, k("sale"), k("units"))
+        finally:
+            r.close()
+        audit = {"stock_total": a[0], "stock_left": a[1], "sold": a[2], "orders": a[3], "consistent": a[6] == 1}
+        ok = audit["consistent"] and a[2] <= a[0]
+        self.invariants.append({"run": run, "sku": f"rb:{sku}", "audit": audit, "ok": ok,
+                                "note": "redis-benchmark + fcall_bench", "why": [] if ok else ["audit"],
+                                "accepted": None})
+        if not ok:
+            self.failures.append(f"run {run}: benchmark sale {sku}: {audit}")
+
+    def generate_to_file(self, run, name, cmd, out, timeout, parse, meta):
+        # redis-benchmark writes its CSV to stdout: run it with stdout to `out`.
+        self.procs.check_alive()
+        before = self.cpu_snapshot()
+        t0 = time.monotonic()
+        with open(out, "wb") as f:
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f,
+                                 stderr=open(self.raw / f"r{run}-{name}.log", "ab"), cwd=REPO)
+        deadline = t0 + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid == p.pid:
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+                _, status, ru = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.02)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        after = self.cpu_snapshot()
+        if p.returncode != 0:
+            raise Failure(f"{name}: {cmd[0]} exited {p.returncode}")
+        m = parse()
+        m.update(meta)
+        m["cpu_s"] = {k: round(after[k] - before[k], 2) for k in before
+                      if after.get(k) is not None and before.get(k) is not None}
+        m["cpu_s"]["generator"] = round(ru.ru_utime + ru.ru_stime, 2)
+        m["wall_s"] = round(time.monotonic() - t0, 2)
+        self.results.setdefault(run, {})[name] = m
+        log(f"run {run} {name}: {m['rps']:.0f} calls/s, p50 {fmt_ms(m.get('p50'))}, p99 {fmt_ms(m.get('p99'))}")
+
+    def generate_env(self, run, name, cmd, out, timeout, meta):
+        """A generator that needs the group's environment (fcall_bench)."""
+        self.procs.check_alive()
+        logfile = self.raw / f"r{run}-{name}.log"
+        before = self.cpu_snapshot()
+        rc, gen_cpu, wall = run_child(cmd, logfile, timeout, env=self.base_env())
+        after = self.cpu_snapshot()
+        if rc != 0:
+            raise Failure(f"{name}: exited {rc}; see {logfile}")
+        j = json.loads(out.read_text())
+        lat = j["latency"]
+        m = {"rps": j["rps"], "requests": j["calls"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
+             "p999": lat["p999_ms"], "max": lat["max_ms"], "status": {"ok": j["calls"]},
+             "errors": {"errors": j["errors"], "not_created": j["not_created"]}}
+        m.update(meta)
+        m["cpu_s"] = {k: round(after[k] - before[k], 2) for k in before
+                      if after.get(k) is not None and before.get(k) is not None}
+        m["cpu_s"]["generator"] = round(gen_cpu, 2)
+        m["wall_s"] = round(wall, 2)
+        self.results.setdefault(run, {})[name] = m
+        log(f"run {run} {name}: {m['rps']:.0f} calls/s, p50 {fmt_ms(m['p50'])}, p99 {fmt_ms(m['p99'])}")
+
+    def sc_live(self, run):
+        for name, port in (("live_all", self.port_all), ("live_noack", self.port_noack)):
+            sku = self.create_sale(self.sku("live", run), 100_000_000, 1_000_000)
+            time.sleep(0.3)  # past the other instance's catalog cache
+            m = self.loadgen(run, name, [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
+                             tokens=self.tokens, target=port,
+                             meta={"tool": "loadgen", "conns": CONNS, "sku": sku,
+                                   "acks": "all" if port == self.port_all else "0"})
+            self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
+
+    def sc_stampede(self, run):
+        r = self.redis()
+        mem_before = int(info_fields(r.call("INFO", "memory"))["used_memory"])
+        r.close()
+        opens = (now_ms() // 1000 + 3) * 1000  # the next whole second at least 2 s ahead
+        sku = self.create_sale(self.sku("stampede", run), 1000, 1, starts_ms=opens)
+        m = self.loadgen(run, "stampede", [f"1:POST:/api/sales/{sku}/purchase"], self.dur_stampede,
+                         tokens=self.tokens, start_at=opens, rss_pid=self.procs.pid("server"),
+                         meta={"tool": "loadgen", "conns": CONNS, "sku": sku, "opens_ms": opens})
+        n202 = m["status"].get("202", 0)
+        bs = m.get("by_status", {})
+        m["sold_out_after_ms"] = bs.get("202", {}).get("last_ms")
+        m["first_410_ms"] = bs.get("410", {}).get("first_ms")
+        # The sold-out path: 410s per second in the whole seconds after the last 202.
+        per = bs.get("410", {}).get("per_second", [])
+        last202 = (m["sold_out_after_ms"] or 0) / 1000
+        full = [n for i, n in enumerate(per) if i >= int(last202) + 1 and i + 1 <= self.dur_stampede]
+        m["soldout_rps"] = sum(full) / len(full) if full else None
+        m["soldout_p50"] = bs.get("410", {}).get("p50_ms")
+        m["soldout_p99"] = bs.get("410", {}).get("p99_ms")
+        a = self.check_sale(run, sku, accepted=n202, exact=True, note="stampede")
+        if a["sold"] > 1000 or n202 > 1000:
+            self.failures.append(f"run {run}: stampede sold {a['sold']} / answered {n202} 202 for 1000 units")
+        m["sold"] = a["sold"]
+        time.sleep(1.0)
+        self.wait_confirmed([sku], secs=30)
+        r = self.redis(timeout=30)
+        try:
+            mem_after = int(info_fields(r.call("INFO", "memory"))["used_memory"])
+            keys_bytes, n_keys = self.sale_memory(r, sku)
+        finally:
+            r.close()
+        # used_memory moves with everything else on the master (other
+        # streams being trimmed, buffers): the sum of MEMORY USAGE over the
+        # sale's own keys, once the worker has confirmed and trimmed, is the
+        # figure to trust.
+        m["redis_used_memory_delta_per_unit"] = (mem_after - mem_before) / a["sold"] if a["sold"] else None
+        m["redis_bytes_per_unit"] = keys_bytes / a["sold"] if a["sold"] else None
+        m["redis_sale_keys"] = n_keys
+
+    def sale_memory(self, r, sku):
+        """Sum of MEMORY USAGE (SAMPLES 0: exact) over every key of one sale."""
+        keys, cursor = [], "0"
+        while True:
+            cursor, found = r.call("SCAN", cursor, "MATCH", f"fs:{{{sku}}}:*", "COUNT", 5000)
+            keys += found
+            if cursor == "0":
+                break
+        total = 0
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for k in chunk:
+                r.send("MEMORY", "USAGE", k, "SAMPLES", "0")
+            for _ in chunk:
+                total += r.read() or 0
+        return total, len(keys)
+
+    def sc_soldout(self, run):
+        sku = self.create_sale(self.sku("soldout", run), 1, 1)
+        time.sleep(0.3)
+        st, j = http_call(self.port_all, "POST", f"/api/sales/{sku}/purchase", {"qty": 1},
+                          {"Authorization": f"Bearer {self.first_buyer}"})
+        if st != 202:
+            raise Failure(f"soldout: the one unit was not sold: {st} {j}")
+        # The first 410 makes the server load the buyers and answer locally.
+        for _ in range(50):
+            st, j = http_call(self.port_all, "POST", f"/api/sales/{sku}/purchase", {"qty": 1},
+                              {"Authorization": f"Bearer {self.prober}"})
+            if st != 410:
+                raise Failure(f"soldout: expected 410, got {st} {j}")
+            time.sleep(0.05)
+        self.oha(run, "soldout", f"/api/sales/{sku}/purchase", self.port_all, method="POST",
+                 token=self.prober, meta={"tool": "oha", "conns": CONNS, "sku": sku})
+        self.check_sale(run, sku, accepted=1, exact=True, note="soldout")
+
+    def sc_browse(self, run):
+        sku = self.browse_sku
+        self.oha(run, "product_page", f"/p/{sku}", self.port_all, meta={"tool": "oha", "conns": CONNS})
+        self.oha(run, "product_json", f"/api/products/{sku}", self.port_all,
+                 meta={"tool": "oha", "conns": CONNS})
+
+    def sc_mixed(self, run):
+        sku = self.create_sale(self.sku("mixed", run), 100_000_000, 1_000_000)
+        time.sleep(0.3)
+        reqs = [f"45:GET:/p/{sku}", f"45:GET:/api/products/{sku}", f"10:POST:/api/sales/{sku}/purchase"]
+        lg = self.loadgen(run, "mixed_loadgen", reqs, self.dur, tokens=self.tokens,
+                          meta={"tool": "loadgen", "conns": CONNS, "sku": sku})
+        accepted = lg["status"].get("202", 0)
+        if self.k6:
+            out = self.raw / f"r{run}-mixed_k6.json"
+            cmd = ["k6", "run", "--quiet", "--no-color", "-e", f"BASE=http://127.0.0.1:{self.port_all}",
+                   "-e", f"SKU={sku}", "-e", f"TOKENS={self.tokens_k6}", "-e", f"VUS={CONNS}",
+                   "-e", f"DURATION={int(self.dur)}s", "-e", f"SUMMARY={out}", str(HERE / "k6/mixed.js")]
+            k6m = self.generate(run, "mixed_k6", cmd, self.dur + 120, lambda: parse_k6(out),
+                                {"tool": "k6", "conns": CONNS, "sku": sku})
+            accepted += k6m["status"].get("202", 0)
+        self.check_sale(run, sku, accepted=accepted, note="mixed")
+
+    def sc_workers(self, run):
+        out = self.raw / f"r{run}-workers.json"
+        logdir = self.logs / f"workers-r{run}"
+        logdir.mkdir(exist_ok=True)
+        cmd = [str(self.bin / "worker_bench"), "--worker-bin", str(self.bin / "flashsale-worker"),
+               "--workers", "1,2,4", "--orders", str(self.wb_orders), "--prefix", "wb",
+               "--log-dir", str(logdir), "--out", str(out)]
+        self.procs.check_alive()
+        before = self.cpu_snapshot()
+        rc, gen_cpu, wall = run_child(cmd, self.raw / f"r{run}-workers.log", 900, env=self.base_env())
+        after = self.cpu_snapshot()
+        j = json.loads(out.read_text()) if out.exists() else {"results": []}
+        for r in j["results"]:
+            k = r["workers"]
+            name = f"workers_{k}"
+            if "error" in r:
+                self.failures.append(f"run {run}: worker bench with {k}: {r['error']}")
+                continue
+            self.results.setdefault(run, {})[name] = {
+                "tool": "worker_bench", "rps": r["rate"], "rate_from_spawn": r["rate_from_spawn"],
+                "requests": r["orders"], "worker_cpu_s": r["worker_cpu_s"], "audit": r["audit"],
+                "status": {"confirmed": r["audit"]["confirmed"]}, "exit_codes": r["exit_codes"],
+                "cpu_s": {"worker": r["worker_cpu_s"]},
+            }
+            good = r["audit"]["consistent"] and r["audit"]["confirmed"] == r["orders"] \
+                and r["audit"]["stream_pending"] == 0 and all(c == 0 for c in r["exit_codes"])
+            self.invariants.append({"run": run, "sku": f"worker bench ×{k}", "audit": r["audit"],
+                                    "ok": good, "note": "worker_bench", "why": [] if good else ["see raw"],
+                                    "accepted": r["orders"]})
+            if not good:
+                self.failures.append(f"run {run}: worker bench ×{k}: audit {r['audit']} exits {r['exit_codes']}")
+            log(f"run {run} workers ×{k}: {r['rate']:.0f} orders/s")
+        if rc != 0:
+            self.failures.append(f"run {run}: worker_bench exited {rc}")
+        _ = (before, after, gen_cpu, wall)
+
+    # --- driver ---------------------------------------------------------
+
+    def run(self):
+        scen = self.args.scenarios or ALL_SCENARIOS
+        self.meta = {
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(["loadtest/run.sh"] + self.args.argv),
+            "scenarios": scen, "runs": self.args.runs, "quick": self.quick,
+            "nproc": os.cpu_count(), "loadavg_before": os.getloadavg(),
+            "kernel": os.uname().release, "binaries": str(self.bin),
+            "durations_s": {"live/mixed": self.dur, "single-URL": self.dur_short,
+                            "stampede": self.dur_stampede},
+            "connections": CONNS, "tokens": self.n_tokens,
+            "redis_benchmark_requests": self.rb_requests, "worker_bench_orders": self.wb_orders,
+        }
+        log(f"results in {self.out}")
+        self.start_group()
+        self.start_services()
+        self.mint_tokens()
+        self.browse_sku = self.create_sale("browse-" + secrets.token_hex(3), 1000, 1, track=False)
+        for run in range(1, self.args.runs + 1):
+            self.run_skus = []
+            self.rb_skus = []
+            for s in scen:
+                log(f"run {run}/{self.args.runs}: {s}")
+                try:
+                    getattr(self, f"sc_{s}")(run)
+                except Failure as e:
+                    self.failures.append(f"run {run}: {s}: {e}")
+                    log(f"FAILED: {e}")
+                    self.procs.check_alive()
+            self.cleanup_sales(self.run_skus)
+            self.cleanup_prefix("rb", self.rb_skus)
+        rss = {n: rss_kb(self.procs.pid(n)) for n in ("server", "server_noack", "worker")}
+        self.meta["rss_end_kb"] = rss
+        self.meta["loadavg_after"] = os.getloadavg()
+        self.meta["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+    def write(self):
+        data = {"meta": getattr(self, "meta", {}), "results": self.results,
+                "invariants": self.invariants, "failures": self.failures}
+        (self.out / "results.json").write_text(json.dumps(data, indent=2))
+        summary = render_summary(data)
+        (self.out / "summary.md").write_text(summary)
+        try:
+            plot.write_svg(data, self.out / "latency.svg")
+        except Exception as e:  # a plot must not hide the figures
+            log(f"plot failed: {e}")
+        return summary
+
+
+class RssSampler:
+    """Peak VmRSS of one process, sampled every 50 ms in a thread."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.peak_kb = rss_kb(pid) or 0
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        while not self.done.wait(0.05):
+            v = rss_kb(self.pid)
+            if v:
+                self.peak_kb = max(self.peak_kb, v)
+
+    def stop(self):
+        self.done.set()
+        self.t.join()
+
+
+# ---------------------------------------------------------------- parsing ---
+
+def fmt_ms(v):
+    return "—" if v is None else f"{v:.2f} ms"
+
+
+def parse_loadgen(path):
+    j = json.loads(Path(path).read_text())
+    lat = j["latency"]
+    errors = {k: v for k, v in j["errors"].items() if k != "samples" and v}
+    return {"rps": j["rps"], "requests": j["requests"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
+            "p999": lat["p999_ms"], "max": lat["max_ms"], "status": j["status"], "errors": errors,
+            "by_status": j["by_status"], "histogram_ms": j["histogram_ms"], "elapsed_s": j["elapsed_s"]}
+
+
+def parse_oha(path):
+    j = json.loads(Path(path).read_text())
+    s = j["summary"]
+    p = j.get("latencyPercentiles", {})
+    sec = lambda k: None if p.get(k) is None else p[k] * 1000  # noqa: E731
+    status = {str(k): v for k, v in j.get("statusCodeDistribution", {}).items()}
+    return {"rps": s["requestsPerSec"], "requests": sum(status.values()), "p50": sec("p50"),
+            "p99": sec("p99"), "p999": sec("p99.9"), "max": (s.get("slowest") or 0) * 1000,
+            "status": status, "errors": j.get("errorDistribution", {}),
+            "percentiles_ms": {k: v * 1000 for k, v in p.items() if v is not None},
+            "oha_histogram": j.get("responseTimeHistogram", {})}
+
+
+def parse_k6(path):
+    j = json.loads(Path(path).read_text())
+    mt = j["metrics"]
+    d = mt["http_req_duration"]["values"]
+    reqs = mt["http_reqs"]["values"]
+    status = {}
+    for k, v in mt.items():
+        if k.startswith("status_") and v["values"].get("count"):
+            status[k[len("status_"):]] = v["values"]["count"]
+    return {"rps": reqs["rate"], "requests": reqs["count"], "p50": d.get("med"), "p99": d.get("p(99)"),
+            "p999": d.get("p(99.9)"), "max": d.get("max"), "status": status, "errors": {},
+            "percentiles_ms": {"p50": d.get("med"), "p90": d.get("p(90)"), "p99": d.get("p(99)"),
+                               "p99.9": d.get("p(99.9)")}}
+
+
+def parse_redis_benchmark(path):
+    rows = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    if len(rows) < 2:
+        raise Failure(f"redis-benchmark wrote no result ({path})")
+    head = [h.strip('"') for h in rows[0].split('","')]
+    vals = [v.strip('"') for v in rows[-1].split('","')]
+    r = dict(zip(head, vals))
+    f = lambda k: float(r[k]) if k in r else None  # noqa: E731
+    return {"rps": f("rps"), "p50": f("p50_latency_ms"), "p99": f("p99_latency_ms"), "p999": None,
+            "max": f("max_latency_ms"), "status": {"ok": None}, "errors": {},
+            "percentiles_ms": {"p0": f("min_latency_ms"), "p50": f("p50_latency_ms"),
+                               "p95": f("p95_latency_ms"), "p99": f("p99_latency_ms")}}
+
+
+# ---------------------------------------------------------------- summary ---
+
+EXPECTED = {
+    "live_all": {"202"}, "live_noack": {"202"}, "stampede": {"202", "409", "410"}, "soldout": {"410"},
+    "product_page": {"200"}, "product_json": {"200"}, "mixed_loadgen": {"200", "202"},
+    "mixed_k6": {"200", "202"}, "bare_get": {"200"}, "bare_post": {"410"},
+}
+
+ORDER = [
+    ("redis_benchmark_c50", "redis-benchmark FCALL fs_purchase, 50 conns (ceiling, no WAIT)"),
+    ("redis_benchmark_c256", "redis-benchmark FCALL fs_purchase, 256 conns (ceiling, no WAIT)"),
+    ("fcall_c50_wait0", "Rust client FCALL, 50 conns, no WAIT"),
+    ("fcall_c50_wait2", "Rust client FCALL + WAIT 2 per call, 50 conns"),
+    ("fcall_c256_wait0", "Rust client FCALL, 256 conns, no WAIT"),
+    ("fcall_c256_wait2", "Rust client FCALL + WAIT 2 per call, 256 conns"),
+    ("bare_get", "bare axum GET (ceiling of browse)"),
+    ("bare_post", "bare axum POST → 410 (ceiling of sold out)"),
+    ("live_all", "live sale, acks all (WAIT on)"),
+    ("live_noack", "live sale, acks 0 (WAIT off)"),
+    ("stampede", "stampede: 1 000 units, distinct shoppers"),
+    ("soldout", "sold-out path (oha, one shopper)"),
+    ("product_page", "product page HTML /p/{sku}"),
+    ("product_json", "product JSON /api/products/{sku}"),
+    ("mixed_loadgen", "mixed 45/45/10 (loadgen)"),
+    ("mixed_k6", "mixed 45/45/10 (k6)"),
+    ("workers_1", "worker bench: 1 worker (orders confirmed/s)"),
+    ("workers_2", "worker bench: 2 workers"),
+    ("workers_4", "worker bench: 4 workers"),
+]
+
+# name -> (ceiling, target ratio or None, label)
+RATIOS = [
+    ("live_all", "redis_benchmark_c256", 0.7, "live sale (WAIT on) / redis-benchmark FCALL c256"),
+    ("live_all", "redis_benchmark_c50", None, "live sale (WAIT on) / redis-benchmark FCALL c50"),
+    ("live_all", "live_noack", 0.9, "live sale WAIT on / WAIT off"),
+    ("live_noack", "redis_benchmark_c256", None, "live sale (WAIT off) / redis-benchmark FCALL c256"),
+    ("fcall_c50_wait2", "fcall_c50_wait0", None, "Rust client: FCALL+WAIT 2 / FCALL, c50"),
+    ("soldout", "bare_post", 0.8, "sold out (oha) / bare axum POST"),
+    ("stampede:soldout_rps", "bare_post", None, "stampede after sell-out (410/s) / bare axum POST"),
+    ("product_json", "bare_get", 0.6, "product JSON / bare axum GET"),
+    ("product_page", "bare_get", None, "product page HTML / bare axum GET"),
+    ("mixed_loadgen", "bare_get", None, "mixed (loadgen) / bare axum GET"),
+    ("workers_2", "workers_1", None, "2 workers / 1 worker"),
+    ("workers_4", "workers_1", None, "4 workers / 1 worker"),
+]
+
+
+def value(m, key):
+    if m is None:
+        return None
+    if ":" in key:
+        return m.get(key.split(":", 1)[1])
+    return m.get("rps")
+
+
+def per_run(results, name, field="rps"):
+    out = []
+    for run in sorted(results, key=int):
+        m = results[run].get(name)
+        if m is not None and m.get(field) is not None:
+            out.append(m[field])
+    return out
+
+
+def fmt_num(v, digits=0):
+    if v is None:
+        return "—"
+    if digits == 0:
+        return f"{v:,.0f}".replace(",", " ")
+    return f"{v:.{digits}f}"
+
+
+def render_summary(data):
+    meta, results, inv = data["meta"], data["results"], data["invariants"]
+    results = {str(k): v for k, v in results.items()}
+    runs = sorted(results, key=int)
+    lines = [f"# flashsale load test — {meta.get('started', '?')}", ""]
+    lines += [f"Command: `{meta.get('command', '')}` — {meta.get('runs')} run(s), "
+              f"{'quick' if meta.get('quick') else 'full'}; {meta.get('connections')} connections; "
+              f"durations {meta.get('durations_s')}; {meta.get('nproc')} CPUs; load average before "
+              f"{tuple(round(x, 2) for x in meta.get('loadavg_before', ()))}, after "
+              f"{tuple(round(x, 2) for x in meta.get('loadavg_after', ()) or ())}.", ""]
+    lines += ["Medians over the runs (each percentile is the median of the runs' percentiles). "
+              "CPU seconds per process during the measurement, from /proc/PID/stat "
+              "(generator: the load tool itself, from wait4).", ""]
+    lines += ["| measurement | tool | req/s | p50 ms | p99 ms | p99.9 ms | statuses (sum over runs) | errors | "
+              "CPU s: server · redis master · replicas · sentinels · worker · generator |",
+              "|---|---|---:|---:|---:|---:|---|---|---|"]
+    for name, label in ORDER:
+        ms = [results[r][name] for r in runs if name in results[r]]
+        if not ms:
+            continue
+        status = {}
+        errors = {}
+        for m in ms:
+            for k, v in (m.get("status") or {}).items():
+                if v is not None:
+                    status[k] = status.get(k, 0) + v
+            for k, v in (m.get("errors") or {}).items():
+                if v:
+                    errors[k] = errors.get(k, 0) + (v if isinstance(v, (int, float)) else 1)
+            exp = EXPECTED.get(name)
+            if exp:
+                for k, v in (m.get("status") or {}).items():
+                    if k not in exp and v:
+                        errors[k] = errors.get(k, 0) + v
+        cpu = {}
+        for key in ("server", "redis_master", "redis_replicas", "sentinels", "worker", "generator"):
+            vals = []
+            for m in ms:
+                c = m.get("cpu_s", {})
+                if key == "server":
+                    v = c.get("server_noack") if name == "live_noack" else (
+                        c.get("bare") if name.startswith("bare") else c.get("server"))
+                else:
+                    v = c.get(key)
+                vals.append(v)
+            cpu[key] = med(vals)
+        cpu_s = " · ".join(fmt_num(cpu[k], 1) for k in cpu)
+        st = ", ".join(f"{k}: {v}" for k, v in sorted(status.items())) or "—"
+        er = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none"
+        lines.append(f"| {label} | {ms[0].get('tool', '')} | {fmt_num(med([m.get('rps') for m in ms]))} | "
+                     f"{fmt_num(med([m.get('p50') for m in ms]), 2)} | {fmt_num(med([m.get('p99') for m in ms]), 2)} | "
+                     f"{fmt_num(med([m.get('p999') for m in ms]), 2)} | {st} | {er} | {cpu_s} |")
+    lines.append("")
+
+    # Ratios, computed within each run, then the median.
+    lines += ["## Ratios to the ceilings (median of the per-run ratios)", "",
+              "| ratio | median | per run | target | met |", "|---|---:|---|---:|---|"]
+    ratios = {}
+    for num, den, target, label in RATIOS:
+        vals = []
+        for r in runs:
+            a = value(results[r].get(num.split(":")[0]), num)
+            b = value(results[r].get(den), den)
+            if a is not None and b:
+                vals.append(a / b)
+        if not vals:
+            continue
+        mv = med(vals)
+        ratios[label] = mv
+        met = "—" if target is None else ("yes" if mv >= target else "**no**")
+        lines.append(f"| {label} | {mv:.2f} | {' '.join(f'{v:.2f}' for v in vals)} | "
+                     f"{'' if target is None else f'≥ {target}'} | {met} |")
+    lines.append("")
+
+    # Targets of issue 6 that are not ratios.
+    live = [results[r].get("live_all") for r in runs if results[r].get("live_all")]
+    st = [results[r].get("stampede") for r in runs if results[r].get("stampede")]
+    lines += ["## Other targets and figures", "", "| figure | median | per run | target |", "|---|---:|---|---|"]
+
+    def row(label, vals, target="", digits=1):
+        vals = [v for v in vals if v is not None]
+        if vals:
+            lines.append(f"| {label} | {fmt_num(med(vals), digits)} | "
+                         f"{' '.join(fmt_num(v, digits) for v in vals)} | {target} |")
+
+    row("live sale (WAIT on) p99 at 256 connections, ms", [m.get("p99") for m in live], "≤ 10 ms", 2)
+    row("stampede: time to sell out (last 202 after the opening second), ms",
+        [m.get("sold_out_after_ms") for m in st], "", 0)
+    row("stampede: first 410 after opening, ms", [m.get("first_410_ms") for m in st], "", 0)
+    row("stampede: units sold (of 1 000)", [m.get("sold") for m in st], "= 202 answers", 0)
+    row("stampede: 410/s after the sell-out", [m.get("soldout_rps") for m in st], "", 0)
+    row("stampede: 410 p99, ms", [m.get("soldout_p99") for m in st], "", 2)
+    row("server RSS peak under the stampede, MB", [m.get("rss_peak_mb") for m in st], "< 100 MB", 1)
+    row("Redis memory per sold unit: MEMORY USAGE of the sale's keys / units, bytes",
+        [m.get("redis_bytes_per_unit") for m in st], "reported", 0)
+    row("Redis used_memory delta over the stampede / units (noisy), bytes",
+        [m.get("redis_used_memory_delta_per_unit") for m in st], "", 0)
+    for name, seed_key in (("live_all", "purchase"), ("soldout", "soldout"), ("product_json", "product_json")):
+        vals = per_run(results, name)
+        if vals:
+            row(f"{name} / Python seeds ({SEEDS[seed_key]}/s)", [v / SEEDS[seed_key] for v in vals], "≥ 10×", 1)
+    for name in ("server", "redis_master"):
+        vals = []
+        for m in live:
+            c = m.get("cpu_s", {}).get(name)
+            if c is not None and m.get("requests"):
+                vals.append(c / m["requests"] * 1e6)
+        row(f"live sale (WAIT on): {name} CPU µs per purchase", vals, "", 1)
+    lines.append("")
+
+    # Per-run req/s, to see the noise.
+    lines += ["## req/s per run", "", "| measurement | " + " | ".join(f"run {r}" for r in runs) + " |",
+              "|---|" + "---:|" * len(runs)]
+    for name, _ in ORDER:
+        if any(name in results[r] for r in runs):
+            lines.append(f"| {name} | " + " | ".join(fmt_num(results[r].get(name, {}).get("rps")) for r in runs) + " |")
+    lines.append("")
+
+    lines += ["## Invariants after every scenario", ""]
+    bad = [i for i in inv if not i["ok"]]
+    lines.append(f"{len(inv)} sales checked (audit `consistent`, `sold <= stock_total`, "
+                 f"`stock_left + sold == stock_total`, every 202 an order): "
+                 f"{'all held' if not bad else f'{len(bad)} FAILED'}.")
+    for i in bad:
+        lines.append(f"- run {i['run']} {i['sku']} ({i['note']}): {', '.join(i['why'])}: {i['audit']}")
+    lines.append("")
+    if data["failures"]:
+        lines += ["## Failures", ""] + [f"- {f}" for f in data["failures"]] + [""]
+    lines += ["Raw outputs: `raw/` (loadgen/oha/k6 JSON, redis-benchmark CSV), logs: `logs/`, "
+              "plot: `latency.svg`.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- main ---
+
+def main():
+    ap = argparse.ArgumentParser(prog="loadtest/run.sh", description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenarios", nargs="*", default=[], metavar="scenario",
+                    help=f"scenarios to run (default: all of {', '.join(ALL_SCENARIOS)})")
+    ap.add_argument("--runs", type=int, default=5, help="runs of every scenario (medians over them)")
+    ap.add_argument("--quick", action="store_true", help="a few seconds per scenario (smoke run)")
+    ap.add_argument("--out", help="results directory (default loadtest/results/<timestamp>)")
+    ap.add_argument("--bin-dir", default=str(REPO / "target/release"), help="where the binaries are")
+    ap.add_argument("--no-k6", action="store_true", help="skip the k6 measurements")
+    ap.add_argument("--summary-from", help="re-render summary.md and latency.svg of a results dir")
+    argv = sys.argv[1:]
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.summary_from:
+        d = Path(args.summary_from)
+        data = json.loads((d / "results.json").read_text())
+        (d / "summary.md").write_text(render_summary(data))
+        plot.write_svg(data, d / "latency.svg")
+        print((d / "summary.md").read_text())
+        return 0
+    for sc in args.scenarios:
+        if sc not in ALL_SCENARIOS:
+            ap.error(f"unknown scenario {sc!r} (choose from {', '.join(ALL_SCENARIOS)})")
+    if not 1 <= args.runs <= 50:
+        ap.error("--runs must be 1..50")
+    bench = Bench(args)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    ok = False
+    try:
+        bench.run()
+        ok = not bench.failures
+    except Failure as e:
+        bench.failures.append(str(e))
+        log(f"error: {e}")
+    except KeyboardInterrupt as e:
+        bench.failures.append(f"interrupted ({e})")
+        log("interrupted; stopping everything")
+    finally:
+        bench.procs.stop_all()
+        bench.stop_group()
+        summary = bench.write()
+    print(summary)
+    print(f"results: {bench.out}", file=sys.stderr)
+    if bench.failures:
+        print("lt: FAILED:\n  " + "\n  ".join(bench.failures), file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+//! Helpers of the benchmarks (`fcall_bench`, `worker_bench`): finding the
+//! master of a Sentinel group from the same environment `flashsale serve`
+//! reads, and small measurement utilities.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client};
+
+/// Where the group is: `FLASHSALE_REDIS_SENTINELS`, `_MASTER_NAME`, `_PASSWORD`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GroupArgs {
+    /// `host:port,…` of the Sentinels.
+    #[arg(long, env = "FLASHSALE_REDIS_SENTINELS")]
+    pub sentinels: String,
+    /// The monitored master's name.
+    #[arg(long, env = "FLASHSALE_REDIS_MASTER_NAME", default_value = "mymaster")]
+    pub master_name: String,
+    /// Password of the data nodes.
+    #[arg(long, env = "FLASHSALE_REDIS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Key prefix (as `FLASHSALE_KEY_PREFIX`).
+    #[arg(long, env = "FLASHSALE_KEY_PREFIX", default_value = "fs")]
+    pub prefix: String,
+}
+
+fn config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+}
+
+/// Percent-encodes a password for a `redis://` URL.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl GroupArgs {
+    /// The master's address as the first Sentinel that answers names it.
+    pub async fn master_addr(&self) -> Result<(String, u16), String> {
+        let mut last = String::from("no Sentinel given");
+        for s in self
+            .sentinels
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let client = Client::open(format!("redis://{s}/")).map_err(|e| e.to_string())?;
+            let mut c = match client
+                .get_multiplexed_async_connection_with_config(&config())
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{s}: {e}");
+                    continue;
+                }
+            };
+            let r: Result<Option<(String, u16)>, _> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&self.master_name)
+                .query_async(&mut c)
+                .await;
+            match r {
+                Ok(Some(addr)) => return Ok(addr),
+                Ok(None) => last = format!("{s}: does not know {}", self.master_name),
+                Err(e) => last = format!("{s}: {e}"),
+            }
+        }
+        Err(format!("no master found: {last}"))
+    }
+
+    /// A new connection to the master (one per caller: WAIT is per connection).
+    pub async fn master_conn(&self) -> Result<MultiplexedConnection, String> {
+        let (host, port) = self.master_addr().await?;
+        self.conn_to(&host, port).await
+    }
+
+    pub async fn conn_to(&self, host: &str, port: u16) -> Result<MultiplexedConnection, String> {
+        let url = match &self.password {
+            Some(p) => format!("redis://:{}@{host}:{port}/", url_encode(p)),
+            None => format!("redis://{host}:{port}/"),
+        };
+        let client = Client::open(url).map_err(|e| e.to_string())?;
+        client
+            .get_multiplexed_async_connection_with_config(&config())
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))
+    }
+}
+
+/// An HDR histogram of latencies in µs (1 µs .. 120 s, 3 digits).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// `{count, mean_ms, p50_ms, p90_ms, p99_ms, p999_ms, max_ms}`.
+pub fn histogram_json(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    serde_json::json!({
+        "count": h.len(),
+        "mean_ms": h.mean() / 1000.0,
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// User + system CPU seconds of a process, from `/proc/PID/stat` (assumes
+/// the usual 100 clock ticks per second).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state is field 3 of stat(5), so utime (14) is f[11], stime (15) f[12].
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

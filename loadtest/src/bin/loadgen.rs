@@ -1,0 +1,538 @@
+//! `loadgen` — a closed-loop HTTP/1.1 load generator with a pool of shopper
+//! tokens, for the scenarios oha cannot express: every purchase carries the
+//! next token of the pool (`--tokens FILE`, one JWT per line, as written by
+//! `flashsale token --users N --out FILE`), so no two requests in a row share
+//! an identity and a live sale measures purchases, not the per-shopper 409.
+//!
+//! `-c` connections are opened first (keep-alive, one request in flight on
+//! each), then every connection fires back to back from `--start-at-ms` (a
+//! Unix time in ms, e.g. the second a sale opens) or at once, until
+//! `--duration` seconds have passed or `--requests` were sent, whichever
+//! comes first. Both are bounded. Latencies go into HDR histograms (µs, 3
+//! significant digits) overall and per status, plus per-second counts per
+//! status, so a stampede reports when the last 202 and the first 410 came.
+//!
+//! The request mix is `--req WEIGHT:METHOD:PATH`, repeatable (e.g. 45 % the
+//! product page, 45 % the product JSON, 10 % purchases). POSTs carry `--body`
+//! and a token; GETs carry no token.
+//!
+//! Output: a human summary on stderr, and `--out FILE` JSON (see `Report`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Closed-loop HTTP/1.1 load generator with a shopper-token pool"
+)]
+struct Args {
+    /// Base URL, plain HTTP: http://127.0.0.1:8080
+    #[arg(long)]
+    target: String,
+    /// Request kind WEIGHT:METHOD:PATH (repeatable), e.g. 1:POST:/api/sales/x/purchase
+    #[arg(long = "req", required = true)]
+    reqs: Vec<String>,
+    /// Body of POST requests.
+    #[arg(long, default_value = "{\"qty\":1}")]
+    body: String,
+    /// Connections (each keeps one request in flight).
+    #[arg(short = 'c', long, default_value_t = 256)]
+    connections: usize,
+    /// Stop sending after this many seconds (1..=600).
+    #[arg(short = 'z', long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop sending after this many requests.
+    #[arg(short = 'n', long, default_value_t = 20_000_000)]
+    requests: u64,
+    /// File of shopper tokens, one per line; POSTs take them in turn.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Use only the first N tokens of the file.
+    #[arg(long)]
+    token_limit: Option<usize>,
+    /// Start firing at this Unix time in milliseconds (at most 60 s ahead).
+    #[arg(long)]
+    start_at_ms: Option<u64>,
+    /// Runtime worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Per-request timeout in milliseconds (the connection is reopened after one).
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A label copied into the report.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+struct Spec {
+    method: Method,
+    uri: Uri,
+    auth: bool,
+}
+
+struct Shared {
+    addr: SocketAddr,
+    host: HeaderValue,
+    specs: Vec<Spec>,
+    /// Cumulative weights, for picking a spec.
+    cumulative: Vec<u32>,
+    body: Bytes,
+    tokens: Vec<HeaderValue>,
+    next_token: AtomicU64,
+    issued: AtomicU64,
+    max_requests: u64,
+    timeout: Duration,
+}
+
+/// What one status saw.
+struct StatusStats {
+    hist: Histogram<u64>,
+    first_us: u64,
+    last_us: u64,
+    per_second: Vec<u64>,
+}
+
+#[derive(Default)]
+struct TaskStats {
+    by_status: BTreeMap<u16, StatusStats>,
+    io_errors: u64,
+    timeouts: u64,
+    connect_errors: u64,
+    error_samples: Vec<String>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+impl TaskStats {
+    fn record(&mut self, status: u16, latency_us: u64, done_us: u64) {
+        let s = self.by_status.entry(status).or_insert_with(|| StatusStats {
+            hist: new_hist(),
+            first_us: u64::MAX,
+            last_us: 0,
+            per_second: Vec::new(),
+        });
+        s.hist.saturating_record(latency_us.max(1));
+        s.first_us = s.first_us.min(done_us);
+        s.last_us = s.last_us.max(done_us);
+        let sec = (done_us / 1_000_000) as usize;
+        if s.per_second.len() <= sec {
+            s.per_second.resize(sec + 1, 0);
+        }
+        s.per_second[sec] += 1;
+    }
+
+    fn error(&mut self, what: String) {
+        if self.error_samples.len() < 5 {
+            self.error_samples.push(what);
+        }
+    }
+
+    fn merge(&mut self, other: TaskStats) {
+        for (status, o) in other.by_status {
+            match self.by_status.get_mut(&status) {
+                None => {
+                    self.by_status.insert(status, o);
+                }
+                Some(s) => {
+                    s.hist.add(&o.hist).expect("same histogram bounds");
+                    s.first_us = s.first_us.min(o.first_us);
+                    s.last_us = s.last_us.max(o.last_us);
+                    if s.per_second.len() < o.per_second.len() {
+                        s.per_second.resize(o.per_second.len(), 0);
+                    }
+                    for (i, n) in o.per_second.into_iter().enumerate() {
+                        s.per_second[i] += n;
+                    }
+                }
+            }
+        }
+        self.io_errors += other.io_errors;
+        self.timeouts += other.timeouts;
+        self.connect_errors += other.connect_errors;
+        for e in other.error_samples {
+            self.error(e);
+        }
+    }
+}
+
+/// xorshift64*: a cheap per-task random source for the request mix.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn parse_spec(s: &str) -> Result<(u32, Spec), String> {
+    let mut parts = s.splitn(3, ':');
+    let (w, m, p) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(w), Some(m), Some(p)) => (w, m, p),
+        _ => return Err(format!("--req {s:?}: expected WEIGHT:METHOD:PATH")),
+    };
+    let weight: u32 = w
+        .parse()
+        .map_err(|_| format!("--req {s:?}: weight must be a number"))?;
+    let method: Method = m
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("--req {s:?}: bad method"))?;
+    if !p.starts_with('/') {
+        return Err(format!("--req {s:?}: path must start with /"));
+    }
+    let uri: Uri = p.parse().map_err(|e| format!("--req {s:?}: {e}"))?;
+    let auth = method == Method::POST;
+    Ok((weight, Spec { method, uri, auth }))
+}
+
+async fn connect(sh: &Shared) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(sh.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn build(sh: &Shared, spec: &Spec) -> Request<Full<Bytes>> {
+    let mut req = Request::new(if spec.method == Method::POST {
+        Full::new(sh.body.clone())
+    } else {
+        Full::new(Bytes::new())
+    });
+    *req.method_mut() = spec.method.clone();
+    *req.uri_mut() = spec.uri.clone();
+    let h = req.headers_mut();
+    h.insert(HOST, sh.host.clone());
+    if spec.method == Method::POST {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if spec.auth && !sh.tokens.is_empty() {
+        let i = sh.next_token.fetch_add(1, Ordering::Relaxed) as usize % sh.tokens.len();
+        h.insert(AUTHORIZATION, sh.tokens[i].clone());
+    }
+    req
+}
+
+async fn one(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<u16, String> {
+    sender.ready().await.map_err(|e| format!("ready: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(status)
+}
+
+async fn run_connection(
+    sh: Arc<Shared>,
+    id: usize,
+    barrier: Arc<Barrier>,
+    start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
+) -> TaskStats {
+    let mut stats = TaskStats::default();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
+    let mut sender = match connect(&sh).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            stats.connect_errors += 1;
+            stats.error(e);
+            None
+        }
+    };
+    barrier.wait().await;
+    let (start, deadline) = *start_at.get().expect("start set before the barrier opens");
+    tokio::time::sleep_until(start.into()).await;
+    let total: u32 = *sh.cumulative.last().unwrap_or(&1);
+    loop {
+        if Instant::now() >= deadline {
+            break;
+        }
+        if sh.issued.fetch_add(1, Ordering::Relaxed) >= sh.max_requests {
+            break;
+        }
+        if sender.is_none() {
+            match connect(&sh).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    stats.connect_errors += 1;
+                    stats.error(e);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        let pick = (rng.next() % u64::from(total)) as u32;
+        let spec = &sh.specs[sh.cumulative.iter().position(|&c| pick < c).unwrap_or(0)];
+        let req = build(&sh, spec);
+        let t0 = Instant::now();
+        let s = sender.as_mut().expect("connected above");
+        let res = tokio::time::timeout(sh.timeout, one(s, req)).await;
+        let t1 = Instant::now();
+        match res {
+            Ok(Ok(status)) => {
+                let lat = t1.duration_since(t0).as_micros() as u64;
+                let done = t1.saturating_duration_since(start).as_micros() as u64;
+                stats.record(status, lat, done);
+            }
+            Ok(Err(e)) => {
+                stats.io_errors += 1;
+                stats.error(e);
+                sender = None;
+            }
+            Err(_) => {
+                stats.timeouts += 1;
+                sender = None;
+            }
+        }
+    }
+    stats
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn hist_json(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "mean_ms": h.mean() / 1000.0,
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// Log-spaced buckets (10 per decade) from 10 µs: `[upper_ms, count]`.
+fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    let mut lo = 0u64;
+    let mut k = 0;
+    while lo <= h.max() && k < 80 {
+        let hi = (10.0 * 10f64.powf(k as f64 / 10.0)).round() as u64;
+        let n = h.count_between(lo, hi.saturating_sub(1).max(lo));
+        out.push((ms(hi), n));
+        lo = hi;
+        k += 1;
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if !(args.duration > 0.0 && args.duration <= 600.0) {
+        return Err("--duration must be in (0, 600] seconds".into());
+    }
+    if args.connections == 0 || args.connections > 10_000 {
+        return Err("--connections must be 1..=10000".into());
+    }
+    let hostport = args
+        .target
+        .strip_prefix("http://")
+        .ok_or("--target must start with http://")?
+        .trim_end_matches('/');
+    let addr: SocketAddr = hostport
+        .parse()
+        .map_err(|_| format!("--target {hostport:?}: expected IP:PORT"))?;
+    let mut specs = Vec::new();
+    let mut cumulative = Vec::new();
+    let mut acc = 0u32;
+    for r in &args.reqs {
+        let (w, spec) = parse_spec(r)?;
+        acc += w;
+        cumulative.push(acc);
+        specs.push(spec);
+    }
+    if acc == 0 {
+        return Err("the --req weights add up to 0".into());
+    }
+    let mut tokens = Vec::new();
+    if let Some(path) = &args.tokens {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if args.token_limit.is_some_and(|n| tokens.len() >= n) {
+                break;
+            }
+            tokens.push(
+                HeaderValue::from_str(&format!("Bearer {line}"))
+                    .map_err(|_| format!("{}: a token is not a header value", path.display()))?,
+            );
+        }
+        if tokens.is_empty() {
+            return Err(format!("{}: no tokens", path.display()));
+        }
+    }
+    let sh = Arc::new(Shared {
+        addr,
+        host: HeaderValue::from_str(hostport).map_err(|e| e.to_string())?,
+        specs,
+        cumulative,
+        body: Bytes::from(args.body.clone()),
+        tokens,
+        next_token: AtomicU64::new(0),
+        issued: AtomicU64::new(0),
+        max_requests: args.requests,
+        timeout: Duration::from_millis(args.timeout_ms.max(1)),
+    });
+
+    let n_tokens = sh.tokens.len();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.clamp(1, 64))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let duration = Duration::from_secs_f64(args.duration);
+    let start_at_ms = args.start_at_ms;
+    let connections = args.connections;
+    let (stats, start, end) = rt.block_on(async move {
+        let barrier = Arc::new(Barrier::new(connections + 1));
+        let start_cell = Arc::new(std::sync::OnceLock::new());
+        let mut tasks = Vec::with_capacity(connections);
+        for id in 0..connections {
+            tasks.push(tokio::spawn(run_connection(
+                sh.clone(),
+                id,
+                barrier.clone(),
+                start_cell.clone(),
+            )));
+        }
+        // Connections open first; the clock starts at the start time.
+        let mut start = Instant::now();
+        if let Some(at) = start_at_ms {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let ahead = at.saturating_sub(now_ms).min(60_000);
+            start += Duration::from_millis(ahead);
+        }
+        let _ = start_cell.set((start, start + duration));
+        barrier.wait().await;
+        let mut all = TaskStats::default();
+        for t in tasks {
+            match t.await {
+                Ok(s) => all.merge(s),
+                Err(e) => all.error(format!("task: {e}")),
+            }
+        }
+        (all, start, Instant::now())
+    });
+
+    let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
+    let mut overall = new_hist();
+    let mut status = serde_json::Map::new();
+    let mut by_status = serde_json::Map::new();
+    for (code, s) in &stats.by_status {
+        overall.add(&s.hist).expect("same bounds");
+        status.insert(code.to_string(), json!(s.hist.len()));
+        let mut j = hist_json(&s.hist);
+        j["first_ms"] = json!(ms(s.first_us));
+        j["last_ms"] = json!(ms(s.last_us));
+        j["per_second"] = json!(s.per_second);
+        by_status.insert(code.to_string(), j);
+    }
+    let completed = overall.len();
+    let report = json!({
+        "tool": "loadgen",
+        "label": args.label,
+        "target": args.target,
+        "reqs": args.reqs,
+        "connections": args.connections,
+        "threads": args.threads,
+        "tokens": n_tokens,
+        "tokens_file": args.tokens.as_ref().map(|p| p.display().to_string()),
+        "elapsed_s": elapsed,
+        "requests": completed,
+        "rps": completed as f64 / elapsed,
+        "status": status,
+        "errors": {
+            "io": stats.io_errors,
+            "timeout": stats.timeouts,
+            "connect": stats.connect_errors,
+            "samples": stats.error_samples,
+        },
+        "latency": hist_json(&overall),
+        "by_status": by_status,
+        "histogram_ms": buckets(&overall),
+    });
+    eprintln!(
+        "loadgen {}: {} requests in {:.2} s = {:.0} req/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; status {}; errors io {} timeout {} connect {}",
+        args.label,
+        completed,
+        elapsed,
+        completed as f64 / elapsed,
+        ms(overall.value_at_quantile(0.5)),
+        ms(overall.value_at_quantile(0.99)),
+        ms(overall.value_at_quantile(0.999)),
+        ms(overall.max()),
+        Value::Object(status),
+        stats.io_errors,
+        stats.timeouts,
+        stats.connect_errors,
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(
+            out,
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    if completed == 0 {
+        return Err(format!(
+            "no request completed ({:?})",
+            report["errors"]["samples"]
+        ));
+    }
+    Ok(())
+}
