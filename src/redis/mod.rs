@@ -192,6 +192,8 @@ pub(crate) struct Inner {
     epoch: AtomicU64,
     wake: Arc<Notify>,
     switches: AtomicU64,
+    /// Why the last resolution failed (no secrets), for start-up errors.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// The Redis access layer; cheap to clone.
@@ -230,6 +232,7 @@ impl Redis {
             epoch: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             switches: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
         });
         tokio::spawn(sentinel::watch(Arc::downgrade(&inner)));
         let redis = Redis { inner };
@@ -238,7 +241,18 @@ impl Redis {
             .settings
             .failover_wait
             .max(Duration::from_secs(5));
-        redis.master(Instant::now() + startup_wait).await?;
+        if redis.master(Instant::now() + startup_wait).await.is_err() {
+            let why = redis
+                .inner
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no answer".into());
+            return Err(DbError::Discovery(format!(
+                "no Redis master found within {startup_wait:?}: {why}"
+            )));
+        }
         Ok(redis)
     }
 

@@ -564,6 +564,8 @@ pub(super) async fn watch(weak: Weak<Inner>) {
         if let Err(e) = &result {
             tracing::debug!(error = %e, "refresh failed");
         }
+        *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(ToString::to_string);
         let missing = inner.master.load().as_ref().is_none_or(|l| l.is_stale());
         let wake = inner.wake.clone();
         drop(inner);

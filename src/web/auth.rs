@@ -86,10 +86,17 @@ pub fn mint(secret: &Secret, user: &str, ttl_s: u64) -> Result<String, Error> {
     .map_err(|e| Error::Internal(e.to_string()))
 }
 
+/// The credentials of an `Authorization: Bearer …` value (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 /// The token of a request: bearer header first, then the `fs_token` cookie.
 fn token_of(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-        return v.to_str().ok()?.strip_prefix("Bearer ").map(str::trim);
+        return bearer(v.to_str().ok()?);
     }
     for v in parts.headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
@@ -129,7 +136,7 @@ impl FromRequestParts<AppState> for Admin {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or("");
         if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
             Ok(Admin)
