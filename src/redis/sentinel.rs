@@ -56,13 +56,23 @@ struct Sentinels {
     conns: Vec<Option<MultiplexedConnection>>,
 }
 
+/// One replica as a Sentinel reports it.
+struct Replica {
+    addr: (String, u16),
+    /// It still reports the master role (being promoted, or a former master
+    /// not yet demoted).
+    claims_master: bool,
+    /// Its last INFO says its link to a master is up (a node Sentinel has no
+    /// INFO from yet reports `err`).
+    attached: bool,
+}
+
 /// What the Sentinels say about the master and its replicas.
 struct View {
     master: (String, u16),
     epoch: i64,
-    /// Replicas without a down flag, and whether each still reports the
-    /// master role.
-    up_replicas: Vec<((String, u16), bool)>,
+    /// Replicas without a down flag.
+    up_replicas: Vec<Replica>,
     /// A Sentinel is failing this master over: it must not take writes.
     failover: bool,
 }
@@ -194,10 +204,14 @@ impl Sentinels {
                 .iter()
                 .filter(|r| is_up_replica(r))
                 .filter_map(|r| {
-                    let claims_master = r.get("role-reported").is_some_and(|x| x == "master");
-                    addr_of(r).map(|a| (a, claims_master))
+                    let attached = r.get("master-link-status").is_some_and(|x| x == "ok");
+                    addr_of(r).map(|a| Replica {
+                        addr: a,
+                        claims_master: r.get("role-reported").is_some_and(|x| x == "master"),
+                        attached,
+                    })
                 })
-                .filter(|(a, _)| *a != addr)
+                .filter(|r| r.addr != addr)
                 .collect();
             seen.push((
                 View {
@@ -385,16 +399,20 @@ async fn refresh(
         }
         memory.last_master = Some(v.master.clone());
         // Every replica the Sentinels consider up must acknowledge, except a
-        // former master that still claims the role: Sentinel demotes it only
-        // seconds after a failover and it then resyncs in full, so it can
-        // neither hold nor lose an acknowledged write. A replica that claims
-        // master and never was one is being promoted: it still counts, so
-        // the old master's WAIT falls short while the switch is under way.
+        // former master that has not yet come back as our replica: Sentinel
+        // lists it as one at once, but demotes it only seconds later (or, if
+        // it is frozen or dead, marks it down after down-after-milliseconds),
+        // and it then resyncs in full, so it can neither hold nor lose an
+        // acknowledged write meanwhile. A replica that claims master and never
+        // was one is being promoted: it still counts, so the old master's
+        // WAIT falls short while the switch is under way.
         let counted: Vec<(String, u16)> = v
             .up_replicas
             .iter()
-            .filter(|(a, claims_master)| !(*claims_master && memory.former_masters.contains(a)))
-            .map(|(a, _)| a.clone())
+            .filter(|r| {
+                !memory.former_masters.contains(&r.addr) || (r.attached && !r.claims_master)
+            })
+            .map(|r| r.addr.clone())
             .collect();
         if inner.settings.replica_acks == ReplicaAcks::All {
             let n = counted.len().max(1);
@@ -408,8 +426,8 @@ async fn refresh(
         .map(|v| {
             v.up_replicas
                 .iter()
-                .filter(|(_, claims_master)| !claims_master)
-                .map(|(a, _)| a.clone())
+                .filter(|r| !r.claims_master)
+                .map(|r| r.addr.clone())
                 .collect()
         })
         .unwrap_or_default();
