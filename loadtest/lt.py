@@ -30,6 +30,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -45,6 +46,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the tree
 sys.path.insert(0, str(HERE))
 import plot  # noqa: E402  (loadtest/plot.py)
 
+BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "worker_bench"]
 ALL_SCENARIOS = ["baseline", "live", "stampede", "soldout", "browse", "mixed", "workers"]
 CONNS = 256
 # The Python seeds' stack on this kind of machine (issue 6): purchases/s,
@@ -119,6 +121,23 @@ class Resp:
             pass
 
 
+# Commands flashsale.lua calls (INFO commandstats counts them, and FCALL's time includes them).
+IN_FUNCTIONS = {"exists", "hmget", "get", "hget", "time", "hincrby", "hsetnx", "rpush", "hset", "set",
+                "xadd", "xack", "xrange", "pexpire"}
+
+
+def parse_commandstats(text):
+    """{command: {calls, usec}} from INFO commandstats."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("cmdstat_"):
+            continue
+        name, rest = line[len("cmdstat_"):].split(":", 1)
+        f = dict(kv.split("=", 1) for kv in rest.strip().split(","))
+        out[name] = {"calls": int(f["calls"]), "usec": int(f["usec"])}
+    return out
+
+
 def info_fields(text):
     out = {}
     for line in text.splitlines():
@@ -141,6 +160,14 @@ def cpu_seconds(pid):
         return (int(rest[11]) + int(rest[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def machine_busy_seconds():
+    """CPU seconds all CPUs spent busy (not idle or iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
 
 
 def rss_kb(pid):
@@ -178,10 +205,16 @@ class Procs:
             if p.poll() is not None:
                 raise Failure(f"{name} (pid {p.pid}) exited with {p.returncode}; see its log")
 
+    def signal(self, name, sig):
+        p = self.children.get(name)
+        if p is not None and p.poll() is None:
+            p.send_signal(sig)
+
     def stop(self, name, timeout=15):
         p = self.children.pop(name, None)
         if p is None or p.poll() is not None:
             return p.returncode if p else None
+        p.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
         p.send_signal(signal.SIGTERM)
         try:
             return p.wait(timeout)
@@ -283,6 +316,29 @@ def pick_base_port():
     raise Failure("no free base port for the Redis group")
 
 
+def strip_bin_dir(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--bin-dir":
+            skip = True
+        elif not a.startswith("--bin-dir="):
+            out.append(a)
+    return out
+
+
+def git_describe():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -294,13 +350,25 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.quick = args.quick
-        self.bin = Path(args.bin_dir).resolve()
+        src_bin = Path(args.bin_dir).resolve()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = Path(args.out).resolve() if args.out else HERE / "results" / stamp
         self.raw = self.out / "raw"
         self.logs = self.out / "logs"
         for d in (self.raw, self.logs):
             d.mkdir(parents=True, exist_ok=True)
+        # Pin the binaries: other builds may replace target/ during a run.
+        # Hard links keep the inodes of this build (no copy), removed at the end.
+        self.bin = self.out / "bin"
+        self.bin.mkdir(exist_ok=True)
+        for name in BINARIES:
+            src, dst = src_bin / name, self.bin / name
+            if not src.is_file():
+                raise SystemExit(f"lt: {src} missing (cargo build --release --workspace)")
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
         self.procs = Procs()
         self.group_dir = self.out / "redis"
         self.group_started = False
@@ -415,6 +483,7 @@ class Bench:
                          dict(os.environ), self.logs / "bare.log")
         self.wait_ready(self.port_all, "flashsale serve (acks all)")
         self.wait_ready(self.port_noack, "flashsale serve (acks 0)")
+        self.scraper = Scraper([self.port_all, self.port_noack], SCRAPE_EVERY_S)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -567,7 +636,21 @@ class Bench:
         snap["redis_replicas"] = sum(cpu_seconds(p) or 0 for port, p in self.redis_pids.items()
                                      if port != master)
         snap["sentinels"] = sum(cpu_seconds(p) or 0 for p in self.sentinel_pids)
+        snap["_machine"] = machine_busy_seconds()
+        snap["_t"] = time.monotonic()
         return snap
+
+    @staticmethod
+    def cpu_delta(before, after, gen_cpu):
+        """CPU seconds per process over a measurement, and the CPU the rest of
+        the machine (other users' processes) took meanwhile, in cores."""
+        cpu = {k: round(after[k] - before[k], 2) for k in before
+               if not k.startswith("_") and after.get(k) is not None and before.get(k) is not None}
+        cpu["generator"] = round(gen_cpu, 2)
+        ours = sum(cpu.values())
+        wall = max(after["_t"] - before["_t"], 1e-3)
+        cpu["others_cores"] = round(max(after["_machine"] - before["_machine"] - ours, 0) / wall, 2)
+        return cpu
 
     def generate(self, run, name, cmd, timeout, parse, meta=None, rss_pid=None):
         """Runs one load generator with CPU snapshots around it."""
@@ -575,13 +658,13 @@ class Bench:
         logfile = self.raw / f"r{run}-{name}.log"
         before = self.cpu_snapshot()
         sampler = RssSampler(rss_pid) if rss_pid else None
+        perf = self.perf_start(run, name)
         rc, gen_cpu, wall = run_child(cmd, logfile, timeout)
+        self.perf_stop(perf)
         if sampler:
             sampler.stop()
         after = self.cpu_snapshot()
-        cpu = {k: round(after[k] - before[k], 2) for k in before
-               if after.get(k) is not None and before.get(k) is not None}
-        cpu["generator"] = round(gen_cpu, 2)
+        cpu = self.cpu_delta(before, after, gen_cpu)
         if rc != 0:
             raise Failure(f"{name}: {cmd[0]} exited {rc}; see {logfile}")
         m = parse()
@@ -594,6 +677,43 @@ class Bench:
         log(f"run {run} {name}: {m.get('rps', 0):.0f} req/s, p50 {fmt_ms(m.get('p50'))}, "
             f"p99 {fmt_ms(m.get('p99'))}, status {m.get('status')}")
         return m
+
+    def perf_start(self, run, name):
+        """With --perf: samples the process under test (first run only)."""
+        if not self.args.perf or run != 1:
+            return None
+        proc = "server_noack" if name.startswith("live_noack") else ("bare" if name.startswith("bare") else "server")
+        pid = self.procs.pid(proc)
+        if not pid or name.startswith(("redis_benchmark", "fcall", "workers")):
+            return None
+        data = self.raw / f"perf-{name}.data"
+        p = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "--call-graph",
+                              "dwarf,16384", "-p", str(pid), "-o", str(data)],
+                             stdout=subprocess.DEVNULL, stderr=open(self.raw / f"perf-{name}.log", "ab"))
+        time.sleep(0.3)
+        return (p, data, name)
+
+    def perf_stop(self, perf):
+        if perf is None:
+            return
+        p, data, name = perf
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        out = self.raw / f"perf-{name}.txt"
+        with open(out, "w") as f:
+            for args in (["--no-children", "--sort", "dso,symbol"], ["--children", "--sort", "symbol"]):
+                f.write(f"### perf report {' '.join(args)} -g none\n")
+                f.flush()
+                subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none",
+                                "--percent-limit", "0.5"] + args, stdout=f, stderr=subprocess.DEVNULL,
+                               timeout=600)
+        if not self.args.keep_bin:
+            data.unlink(missing_ok=True)
+        log(f"perf profile of {name}: {out}")
 
     def loadgen(self, run, name, reqs, duration, tokens=None, start_at=None, target=None, meta=None,
                 conns=CONNS, rss_pid=None):
@@ -703,9 +823,7 @@ class Bench:
             raise Failure(f"{name}: {cmd[0]} exited {p.returncode}")
         m = parse()
         m.update(meta)
-        m["cpu_s"] = {k: round(after[k] - before[k], 2) for k in before
-                      if after.get(k) is not None and before.get(k) is not None}
-        m["cpu_s"]["generator"] = round(ru.ru_utime + ru.ru_stime, 2)
+        m["cpu_s"] = self.cpu_delta(before, after, ru.ru_utime + ru.ru_stime)
         m["wall_s"] = round(time.monotonic() - t0, 2)
         self.results.setdefault(run, {})[name] = m
         log(f"run {run} {name}: {m['rps']:.0f} calls/s, p50 {fmt_ms(m.get('p50'))}, p99 {fmt_ms(m.get('p99'))}")
@@ -725,22 +843,55 @@ class Bench:
              "p999": lat["p999_ms"], "max": lat["max_ms"], "status": {"ok": j["calls"]},
              "errors": {"errors": j["errors"], "not_created": j["not_created"]}}
         m.update(meta)
-        m["cpu_s"] = {k: round(after[k] - before[k], 2) for k in before
-                      if after.get(k) is not None and before.get(k) is not None}
-        m["cpu_s"]["generator"] = round(gen_cpu, 2)
+        m["cpu_s"] = self.cpu_delta(before, after, gen_cpu)
         m["wall_s"] = round(wall, 2)
         self.results.setdefault(run, {})[name] = m
         log(f"run {run} {name}: {m['rps']:.0f} calls/s, p50 {fmt_ms(m['p50'])}, p99 {fmt_ms(m['p99'])}")
 
     def sc_live(self, run):
-        for name, port in (("live_all", self.port_all), ("live_noack", self.port_noack)):
-            sku = self.create_sale(self.sku("live", run), 100_000_000, 1_000_000)
-            time.sleep(0.3)  # past the other instance's catalog cache
-            m = self.loadgen(run, name, [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
-                             tokens=self.tokens, target=port,
-                             meta={"tool": "loadgen", "conns": CONNS, "sku": sku,
-                                   "acks": "all" if port == self.port_all else "0"})
-            self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
+        # With the worker confirming as orders come in (the real system), and
+        # with the worker paused (SIGSTOP; it catches up afterwards): the
+        # purchase path alone, comparable with redis-benchmark's Function alone.
+        for name, port in (("live_all", self.port_all), ("live_noack", self.port_noack),
+                           ("live_all_solo", self.port_all), ("live_noack_solo", self.port_noack)):
+            solo = name.endswith("_solo")
+            if solo:
+                self.procs.signal("worker", signal.SIGSTOP)
+            try:
+                self.live_one(run, name, port)
+            finally:
+                if solo:
+                    self.procs.signal("worker", signal.SIGCONT)
+
+    def live_one(self, run, name, port):
+        sku = self.create_sale(self.sku("live", run), 100_000_000, 1_000_000)
+        time.sleep(0.3)  # past the other instance's catalog cache
+        # Where Redis spends its time: INFO commandstats of the master
+        # (reset before), and the group-commit rounds (INCR fs:ack each).
+        r = self.redis()
+        try:
+            r.call("CONFIG", "RESETSTAT")
+            rounds0 = int(r.call("GET", "fs:ack") or 0)
+        finally:
+            r.close()
+        m = self.loadgen(run, name, [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
+                         tokens=self.tokens, target=port,
+                         meta={"tool": "loadgen", "conns": CONNS, "sku": sku,
+                               "acks": "all" if port == self.port_all else "0"})
+        r = self.redis()
+        try:
+            rounds = int(r.call("GET", "fs:ack") or 0) - rounds0
+            stats = parse_commandstats(r.call("INFO", "commandstats"))
+        finally:
+            r.close()
+        n = m["status"].get("202", 0)
+        m["ack_rounds"] = rounds
+        m["purchases_per_round"] = n / rounds if rounds else None
+        m["redis_commandstats"] = stats
+        # Commands the Functions call are counted inside FCALL's time too.
+        top = sum(v["usec"] for c, v in stats.items() if c not in IN_FUNCTIONS)
+        m["redis_master_busy_us_per_purchase"] = top / n if n else None
+        self.check_sale(run, sku, accepted=n, note=name)
 
     def sc_stampede(self, run):
         r = self.redis()
@@ -882,13 +1033,14 @@ class Bench:
         scen = self.args.scenarios or ALL_SCENARIOS
         self.meta = {
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join(["loadtest/run.sh"] + self.args.argv),
+            "command": " ".join(["loadtest/run.sh"] + strip_bin_dir(self.args.argv)),
             "scenarios": scen, "runs": self.args.runs, "quick": self.quick,
             "nproc": os.cpu_count(), "loadavg_before": os.getloadavg(),
-            "kernel": os.uname().release, "binaries": str(self.bin),
+            "kernel": os.uname().release, "binaries": str(self.args.bin_dir),
+            "commit": git_describe(),
             "durations_s": {"live/mixed": self.dur, "single-URL": self.dur_short,
                             "stampede": self.dur_stampede},
-            "connections": CONNS, "tokens": self.n_tokens,
+            "connections": CONNS, "tokens": self.n_tokens, "metrics_scrape_every_s": SCRAPE_EVERY_S,
             "redis_benchmark_requests": self.rb_requests, "worker_bench_orders": self.wb_orders,
         }
         log(f"results in {self.out}")
@@ -925,6 +1077,34 @@ class Bench:
         except Exception as e:  # a plot must not hide the figures
             log(f"plot failed: {e}")
         return summary
+
+
+# Like Prometheus would: the servers' latency histograms keep every sample
+# until /metrics is rendered, so an unscraped server grows by ~18 bytes per
+# request (see loadtest/README.md).
+SCRAPE_EVERY_S = 15.0
+
+
+class Scraper:
+    """GETs /metrics of each server every few seconds in a thread."""
+
+    def __init__(self, ports, every):
+        self.ports, self.every = ports, every
+        self.done = threading.Event()
+        self.t = threading.Thread(target=self.loop, daemon=True)
+        self.t.start()
+
+    def loop(self):
+        while not self.done.wait(self.every):
+            for p in self.ports:
+                try:
+                    http_call(p, "GET", "/metrics", timeout=5)
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.done.set()
+        self.t.join(10)
 
 
 class RssSampler:
@@ -1008,7 +1188,7 @@ def parse_redis_benchmark(path):
 # ---------------------------------------------------------------- summary ---
 
 EXPECTED = {
-    "live_all": {"202"}, "live_noack": {"202"}, "stampede": {"202", "409", "410"}, "soldout": {"410"},
+    "live_all": {"202"}, "live_noack": {"202"}, "live_all_solo": {"202"}, "live_noack_solo": {"202"}, "stampede": {"202", "409", "410"}, "soldout": {"410"},
     "product_page": {"200"}, "product_json": {"200"}, "mixed_loadgen": {"200", "202"},
     "mixed_k6": {"200", "202"}, "bare_get": {"200"}, "bare_post": {"410"},
 }
@@ -1024,6 +1204,8 @@ ORDER = [
     ("bare_post", "bare axum POST → 410 (ceiling of sold out)"),
     ("live_all", "live sale, acks all (WAIT on)"),
     ("live_noack", "live sale, acks 0 (WAIT off)"),
+    ("live_all_solo", "live sale, acks all, worker paused (purchase path alone)"),
+    ("live_noack_solo", "live sale, acks 0, worker paused (purchase path alone)"),
     ("stampede", "stampede: 1 000 units, distinct shoppers"),
     ("soldout", "sold-out path (oha, one shopper)"),
     ("product_page", "product page HTML /p/{sku}"),
@@ -1041,6 +1223,9 @@ RATIOS = [
     ("live_all", "redis_benchmark_c50", None, "live sale (WAIT on) / redis-benchmark FCALL c50"),
     ("live_all", "live_noack", 0.9, "live sale WAIT on / WAIT off"),
     ("live_noack", "redis_benchmark_c256", None, "live sale (WAIT off) / redis-benchmark FCALL c256"),
+    ("live_all_solo", "redis_benchmark_c256", 0.7,
+     "purchase path alone (worker paused), WAIT on / redis-benchmark FCALL c256"),
+    ("live_all_solo", "live_noack_solo", 0.9, "purchase path alone (worker paused): WAIT on / WAIT off"),
     ("fcall_c50_wait2", "fcall_c50_wait0", None, "Rust client: FCALL+WAIT 2 / FCALL, c50"),
     ("soldout", "bare_post", 0.8, "sold out (oha) / bare axum POST"),
     ("stampede:soldout_rps", "bare_post", None, "stampede after sell-out (410/s) / bare axum POST"),
@@ -1082,17 +1267,19 @@ def render_summary(data):
     results = {str(k): v for k, v in results.items()}
     runs = sorted(results, key=int)
     lines = [f"# flashsale load test — {meta.get('started', '?')}", ""]
-    lines += [f"Command: `{meta.get('command', '')}` — {meta.get('runs')} run(s), "
+    lines += [f"Command: `{meta.get('command', '')}` at commit {meta.get('commit', '?')} — {meta.get('runs')} run(s), "
               f"{'quick' if meta.get('quick') else 'full'}; {meta.get('connections')} connections; "
               f"durations {meta.get('durations_s')}; {meta.get('nproc')} CPUs; load average before "
               f"{tuple(round(x, 2) for x in meta.get('loadavg_before', ()))}, after "
               f"{tuple(round(x, 2) for x in meta.get('loadavg_after', ()) or ())}.", ""]
     lines += ["Medians over the runs (each percentile is the median of the runs' percentiles). "
               "CPU seconds per process during the measurement, from /proc/PID/stat "
-              "(generator: the load tool itself, from wait4).", ""]
+              "(generator: the load tool itself, from wait4). \"Others' CPU\": what the rest of the "
+              "machine (other users' processes) used meanwhile, in cores, from /proc/stat — on a "
+              "2-core machine anything above ~0.2 means the figure is disturbed.", ""]
     lines += ["| measurement | tool | req/s | p50 ms | p99 ms | p99.9 ms | statuses (sum over runs) | errors | "
-              "CPU s: server · redis master · replicas · sentinels · worker · generator |",
-              "|---|---|---:|---:|---:|---:|---|---|---|"]
+              "CPU s: server · redis master · replicas · sentinels · worker · generator | others' CPU (cores) |",
+              "|---|---|---:|---:|---:|---:|---|---|---|---:|"]
     for name, label in ORDER:
         ms = [results[r][name] for r in runs if name in results[r]]
         if not ms:
@@ -1117,18 +1304,19 @@ def render_summary(data):
             for m in ms:
                 c = m.get("cpu_s", {})
                 if key == "server":
-                    v = c.get("server_noack") if name == "live_noack" else (
+                    v = c.get("server_noack") if name.startswith("live_noack") else (
                         c.get("bare") if name.startswith("bare") else c.get("server"))
                 else:
                     v = c.get(key)
                 vals.append(v)
             cpu[key] = med(vals)
         cpu_s = " · ".join(fmt_num(cpu[k], 1) for k in cpu)
+        others = fmt_num(med([m.get("cpu_s", {}).get("others_cores") for m in ms]), 2)
         st = ", ".join(f"{k}: {v}" for k, v in sorted(status.items())) or "—"
         er = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none"
         lines.append(f"| {label} | {ms[0].get('tool', '')} | {fmt_num(med([m.get('rps') for m in ms]))} | "
                      f"{fmt_num(med([m.get('p50') for m in ms]), 2)} | {fmt_num(med([m.get('p99') for m in ms]), 2)} | "
-                     f"{fmt_num(med([m.get('p999') for m in ms]), 2)} | {st} | {er} | {cpu_s} |")
+                     f"{fmt_num(med([m.get('p999') for m in ms]), 2)} | {st} | {er} | {cpu_s} | {others} |")
     lines.append("")
 
     # Ratios, computed within each run, then the median.
@@ -1163,6 +1351,8 @@ def render_summary(data):
                          f"{' '.join(fmt_num(v, digits) for v in vals)} | {target} |")
 
     row("live sale (WAIT on) p99 at 256 connections, ms", [m.get("p99") for m in live], "≤ 10 ms", 2)
+    row("purchase path alone (worker paused, WAIT on) p99, ms",
+        [results[r]["live_all_solo"].get("p99") for r in runs if results[r].get("live_all_solo")], "≤ 10 ms", 2)
     row("stampede: time to sell out (last 202 after the opening second), ms",
         [m.get("sold_out_after_ms") for m in st], "", 0)
     row("stampede: first 410 after opening, ms", [m.get("first_410_ms") for m in st], "", 0)
@@ -1178,6 +1368,14 @@ def render_summary(data):
         vals = per_run(results, name)
         if vals:
             row(f"{name} / Python seeds ({SEEDS[seed_key]}/s)", [v / SEEDS[seed_key] for v in vals], "≥ 10×", 1)
+    row("live sale (WAIT on): WAIT rounds per second", [m.get("ack_rounds") / m["elapsed_s"] for m in live
+                                                          if m.get("ack_rounds") and m.get("elapsed_s")], "", 0)
+    row("live sale (WAIT on): purchases per WAIT round (group commit)", [m.get("purchases_per_round") for m in live], "", 1)
+    row("live sale (WAIT on): Redis master command time per purchase (commandstats), µs",
+        [m.get("redis_master_busy_us_per_purchase") for m in live], "", 1)
+    noack = [results[r].get("live_noack") for r in runs if results[r].get("live_noack")]
+    row("live sale (WAIT off): Redis master command time per purchase (commandstats), µs",
+        [m.get("redis_master_busy_us_per_purchase") for m in noack], "", 1)
     for name in ("server", "redis_master"):
         vals = []
         for m in live:
@@ -1186,6 +1384,24 @@ def render_summary(data):
                 vals.append(c / m["requests"] * 1e6)
         row(f"live sale (WAIT on): {name} CPU µs per purchase", vals, "", 1)
     lines.append("")
+
+    # Where the master's time goes during the live sale.
+    for name in ("live_all", "live_noack", "live_all_solo", "live_noack_solo"):
+        ms = [results[r].get(name) for r in runs if results[r].get(name, {}).get("redis_commandstats")]
+        if not ms:
+            continue
+        cmds = {}
+        for m in ms:
+            n = m["status"].get("202", 0) or 1
+            for c, v in m["redis_commandstats"].items():
+                cmds.setdefault(c, []).append((v["calls"] / n, v["usec"] / n))
+        top = sorted(cmds.items(), key=lambda kv: -med([u for _, u in kv[1]]))[:10]
+        lines += [f"Redis master, {name}: INFO commandstats per purchase (medians; FCALL counts "
+                  "fs_purchase and the worker's fs_confirm; their inner commands are listed too)", "",
+                  "| command | calls per purchase | µs per purchase |", "|---|---:|---:|"]
+        for c, v in top:
+            lines.append(f"| {c} | {med([a for a, _ in v]):.3f} | {med([u for _, u in v]):.2f} |")
+        lines.append("")
 
     # Per-run req/s, to see the noise.
     lines += ["## req/s per run", "", "| measurement | " + " | ".join(f"run {r}" for r in runs) + " |",
@@ -1221,6 +1437,10 @@ def main():
     ap.add_argument("--out", help="results directory (default loadtest/results/<timestamp>)")
     ap.add_argument("--bin-dir", default=str(REPO / "target/release"), help="where the binaries are")
     ap.add_argument("--no-k6", action="store_true", help="skip the k6 measurements")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record the server during each HTTP measurement of run 1 (raw/perf-*.txt)")
+    ap.add_argument("--keep-bin", action="store_true",
+                    help="keep the pinned binaries in <results>/bin (for perf report afterwards)")
     ap.add_argument("--summary-from", help="re-render summary.md and latency.svg of a results dir")
     argv = sys.argv[1:]
     args = ap.parse_args(argv)
@@ -1254,9 +1474,18 @@ def main():
         bench.failures.append(f"interrupted ({e})")
         log("interrupted; stopping everything")
     finally:
+        if getattr(bench, "scraper", None):
+            bench.scraper.stop()
         bench.procs.stop_all()
         bench.stop_group()
         summary = bench.write()
+        if not args.keep_bin:
+            # Large and of no use afterwards: pinned binaries, token files, AOF data.
+            shutil.rmtree(bench.bin, ignore_errors=True)
+            for f in ("tokens.txt", "tokens-k6.txt"):
+                (bench.out / f).unlink(missing_ok=True)
+            for d in bench.group_dir.glob("redis-*/appendonlydir"):
+                shutil.rmtree(d, ignore_errors=True)
     print(summary)
     print(f"results: {bench.out}", file=sys.stderr)
     if bench.failures:

@@ -74,7 +74,7 @@ def xpos(q):
     return math.log10(1 / max(1 - q, 1e-5))
 
 
-def percentile_chart(ms, x0, y0, w, h):
+def percentile_chart(ms, x0, y0, w, h, title):
     out = []
     series = [(name, quantile_points(m)) for name, m in ms]
     series = [(n, [(q, v) for q, v in p if v and v > 0]) for n, p in series]
@@ -94,8 +94,7 @@ def percentile_chart(ms, x0, y0, w, h):
     def Y(v):
         return y0 + h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * h
 
-    out.append(f'<text x="{x0}" y="{y0 - 12}" font-size="15" font-weight="bold">Latency by percentile '
-               f'(log–log; 256 connections unless noted)</text>')
+    out.append(f'<text x="{x0}" y="{y0 - 12}" font-size="15" font-weight="bold">{esc(title)}</text>')
     out.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
     d = lo
     while d <= hi * 1.0001:
@@ -115,6 +114,10 @@ def percentile_chart(ms, x0, y0, w, h):
         ly = y0 + 14 + i * 16
         out.append(f'<rect x="{x0 + w + 14}" y="{ly - 9}" width="12" height="4" fill="{col}"/>')
         out.append(f'<text x="{x0 + w + 32}" y="{ly - 3}" font-size="12">{esc(name)}</text>')
+        # A label at the line's end, too.
+        q_end, v_end = pts[-1]
+        out.append(f'<text x="{X(q_end) - 4:.1f}" y="{Y(v_end) - 3:.1f}" font-size="9" fill="{col}" '
+                   f'text-anchor="end">{esc(name)}</text>')
     return out, h + 40
 
 
@@ -157,19 +160,26 @@ def write_svg(data, path):
     run = sorted(results, key=int)[0]
     ms = sorted(results[run].items())
     ms = [(n, m) for n, m in ms if not n.startswith("workers_")]
-    W = 1200
+    W = 1250
     parts = []
-    chart, used = percentile_chart(ms, 80, 50, 760, 420)
-    parts += chart
-    y = 50 + used + 30
+    purchase = [(n, m) for n, m in ms if n.startswith(("redis_benchmark", "fcall", "live", "stampede", "mixed"))]
+    http = [(n, m) for n, m in ms if (n, m) not in purchase]
+    y = 50
+    for title, group in (("Purchase path and its Redis ceilings: latency by percentile (log–log)", purchase),
+                         ("HTTP paths and the bare axum ceiling: latency by percentile (log–log)", http)):
+        if not group:
+            continue
+        chart, used = percentile_chart(group, 80, y, 820, 330, title)
+        parts += chart
+        y += used + 40
     hists = [(n, m) for n, m in ms if m.get("histogram_ms")]
-    pw, ph, cols = 360, 150, 3
+    pw, ph, cols = 350, 150, 3
     if hists:
         parts.append(f'<text x="80" y="{y}" font-size="15" font-weight="bold">Latency histograms '
                      f'(share of requests per bucket, 10 buckets per decade; loadgen)</text>')
         y += 30
     for i, (n, m) in enumerate(hists):
-        cx = 80 + (i % cols) * (pw + 30)
+        cx = 80 + (i % cols) * (pw + 40)
         cy = y + (i // cols) * (ph + 50)
         parts += histogram_panel(n, m, cx, cy, pw, ph, PALETTE[i % len(PALETTE)])
     rows = (len(hists) + cols - 1) // cols
