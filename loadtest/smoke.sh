@@ -25,7 +25,7 @@ for t in oha k6 redis-server redis-sentinel redis-cli redis-benchmark python3 ca
 done
 if ((${#missing[@]})); then
   printf '%s: FAILED: missing tool(s): %s\n' "$PROG" "${missing[*]}" >&2
-  printf '%s: install oha and k6 with `loadtest/run.sh --install-only`, Redis with scripts/setup.sh\n' "$PROG" >&2
+  printf '%s: install oha and k6 with: loadtest/run.sh --install-only; Redis with scripts/setup.sh\n' "$PROG" >&2
   exit 1
 fi
 k6 version >/dev/null 2>&1 || { echo "$PROG: FAILED: k6 is on PATH but does not run" >&2; exit 1; }
