@@ -51,6 +51,17 @@ impl WorkerProc {
     }
 }
 
+/// Runs an operator command of `flashsale` against the group.
+fn operator(group: &RedisGroup, prefix: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(args)
+        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+        .env("FLASHSALE_REDIS_PASSWORD", group.password())
+        .env("FLASHSALE_KEY_PREFIX", prefix)
+        .output()
+        .unwrap_or_else(|e| panic!("flashsale {args:?}: {e}"))
+}
+
 /// Queues `n` orders for distinct users straight through the purchase Function.
 async fn queue_orders(
     conn: &mut MultiplexedConnection,
@@ -319,13 +330,7 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
     assert_eq!(app.audit(sku).await["dead"], 1);
 
     // The operator command lists it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["dead-letters", "list", "--sku", sku])
-        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-        .env("FLASHSALE_REDIS_PASSWORD", group.password())
-        .env("FLASHSALE_KEY_PREFIX", &app.prefix)
-        .output()
-        .expect("flashsale dead-letters");
+    let out = operator(group, &app.prefix, &["dead-letters", "list", "--sku", sku]);
     assert!(
         out.status.success(),
         "{}",
@@ -335,13 +340,11 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
 
     // Replay puts it back on the stream (still poison: it returns to the
     // dead letters after the same number of tries, under a new entry id).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
-        .args(["dead-letters", "replay", "--sku", sku])
-        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-        .env("FLASHSALE_REDIS_PASSWORD", group.password())
-        .env("FLASHSALE_KEY_PREFIX", &app.prefix)
-        .output()
-        .expect("flashsale dead-letters replay");
+    let out = operator(
+        group,
+        &app.prefix,
+        &["dead-letters", "replay", "--sku", sku],
+    );
     assert!(
         out.status.success(),
         "{}",
