@@ -53,17 +53,23 @@ curl -fsS -X POST "http://127.0.0.1:$port/admin/sales" \
   -d "{\"sku\":\"demo-tv\",\"name\":\"55-inch TV\",\"description\":\"Ten units at half price.\",\"price_cents\":29900,\"stock\":10,\"starts_at\":\"$starts\",\"ends_at\":\"$ends\",\"per_user_limit\":1}" \
   >/dev/null || echo "demo sale exists already (kept from an earlier run)"
 
+umask 077
+cat >"$dir/demo.env" <<ENV
+export FLASHSALE_JWT_SECRET=$FLASHSALE_JWT_SECRET
+export FLASHSALE_ADMIN_TOKEN=$FLASHSALE_ADMIN_TOKEN
+ENV
 cat <<MSG
 
-flashsale demo is running (logs in $dir):
+flashsale demo is running (logs in $dir; its secrets in $dir/demo.env, mode 0600):
   shop           http://127.0.0.1:$port/
   sign in        http://127.0.0.1:$port/dev/login   (development login, any name)
   product page   http://127.0.0.1:$port/p/demo-tv   (opens at $starts)
   buy from a shell:
-    T=\$(FLASHSALE_JWT_SECRET=$FLASHSALE_JWT_SECRET ./target/release/flashsale token --user alice)
+    . $dir/demo.env
+    T=\$(./target/release/flashsale token --user alice)
     curl -X POST -H "Authorization: Bearer \$T" -d '{"qty":1}' http://127.0.0.1:$port/api/sales/demo-tv/purchase
-  audit          curl -H 'Authorization: Bearer $FLASHSALE_ADMIN_TOKEN' http://127.0.0.1:$port/admin/sales/demo-tv/audit
-  try a failover: REDISCLI_AUTH=... redis-cli -p 26410 SENTINEL FAILOVER mymaster
+  audit          curl -H "Authorization: Bearer \$FLASHSALE_ADMIN_TOKEN" http://127.0.0.1:$port/admin/sales/demo-tv/audit
+  a failover     redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)
 Press Ctrl-C to stop.
 MSG
 wait
