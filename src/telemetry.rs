@@ -35,6 +35,17 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (tests run several
             // apps in one process); the handle still renders this one.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples are only folded into buckets on upkeep (or a
+            // scrape); without it an unscraped process grows per request.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
             handle
         })
         .clone()
