@@ -862,6 +862,11 @@ class Bench:
             finally:
                 if solo:
                     self.procs.signal("worker", signal.SIGCONT)
+            # Let the worker catch up before the next measurement, so its
+            # backlog does not run during someone else's figures.
+            left = self.wait_confirmed([self.run_skus[-1]], secs=120)
+            if left:
+                log(f"worker still confirming {left} after 120 s")
 
     def live_one(self, run, name, port):
         sku = self.create_sale(self.sku("live", run), 100_000_000, 1_000_000)
