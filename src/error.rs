@@ -105,12 +105,16 @@ impl Error {
     }
 
     /// The message shown to the client: never Redis or template text.
-    pub fn public_message(&self) -> String {
+    pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match self {
-            Error::Unavailable(_) => "the store is busy or switching servers; retry shortly".into(),
-            Error::Internal(_) => "internal error".into(),
-            Error::NotFound => "no such resource".into(),
-            other => other.to_string(),
+            Error::Unavailable(_) => {
+                Cow::Borrowed("the store is busy or switching servers; retry shortly")
+            }
+            Error::Internal(_) => Cow::Borrowed("internal error"),
+            Error::NotFound => Cow::Borrowed("no such resource"),
+            Error::InvalidQty(m) | Error::Invalid { message: m, .. } => Cow::Borrowed(m),
+            other => Cow::Owned(other.to_string()),
         }
     }
 }

@@ -9,6 +9,11 @@ use flashsale::redis::Redis;
 use flashsale::sale::Shop;
 use flashsale::web::Application;
 
+/// mimalloc: glibc's malloc/free were 12–16 % of the server's CPU under
+/// load (loadtest/README.md, "Where the time goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flashsale",

@@ -3,10 +3,10 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::AppState;
 use super::auth::{Admin, Shopper};
@@ -96,6 +96,11 @@ pub async fn product(
     ))
 }
 
+#[derive(Deserialize)]
+struct PurchaseBody {
+    qty: i64,
+}
+
 /// The purchase body: `{"qty": N}`. Anything else is 422 `invalid_qty` (or
 /// 400 for bytes that are not JSON at all).
 fn parse_qty(body: &[u8]) -> Result<i64, Error> {
@@ -107,20 +112,106 @@ fn parse_qty(body: &[u8]) -> Result<i64, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad());
     }
-    let v: Value =
-        serde_json::from_slice(body).map_err(|_| Error::BadJson("the body is not JSON".into()))?;
-    let qty = v.get("qty").and_then(Value::as_i64).ok_or_else(bad)?;
+    let qty = match serde_json::from_slice::<PurchaseBody>(body) {
+        Ok(b) => b.qty,
+        // Well-formed JSON of another shape: a missing, fractional, string
+        // or out-of-range qty, an array, a number…
+        Err(e) if e.is_data() => return Err(bad()),
+        Err(_) => return Err(Error::BadJson("the body is not JSON".into())),
+    };
     if !(1..=MAX_QTY).contains(&qty) {
         return Err(bad());
     }
     Ok(qty)
 }
 
+/// The `Idempotency-Key` header, validated; rejection 422.
+pub struct IdempotencyKey(pub Option<axum::http::HeaderValue>);
+
+impl IdempotencyKey {
+    fn as_str(&self) -> Option<&str> {
+        // Validated as ASCII when extracted.
+        self.0.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Error> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(IdempotencyKey(None)),
+            Some(v) if v.to_str().is_ok_and(valid_idempotency_key) => {
+                Ok(IdempotencyKey(Some(v.clone())))
+            }
+            Some(_) => Err(Error::invalid(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-128 of [A-Za-z0-9_.:-]",
+            )),
+        }
+    }
+}
+
+/// `flashsale_purchases_total` by outcome, registered once.
+pub struct PurchaseOutcomes(Vec<(&'static str, metrics::Counter)>);
+
+impl PurchaseOutcomes {
+    const KNOWN: [&'static str; 12] = [
+        "accepted",
+        "sold_out",
+        "already_purchased",
+        "not_started",
+        "ended",
+        "invalid_qty",
+        "unknown_sku",
+        "rate_limited",
+        "unavailable",
+        "invalid_idempotency_key",
+        "invalid_json",
+        "internal",
+    ];
+
+    pub fn register() -> Self {
+        Self(
+            Self::KNOWN
+                .iter()
+                .map(|o| {
+                    (
+                        *o,
+                        metrics::counter!("flashsale_purchases_total", "outcome" => *o),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self, outcome: &'static str) {
+        match self.0.iter().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                metrics::counter!("flashsale_purchases_total", "outcome" => outcome).increment(1)
+            }
+        }
+    }
+}
+
+/// The 202 body of a purchase.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    order_id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stock_left: Option<i64>,
+}
+
 pub async fn purchase(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
     Shopper(user): Shopper,
-    headers: HeaderMap,
+    key: Result<IdempotencyKey, Error>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Error> {
     let body = body?;
@@ -128,18 +219,8 @@ pub async fn purchase(
         return Err(Error::UnknownSku);
     }
     let qty = parse_qty(&body)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if valid_idempotency_key(k) => Some(k),
-            _ => {
-                return Err(Error::invalid(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1-128 of [A-Za-z0-9_.:-]",
-                ));
-            }
-        },
-    };
+    let key = key?;
+    let key = key.as_str();
     let result = match app.shop.answer_locally(&sku, &user, key) {
         Some(answer) => Err(answer),
         None => {
@@ -151,12 +232,13 @@ pub async fn purchase(
         Ok(_) => "accepted",
         Err(e) => e.code(),
     };
-    metrics::counter!("flashsale_purchases_total", "outcome" => outcome).increment(1);
+    app.purchase_outcomes.count(outcome);
     let p = result?;
-    let mut body = json!({ "order_id": p.order_id, "status": "queued" });
-    if let Some(left) = p.stock_left {
-        body["stock_left"] = json!(left);
-    }
+    let body = Accepted {
+        order_id: &p.order_id,
+        status: "queued",
+        stock_left: p.stock_left,
+    };
     Ok(no_store((StatusCode::ACCEPTED, Json(body)).into_response()))
 }
 

@@ -6,6 +6,15 @@
 //! tokens over 4 KiB are refused before decoding, and `sub` must match the
 //! user-id pattern before it is used in any Redis key. The admin token is
 //! compared in constant time.
+//!
+//! Verified tokens are remembered (token → user id, expiry) in a bounded
+//! cache of [`VERIFIED_CACHE`] entries: a shopper's retries, order polls and
+//! page calls reuse one token, and a hit costs a hash lookup instead of two
+//! base64 decodes, two JSON parses and an HMAC. A hit is only a token whose
+//! exact bytes verified before; its expiry is checked again on every use.
+//! Refused tokens are never cached.
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -21,6 +30,12 @@ use crate::sale::valid_user;
 
 const MAX_TOKEN_LEN: usize = 4096;
 
+/// Clock-skew leeway on `exp` and `nbf`, in seconds.
+const LEEWAY_S: u64 = 5;
+
+/// Verified tokens remembered (a few hundred bytes each).
+pub const VERIFIED_CACHE: usize = 20_000;
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -33,31 +48,52 @@ struct Claims {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    verified: quick_cache::sync::Cache<Box<str>, (Arc<str>, u64)>,
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenVerifier {
     pub fn new(secret: &Secret) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_S;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: DecodingKey::from_secret(secret.expose().as_bytes()),
             validation,
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE),
         }
     }
 
     /// The user id of a valid token.
-    pub fn verify(&self, token: &str) -> Result<String, Error> {
+    pub fn verify(&self, token: &str) -> Result<Arc<str>, Error> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(Error::Unauthorized);
+        }
+        if let Some((user, exp)) = self.verified.get(token) {
+            // Same bytes as a token that verified: only time can change.
+            return if now_s() <= exp.saturating_add(LEEWAY_S) {
+                Ok(user)
+            } else {
+                self.verified.remove(token);
+                Err(Error::Unauthorized)
+            };
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|_| Error::Unauthorized)?;
         if !valid_user(&data.claims.sub) {
             return Err(Error::Unauthorized);
         }
-        Ok(data.claims.sub)
+        let user: Arc<str> = data.claims.sub.into();
+        self.verified
+            .insert(token.into(), (user.clone(), data.claims.exp));
+        Ok(user)
     }
 }
 
@@ -110,7 +146,7 @@ fn token_of(parts: &Parts) -> Option<&str> {
 }
 
 /// The authenticated shopper's user id.
-pub struct Shopper(pub String);
+pub struct Shopper(pub Arc<str>);
 
 impl FromRequestParts<AppState> for Shopper {
     type Rejection = Error;
@@ -158,12 +194,41 @@ mod tests {
     fn round_trip_and_rejections() {
         let v = TokenVerifier::new(&secret());
         let t = mint(&secret(), "alice", 60).unwrap();
-        assert_eq!(v.verify(&t).unwrap(), "alice");
+        assert_eq!(&*v.verify(&t).unwrap(), "alice");
+        // The second time from the cache.
+        assert_eq!(&*v.verify(&t).unwrap(), "alice");
         let other = mint(&Secret::new("another-secret-0123456"), "alice", 60).unwrap();
         assert!(v.verify(&other).is_err());
         assert!(v.verify("").is_err());
         assert!(v.verify(&"a".repeat(5000)).is_err());
         assert!(mint(&secret(), "bad*user", 60).is_err());
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let v = TokenVerifier::new(&secret());
+        let claims = Claims {
+            sub: "bob".into(),
+            exp: now_s() + 1,
+            iat: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret().expose().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(&*v.verify(&t).unwrap(), "bob");
+        // Pretend the cached entry's expiry passed (beyond the leeway).
+        v.verified
+            .insert(t.as_str().into(), ("bob".into(), now_s() - LEEWAY_S - 1));
+        assert!(v.verify(&t).is_err());
+        // A tampered copy of a cached token is not a hit.
+        let sig = t.rfind('.').unwrap() + 1;
+        let mut forged = t.clone();
+        let swap = if &t[sig..=sig] == "A" { "B" } else { "A" };
+        forged.replace_range(sig..=sig, swap);
+        assert!(v.verify(&forged).is_err());
     }
 
     #[test]

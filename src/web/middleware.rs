@@ -1,6 +1,7 @@
-//! Middleware: request metrics and the one log line of a 500, security
-//! headers, the cross-site guard for state-changing routes, the per-address
-//! rate limit on `/api`, the JSON 404/405 fallbacks, and the contract JSON
+//! Middleware: one outer layer ([`front`]) for the cross-site guard of
+//! state-changing requests, request metrics (registered once), the one log
+//! line of a 500 and the security headers; the per-address rate limit on
+//! `/api` (layered only when it is on); the JSON 404/405 fallbacks, and the contract JSON
 //! for error responses made outside our handlers (the static-file service's
 //! 404/405/416, framework rejections).
 
@@ -11,78 +12,141 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 
 use super::AppState;
 use super::error::InternalDetail;
 use crate::error::Error;
 
-/// A fixed label for a matched route, so metrics need no per-request string.
-fn route_label(path: Option<&str>) -> &'static str {
+/// Route labels of the request metrics; the last one is every path no
+/// route matched.
+const ROUTES: [&str; 16] = [
+    "/",
+    "/p/{sku}",
+    "/orders",
+    "/api/products",
+    "/api/products/{sku}",
+    "/api/sales/{sku}/purchase",
+    "/api/orders/{order_id}",
+    "/api/me/orders",
+    "/admin/sales",
+    "/admin/sales/{sku}/audit",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/dev/login",
+    "/static",
+    "unmatched",
+];
+
+/// Status labels of the request metrics; the last one is any other status.
+const STATUSES: [u16; 17] = [
+    200, 201, 202, 304, 400, 401, 403, 404, 405, 409, 410, 413, 422, 425, 429, 500, 503,
+];
+
+/// The index in [`ROUTES`] of a matched route.
+fn route_index(path: Option<&str>) -> usize {
+    let unmatched = ROUTES.len() - 1;
     match path {
-        Some("/") => "/",
-        Some("/p/{sku}") => "/p/{sku}",
-        Some("/orders") => "/orders",
-        Some("/api/products") => "/api/products",
-        Some("/api/products/{sku}") => "/api/products/{sku}",
-        Some("/api/sales/{sku}/purchase") => "/api/sales/{sku}/purchase",
-        Some("/api/orders/{order_id}") => "/api/orders/{order_id}",
-        Some("/api/me/orders") => "/api/me/orders",
-        Some("/admin/sales") => "/admin/sales",
-        Some("/admin/sales/{sku}/audit") => "/admin/sales/{sku}/audit",
-        Some("/healthz") => "/healthz",
-        Some("/readyz") => "/readyz",
-        Some("/metrics") => "/metrics",
-        Some("/dev/login") => "/dev/login",
-        Some(p) if p.starts_with("/static") => "/static",
-        _ => "unmatched",
+        Some(p) if p.starts_with("/static") => unmatched - 1,
+        Some(p) => ROUTES[..unmatched - 1]
+            .iter()
+            .position(|r| *r == p)
+            .unwrap_or(unmatched),
+        None => unmatched,
     }
 }
 
-fn status_label(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        200 => "200",
-        201 => "201",
-        202 => "202",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        410 => "410",
-        413 => "413",
-        422 => "422",
-        425 => "425",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        _ => "other",
+fn status_index(s: StatusCode) -> usize {
+    STATUSES
+        .iter()
+        .position(|x| *x == s.as_u16())
+        .unwrap_or(STATUSES.len())
+}
+
+/// Request metrics, registered once: `flashsale_http_requests_total` by
+/// route and status and `flashsale_http_request_duration_seconds` by route,
+/// so a request costs no registry lookup.
+pub struct HttpMetrics {
+    requests: Vec<Counter>,
+    latency: Vec<Histogram>,
+}
+
+impl HttpMetrics {
+    /// Registers every series with the installed recorder.
+    pub fn register() -> Self {
+        let mut requests = Vec::with_capacity(ROUTES.len() * (STATUSES.len() + 1));
+        let mut latency = Vec::with_capacity(ROUTES.len());
+        for route in ROUTES {
+            let statuses = STATUSES.iter().map(|s| s.to_string());
+            for status in statuses.chain(std::iter::once("other".to_owned())) {
+                requests.push(metrics::counter!(
+                    "flashsale_http_requests_total", "route" => route, "status" => status
+                ));
+            }
+            latency.push(metrics::histogram!(
+                "flashsale_http_request_duration_seconds", "route" => route
+            ));
+        }
+        Self { requests, latency }
+    }
+
+    fn record(&self, route: usize, status: StatusCode, seconds: f64) {
+        let per_route = STATUSES.len() + 1;
+        self.requests[route * per_route + status_index(status)].increment(1);
+        self.latency[route].record(seconds);
     }
 }
 
-/// Counts every request by route and status, records latency, logs a 500's
-/// detail once (and strips it), and adds the security headers.
-pub async fn observe(req: Request, next: Next) -> Response {
-    let route = route_label(
+/// Whether a state-changing request comes from another site (an `Origin`
+/// that is not this host).
+fn cross_site(req: &Request) -> bool {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return false;
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let same = match (origin.to_str().ok(), host) {
+        (Some(o), Some(h)) => o
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.trim_end_matches('/') == h),
+        _ => false,
+    };
+    !same
+}
+
+/// The outermost layer: refuses cross-site state changes, counts every
+/// request by route and status, records latency, logs a 500's detail once
+/// (and strips it), gives errors made outside our handlers the contract
+/// JSON, and adds the security headers.
+pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let route = route_index(
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let method = req.method().clone();
     let started = Instant::now();
-    let mut resp = next.run(req).await;
+    let (mut resp, method) = if cross_site(&req) {
+        (Error::CrossSite.into_response(), None)
+    } else {
+        let method = req.method().clone();
+        (next.run(req).await, Some(method))
+    };
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(&resp) {
         resp = contract_error(resp);
     }
     if let Some(InternalDetail(detail)) = resp.extensions_mut().remove::<InternalDetail>() {
-        tracing::error!(%method, route, detail = %detail, "internal error");
+        let method = method.as_ref().map(Method::as_str).unwrap_or("-");
+        tracing::error!(method, route = ROUTES[route], detail = %detail, "internal error");
     }
-    metrics::counter!("flashsale_http_requests_total", "route" => route, "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    app.http_metrics
+        .record(route, status, started.elapsed().as_secs_f64());
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -95,8 +159,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     let is_html = h
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if is_html {
         h.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -111,8 +174,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
 fn is_json(resp: &Response) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
 }
 
 /// The same error as `{"error","message"}` JSON, keeping the status and
@@ -169,33 +231,9 @@ fn client_ip(req: &Request) -> Option<IpAddr> {
     Some(peer)
 }
 
-/// Refuses cross-site state changes (an `Origin` that is not this host) and
-/// applies the per-address limit to `/api`.
-pub async fn origin_and_ip_guard(
-    State(app): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if req.method() != Method::GET
-        && req.method() != Method::HEAD
-        && let Some(origin) = req.headers().get(header::ORIGIN)
-    {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let same = match (origin.to_str().ok(), host) {
-            (Some(o), Some(h)) => o
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.trim_end_matches('/') == h),
-            _ => false,
-        };
-        if !same {
-            return Error::CrossSite.into_response();
-        }
-    }
-    if app.limiter.per_ip_enabled()
-        && req.uri().path().starts_with("/api/")
+/// The per-address limit on `/api` (only layered when it is on).
+pub async fn ip_limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/api/")
         && let Some(ip) = client_ip(&req)
         && let Err(e) = app.limiter.check_ip(ip).await
     {
@@ -247,7 +285,21 @@ pub async fn method_not_allowed() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::decoded_len;
+    use super::*;
+
+    #[test]
+    fn metric_labels() {
+        assert_eq!(route_index(Some("/")), 0);
+        assert_eq!(
+            ROUTES[route_index(Some("/api/sales/{sku}/purchase"))],
+            "/api/sales/{sku}/purchase"
+        );
+        assert_eq!(ROUTES[route_index(Some("/static/{*path}"))], "/static");
+        assert_eq!(ROUTES[route_index(Some("/nope"))], "unmatched");
+        assert_eq!(ROUTES[route_index(None)], "unmatched");
+        assert_eq!(STATUSES[status_index(StatusCode::GONE)], 410);
+        assert_eq!(status_index(StatusCode::IM_A_TEAPOT), STATUSES.len());
+    }
 
     #[test]
     fn segment_lengths_count_escapes_once() {

@@ -61,6 +61,8 @@ pub struct AppInner {
     pub limiter: ratelimit::Limiter,
     pub pages: pages::PageCache,
     pub settings: ServeSettings,
+    pub(crate) http_metrics: middleware::HttpMetrics,
+    pub(crate) purchase_outcomes: api::PurchaseOutcomes,
 }
 
 impl std::ops::Deref for AppState {
@@ -112,14 +114,17 @@ pub fn router(state: AppState) -> Router {
     let statics = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(middleware::static_guard))
         .service(pages::static_files(&state.settings.static_dir));
-    app.nest_service("/static", statics)
+    let mut app = app
+        .nest_service("/static", statics)
         .fallback(middleware::not_found)
-        .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
+        .method_not_allowed_fallback(middleware::method_not_allowed);
+    if state.limiter.per_ip_enabled() {
+        app = app.layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::origin_and_ip_guard,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+            middleware::ip_limit,
+        ));
+    }
+    app.layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(
             ServiceBuilder::new()
@@ -134,7 +139,10 @@ pub fn router(state: AppState) -> Router {
                 .timeout(request_timeout),
         )
         .merge(ops)
-        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::front,
+        ))
         .with_state(state)
 }
 
@@ -169,6 +177,8 @@ impl Application {
                 settings.rate_limit_per_ip,
             ),
             pages: pages::PageCache::default(),
+            http_metrics: middleware::HttpMetrics::register(),
+            purchase_outcomes: api::PurchaseOutcomes::register(),
             shop,
             settings,
         }));

@@ -516,6 +516,46 @@ async fn shopper_rate_limit_is_shared_by_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_rate_limit_covers_the_api_only() {
+    let opts = AppOptions {
+        rate_limit_per_ip: 4,
+        ..AppOptions::default()
+    };
+    let app = TestApp::spawn(shared_group(), opts).await;
+    let sku = sku();
+    app.create_sale(&sku, 10, 1, -5, 3600).await;
+    let get = |path: String, ip: &'static str| {
+        let req = app.http.get(app.url(&path)).header("x-real-ip", ip);
+        async move { req.send().await.expect("get") }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..16 {
+        let r = get(format!("/api/products/{sku}"), "203.0.113.7").await;
+        let s = r.status().as_u16();
+        if s == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["error"], "rate_limited");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Another address has its own bucket; pages are not under the limit.
+    assert_eq!(
+        get(format!("/api/products/{sku}"), "203.0.113.8")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(get(format!("/p/{sku}"), "203.0.113.7").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_purchases_are_refused() {
     let app = app().await;
     let sku = sku();

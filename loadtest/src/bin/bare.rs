@@ -1,6 +1,7 @@
 //! `bare` — the ceiling of the HTTP layer: a bare axum server on the same
-//! runtime as `flashsale serve` (tokio multi-thread, one worker per core),
-//! with no middleware, no state and no Redis.
+//! runtime (tokio multi-thread, one worker per core)
+//! and allocator (mimalloc) as `flashsale serve`, with no middleware, no
+//! state and no Redis.
 //!
 //! - `GET <any path>` → 200 with a fixed JSON body shaped like a product
 //!   (`GET /api/products/{sku}` of flashsale), so browse figures compare like
@@ -15,6 +16,11 @@ use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use clap::Parser;
+
+/// The same allocator as `flashsale serve`, so the ceiling compares like
+/// with like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
