@@ -24,7 +24,7 @@ raised for business outcomes, so the caller never has to parse error text.
 Times come from the server (TIME), so every app instance sees one clock.
 ]]
 
-local VERSION = '4'
+local VERSION = '5'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -166,28 +166,105 @@ local function fs_create_sale(keys, args)
 end
 
 --[[
-fs_confirm (used by the worker): queued -> confirmed and XACK, in one step.
+Confirmation (used by the worker): queued -> confirmed and XACK, in one
+atomic step, for a batch of entries of ONE stream (one sale).
+
+confirm_orders(sale_k, stream_k, group, order_keys, order_ids, entry_ids)
+Per entry i, the result is 1 when it confirmed the order now, 0 when the order
+was already confirmed (a duplicate delivery, also a second entry of the same
+order in this batch), -1 when the order does not exist or does not match (the
+entry is left pending, to be retried and eventually dead-lettered). Writes:
+one HSET per order flipped, one HINCRBY sale confirmed n (none when n is 0),
+one XACK of every entry whose order exists. Every key and entry id is checked
+and every order read before the first write, so a malformed call (more than
+MAX_CONFIRM_BATCH entries, keys of another sale, a bad entry id) is refused
+with an error and changes nothing.
+]]
+local MAX_CONFIRM_BATCH = 512
+
+local function confirm_orders(sale_k, stream_k, group, order_keys, order_ids, entry_ids)
+  local n = #order_keys
+  if n > MAX_CONFIRM_BATCH then
+    return redis.error_reply('ERR fs_confirm_batch: more than ' .. MAX_CONFIRM_BATCH .. ' entries')
+  end
+  -- The order keys must be this sale's (same {sku} hash tag, same prefix).
+  local base = string.match(sale_k, '^(.*:)sale$')
+  if not base or stream_k ~= base .. 'stream' then
+    return redis.error_reply('ERR fs_confirm_batch: sale and stream keys do not match')
+  end
+  local order_base = base .. 'order:'
+  local results, flip, ack = {}, {}, {}
+  local seen = {}
+  for i = 1, n do
+    local order_k, order_id, entry_id = order_keys[i], order_ids[i], entry_ids[i]
+    if string.sub(order_k, 1, #order_base) ~= order_base then
+      return redis.error_reply('ERR fs_confirm_batch: order key ' .. i .. ' is not of this sale')
+    end
+    if type(entry_id) ~= 'string' or not string.match(entry_id, '^%d+%-%d+$') then
+      return redis.error_reply('ERR fs_confirm_batch: bad entry id at ' .. i)
+    end
+    local o = redis.call('HMGET', order_k, 'status', 'order_id')
+    if not o[1] or o[2] ~= order_id then
+      results[i] = -1
+    else
+      if o[1] == 'queued' and not seen[order_k] then
+        results[i] = 1
+        flip[#flip + 1] = order_k
+      else
+        results[i] = 0
+      end
+      seen[order_k] = true
+      ack[#ack + 1] = entry_id
+    end
+  end
+  local now = 0
+  if #flip > 0 then
+    now = now_ms()
+    redis.call('HINCRBY', sale_k, 'confirmed', #flip)
+  end
+  if #ack > 0 then
+    redis.call('XACK', stream_k, group, unpack(ack))
+  end
+  for _, order_k in ipairs(flip) do
+    redis.call('HSET', order_k, 'status', 'confirmed', 'confirmed_ms', now)
+  end
+  return results
+end
+
+--[[
+fs_confirm_batch (used by the worker): entries of one stream in one call.
+KEYS: sale, stream, order_1 .. order_n   (n <= 512)
+ARGV: group, order_id_1, entry_id_1, .. order_id_n, entry_id_n
+Returns an array of n results (1 / 0 / -1, see confirm_orders), aligned
+with the order keys.
+]]
+local function fs_confirm_batch(keys, args)
+  local n = #keys - 2
+  if n < 0 or #args ~= 1 + 2 * n then
+    return redis.error_reply('ERR fs_confirm_batch: want KEYS sale, stream, orders and ARGV group, (order_id, entry_id) per order')
+  end
+  local order_keys, order_ids, entry_ids = {}, {}, {}
+  for i = 1, n do
+    order_keys[i] = keys[i + 2]
+    order_ids[i] = args[2 * i]
+    entry_ids[i] = args[2 * i + 1]
+  end
+  return confirm_orders(keys[1], keys[2], args[1], order_keys, order_ids, entry_ids)
+end
+
+--[[
+fs_confirm: one entry (the single-entry case of fs_confirm_batch; kept for
+tests and operators).
 KEYS: order, sale, stream
 ARGV: order_id, group, entry_id
-Returns 1 when it confirmed now, 0 when it was already confirmed (a
-duplicate delivery), -1 when the order does not exist or does not match (the
-entry is left pending, to be retried and eventually dead-lettered).
+Returns 1, 0 or -1 (see confirm_orders).
 ]]
 local function fs_confirm(keys, args)
-  local order_k, sale_k, stream_k = keys[1], keys[2], keys[3]
-  local order_id, group, entry_id = args[1], args[2], args[3]
-  local o = redis.call('HMGET', order_k, 'status', 'order_id')
-  if not o[1] or o[2] ~= order_id then
-    return -1
+  local r = confirm_orders(keys[2], keys[3], args[2], {keys[1]}, {args[1]}, {args[3]})
+  if type(r) ~= 'table' or r.err then
+    return r
   end
-  local result = 0
-  if o[1] == 'queued' then
-    redis.call('HSET', order_k, 'status', 'confirmed', 'confirmed_ms', now_ms())
-    redis.call('HINCRBY', sale_k, 'confirmed', 1)
-    result = 1
-  end
-  redis.call('XACK', stream_k, group, entry_id)
-  return result
+  return r[1]
 end
 
 --[[
@@ -279,5 +356,6 @@ redis.register_function{function_name = 'fs_version', callback = fs_version, fla
 redis.register_function('fs_purchase', fs_purchase)
 redis.register_function('fs_create_sale', fs_create_sale)
 redis.register_function('fs_confirm', fs_confirm)
+redis.register_function('fs_confirm_batch', fs_confirm_batch)
 redis.register_function('fs_dead_letter', fs_dead_letter)
 redis.register_function{function_name = 'fs_audit', callback = fs_audit, flags = {'no-writes'}}

@@ -1,6 +1,6 @@
 //! `flashsale-worker` processes against real Redis: parallel drain, a
 //! `kill -9` mid-drain, a dead consumer's entries, poison entries, a planned
-//! failover while draining, and SIGTERM.
+//! failover while draining, SIGTERM, and `fs_confirm_batch` on its own.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -459,4 +459,179 @@ async fn planned_switch_while_workers_drain() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Pending entry ids of a sale's stream in the worker group, oldest first.
+async fn pending_ids(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> Vec<String> {
+    let p: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(keys.stream(sku))
+        .arg(flashsale::worker::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(conn)
+        .await
+        .expect("xpending range");
+    p.ids.into_iter().map(|p| p.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "batch";
+    app.create_sale(sku, 100, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.stream(sku))
+        .arg(flashsale::worker::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+
+    // Two real orders (queued) and an entry whose order does not exist.
+    let ids = queue_orders(&mut conn, &keys, sku, 0, 2).await;
+    let missing = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
+    let _: String = redis::cmd("XADD")
+        .arg(keys.stream(sku))
+        .arg("*")
+        .arg("order_id")
+        .arg(&missing)
+        .arg("sku")
+        .arg(sku)
+        .arg("user_id")
+        .arg("nobody")
+        .arg("qty")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(flashsale::worker::GROUP)
+        .arg("tester")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(keys.stream(sku))
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let entries: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(pending_ids(&mut conn, &keys, sku).await, entries);
+
+    // The second order is already confirmed (through fs_confirm with an
+    // unrelated entry id, so its own entry stays pending).
+    let first: i64 = redis::cmd("FCALL")
+        .arg("fs_confirm")
+        .arg(3)
+        .arg(keys.order(sku, &ids[1]))
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(&ids[1])
+        .arg(flashsale::worker::GROUP)
+        .arg("0-1")
+        .query_async(&mut conn)
+        .await
+        .expect("fs_confirm");
+    assert_eq!(first, 1);
+    assert_eq!(pending_ids(&mut conn, &keys, sku).await, entries);
+
+    let batch = |conn: &mut MultiplexedConnection| {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("fs_confirm_batch")
+            .arg(5)
+            .arg(keys.sale(sku))
+            .arg(keys.stream(sku))
+            .arg(keys.order(sku, &ids[0]))
+            .arg(keys.order(sku, &ids[1]))
+            .arg(keys.order(sku, &missing))
+            .arg(flashsale::worker::GROUP)
+            .arg(&ids[0])
+            .arg(&entries[0])
+            .arg(&ids[1])
+            .arg(&entries[1])
+            .arg(&missing)
+            .arg(&entries[2]);
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<Vec<i64>>(&mut conn).await }
+    };
+    let confirmed = |conn: &mut MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let key = keys.sale(sku);
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("confirmed")
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("confirmed")
+        }
+    };
+
+    // Queued → 1, already confirmed → 0, missing → -1.
+    assert_eq!(batch(&mut conn).await.expect("batch"), vec![1, 0, -1]);
+    assert_eq!(confirmed(&mut conn).await, 2);
+    let status: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(keys.order(sku, &ids[0]))
+        .arg("status")
+        .arg("confirmed_ms")
+        .query_async(&mut conn)
+        .await
+        .expect("order");
+    assert_eq!(status[0].as_deref(), Some("confirmed"));
+    assert!(status[1].is_some(), "confirmed_ms set");
+    // Only the existing orders' entries were acknowledged.
+    assert_eq!(
+        pending_ids(&mut conn, &keys, sku).await,
+        vec![entries[2].clone()]
+    );
+
+    // A repeat changes nothing: both are duplicates now.
+    assert_eq!(batch(&mut conn).await.expect("batch"), vec![0, 0, -1]);
+    assert_eq!(confirmed(&mut conn).await, 2);
+    assert_eq!(
+        pending_ids(&mut conn, &keys, sku).await,
+        vec![entries[2].clone()]
+    );
+
+    // More than 512 entries in one call is refused and changes nothing.
+    let mut big = redis::cmd("FCALL");
+    big.arg("fs_confirm_batch")
+        .arg(2 + 513)
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku));
+    for _ in 0..513 {
+        big.arg(keys.order(sku, &missing));
+    }
+    big.arg(flashsale::worker::GROUP);
+    for _ in 0..513 {
+        big.arg(&missing).arg(&entries[2]);
+    }
+    let refused: Result<Vec<i64>, _> = big.query_async(&mut conn).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // So is an order key of another sale.
+    let other: Result<Vec<i64>, _> = redis::cmd("FCALL")
+        .arg("fs_confirm_batch")
+        .arg(3)
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(keys.order("other", &missing))
+        .arg(flashsale::worker::GROUP)
+        .arg(&missing)
+        .arg(&entries[2])
+        .query_async(&mut conn)
+        .await;
+    assert!(other.is_err(), "{other:?}");
+    assert_eq!(confirmed(&mut conn).await, 2);
+    assert_eq!(
+        pending_ids(&mut conn, &keys, sku).await,
+        vec![entries[2].clone()]
+    );
 }
