@@ -1402,7 +1402,7 @@ def render_summary(data):
                 cmds.setdefault(c, []).append((v["calls"] / n, v["usec"] / n))
         top = sorted(cmds.items(), key=lambda kv: -med([u for _, u in kv[1]]))[:10]
         lines += [f"Redis master, {name}: INFO commandstats per purchase (medians; FCALL counts "
-                  "fs_purchase and the worker's fs_confirm; their inner commands are listed too)", "",
+                  "fs_purchase and the worker's fs_confirm_batch; their inner commands are listed too)", "",
                   "| command | calls per purchase | µs per purchase |", "|---|---:|---:|"]
         for c, v in top:
             lines.append(f"| {c} | {med([a for a, _ in v]):.3f} | {med([u for _, u in v]):.2f} |")

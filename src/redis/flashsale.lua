@@ -24,7 +24,11 @@ raised for business outcomes, so the caller never has to parse error text.
 Times come from the server (TIME), so every app instance sees one clock.
 ]]
 
-local VERSION = '5'
+-- An integer, raised with every change. A process loads the library only
+-- over an older version, never over a newer one (a rolling deploy must not
+-- flip it back and forth), so a new version keeps every function and its
+-- KEYS/ARGV/reply shape of the versions before it, and only adds.
+local VERSION = '6'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -75,7 +79,8 @@ local function fs_purchase(keys, args)
     return {'exists', order_id}
   end
 
-  local sale = redis.call('HMGET', sale_k, 'stock_left', 'starts_ms', 'ends_ms', 'per_user_limit')
+  local sale = redis.call('HMGET', sale_k, 'stock_left', 'starts_ms', 'ends_ms', 'per_user_limit',
+    'sold', 'orders')
   if not sale[1] then
     return {'unknown_sku'}
   end
@@ -118,9 +123,10 @@ local function fs_purchase(keys, args)
 
   -- Every check passed: the writes below happen together or not at all.
   local sku = string.match(sale_k, '{(.*)}')
-  redis.call('HINCRBY', sale_k, 'stock_left', -qty)
-  redis.call('HINCRBY', sale_k, 'sold', qty)
-  redis.call('HINCRBY', sale_k, 'orders', 1)
+  -- One HSET of the three counters (read above, in this same atomic call)
+  -- instead of three HINCRBYs: fewer commands to run and to replicate.
+  redis.call('HSET', sale_k, 'stock_left', stock_left - qty,
+    'sold', (tonumber(sale[5]) or 0) + qty, 'orders', (tonumber(sale[6]) or 0) + 1)
   redis.call('HINCRBY', units_k, user, qty)
   redis.call('HSETNX', first_k, user, order_id)
   redis.call('RPUSH', uorders_k, order_id)

@@ -2,8 +2,11 @@
 //! typed calls the rest of the crate makes.
 //!
 //! The library is loaded with `FUNCTION LOAD REPLACE` when the master lacks
-//! it or holds another version; this runs before a master link is installed,
-//! so it is checked at start-up and after every master switch. Functions are
+//! it or holds an older version — never over a newer one, so during a rolling
+//! deploy an old process does not take the new library away from the new
+//! ones (a version only adds functions; see `flashsale.lua`). This runs
+//! before a master link is installed, so it is checked at start-up and after
+//! every master switch. Functions are
 //! replicated and persisted, unlike the `EVALSHA` script cache, so a promoted
 //! replica already has them.
 
@@ -21,14 +24,32 @@ pub fn library_version() -> &'static str {
         .unwrap_or("")
 }
 
-/// Loads the library unless the node already has this version.
+/// Whether a node holding version `have` (None: no library, or no
+/// readable version) needs this binary's library.
+fn needs_load(have: Option<&str>, ours: &str) -> bool {
+    let num = |v: &str| v.parse::<u64>().ok();
+    match (have.and_then(num), num(ours)) {
+        (Some(have), Some(ours)) => have < ours,
+        _ => have != Some(ours),
+    }
+}
+
+/// Loads the library unless the node already has this version or a newer one.
 pub async fn ensure_loaded(conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
     let have: Result<String, _> = redis::cmd("FCALL_RO")
         .arg("fs_version")
         .arg(0)
         .query_async(conn)
         .await;
-    if have.as_deref().ok() == Some(library_version()) {
+    let have = have.ok();
+    if !needs_load(have.as_deref(), library_version()) {
+        if have.as_deref() != Some(library_version()) {
+            tracing::info!(
+                loaded = have.as_deref().unwrap_or(""),
+                ours = library_version(),
+                "a newer function library is loaded; keeping it"
+            );
+        }
         return Ok(());
     }
     let _: String = redis::cmd("FUNCTION")
@@ -43,8 +64,20 @@ pub async fn ensure_loaded(conn: &mut MultiplexedConnection) -> Result<(), redis
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn version_is_declared() {
-        assert!(!super::library_version().is_empty());
+        assert!(library_version().parse::<u64>().is_ok());
+    }
+
+    #[test]
+    fn only_older_or_missing_libraries_are_replaced() {
+        assert!(needs_load(None, "6"));
+        assert!(needs_load(Some("5"), "6"));
+        assert!(!needs_load(Some("6"), "6"));
+        assert!(!needs_load(Some("7"), "6"));
+        assert!(needs_load(Some("garbage"), "6"));
+        assert!(!needs_load(Some("10"), "9"));
     }
 }

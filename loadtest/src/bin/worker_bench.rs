@@ -1,9 +1,10 @@
 //! `worker_bench` — orders confirmed per second by 1, 2 and 4
 //! `flashsale-worker` processes against the same Sentinel group (issue 3).
 //!
-//! For each worker count K (`--workers 1,2,4`): a fresh sale under its own key
-//! prefix (`--prefix`, default `wb`, so workers of a running `flashsale serve`
-//! on prefix `fs` never see it) is preloaded with `--orders` queued orders by
+//! For each worker count K (`--workers 1,2,4`): a fresh sale under the key
+//! prefix `--prefix` (default `fs`, as everywhere; give it a prefix of its
+//! own — `run.sh` passes `wb` — when a `flashsale-worker` on `fs` runs against
+//! the same group, or that worker takes the orders) is preloaded with `--orders` queued orders by
 //! pipelined `FCALL fs_purchase` (the same Function the server calls); then K
 //! workers are started and the sale's `confirmed` counter is polled every
 //! 10 ms until it reaches the order count. Reported per K: orders/s from the
@@ -224,6 +225,10 @@ fn signal(pid: u32, sig: &str) {
 
 async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
     let mut c = args.group.master_conn().await?;
+    // A fresh group may not hold the Function library yet.
+    flashsale::redis::functions::ensure_loaded(&mut c)
+        .await
+        .map_err(|e| format!("loading the function library: {e}"))?;
     let sku = format!("wb{k}x{:08x}", rand::random::<u32>());
     create_sale(&mut c, keys, &sku, args.orders).await?;
     let t = Instant::now();
