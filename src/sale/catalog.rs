@@ -67,17 +67,36 @@ fn num(m: &HashMap<String, String>, k: &str) -> i64 {
 
 fn sale_from(m: &HashMap<String, String>) -> Option<Sale> {
     let sku = m.get("sku")?.clone();
-    Some(Sale {
-        name: field(m, "name").to_owned(),
-        description: field(m, "description").to_owned(),
-        price_cents: num(m, "price_cents"),
-        stock_total: num(m, "stock_total"),
-        stock_left: num(m, "stock_left"),
-        starts_ms: num(m, "starts_ms"),
-        ends_ms: num(m, "ends_ms"),
-        per_user_limit: num(m, "per_user_limit"),
-        sku,
-    })
+    Some(
+        Sale {
+            name: field(m, "name").to_owned(),
+            description: field(m, "description").to_owned(),
+            price_cents: num(m, "price_cents"),
+            stock_total: num(m, "stock_total"),
+            stock_left: num(m, "stock_left"),
+            starts_ms: num(m, "starts_ms"),
+            ends_ms: num(m, "ends_ms"),
+            per_user_limit: num(m, "per_user_limit"),
+            sku,
+            starts_at: String::new(),
+            ends_at: String::new(),
+        }
+        .with_times(),
+    )
+}
+
+/// One sale of a catalog snapshot, shared rather than copied.
+#[derive(Clone)]
+pub struct SaleRef {
+    list: Arc<Vec<Sale>>,
+    index: usize,
+}
+
+impl std::ops::Deref for SaleRef {
+    type Target = Sale;
+    fn deref(&self) -> &Sale {
+        &self.list[self.index]
+    }
 }
 
 impl Catalog {
@@ -162,13 +181,13 @@ impl Catalog {
 
     /// One sale: from the cached catalog, else straight from Redis (a sale
     /// created on another instance a moment ago).
-    pub async fn get(&self, sku: &str) -> Result<Sale, Error> {
+    pub async fn get(&self, sku: &str) -> Result<SaleRef, Error> {
         if !valid_sku(sku) {
             return Err(Error::UnknownSku);
         }
         let list = self.list().await?;
-        if let Some(s) = list.iter().find(|s| s.sku == sku) {
-            return Ok(s.clone());
+        if let Some(index) = list.iter().position(|s| s.sku == sku) {
+            return Ok(SaleRef { list, index });
         }
         let cmd = {
             let mut c = redis::cmd("HGETALL");
@@ -176,7 +195,11 @@ impl Catalog {
             c
         };
         let m: HashMap<String, String> = self.redis.read(&cmd).await?;
-        sale_from(&m).ok_or(Error::UnknownSku)
+        let sale = sale_from(&m).ok_or(Error::UnknownSku)?;
+        Ok(SaleRef {
+            list: Arc::new(vec![sale]),
+            index: 0,
+        })
     }
 
     /// Creates a sale (201) or reports that it exists (409). Acknowledged by
@@ -209,7 +232,10 @@ impl Catalog {
                 starts_ms: s.starts_ms,
                 ends_ms: s.ends_ms,
                 per_user_limit: s.per_user_limit,
-            }),
+                starts_at: String::new(),
+                ends_at: String::new(),
+            }
+            .with_times()),
             Some("exists") => Err(Error::SaleExists),
             Some("invalid") => Err(Error::invalid(
                 "invalid_sale",

@@ -85,9 +85,19 @@ pub struct Sale {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
+    /// `starts_ms` and `ends_ms` as RFC 3339, formatted once per load.
+    pub starts_at: String,
+    pub ends_at: String,
 }
 
 impl Sale {
+    /// Fills in the RFC 3339 texts of the window.
+    pub fn with_times(mut self) -> Self {
+        self.starts_at = rfc3339(self.starts_ms);
+        self.ends_at = rfc3339(self.ends_ms);
+        self
+    }
+
     pub fn state_at(&self, now_ms: i64) -> SaleState {
         if now_ms >= self.ends_ms {
             SaleState::Ended
@@ -175,7 +185,11 @@ mod tests {
             starts_ms: 100,
             ends_ms: 200,
             per_user_limit: 1,
-        };
+            starts_at: String::new(),
+            ends_at: String::new(),
+        }
+        .with_times();
+        assert_eq!(s.starts_at, "1970-01-01T00:00:00.1Z");
         assert_eq!(s.state_at(50), SaleState::Upcoming);
         assert_eq!(s.state_at(100), SaleState::Live);
         assert_eq!(s.state_at(200), SaleState::Ended);

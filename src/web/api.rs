@@ -42,8 +42,8 @@ pub struct ProductJson<'a> {
     stock_total: i64,
     stock_left: i64,
     per_user_limit: i64,
-    starts_at: String,
-    ends_at: String,
+    starts_at: &'a str,
+    ends_at: &'a str,
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_time: Option<String>,
@@ -59,8 +59,8 @@ impl<'a> ProductJson<'a> {
             stock_total: s.stock_total,
             stock_left: s.stock_left.max(0),
             per_user_limit: s.per_user_limit,
-            starts_at: rfc3339(s.starts_ms),
-            ends_at: rfc3339(s.ends_ms),
+            starts_at: &s.starts_at,
+            ends_at: &s.ends_at,
             state: s.state_at(now).as_str(),
             server_time: with_time.then(|| rfc3339(now)),
         }

@@ -68,8 +68,8 @@ impl From<&Sale> for SaleView {
             price: price(s.price_cents),
             stock_total: s.stock_total,
             per_user_limit: s.per_user_limit,
-            starts_at: rfc3339(s.starts_ms),
-            ends_at: rfc3339(s.ends_ms),
+            starts_at: s.starts_at.clone(),
+            ends_at: s.ends_at.clone(),
             starts_label: time_label(s.starts_ms),
             ends_label: time_label(s.ends_ms),
         }
@@ -283,13 +283,13 @@ pub async fn product(
         Err(e) => return Err(e),
     };
     let key = format!("/p/{sku}");
-    let one = std::slice::from_ref(&sale);
+    let one = std::slice::from_ref(&*sale);
     if let Some(r) = app.pages.get(&key, one) {
         return Ok(respond(r, &headers));
     }
     let v = app.pages.asset_version(&app.settings.static_dir);
     let r = rendered(render_product(&sale, v)?);
-    app.pages.put(&key, vec![sale], r.clone());
+    app.pages.put(&key, vec![Sale::clone(&sale)], r.clone());
     Ok(respond(r, &headers))
 }
 
