@@ -434,6 +434,42 @@ class Bench:
                               for i in range(3)]
         log(f"redis group on ports {base}..{base + 12} ({self.group_dir})")
 
+    def data_nodes(self):
+        return [Resp("127.0.0.1", self.base_port + i, self.password, timeout=10) for i in range(3)]
+
+    def no_auto_rewrite(self):
+        """Automatic AOF rewrites fork and copy the whole data set on the
+        same two cores; turned off for the run and done between runs
+        (`settle_aof`), so none lands inside a measurement."""
+        for r in self.data_nodes():
+            try:
+                r.call("CONFIG", "SET", "auto-aof-rewrite-percentage", "0")
+            finally:
+                r.close()
+
+    def settle_aof(self, secs=180):
+        """Rewrites every data node's AOF and waits until all are done."""
+        nodes = self.data_nodes()
+        try:
+            for r in nodes:
+                try:
+                    r.call("BGREWRITEAOF")
+                except RespError:
+                    pass  # one already in progress or scheduled
+            deadline = time.monotonic() + secs
+            while time.monotonic() < deadline:
+                busy = False
+                for r in nodes:
+                    info = r.call("INFO", "persistence")
+                    busy |= "aof_rewrite_in_progress:1" in info or "aof_rewrite_scheduled:1" in info
+                if not busy:
+                    return
+                time.sleep(0.5)
+            log("AOF rewrites still running after the wait; going on")
+        finally:
+            for r in nodes:
+                r.close()
+
     def stop_group(self):
         if self.group_started:
             subprocess.run(["bash", str(REPO / "scripts/redis-group.sh"), "stop", "--dir",
@@ -1050,6 +1086,7 @@ class Bench:
         }
         log(f"results in {self.out}")
         self.start_group()
+        self.no_auto_rewrite()
         self.start_services()
         self.mint_tokens()
         self.browse_sku = self.create_sale("browse-" + secrets.token_hex(3), 1000, 1, track=False)
@@ -1066,6 +1103,7 @@ class Bench:
                     self.procs.check_alive()
             self.cleanup_sales(self.run_skus)
             self.cleanup_prefix("rb", self.rb_skus)
+            self.settle_aof()
         rss = {n: rss_kb(self.procs.pid(n)) for n in ("server", "server_noack", "worker")}
         self.meta["rss_end_kb"] = rss
         self.meta["loadavg_after"] = os.getloadavg()
