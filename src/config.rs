@@ -332,6 +332,13 @@ pub struct ServeArgs {
     /// Requests handled at once before new ones are shed with 503.
     #[arg(long, env = "FLASHSALE_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// Connections open at once; beyond it new ones wait in the listen backlog.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (0 = no cap);
+    /// loopback peers (a proxy on this host) are exempt.
+    #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
     /// Directory of the page assets (CSS, JS, images).
     #[arg(long, env = "FLASHSALE_STATIC_DIR", default_value = "static")]
     pub static_dir: String,
@@ -356,6 +363,8 @@ pub struct ServeSettings {
     pub rate_limit_per_shopper: u32,
     pub rate_limit_per_ip: u32,
     pub max_in_flight: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub static_dir: String,
     pub catalog_cache: Duration,
     pub dev_login: bool,
@@ -393,6 +402,9 @@ impl ServeArgs {
         if self.max_in_flight == 0 {
             return Err(invalid("FLASHSALE_MAX_IN_FLIGHT", "must be at least 1"));
         }
+        if self.max_connections == 0 {
+            return Err(invalid("FLASHSALE_MAX_CONNECTIONS", "must be at least 1"));
+        }
         Ok(ServeSettings {
             redis,
             listen,
@@ -401,6 +413,8 @@ impl ServeArgs {
             rate_limit_per_shopper: self.rate_limit_per_shopper,
             rate_limit_per_ip: self.rate_limit_per_ip,
             max_in_flight: self.max_in_flight,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             static_dir: self.static_dir.clone(),
             catalog_cache: Duration::from_millis(self.catalog_cache_ms.min(10_000)),
             dev_login: self.dev_login,
@@ -462,6 +476,34 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         let e = parse(&["--redis-url", "http://user:hunter2@h"]).unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[derive(Parser)]
+    struct S {
+        #[command(flatten)]
+        s: ServeArgs,
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeSettings, ConfigError> {
+        let mut v = vec![
+            "t",
+            "--redis-sentinels",
+            "h:1",
+            "--jwt-secret",
+            "0123456789abcdef",
+        ];
+        v.extend_from_slice(args);
+        S::try_parse_from(v).expect("parses").s.settings()
+    }
+
+    #[test]
+    fn connection_limits_are_settings() {
+        let s = serve(&[]).unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_ip), (10_000, 256));
+        let s = serve(&["--max-connections", "50", "--max-connections-per-ip", "0"]).unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_ip), (50, 0));
+        let e = serve(&["--max-connections", "0"]).unwrap_err();
+        assert!(e.to_string().starts_with("FLASHSALE_MAX_CONNECTIONS"));
     }
 
     #[test]

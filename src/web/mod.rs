@@ -167,6 +167,7 @@ impl Application {
             .local_addr()
             .map_err(|e| StartError(format!("listener: {e}")))?;
         let shop = Shop::new(redis.clone(), settings.catalog_cache);
+        let settings_limits = (settings.max_connections, settings.max_connections_per_ip);
         let state = AppState(Arc::new(AppInner {
             tokens: auth::TokenVerifier::new(&settings.jwt_secret),
             admin_token: settings.admin_token.clone(),
@@ -186,7 +187,11 @@ impl Application {
             listener,
             router: router(state),
             addr,
-            limits: ConnLimits::default(),
+            limits: ConnLimits {
+                max_connections: settings_limits.0,
+                max_connections_per_ip: settings_limits.1,
+                ..ConnLimits::default()
+            },
         })
     }
 

@@ -601,6 +601,8 @@ async fn a_plain_node_url_works_for_development() {
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,
         max_in_flight: 64,
+        max_connections: 10_000,
+        max_connections_per_ip: 256,
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: std::time::Duration::from_millis(100),
         dev_login: false,

@@ -1238,6 +1238,8 @@ async fn serve_with(limits: ConnLimits) -> Served {
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,
         max_in_flight: 64,
+        max_connections: 10_000,
+        max_connections_per_ip: 256,
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: Duration::from_millis(100),
         dev_login: false,

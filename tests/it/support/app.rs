@@ -137,6 +137,8 @@ impl TestApp {
             rate_limit_per_shopper: opts.rate_limit_per_shopper,
             rate_limit_per_ip: opts.rate_limit_per_ip,
             max_in_flight: opts.max_in_flight,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
             static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
             catalog_cache: opts.catalog_cache,
             dev_login: true,
