@@ -284,13 +284,18 @@ check_page_index() {
     expect_has "$r" '^cache-control: public, max-age=5, must-revalidate'
     expect_has "$r" '^etag: '
     expect_not "$r" '^x-upstream:'
+    expect_has "$r" "^content-security-policy: default-src 'self'; script-src 'self'"
+    expect_has "$r" '^x-frame-options: DENY'
+    expect_has "$r" '^referrer-policy: same-origin'
 }
-check "GET / is index.html from disk, short cache + revalidation" check_page_index
+check "GET / is index.html from disk, short cache + revalidation, the app's security headers" check_page_index
 check_page_sku() {
     local r; r=$(fetch /p/SKU1)
     expect_has "$r" '^HTTP/1.1 200'
     expect_has "$r" 'sku1-from-disk'
     expect_has "$r" '^cache-control: public, max-age=5, must-revalidate'
+    expect_has "$r" "^content-security-policy: default-src 'self'"
+    expect_has "$r" '^x-frame-options: DENY'
     local etag; etag=$(grep -i '^etag:' <<<"$r" | cut -d' ' -f2- | tr -d '\r')
     r=$(fetch /p/SKU1 -H "If-None-Match: $etag")
     expect_has "$r" '^HTTP/1.1 304'
@@ -300,6 +305,8 @@ check_page_fallback() {
     local r; r=$(fetch /p/NOT-RENDERED)
     expect_has "$r" '^x-upstream: fake'
     expect_has "$r" '"path": "/p/NOT-RENDERED"'
+    # The app's own headers only: nginx adds none after the fallback.
+    expect_not "$r" '^content-security-policy:'
 }
 check "an unrendered page falls back to the app" check_page_fallback
 check_static() {
