@@ -1,9 +1,13 @@
 //! Middleware: one outer layer ([`front`]) for the cross-site guard of
-//! state-changing requests, request metrics (registered once), the one log
-//! line of a 500 and the security headers; the per-address rate limit on
-//! `/api` (layered only when it is on); the JSON 404/405 fallbacks, and the contract JSON
-//! for error responses made outside our handlers (the static-file service's
+//! state-changing requests, request metrics, the one log line of a 500 and
+//! the security headers; the per-address rate limit on `/api` (layered only
+//! when it is on); the JSON 404/405 fallbacks; and the contract JSON for
+//! error responses made outside our handlers (the static-file service's
 //! 404/405/416, framework rejections).
+//!
+//! Every route × status series of the request metrics is registered at
+//! start-up, so a request costs no registry lookup and `/metrics` shows
+//! zeros rather than missing series.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
