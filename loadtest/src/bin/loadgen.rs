@@ -6,8 +6,8 @@
 //!
 //! `-c` connections are opened first (keep-alive, one request in flight on
 //! each), then every connection fires back to back from `--start-at-ms` (a
-//! Unix time in ms, e.g. the second a sale opens) or at once, until
-//! `--duration` seconds have passed or `--requests` were sent, whichever
+//! Unix time in ms, e.g. the second a sale opens) or as soon as all are
+//! open (the clock starts then), until `--duration` seconds have passed or `--requests` were sent, whichever
 //! comes first. Both are bounded. Latencies go into HDR histograms (µs, 3
 //! significant digits) overall and per status, plus per-second counts per
 //! status, so a stampede reports when the last 202 and the first 410 came.
@@ -267,6 +267,7 @@ async fn run_connection(
     sh: Arc<Shared>,
     id: usize,
     barrier: Arc<Barrier>,
+    go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
     let mut stats = TaskStats::default();
@@ -280,7 +281,8 @@ async fn run_connection(
         }
     };
     barrier.wait().await;
-    let (start, deadline) = *start_at.get().expect("start set before the barrier opens");
+    go.wait().await;
+    let (start, deadline) = *start_at.get().expect("start set before `go` opens");
     tokio::time::sleep_until(start.into()).await;
     let total: u32 = *sh.cumulative.last().unwrap_or(&1);
     loop {
@@ -437,6 +439,7 @@ fn run(args: Args) -> Result<(), String> {
     let connections = args.connections;
     let (stats, start, end) = rt.block_on(async move {
         let barrier = Arc::new(Barrier::new(connections + 1));
+        let go = Arc::new(Barrier::new(connections + 1));
         let start_cell = Arc::new(std::sync::OnceLock::new());
         let mut tasks = Vec::with_capacity(connections);
         for id in 0..connections {
@@ -444,10 +447,14 @@ fn run(args: Args) -> Result<(), String> {
                 sh.clone(),
                 id,
                 barrier.clone(),
+                go.clone(),
                 start_cell.clone(),
             )));
         }
-        // Connections open first; the clock starts at the start time.
+        // Connections open first; the clock starts once all are open (a
+        // connect can take a second when a SYN is retransmitted, and that
+        // second must not count as measured time) or at the start time.
+        barrier.wait().await;
         let mut start = Instant::now();
         if let Some(at) = start_at_ms {
             let now_ms = SystemTime::now()
@@ -458,7 +465,7 @@ fn run(args: Args) -> Result<(), String> {
             start += Duration::from_millis(ahead);
         }
         let _ = start_cell.set((start, start + duration));
-        barrier.wait().await;
+        go.wait().await;
         let mut all = TaskStats::default();
         for t in tasks {
             match t.await {
