@@ -223,28 +223,9 @@ async fn killed_and_dead_consumers_entries_are_reclaimed() {
     let mut conn = group.client(group.master_port().await).await;
 
     // A consumer that read entries and died without acknowledging them.
-    let _: String = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(keys.stream(sku))
-        .arg(flashsale::worker::GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    create_group(&mut conn, &keys, sku).await;
     let mut ids = queue_orders(&mut conn, &keys, sku, 0, 300).await;
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(flashsale::worker::GROUP)
-        .arg("ghost")
-        .arg("COUNT")
-        .arg(300)
-        .arg("STREAMS")
-        .arg(keys.stream(sku))
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("ghost read");
+    read_as(&mut conn, &keys, sku, "ghost", 300).await;
     assert_eq!(pending(&mut conn, &keys, sku).await, 300);
 
     // A real worker killed with -9 in the middle of a drain.
@@ -461,6 +442,47 @@ async fn planned_switch_while_workers_drain() {
     }
 }
 
+/// Creates the worker group on a sale's stream (and the stream).
+async fn create_group(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) {
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.stream(sku))
+        .arg(flashsale::worker::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await
+        .expect("group");
+}
+
+/// Reads up to `count` new entries as `consumer` of the worker group
+/// (they stay pending on it); their ids.
+async fn read_as(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<String> {
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(flashsale::worker::GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(keys.stream(sku))
+        .arg(">")
+        .query_async(conn)
+        .await
+        .expect("xreadgroup");
+    read.keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|e| e.id)
+        .collect()
+}
+
 /// Pending entry ids of a sale's stream in the worker group, oldest first.
 async fn pending_ids(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> Vec<String> {
     let p: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
@@ -483,15 +505,7 @@ async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
     let sku = "batch";
     app.create_sale(sku, 100, 1, -5, 3600).await;
     let mut conn = group.client(group.master_port().await).await;
-    let _: String = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(keys.stream(sku))
-        .arg(flashsale::worker::GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    create_group(&mut conn, &keys, sku).await;
 
     // Two real orders (queued) and an entry whose order does not exist.
     let ids = queue_orders(&mut conn, &keys, sku, 0, 2).await;
@@ -510,19 +524,7 @@ async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
         .query_async(&mut conn)
         .await
         .expect("xadd");
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(flashsale::worker::GROUP)
-        .arg("tester")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(keys.stream(sku))
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("read");
-    let entries: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let entries = read_as(&mut conn, &keys, sku, "tester", 10).await;
     assert_eq!(entries.len(), 3);
     assert_eq!(pending_ids(&mut conn, &keys, sku).await, entries);
 
