@@ -59,9 +59,8 @@ BIN="$ROOT/target/release/flashsale"
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 
 GROUP_DIR="$OUT/redis"
 SERVER_PID=
@@ -74,23 +73,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# A base port with 13 free ports after it.
-base=
-for _ in $(seq 1 50); do
-  p=$(( (RANDOM % 2000) + 30000 ))
-  ok=1
-  for i in $(seq 0 12); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$((p + i))") 2>/dev/null; then ok=0; break; fi
-  done
-  [ $ok = 1 ] && { base=$p; break; }
-done
-[ -n "$base" ] || { log "no free port range"; exit 1; }
-PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-log "starting a Redis Sentinel group on 127.0.0.1:$base.. in $GROUP_DIR"
-bash "$ROOT/scripts/redis-group.sh" start --dir "$GROUP_DIR" --base-port "$base" \
-  --password "$PASSWORD" >/dev/null
-# shellcheck disable=SC1091
-. "$GROUP_DIR/env"
+start_group "$GROUP_DIR" 30000
 
 export FLASHSALE_JWT_SECRET
 FLASHSALE_JWT_SECRET=$(head -c 32 /dev/urandom | base64)
