@@ -12,6 +12,8 @@
 
 use redis::aio::MultiplexedConnection;
 
+use super::keys::Keys;
+
 /// The library source, compiled into the binary.
 pub const LIBRARY: &str = include_str!("flashsale.lua");
 
@@ -22,6 +24,36 @@ pub fn library_version() -> &'static str {
         .find_map(|l| l.strip_prefix("local VERSION = '"))
         .and_then(|rest| rest.split('\'').next())
         .unwrap_or("")
+}
+
+/// The `FCALL fs_purchase` of one purchase (KEYS and ARGV as the library
+/// documents them): the server's, and the benchmarks' and tests' that call
+/// the Function directly. `order_id` is `<sku>.<32 hex>`.
+pub fn purchase_call(
+    keys: &Keys,
+    sku: &str,
+    user: &str,
+    qty: i64,
+    order_id: &str,
+    idempotency_key: Option<&str>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("fs_purchase")
+        .arg(7)
+        .arg(keys.sale(sku))
+        .arg(keys.units(sku))
+        .arg(keys.first(sku))
+        .arg(keys.user_orders(sku, user))
+        .arg(keys.order(sku, order_id))
+        .arg(keys.stream(sku))
+        .arg(match idempotency_key {
+            Some(k) => keys.idempotency(sku, user, k),
+            None => String::new(),
+        })
+        .arg(user)
+        .arg(qty)
+        .arg(order_id);
+    cmd
 }
 
 /// Whether a node holding version `have` (None: no library, or no

@@ -144,22 +144,14 @@ impl Shop {
 
         let keys = self.redis.keys();
         let order_id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("fs_purchase")
-            .arg(7)
-            .arg(keys.sale(sku))
-            .arg(keys.units(sku))
-            .arg(keys.first(sku))
-            .arg(keys.user_orders(sku, user))
-            .arg(keys.order(sku, &order_id))
-            .arg(keys.stream(sku))
-            .arg(match idempotency_key {
-                Some(k) => keys.idempotency(sku, user, k),
-                None => String::new(),
-            })
-            .arg(user)
-            .arg(qty)
-            .arg(&order_id);
+        let cmd = crate::redis::functions::purchase_call(
+            keys,
+            sku,
+            user,
+            qty,
+            &order_id,
+            idempotency_key,
+        );
 
         let deadline = Instant::now() + self.redis.failover_wait();
         'attempt: loop {

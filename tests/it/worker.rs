@@ -2,15 +2,14 @@
 //! `kill -9` mid-drain, a dead consumer's entries, poison entries, a planned
 //! failover while draining, SIGTERM, and `fs_confirm_batch` on its own.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flashsale::redis::Keys;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::support::app::{AppOptions, TestApp, shared_group, unique};
+use crate::support::app::{AppOptions, TestApp, shared_group, unique, worker_command};
 use crate::support::redis_group::{GroupOptions, RedisGroup};
 
 /// A worker process owned by the test: killed by PID on drop.
@@ -20,18 +19,8 @@ struct WorkerProc {
 
 impl WorkerProc {
     fn spawn(group: &RedisGroup, prefix: &str, extra: &[&str]) -> WorkerProc {
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-worker"))
-            .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-            .env("FLASHSALE_REDIS_PASSWORD", group.password())
-            .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
-            .env("FLASHSALE_KEY_PREFIX", prefix)
-            .env("RUST_LOG", "warn")
-            .args(["--discover-ms", "200", "--block-ms", "200"])
+        let child = worker_command(group, prefix)
             .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn flashsale-worker");
         WorkerProc { child }
@@ -76,19 +65,9 @@ async fn queue_orders(
         for i in chunk {
             let user = format!("w{i}");
             let id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
-            pipe.cmd("FCALL")
-                .arg("fs_purchase")
-                .arg(7)
-                .arg(keys.sale(sku))
-                .arg(keys.units(sku))
-                .arg(keys.first(sku))
-                .arg(keys.user_orders(sku, &user))
-                .arg(keys.order(sku, &id))
-                .arg(keys.stream(sku))
-                .arg("")
-                .arg(&user)
-                .arg(1)
-                .arg(&id);
+            pipe.add_command(flashsale::redis::functions::purchase_call(
+                keys, sku, &user, 1, &id, None,
+            ));
             ids.push(id);
         }
         let replies: Vec<Vec<redis::Value>> = pipe.query_async(conn).await.expect("fcall");

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use flashsale::redis::functions::purchase_call;
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{GroupArgs, histogram_json, latency_histogram};
 use serde_json::json;
@@ -90,20 +91,7 @@ async fn main() -> std::process::ExitCode {
                 let user = format!("fb{run_id:x}t{t}i{i}");
                 // `<sku>.<32 hex>`, the server's order id format.
                 let order_id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
-                let mut fcall = redis::cmd("FCALL");
-                fcall
-                    .arg("fs_purchase")
-                    .arg(7)
-                    .arg(keys.sale(&sku))
-                    .arg(keys.units(&sku))
-                    .arg(keys.first(&sku))
-                    .arg(keys.user_orders(&sku, &user))
-                    .arg(keys.order(&sku, &order_id))
-                    .arg(keys.stream(&sku))
-                    .arg("")
-                    .arg(&user)
-                    .arg(1)
-                    .arg(&order_id);
+                let fcall = purchase_call(&keys, &sku, &user, 1, &order_id, None);
                 let t0 = Instant::now();
                 let r: redis::RedisResult<redis::Value> = fcall.query_async(&mut conn).await;
                 let ok = match r {

@@ -22,6 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use flashsale::redis::functions::purchase_call;
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, now_unix_ms};
 use redis::aio::MultiplexedConnection;
@@ -109,19 +110,7 @@ async fn preload(group: &GroupArgs, keys: &Keys, sku: &str, n: u64) -> Res<()> {
                     let user = format!("w{j}");
                     // `<sku>.<32 hex>`, the server's order id format.
                     let order_id = format!("{sku}.{:032x}", u128::from(j) | (1u128 << 120));
-                    pipe.cmd("FCALL")
-                        .arg("fs_purchase")
-                        .arg(7)
-                        .arg(keys.sale(&sku))
-                        .arg(keys.units(&sku))
-                        .arg(keys.first(&sku))
-                        .arg(keys.user_orders(&sku, &user))
-                        .arg(keys.order(&sku, &order_id))
-                        .arg(keys.stream(&sku))
-                        .arg("")
-                        .arg(&user)
-                        .arg(1)
-                        .arg(&order_id)
+                    pipe.add_command(purchase_call(&keys, &sku, &user, 1, &order_id, None))
                         .ignore();
                 }
                 let () = pipe.query_async(&mut c).await.map_err(e2s)?;
