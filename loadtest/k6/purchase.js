@@ -10,39 +10,19 @@
 // do not repeat until the pool is used up. START_AT (Unix ms) makes every VU
 // wait for the second the sale opens.
 import http from 'k6/http';
-import { SharedArray } from 'k6/data';
-import { Counter } from 'k6/metrics';
 import { sleep } from 'k6';
+import {
+  BASE, SKU, VUS, tokens, statusCounter, closedLoop, purchaseBody, purchaseParams, handleSummary,
+} from './common.js';
 
-const BASE = __ENV.BASE || 'http://127.0.0.1:8080';
-const SKU = __ENV.SKU;
-if (!SKU) throw new Error('set -e SKU=<sale sku>');
+export { handleSummary };
+
 const START_AT = Number(__ENV.START_AT || '0');
-const VUS = Number(__ENV.VUS || '256');
+const count = statusCounter([202, 401, 409, 410, 422, 425, 429, 503]);
 
-const tokens = new SharedArray('tokens', () =>
-  open(__ENV.TOKENS || 'tokens.txt').split('\n').map((l) => l.trim()).filter((l) => l.length > 0));
-
-const STATUSES = [202, 401, 409, 410, 422, 425, 429, 503];
-const byStatus = {};
-for (const s of STATUSES) byStatus[s] = new Counter(`status_${s}`);
-const otherStatus = new Counter('status_other');
-
-export const options = {
-  discardResponseBodies: true,
-  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(99)', 'p(99.9)'],
-  scenarios: {
-    purchase: {
-      executor: 'constant-vus',
-      vus: VUS,
-      duration: __ENV.DURATION || '10s',
-      gracefulStop: '5s',
-    },
-  },
-};
+export const options = closedLoop('purchase');
 
 const url = `${BASE}/api/sales/${SKU}/purchase`;
-const body = JSON.stringify({ qty: 1 });
 
 export default function () {
   if (START_AT > 0 && __ITER === 0) {
@@ -51,16 +31,5 @@ export default function () {
   }
   // VU v takes tokens v-1, v-1+VUS, v-1+2*VUS, …: distinct until the pool wraps.
   const t = tokens[((__VU - 1) + __ITER * VUS) % tokens.length];
-  const res = http.post(url, body, {
-    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${t}` },
-  });
-  const c = byStatus[res.status];
-  if (c) c.add(1);
-  else otherStatus.add(1);
-}
-
-export function handleSummary(data) {
-  const out = {};
-  if (__ENV.SUMMARY) out[__ENV.SUMMARY] = JSON.stringify(data, null, 2);
-  return out;
+  count(http.post(url, purchaseBody, purchaseParams(t)));
 }
