@@ -31,19 +31,6 @@ fn config() -> AsyncConnectionConfig {
         .set_response_timeout(Some(Duration::from_secs(10)))
 }
 
-/// Percent-encodes a password for a `redis://` URL.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 impl GroupArgs {
     /// The master's address as the first Sentinel that answers names it.
     pub async fn master_addr(&self) -> Result<(String, u16), String> {
@@ -87,7 +74,10 @@ impl GroupArgs {
 
     pub async fn conn_to(&self, host: &str, port: u16) -> Result<MultiplexedConnection, String> {
         let url = match &self.password {
-            Some(p) => format!("redis://:{}@{host}:{port}/", url_encode(p)),
+            Some(p) => format!(
+                "redis://:{}@{host}:{port}/",
+                crate::redis_group::url_encode(p)
+            ),
             None => format!("redis://{host}:{port}/"),
         };
         let client = Client::open(url).map_err(|e| e.to_string())?;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
+use flashsale_loadtest::bench::{histogram_json, latency_histogram};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -121,14 +122,10 @@ struct TaskStats {
     error_samples: Vec<String>,
 }
 
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
-}
-
 impl TaskStats {
     fn record(&mut self, status: u16, latency_us: u64, done_us: u64) {
         let s = self.by_status.entry(status).or_insert_with(|| StatusStats {
-            hist: new_hist(),
+            hist: latency_histogram(),
             first_us: u64::MAX,
             last_us: 0,
             per_second: Vec::new(),
@@ -334,18 +331,6 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn hist_json(h: &Histogram<u64>) -> Value {
-    json!({
-        "count": h.len(),
-        "mean_ms": h.mean() / 1000.0,
-        "p50_ms": ms(h.value_at_quantile(0.50)),
-        "p90_ms": ms(h.value_at_quantile(0.90)),
-        "p99_ms": ms(h.value_at_quantile(0.99)),
-        "p999_ms": ms(h.value_at_quantile(0.999)),
-        "max_ms": ms(h.max()),
-    })
-}
-
 /// Log-spaced buckets (10 per decade) from 10 µs: `[upper_ms, count]`.
 fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     let mut out = Vec::new();
@@ -477,13 +462,13 @@ fn run(args: Args) -> Result<(), String> {
     });
 
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
-    let mut overall = new_hist();
+    let mut overall = latency_histogram();
     let mut status = serde_json::Map::new();
     let mut by_status = serde_json::Map::new();
     for (code, s) in &stats.by_status {
         overall.add(&s.hist).expect("same bounds");
         status.insert(code.to_string(), json!(s.hist.len()));
-        let mut j = hist_json(&s.hist);
+        let mut j = histogram_json(&s.hist);
         j["first_ms"] = json!(ms(s.first_us));
         j["last_ms"] = json!(ms(s.last_us));
         j["per_second"] = json!(s.per_second);
@@ -509,7 +494,7 @@ fn run(args: Args) -> Result<(), String> {
             "connect": stats.connect_errors,
             "samples": stats.error_samples,
         },
-        "latency": hist_json(&overall),
+        "latency": histogram_json(&overall),
         "by_status": by_status,
         "histogram_ms": buckets(&overall),
     });

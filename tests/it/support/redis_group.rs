@@ -247,8 +247,8 @@ fn send_signal(sig: &str, pids: &[i32]) {
         .status();
 }
 
-/// Percent-encodes a password for a `redis://` URL.
-fn url_encode(s: &str) -> String {
+/// Percent-encodes a password for a `redis://` URL (the load tests use it too).
+pub(crate) fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
