@@ -479,6 +479,17 @@ async fn health_readiness_and_metrics() {
     assert!(!text.contains(crate::support::app::JWT_SECRET));
 }
 
+/// The status; a 429 must carry `Retry-After` and the contract's code.
+async fn status_checking_429(r: reqwest::Response) -> u16 {
+    let s = r.status().as_u16();
+    if s == 429 {
+        assert!(r.headers().contains_key("retry-after"));
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"], "rate_limited");
+    }
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shopper_rate_limit_is_shared_by_instances() {
     let opts = AppOptions {
@@ -500,13 +511,7 @@ async fn shopper_rate_limit_is_shared_by_instances() {
             .send()
             .await
             .expect("post");
-        let s = r.status().as_u16();
-        if s == 429 {
-            assert!(r.headers().contains_key("retry-after"));
-            let body: Value = r.json().await.expect("json");
-            assert_eq!(body["error"], "rate_limited");
-        }
-        statuses.push(s);
+        statuses.push(status_checking_429(r).await);
     }
     let accepted = statuses.iter().filter(|s| **s == 202).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
@@ -531,13 +536,7 @@ async fn address_rate_limit_covers_the_api_only() {
     let mut statuses = Vec::new();
     for _ in 0..16 {
         let r = get(format!("/api/products/{sku}"), "203.0.113.7").await;
-        let s = r.status().as_u16();
-        if s == 429 {
-            assert!(r.headers().contains_key("retry-after"));
-            let body: Value = r.json().await.expect("json");
-            assert_eq!(body["error"], "rate_limited");
-        }
-        statuses.push(s);
+        statuses.push(status_checking_429(r).await);
     }
     assert_eq!(statuses[0], 200, "{statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");

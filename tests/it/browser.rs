@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::app::{AppOptions, TestApp, shared_group, unique};
+use crate::support::app::{AppOptions, TestApp, shared_group, unique, worker_command};
 use crate::support::redis_group::RedisGroup;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -417,18 +417,8 @@ struct Worker {
 
 impl Worker {
     fn spawn(group: &RedisGroup, prefix: &str) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_flashsale-worker"))
-            .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-            .env("FLASHSALE_REDIS_PASSWORD", group.password())
-            .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
-            .env("FLASHSALE_KEY_PREFIX", prefix)
-            .env("RUST_LOG", "warn")
-            .args(["--discover-ms", "200", "--block-ms", "200"])
+        let child = worker_command(group, prefix)
             .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn flashsale-worker");
         let pgid = child.id().expect("worker pid");

@@ -340,3 +340,21 @@ pub async fn order_exists(group: &RedisGroup, port: u16, prefix: &str, order_id:
         .expect("exists");
     n == 1
 }
+
+/// `flashsale-worker` against `group` on key prefix `prefix`, with the fast
+/// polling the tests use and its output on stderr only; the caller adds its
+/// arguments and spawns it.
+pub fn worker_command(group: &RedisGroup, prefix: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-worker"));
+    cmd.env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+        .env("FLASHSALE_REDIS_PASSWORD", group.password())
+        .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
+        .env("FLASHSALE_KEY_PREFIX", prefix)
+        .env("RUST_LOG", "warn")
+        .args(["--discover-ms", "200", "--block-ms", "200"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
