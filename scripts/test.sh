@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh chromium node
+scripts/setup.sh chromium node pip
 for tool in redis-server redis-sentinel redis-cli nginx chromium node npm; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing" >&2; exit 1; }
 done
