@@ -30,6 +30,7 @@ if ((${#missing[@]})); then
 fi
 k6 version >/dev/null 2>&1 || { echo "$PROG: FAILED: k6 is on PATH but does not run" >&2; exit 1; }
 
+mkdir -p loadtest/results
 out="loadtest/results/smoke-$(date +%Y%m%d-%H%M%S)"
 start=$SECONDS
 set +e
