@@ -101,8 +101,9 @@ struct PurchaseBody {
     qty: i64,
 }
 
-/// The purchase body: `{"qty": N}`. Anything else is 422 `invalid_qty` (or
-/// 400 for bytes that are not JSON at all).
+/// The purchase body: `{"qty": N}` (other fields are ignored). Anything else,
+/// including `qty` named twice, is 422 `invalid_qty` (or 400 for bytes that
+/// are not JSON at all).
 fn parse_qty(body: &[u8]) -> Result<i64, Error> {
     let bad = || {
         Error::InvalidQty(format!(
@@ -375,6 +376,8 @@ mod tests {
             b"",
             b"{}",
             br#"{"qty":1.5}"#,
+            // Ambiguous: which one would count depends on the parser.
+            br#"{"qty":1,"qty":2}"#,
         ] {
             assert_eq!(
                 parse_qty(bad).unwrap_err().status(),

@@ -577,11 +577,21 @@ impl Fuzz {
         let key_ok = match &c.idem {
             IdemT::None => true,
             IdemT::Valid(k) => k.len() <= 128,
-            IdemT::Text(_) => false,
+            // Random bytes are now and then a well-formed key ("x"); HTTP
+            // drops the blanks around a header value.
+            IdemT::Text(b) => std::str::from_utf8(b).is_ok_and(|k| {
+                let k = k.trim_matches([' ', '\t']);
+                (1..=128).contains(&k.len())
+                    && k.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"_.:-".contains(&c))
+            }),
         };
         let fits = body.len() <= flashsale::web::MAX_BODY;
+        // A body naming `qty` twice is ambiguous (parsers disagree on which
+        // one wins), so the service refuses it as 422 whatever the values.
         let qty = serde_json::from_slice::<Value>(body)
             .ok()
+            .filter(|_| qty_keys(body) == 1)
             .and_then(|v| v.get("qty")?.as_i64())
             .filter(|q| (1..=LIMIT).contains(q));
         (c.method == "POST"
@@ -593,6 +603,37 @@ impl Fuzz {
             .then_some(qty)
             .flatten()
     }
+}
+
+/// How many times the top-level JSON object in `body` names `qty` (0 for
+/// anything that is not an object). `serde_json::Value` keeps only the last
+/// of repeated keys, so the count needs its own pass over the map.
+fn qty_keys(body: &[u8]) -> usize {
+    struct Count(usize);
+    impl<'de> serde::Deserialize<'de> for Count {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Count;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Count, A::Error> {
+                    let mut n = 0;
+                    while let Some(k) = m.next_key::<String>()? {
+                        n += usize::from(k == "qty");
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    Ok(Count(n))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Count>(body).map_or(0, |c| c.0)
 }
 
 /// What one case did, for the closing tally.
