@@ -149,13 +149,55 @@ pub async fn serve(
 }
 
 /// Where a connection is between requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
-    /// Reading a request head that must end by the deadline.
-    Head { deadline: Pin<Box<Sleep>>, seen: u8 },
+    /// Reading a request head that began at `began` and must end within
+    /// the limit; `seen` bytes of the end marker were the last ones read.
+    Head { began: Instant, seen: u8 },
     /// The head is in; body and handler are bounded elsewhere.
     Request,
     /// A response was written; waiting (idle) for the next request.
     Idle,
+}
+
+/// The blank line that ends a request head.
+const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
+/// One byte through the matcher of [`HEAD_END`]: `seen` bytes of it were
+/// matched before `b`; returns how many are matched after it.
+fn head_end_step(seen: u8, b: u8) -> u8 {
+    if b == HEAD_END[usize::from(seen)] {
+        seen + 1
+    } else if b == b'\r' {
+        1
+    } else {
+        0
+    }
+}
+
+/// Follows `bytes` through the end marker, `seen` of its bytes having been
+/// matched before: `Ok(())` when the marker is complete, else how many of
+/// its bytes the data now ends with. A marker completed across the boundary
+/// ends within the first three bytes; any other lies wholly inside `bytes`
+/// (found with `memmem`), and without one, the last three bytes alone tell
+/// how much of the marker the data ends with.
+fn follow_head_end(seen: u8, bytes: &[u8]) -> Result<(), u8> {
+    let mut s = seen;
+    for &b in bytes.iter().take(3) {
+        s = head_end_step(s, b);
+        if s == 4 {
+            return Ok(());
+        }
+    }
+    if bytes.len() > 3 {
+        if memchr::memmem::find(bytes, HEAD_END).is_some() {
+            return Ok(());
+        }
+        s = bytes[bytes.len() - 3..]
+            .iter()
+            .fold(0, |s, &b| head_end_step(s, b));
+    }
+    Err(s)
 }
 
 /// A socket that fails reads with `TimedOut` when a request head is not
@@ -163,21 +205,25 @@ enum Phase {
 /// for the first). The end of a head is the first blank line (`\r\n\r\n`)
 /// after the head begins; the next head begins with the first byte read
 /// after the server writes.
+///
+/// One timer serves the whole connection: a new head only notes when it
+/// began, and the timer is moved on when it fires early for a head that
+/// began after it was set, so a keep-alive request costs no timer update.
 pub struct HeadDeadline<IO> {
     io: IO,
     limit: Duration,
     phase: Phase,
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl<IO> HeadDeadline<IO> {
     pub fn new(io: IO, limit: Duration) -> Self {
+        let began = Instant::now();
         Self {
             io,
             limit,
-            phase: Phase::Head {
-                deadline: Box::pin(tokio::time::sleep(limit)),
-                seen: 0,
-            },
+            phase: Phase::Head { began, seen: 0 },
+            deadline: Box::pin(tokio::time::sleep_until(began + limit)),
         }
     }
 
@@ -194,28 +240,31 @@ impl<IO> HeadDeadline<IO> {
         if bytes.is_empty() {
             return;
         }
-        if matches!(self.phase, Phase::Idle) {
-            self.phase = Phase::Head {
-                deadline: Box::pin(tokio::time::sleep_until(Instant::now() + self.limit)),
-                seen: 0,
-            };
-        }
-        if let Phase::Head { seen, .. } = &mut self.phase {
-            const END: &[u8; 4] = b"\r\n\r\n";
-            for &b in bytes {
-                *seen = if b == END[*seen as usize] {
-                    *seen + 1
-                } else if b == b'\r' {
-                    1
-                } else {
-                    0
-                };
-                if *seen == 4 {
-                    self.phase = Phase::Request;
-                    return;
-                }
+        let (began, seen) = match self.phase {
+            Phase::Request => return,
+            Phase::Idle => (Instant::now(), 0),
+            Phase::Head { began, seen } => (began, seen),
+        };
+        self.phase = match follow_head_end(seen, bytes) {
+            Ok(()) => Phase::Request,
+            Err(seen) => Phase::Head { began, seen },
+        };
+    }
+
+    /// Whether the head being read is past its limit. The timer may still
+    /// be set for an earlier head; then it is moved to this head's end.
+    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Phase::Head { began, .. } = self.phase else {
+            return false;
+        };
+        let due = began + self.limit;
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            if self.deadline.deadline() >= due {
+                return true;
             }
+            self.deadline.as_mut().reset(due);
         }
+        false
     }
 }
 
@@ -226,9 +275,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadDeadline<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Phase::Head { deadline, .. } = &mut this.phase
-            && deadline.as_mut().poll(cx).is_ready()
-        {
+        if this.head_expired(cx) {
             metrics::counter!("flashsale_header_timeouts_total").increment(1);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -237,8 +284,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for HeadDeadline<IO> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        let filled = buf.filled()[before..].to_vec();
-        this.saw(&filled);
+        this.saw(&buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }
 }
@@ -395,6 +441,44 @@ mod tests {
         tokio::time::sleep(LIMIT + LIMIT / 2).await;
         let e = server.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    proptest::proptest! {
+        /// However a byte stream is cut into reads, the marker is found
+        /// exactly where a byte-by-byte scan finds it.
+        #[test]
+        fn the_end_marker_is_found_across_any_cuts(
+            data in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'a')
+                ], 0..40),
+            cuts in proptest::collection::vec(1usize..8, 0..12),
+        ) {
+            let naive = data.windows(4).position(|w| w == HEAD_END).map(|i| i + 4);
+            let mut seen = 0;
+            let mut at: usize = 0;
+            let mut found = None;
+            for len in cuts.iter().copied().chain(std::iter::once(usize::MAX)) {
+                let part = &data[at..data.len().min(at.saturating_add(len))];
+                let start = at;
+                at += part.len();
+                match follow_head_end(seen, part) {
+                    Ok(()) => { found = Some((start, at)); break; }
+                    Err(s) => seen = s,
+                }
+                if at == data.len() { break; }
+            }
+            // Found within the read that completes the marker.
+            match (naive, found) {
+                (None, None) => {}
+                (Some(end), Some((start, read_end))) => {
+                    proptest::prop_assert!(start < end && end <= read_end)
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
