@@ -7,7 +7,9 @@
 //!   finds streams of new sales through the sales index.
 //! - A worker reads with `XREADGROUP … BLOCK` on a dedicated connection (never
 //!   sleep-polling) at most `--batch` entries at a time: that bounds the
-//!   orders it holds. A batch's entries are grouped by stream (one sale
+//!   orders it holds. After a read that was not full it waits `--linger-ms`
+//!   (10 ms) before the next, so a steady trickle of orders is confirmed in
+//!   batches rather than a few per call. A batch's entries are grouped by stream (one sale
 //!   each) and confirmed by one `fs_confirm_batch` call per stream and chunk
 //!   of at most [`CONFIRM_CHUNK`] entries (so one call never holds Redis
 //!   long); the calls go in one pipeline. Each call flips every matching
@@ -72,6 +74,11 @@ pub struct WorkerArgs {
     /// XREADGROUP BLOCK time in milliseconds.
     #[arg(long, env = "FLASHSALE_WORKER_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
+    /// After a read that was not full (the worker has caught up), wait this
+    /// many milliseconds before the next, so orders arriving one by one are
+    /// confirmed in batches (0: read again at once).
+    #[arg(long, env = "FLASHSALE_WORKER_LINGER_MS", default_value_t = 10)]
+    pub linger_ms: u64,
     /// Pending entries idle this long are reclaimed from their consumer.
     #[arg(long, env = "FLASHSALE_WORKER_CLAIM_IDLE_MS", default_value_t = 10_000)]
     pub claim_idle_ms: u64,
@@ -116,6 +123,7 @@ pub struct WorkerConfig {
     pub consumer: String,
     pub batch: usize,
     pub block: Duration,
+    pub linger: Duration,
     pub claim_idle: Duration,
     pub max_deliveries: usize,
     pub discover_every: Duration,
@@ -127,6 +135,7 @@ impl WorkerConfig {
             consumer: a.consumer.clone().unwrap_or_else(default_consumer),
             batch: a.batch.clamp(1, 10_000),
             block: Duration::from_millis(a.block_ms.clamp(10, 60_000)),
+            linger: Duration::from_millis(a.linger_ms.min(1_000)),
             claim_idle: Duration::from_millis(a.claim_idle_ms.max(100)),
             max_deliveries: a.max_deliveries.max(1),
             discover_every: Duration::from_millis(a.discover_ms.max(50)),
@@ -578,14 +587,28 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
 /// Runs a worker until `stop` is notified (then finishes the batch in hand).
 pub async fn run(mut worker: Worker, stop: Arc<Notify>, stopping: Arc<AtomicBool>) {
     tracing::info!(consumer = worker.consumer(), "worker started");
+    let (batch, linger) = (worker.cfg.batch, worker.cfg.linger);
     while !stopping.load(Ordering::SeqCst) {
         let step = tokio::select! {
             r = worker.step() => r,
             _ = stop.notified() => break,
         };
-        if let Err(e) = step {
-            tracing::warn!(error = %e, "worker step failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let pause = match step {
+            // Caught up: let the next batch gather instead of confirming
+            // orders a few at a time, each call costing Redis and the
+            // replicas as much as a full one.
+            Ok(r) if r.read > 0 && r.read < batch => linger,
+            Ok(_) => Duration::ZERO,
+            Err(e) => {
+                tracing::warn!(error = %e, "worker step failed; retrying");
+                Duration::from_millis(200)
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.notified() => break,
+            }
         }
     }
     tracing::info!(consumer = worker.consumer(), "worker stopped");
