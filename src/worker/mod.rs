@@ -9,17 +9,18 @@
 //!   sleep-polling) at most `--batch` entries at a time: that bounds the
 //!   orders it holds. After a read that was not full it waits `--linger-ms`
 //!   (10 ms) before the next, so a steady trickle of orders is confirmed in
-//!   batches rather than a few per call. A batch's entries are grouped by stream (one sale
-//!   each) and confirmed by one `fs_confirm_batch` call per stream and chunk
-//!   of at most [`CONFIRM_CHUNK`] entries (so one call never holds Redis
-//!   long); the calls go in one pipeline. Each call flips every matching
-//!   order `queued → confirmed`, adds the count to the sale's `confirmed`
-//!   with one `HINCRBY`, and `XACK`s every entry whose order exists with one
-//!   `XACK` — one atomic step, so the master and the replicas apply a few
-//!   writes per batch instead of a Function call per order. It replies 1 /
-//!   0 / -1 per entry: confirmed now; already confirmed (a repeat delivery,
-//!   acked and counted as a duplicate); order missing or mismatched (left
-//!   pending, so it is retried and eventually dead-lettered).
+//!   batches rather than a few per call. A batch's entries are grouped by
+//!   stream (one sale each) and confirmed by one `fs_confirm_batch` call per
+//!   stream and chunk of at most [`CONFIRM_CHUNK`] entries (so one call
+//!   never holds Redis long); the calls go in one pipeline. Each call flips
+//!   every matching order `queued → confirmed`, adds the count to the sale's
+//!   `confirmed` with one `HINCRBY`, and `XACK`s every entry whose order
+//!   exists with one `XACK` — one atomic step, so the master and the
+//!   replicas apply a few writes per batch instead of a Function call per
+//!   order. It replies 1 / 0 / -1 per entry: confirmed now; already
+//!   confirmed (a repeat delivery, acked and counted as a duplicate); order
+//!   missing or mismatched (left pending, so it is retried and eventually
+//!   dead-lettered).
 //! - Entries left pending longer than `--claim-idle-ms` (a dead consumer, or
 //!   one that failed) are taken over with `XAUTOCLAIM`; one delivered
 //!   `--max-deliveries` times is moved by `fs_dead_letter` to `P:{sku}:dead`
@@ -595,8 +596,9 @@ pub async fn run(mut worker: Worker, stop: Arc<Notify>, stopping: Arc<AtomicBool
         };
         let pause = match step {
             // Caught up: let the next batch gather instead of confirming
-            // orders a few at a time, each call costing Redis and the
-            // replicas as much as a full one.
+            // orders a few at a time; every call has the same fixed cost (a
+            // round trip, an FCALL, and an XACK and a HINCRBY that every
+            // replica replays).
             Ok(r) if r.read > 0 && r.read < batch => linger,
             Ok(_) => Duration::ZERO,
             Err(e) => {
