@@ -51,6 +51,17 @@ fn operator(group: &RedisGroup, prefix: &str, args: &[&str]) -> std::process::Ou
         .unwrap_or_else(|e| panic!("flashsale {args:?}: {e}"))
 }
 
+/// A test app on the shared group with one live sale `sku` of `stock`
+/// units (limit 1), its keys, and a connection to the master.
+async fn live_sale(sku: &str, stock: i64) -> (TestApp, Keys, MultiplexedConnection) {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    app.create_sale(sku, stock, 1, -5, 3600).await;
+    let conn = group.client(group.master_port().await).await;
+    (app, keys, conn)
+}
+
 /// Queues `n` orders for distinct users straight through the purchase Function.
 async fn queue_orders(
     conn: &mut MultiplexedConnection,
@@ -195,11 +206,8 @@ async fn three_workers_drain_ten_thousand_orders_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_dead_consumers_entries_are_reclaimed() {
     let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
+    let (app, keys, mut conn) = live_sale("reclaim", 5000).await;
     let sku = "reclaim";
-    app.create_sale(sku, 5000, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
 
     // A consumer that read entries and died without acknowledging them.
     create_group(&mut conn, &keys, sku).await;
@@ -231,11 +239,8 @@ async fn killed_and_dead_consumers_entries_are_reclaimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_and_do_not_block() {
     let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
+    let (app, keys, mut conn) = live_sale("poison", 100).await;
     let sku = "poison";
-    app.create_sale(sku, 100, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
     let mut ids = queue_orders(&mut conn, &keys, sku, 0, 10).await;
     let poison: String = redis::cmd("XADD")
         .arg(keys.stream(sku))
@@ -356,11 +361,8 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_drain_exits_zero_and_loses_nothing() {
     let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
+    let (app, keys, mut conn) = live_sale("term", 5000).await;
     let sku = "term";
-    app.create_sale(sku, 5000, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
     let mut w = WorkerProc::spawn(group, &app.prefix, &["--batch", "20"]);
     let mut ids = queue_orders(&mut conn, &keys, sku, 0, 3000).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -478,12 +480,8 @@ async fn pending_ids(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
-    let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
+    let (_app, keys, mut conn) = live_sale("batch", 100).await;
     let sku = "batch";
-    app.create_sale(sku, 100, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
     create_group(&mut conn, &keys, sku).await;
 
     // Two real orders (queued) and an entry whose order does not exist.
