@@ -132,7 +132,13 @@ async fn run(mut conn: MultiplexedConnection, cfg: AckConfig, s: Arc<Shared>) {
                 .cmd("WAIT")
                 .arg(required)
                 .arg(timeout_ms);
-            match pipe.query_async::<(i64,)>(&mut conn).await {
+            let began = std::time::Instant::now();
+            let reply = pipe.query_async::<(i64,)>(&mut conn).await;
+            // How long the replicas took to confirm a round: the replication
+            // lag every purchase waits out (about 1.5 rounds on average).
+            metrics::histogram!("flashsale_ack_round_seconds")
+                .record(began.elapsed().as_secs_f64());
+            match reply {
                 Ok(_) if cfg.retired.load(Ordering::SeqCst) => Err(AckFault::Link),
                 Ok((acked,)) if acked >= required as i64 => Ok(()),
                 Ok(_) => {

@@ -11,7 +11,9 @@ slot. Key layout (prefix P is configurable, `fs` by default):
                           ends_ms, per_user_limit, created_ms
   P:{sku}:units           hash: user id -> units held
   P:{sku}:first           hash: user id -> the user's first order id
-  P:{sku}:uorders:<user>  list: the user's order ids, oldest first
+  P:{sku}:uorders:<user>  list: the user's later order ids, oldest first (from
+                          version 7 a shopper's first order is only in
+                          `first`; lists written before also hold it, first)
   P:{sku}:idem:<user>:<k> string: order id created under Idempotency-Key k
   P:{sku}:order:<id>      hash: order_id, sku, user_id, qty, status,
                           created_ms, confirmed_ms
@@ -28,7 +30,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '6'
+local VERSION = '7'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -128,8 +130,13 @@ local function fs_purchase(keys, args)
   redis.call('HSET', sale_k, 'stock_left', stock_left - qty,
     'sold', (tonumber(sale[5]) or 0) + qty, 'orders', (tonumber(sale[6]) or 0) + 1)
   redis.call('HINCRBY', units_k, user, qty)
-  redis.call('HSETNX', first_k, user, order_id)
-  redis.call('RPUSH', uorders_k, order_id)
+  -- Most shoppers buy once (a limit of 1 is the usual flash sale): their
+  -- order id goes to `first` only, and a list key is made for a second order.
+  if held == 0 then
+    redis.call('HSETNX', first_k, user, order_id)
+  else
+    redis.call('RPUSH', uorders_k, order_id)
+  end
   redis.call('HSET', order_k,
     'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty,
     'status', 'queued', 'created_ms', now)

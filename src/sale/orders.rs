@@ -63,18 +63,32 @@ impl Shop {
             return Ok(Vec::new());
         }
         let keys = self.redis.keys();
+        // Per sale: the first order (`first`) and the later ones (`uorders`;
+        // a list written before library version 7 starts with the first).
         let mut pipe = redis::pipe();
         for s in sales.iter() {
-            pipe.cmd("LRANGE")
+            pipe.cmd("HGET")
+                .arg(keys.first(&s.sku))
+                .arg(user)
+                .cmd("LRANGE")
                 .arg(keys.user_orders(&s.sku, user))
                 .arg(0)
                 .arg(-1);
         }
-        let ids: Vec<Vec<String>> = self.redis.read(&pipe).await?;
+        let per_sale: Vec<(Option<String>, Vec<String>)> = self.redis.read(&pipe).await?;
         let ids: Vec<(&str, String)> = sales
             .iter()
-            .zip(ids)
-            .flat_map(|(s, ids)| ids.into_iter().map(move |id| (s.sku.as_str(), id)))
+            .zip(per_sale)
+            .flat_map(|(s, (first, later))| {
+                let later = later.into_iter().filter({
+                    let first = first.clone();
+                    move |id| Some(id) != first.as_ref()
+                });
+                first
+                    .into_iter()
+                    .chain(later)
+                    .map(move |id| (s.sku.as_str(), id))
+            })
             .collect();
         if ids.is_empty() {
             return Ok(Vec::new());

@@ -169,9 +169,66 @@ async fn idempotency_keys_and_limits_above_one() {
     assert_eq!(a["sold"], 2);
     assert_eq!(a["orders"], 2);
     assert_eq!(a["max_units_per_buyer"], 2);
+    // Both orders are bob's, oldest first, each once.
+    let (s, mine) = app.get("/api/me/orders", Some("bob")).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = mine["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter(|o| o["sku"] == sku.as_str())
+        .filter_map(|o| o["order_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            first["order_id"].as_str().expect("id"),
+            second["order_id"].as_str().expect("id")
+        ]
+    );
     // A malformed key is refused before anything happens.
     let (s, _) = app.purchase("dave", &sku, 1, Some("bad key{}")).await;
     assert_eq!(s, 422);
+}
+
+/// Library versions before 7 also pushed a shopper's first order onto the
+/// `uorders` list; a sale bought under such a version and continued under
+/// this one lists every order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn my_orders_read_lists_written_before_version_7() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let sku = sku();
+    app.create_sale(&sku, 10, 3, -5, 3600).await;
+    let (s, one) = app.purchase("olga", &sku, 1, None).await;
+    assert_eq!(s, 202, "{one}");
+    let one = one["order_id"].as_str().expect("id").to_owned();
+    // What version 6 wrote besides `first`: the list holding the first order.
+    let mut c = group.client(group.master_port().await).await;
+    let list = format!("{}:{{{sku}}}:uorders:olga", app.prefix);
+    let n: i64 = redis::cmd("LLEN")
+        .arg(&list)
+        .query_async(&mut c)
+        .await
+        .expect("llen");
+    assert_eq!(n, 0, "a first order makes no list key");
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&list)
+        .arg(&one)
+        .query_async(&mut c)
+        .await
+        .expect("rpush");
+    let (s, two) = app.purchase("olga", &sku, 1, None).await;
+    assert_eq!(s, 202, "{two}");
+    let (s, mine) = app.get("/api/me/orders", Some("olga")).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = mine["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter_map(|o| o["order_id"].as_str())
+        .collect();
+    assert_eq!(ids, [one.as_str(), two["order_id"].as_str().expect("id")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
