@@ -143,7 +143,14 @@ impl Shop {
         }
 
         let keys = self.redis.keys();
-        let order_id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
+        // A version-4 UUID from the thread-local CSPRNG (`Uuid::new_v4`
+        // without uuid's `fast-rng` makes a getrandom syscall per call).
+        let order_id = format!(
+            "{sku}.{}",
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+        );
         let cmd = crate::redis::functions::purchase_call(
             keys,
             sku,
