@@ -43,7 +43,10 @@ struct Shared {
     wanted: AtomicU64,
     closed: AtomicBool,
     wake: Notify,
-    done: watch::Sender<RoundState>,
+    /// Verdicts of the even and of the odd rounds. A purchase waits on the
+    /// channel of its round's parity, so the round in flight when it
+    /// arrived (the other parity) does not wake it for nothing.
+    done: [watch::Sender<RoundState>; 2],
 }
 
 /// Handle of one master link's round task. Dropping it stops the task and
@@ -68,7 +71,10 @@ pub struct AckConfig {
 
 impl Acker {
     pub fn spawn(conn: MultiplexedConnection, cfg: AckConfig) -> Self {
-        let (done, _) = watch::channel(RoundState::default());
+        let done = [
+            watch::channel(RoundState::default()).0,
+            watch::channel(RoundState::default()).0,
+        ];
         let shared = Arc::new(Shared {
             started: AtomicU64::new(0),
             wanted: AtomicU64::new(0),
@@ -87,7 +93,7 @@ impl Acker {
         let target = s.started.load(Ordering::SeqCst) + 1;
         s.wanted.fetch_max(target, Ordering::SeqCst);
         s.wake.notify_one();
-        let mut rx = s.done.subscribe();
+        let mut rx = s.done[(target % 2) as usize].subscribe();
         let state = match rx.wait_for(|r| r.completed >= target).await {
             Ok(r) => *r,
             Err(_) => return Err(AckFault::Link),
@@ -153,7 +159,7 @@ async fn run(mut conn: MultiplexedConnection, cfg: AckConfig, s: Arc<Shared>) {
                 }
             }
         };
-        s.done.send_modify(|st| {
+        s.done[(round % 2) as usize].send_modify(|st| {
             st.completed = round;
             match verdict {
                 Ok(()) => st.last_ok = round,
