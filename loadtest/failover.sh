@@ -21,4 +21,4 @@ scripts/setup.sh
 cargo build --release --locked --workspace --bins
 out=loadtest/results/failover-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
-./target/release/failover "${scenarios[@]}" --runs "$runs" --logs "$out/logs" | tee "$out/summary.txt"
+"${CARGO_TARGET_DIR:-target}/release/failover" "${scenarios[@]}" --runs "$runs" --logs "$out/logs" | tee "$out/summary.txt"

@@ -55,7 +55,7 @@ need oha
 
 cd "$ROOT"
 cargo build --release --bins >&2
-BIN="$ROOT/target/release/flashsale"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale"
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

@@ -67,7 +67,7 @@ command -v python3 >/dev/null || { log "missing python3"; exit 1; }
 cd "$ROOT"
 log "cargo build --release --bins"
 cargo build --release --bins >&2
-BIN="$ROOT/target/release/flashsale"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/flashsale"
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

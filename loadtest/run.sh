@@ -122,4 +122,4 @@ case $profile in
   *) die "LT_BUILD_PROFILE must be release or debug" ;;
 esac
 
-exec python3 loadtest/lt.py --bin-dir "target/$profile" ${args[@]+"${args[@]}"}
+exec python3 loadtest/lt.py --bin-dir "${CARGO_TARGET_DIR:-target}/$profile" ${args[@]+"${args[@]}"}

