@@ -172,15 +172,8 @@ async fn idempotency_keys_and_limits_above_one() {
     // Both orders are bob's, oldest first, each once.
     let (s, mine) = app.get("/api/me/orders", Some("bob")).await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = mine["orders"]
-        .as_array()
-        .expect("orders")
-        .iter()
-        .filter(|o| o["sku"] == sku.as_str())
-        .filter_map(|o| o["order_id"].as_str())
-        .collect();
     assert_eq!(
-        ids,
+        order_ids_of(&mine, &sku),
         [
             first["order_id"].as_str().expect("id"),
             second["order_id"].as_str().expect("id")
@@ -222,13 +215,21 @@ async fn my_orders_read_lists_written_before_version_7() {
     assert_eq!(s, 202, "{two}");
     let (s, mine) = app.get("/api/me/orders", Some("olga")).await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = mine["orders"]
+    assert_eq!(
+        order_ids_of(&mine, &sku),
+        [one.as_str(), two["order_id"].as_str().expect("id")]
+    );
+}
+
+/// The order ids of one sale in a `GET /api/me/orders` answer, in its order.
+fn order_ids_of<'a>(mine: &'a Value, sku: &str) -> Vec<&'a str> {
+    mine["orders"]
         .as_array()
         .expect("orders")
         .iter()
+        .filter(|o| o["sku"] == sku)
         .filter_map(|o| o["order_id"].as_str())
-        .collect();
-    assert_eq!(ids, [one.as_str(), two["order_id"].as_str().expect("id")]);
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
