@@ -79,11 +79,8 @@ impl Shop {
         let ids: Vec<(&str, String)> = sales
             .iter()
             .zip(per_sale)
-            .flat_map(|(s, (first, later))| {
-                let later = later.into_iter().filter({
-                    let first = first.clone();
-                    move |id| Some(id) != first.as_ref()
-                });
+            .flat_map(|(s, (first, mut later))| {
+                later.retain(|id| Some(id) != first.as_ref());
                 first
                     .into_iter()
                     .chain(later)

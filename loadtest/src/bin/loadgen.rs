@@ -7,10 +7,11 @@
 //! `-c` connections are opened first (keep-alive, one request in flight on
 //! each), then every connection fires back to back from `--start-at-ms` (a
 //! Unix time in ms, e.g. the second a sale opens) or as soon as all are
-//! open (the clock starts then), until `--duration` seconds have passed or `--requests` were sent, whichever
-//! comes first. Both are bounded. Latencies go into HDR histograms (µs, 3
-//! significant digits) overall and per status, plus per-second counts per
-//! status, so a stampede reports when the last 202 and the first 410 came.
+//! open (the clock starts then), until `--duration` seconds have passed or
+//! `--requests` were sent, whichever comes first. Both are bounded.
+//! Latencies go into HDR histograms (µs, 3 significant digits) overall and
+//! per status, plus per-second counts per status, so a stampede reports when
+//! the last 202 and the first 410 came.
 //!
 //! The request mix is `--req WEIGHT:METHOD:PATH`, repeatable (e.g. 45 % the
 //! product page, 45 % the product JSON, 10 % purchases). POSTs carry `--body`
