@@ -206,8 +206,8 @@ async fn three_workers_drain_ten_thousand_orders_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_dead_consumers_entries_are_reclaimed() {
     let group = shared_group();
-    let (app, keys, mut conn) = live_sale("reclaim", 5000).await;
     let sku = "reclaim";
+    let (app, keys, mut conn) = live_sale(sku, 5000).await;
 
     // A consumer that read entries and died without acknowledging them.
     create_group(&mut conn, &keys, sku).await;
@@ -239,8 +239,8 @@ async fn killed_and_dead_consumers_entries_are_reclaimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_and_do_not_block() {
     let group = shared_group();
-    let (app, keys, mut conn) = live_sale("poison", 100).await;
     let sku = "poison";
+    let (app, keys, mut conn) = live_sale(sku, 100).await;
     let mut ids = queue_orders(&mut conn, &keys, sku, 0, 10).await;
     let poison: String = redis::cmd("XADD")
         .arg(keys.stream(sku))
@@ -361,8 +361,8 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_drain_exits_zero_and_loses_nothing() {
     let group = shared_group();
-    let (app, keys, mut conn) = live_sale("term", 5000).await;
     let sku = "term";
+    let (app, keys, mut conn) = live_sale(sku, 5000).await;
     let mut w = WorkerProc::spawn(group, &app.prefix, &["--batch", "20"]);
     let mut ids = queue_orders(&mut conn, &keys, sku, 0, 3000).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -480,8 +480,8 @@ async fn pending_ids(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
-    let (_app, keys, mut conn) = live_sale("batch", 100).await;
     let sku = "batch";
+    let (_app, keys, mut conn) = live_sale(sku, 100).await;
     create_group(&mut conn, &keys, sku).await;
 
     // Two real orders (queued) and an entry whose order does not exist.
