@@ -147,8 +147,11 @@ pub struct RedisArgs {
     /// Response timeout of one Redis command, in milliseconds.
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
-    /// How long a purchase waits for a new master during a failover, in milliseconds.
-    #[arg(long, env = "FLASHSALE_FAILOVER_WAIT_MS", default_value_t = 5000)]
+    /// How long a purchase waits for a new master during a failover (the
+    /// hold), in milliseconds. The default covers a master lost on the
+    /// shipped settings: down-after (3 s), the Sentinels' agreement and
+    /// election, and the promotion (about 5–6 s in all).
+    #[arg(long, env = "FLASHSALE_FAILOVER_WAIT_MS", default_value_t = 8000)]
     pub failover_wait_ms: u64,
     /// How long one WAIT for the replicas may block, in milliseconds.
     #[arg(long, env = "FLASHSALE_WAIT_TIMEOUT_MS", default_value_t = 250)]

@@ -16,7 +16,8 @@ slot. Key layout (prefix P is configurable, `fs` by default):
                           `first`; lists written before also hold it, first)
   P:{sku}:idem:<user>:<k> string: order id created under Idempotency-Key k
   P:{sku}:order:<id>      hash: order_id, sku, user_id, qty, status,
-                          created_ms, confirmed_ms
+                          created_ms, confirmed_ms, entry (the id of its
+                          stream entry; from version 8), requeued_ms
   P:{sku}:stream          the sale's order stream (consumed by the worker)
   P:{sku}:dead            dead letters of that stream (original fields as f:<name>)
   P:sales                 sorted set of skus by start time (catalog index)
@@ -30,7 +31,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '7'
+local VERSION = '8'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -137,13 +138,15 @@ local function fs_purchase(keys, args)
   else
     redis.call('RPUSH', uorders_k, order_id)
   end
+  -- The entry first, so the order records where it stands in the stream:
+  -- the sweep (fs_requeue) needs that to tell a lost entry from a late one.
+  local entry = redis.call('XADD', stream_k, '*', 'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty)
   redis.call('HSET', order_k,
     'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty,
-    'status', 'queued', 'created_ms', now)
+    'status', 'queued', 'created_ms', now, 'entry', entry)
   if idem_k ~= '' then
     redis.call('SET', idem_k, order_id)
   end
-  redis.call('XADD', stream_k, '*', 'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty)
   return {'created', order_id, stock_left - qty}
 end
 
@@ -151,7 +154,9 @@ end
 fs_create_sale
 KEYS: sale, index
 ARGV: sku, name, description, price_cents, stock, starts_ms, ends_ms, per_user_limit
-Returns {'created'} or {'exists'} or {'invalid', field}.
+Returns {'created'} or {'invalid', field} or {'exists', same}: same is 1
+when the stored sale has exactly these fields (a retried create, e.g. after
+a failover lost the reply: the caller answers as for 'created'), else 0.
 ]]
 local function fs_create_sale(keys, args)
   local sale_k, index_k = keys[1], keys[2]
@@ -168,7 +173,15 @@ local function fs_create_sale(keys, args)
   if ends == nil or ends <= starts then return {'invalid', 'ends_at'} end
   if limit == nil then return {'invalid', 'per_user_limit'} end
   if redis.call('EXISTS', sale_k) == 1 then
-    return {'exists'}
+    local had = redis.call('HMGET', sale_k, 'name', 'description', 'price_cents', 'stock_total',
+      'starts_ms', 'ends_ms', 'per_user_limit')
+    local want = {name, description, price, stock, starts, ends, limit}
+    for i = 1, #want do
+      if had[i] ~= tostring(want[i]) then
+        return {'exists', 0}
+      end
+    end
+    return {'exists', 1}
   end
   redis.call('HSET', sale_k,
     'sku', sku, 'name', name, 'description', description, 'price_cents', price,
@@ -306,6 +319,201 @@ local function fs_dead_letter(keys, args)
   return found
 end
 
+-- A stream entry id as {ms, seq}, or nil.
+local function parse_id(id)
+  if type(id) ~= 'string' then return nil end
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  if not ms then return nil end
+  return {tonumber(ms), tonumber(seq)}
+end
+
+local function id_less(a, b)
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+
+-- XINFO GROUPS of a stream as a list of {name=, pending=, last=}; RESP2
+-- replies are flat arrays of field, value.
+local function groups_of(stream_k)
+  local out = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream_k)) do
+    local rec = {}
+    for i = 1, #g, 2 do
+      rec[g[i]] = g[i + 1]
+    end
+    out[#out + 1] = {name = rec['name'], pending = tonumber(rec['pending']) or 0,
+      last = rec['last-delivered-id'], lag = rec['lag']}
+  end
+  return out
+end
+
+-- The base `P:{sku}:` of a sale's stream key, or nil.
+local function stream_base(stream_k)
+  return string.match(stream_k, '^(.*:)stream$')
+end
+
+--[[
+fs_trim (used by the worker): trims a sale's stream on THIS node, below
+the oldest entry that any consumer group here still needs (its oldest
+pending entry, or the first it has not read) and below the oldest entry
+whose order is still `queued` here. Every decision and the trim itself are
+one atomic step on one node, so a worker can never decide on one master and
+trim on another. Scans at most `max_scan` entries (1..100000).
+KEYS: stream
+ARGV: max_scan
+Returns {trimmed, scanned}: entries removed, entries looked at (a caller
+that sees scanned == max_scan calls again).
+]]
+local function fs_trim(keys, args)
+  local stream_k = keys[1]
+  local base = stream_base(stream_k)
+  if not base then
+    return redis.error_reply('ERR fs_trim: not a sale stream key')
+  end
+  local max_scan = int_arg(args[1], 1, 100000) or 1000
+  if redis.call('EXISTS', stream_k) == 0 then
+    return {0, 0}
+  end
+  local groups = groups_of(stream_k)
+  if #groups == 0 then
+    -- No group has read anything here (a new master that missed it): keep all.
+    return {0, 0}
+  end
+  local need
+  for _, g in ipairs(groups) do
+    local n
+    if g.pending > 0 then
+      local p = redis.call('XPENDING', stream_k, g.name, '-', '+', 1)
+      n = p[1] and parse_id(p[1][1])
+    else
+      n = parse_id(g.last)
+      if n then n = {n[1], n[2] + 1} end
+    end
+    if not n then
+      return {0, 0}
+    end
+    if not need or id_less(n, need) then
+      need = n
+    end
+  end
+  if need[1] == 0 and need[2] <= 1 then
+    return {0, 0}
+  end
+  -- Below `need` every group has read and acknowledged the entry; still,
+  -- an entry whose order is queued here is kept (the sweep re-queues it).
+  local upto = need[1] .. '-' .. need[2]
+  local scan = redis.call('XRANGE', stream_k, '-', '(' .. upto, 'COUNT', max_scan)
+  local cut = #scan < max_scan and upto or nil
+  for i, e in ipairs(scan) do
+    local f, order_id = e[2], nil
+    for j = 1, #f, 2 do
+      if f[j] == 'order_id' then order_id = f[j + 1] end
+    end
+    if order_id and redis.call('HGET', base .. 'order:' .. order_id, 'status') == 'queued' then
+      cut = e[1]
+      break
+    end
+    if i == #scan and not cut then
+      local last = parse_id(e[1])
+      cut = last[1] .. '-' .. (last[2] + 1)
+    end
+  end
+  if not cut then
+    return {0, #scan}
+  end
+  return {redis.call('XTRIM', stream_k, 'MINID', cut), #scan}
+end
+
+--[[
+fs_lost (read-only, used by the worker's sweep): how many of a sale's
+orders are neither confirmed nor carried by a live entry on THIS node:
+orders - confirmed - (pending + lag of the group) - dead letters. Above 0
+means some queued order has no entry a worker will ever read; -1 when the
+group's lag is unknown here (after deletions inside the stream).
+KEYS: sale, stream, dead
+ARGV: group
+]]
+local function fs_lost(keys, args)
+  local s = redis.call('HMGET', keys[1], 'orders', 'confirmed')
+  if not s[1] then
+    return 0
+  end
+  local open = (tonumber(s[1]) or 0) - (tonumber(s[2]) or 0)
+  if open <= 0 then
+    return 0
+  end
+  if redis.call('EXISTS', keys[2]) == 0 then
+    return open
+  end
+  for _, g in ipairs(groups_of(keys[2])) do
+    if g.name == args[1] then
+      if type(g.lag) ~= 'number' then
+        return -1
+      end
+      return open - g.pending - g.lag - redis.call('XLEN', keys[3])
+    end
+  end
+  return open
+end
+
+--[[
+fs_requeue (used by the worker's sweep): for each given order of ONE sale
+that is still `queued` here, older than `older_than_ms`, and whose stream
+entry no worker will deliver any more (the entry is gone, or the group read
+it and it is no longer pending), adds a new entry and records it in the
+order. Idempotent: an order whose entry is live is left alone.
+KEYS: sale, stream, order_1 .. order_n   (n <= 512)
+ARGV: group, older_than_ms
+Returns {requeued, 'nogroup' or ''}.
+]]
+local function fs_requeue(keys, args)
+  local sale_k, stream_k = keys[1], keys[2]
+  local base = string.match(sale_k, '^(.*:)sale$')
+  if not base or stream_k ~= base .. 'stream' or #keys - 2 > MAX_CONFIRM_BATCH then
+    return redis.error_reply('ERR fs_requeue: want KEYS sale, stream and at most 512 orders of that sale')
+  end
+  local group, older = args[1], int_arg(args[2], 0, 86400000)
+  if older == nil then
+    return redis.error_reply('ERR fs_requeue: bad older_than_ms')
+  end
+  local last
+  if redis.call('EXISTS', stream_k) == 1 then
+    for _, g in ipairs(groups_of(stream_k)) do
+      if g.name == group then last = parse_id(g.last) end
+    end
+  end
+  if not last then
+    -- The group is missing here: the worker recreates it from 0 and reads
+    -- every entry, so nothing is lost yet.
+    return {0, 'nogroup'}
+  end
+  local now = now_ms()
+  local order_base = base .. 'order:'
+  local n = 0
+  for i = 3, #keys do
+    local order_k = keys[i]
+    if string.sub(order_k, 1, #order_base) ~= order_base then
+      return redis.error_reply('ERR fs_requeue: order key ' .. (i - 2) .. ' is not of this sale')
+    end
+    local o = redis.call('HMGET', order_k, 'status', 'created_ms', 'entry', 'order_id', 'sku', 'user_id', 'qty')
+    local created = tonumber(o[2])
+    if o[1] == 'queued' and created and created <= now - older and o[4] then
+      local gone = true
+      local e = parse_id(o[3])
+      if e and #redis.call('XRANGE', stream_k, o[3], o[3]) > 0 then
+        -- Still in the stream: live unless the group read it and it is no
+        -- longer pending (acknowledged without its order being confirmed).
+        gone = not id_less(last, e) and #redis.call('XPENDING', stream_k, group, o[3], o[3], 1) == 0
+      end
+      if gone then
+        local id = redis.call('XADD', stream_k, '*', 'order_id', o[4], 'sku', o[5], 'user_id', o[6], 'qty', o[7])
+        redis.call('HSET', order_k, 'entry', id, 'requeued_ms', now)
+        n = n + 1
+      end
+    end
+  end
+  return {n, ''}
+end
+
 --[[
 fs_audit (read-only): the sale's counters and a full consistency check.
 KEYS: sale, units
@@ -372,3 +580,6 @@ redis.register_function('fs_confirm', fs_confirm)
 redis.register_function('fs_confirm_batch', fs_confirm_batch)
 redis.register_function('fs_dead_letter', fs_dead_letter)
 redis.register_function{function_name = 'fs_audit', callback = fs_audit, flags = {'no-writes'}}
+redis.register_function('fs_trim', fs_trim)
+redis.register_function('fs_requeue', fs_requeue)
+redis.register_function{function_name = 'fs_lost', callback = fs_lost, flags = {'no-writes'}}

@@ -1,5 +1,6 @@
 //! The Function library (`flashsale.lua`): loading, version check, and the
-//! typed calls the rest of the crate makes.
+//! typed calls the rest of the crate makes (the purchase, the worker's
+//! confirm, dead-letter, trim and sweep calls).
 //!
 //! The library is loaded with `FUNCTION LOAD REPLACE` when the master lacks
 //! it or holds an older version — never over a newer one, so during a rolling
@@ -53,6 +54,106 @@ pub fn purchase_call(
         .arg(user)
         .arg(qty)
         .arg(order_id);
+    cmd
+}
+
+/// Adds one `FCALL fs_confirm_batch` to `pipe`: the given entries of one
+/// sale's stream, as `(order id, entry id)` (at most
+/// [`CONFIRM_BATCH_MAX`]). Its reply is one 1 / 0 / -1 per entry.
+pub fn confirm_batch_into<'a>(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    sku: &str,
+    group: &str,
+    entries: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) {
+    let n = entries.clone().count();
+    debug_assert!(n <= CONFIRM_BATCH_MAX);
+    let cmd = pipe
+        .cmd("FCALL")
+        .arg("fs_confirm_batch")
+        .arg(2 + n)
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku));
+    for (order_id, _) in entries.clone() {
+        cmd.arg(keys.order(sku, order_id));
+    }
+    cmd.arg(group);
+    for (order_id, entry_id) in entries {
+        cmd.arg(order_id).arg(entry_id);
+    }
+}
+
+/// Most entries one `fs_confirm_batch` or `fs_requeue` takes (the library
+/// refuses more).
+pub const CONFIRM_BATCH_MAX: usize = 512;
+
+/// `FCALL fs_dead_letter`: moves one pending entry to the dead letters and
+/// acknowledges it. Replies 1, or 0 when the entry was already gone.
+pub fn dead_letter_call(
+    keys: &Keys,
+    sku: &str,
+    group: &str,
+    entry_id: &str,
+    reason: &str,
+    deliveries: usize,
+    consumer: &str,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("fs_dead_letter")
+        .arg(2)
+        .arg(keys.stream(sku))
+        .arg(keys.dead_letters(sku))
+        .arg(group)
+        .arg(entry_id)
+        .arg(reason)
+        .arg(deliveries)
+        .arg(consumer);
+    cmd
+}
+
+/// `FCALL fs_trim`: trims a sale's stream on the node it runs on (see the
+/// library). Replies `(trimmed, scanned)`.
+pub fn trim_call(keys: &Keys, sku: &str, max_scan: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("fs_trim")
+        .arg(1)
+        .arg(keys.stream(sku))
+        .arg(max_scan);
+    cmd
+}
+
+/// `FCALL_RO fs_lost`: queued orders of a sale that no live entry carries
+/// on this node (-1: unknown, look).
+pub fn lost_call(keys: &Keys, sku: &str, group: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg("fs_lost")
+        .arg(3)
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(keys.dead_letters(sku))
+        .arg(group);
+    cmd
+}
+
+/// `FCALL fs_requeue`: queues again those of `order_keys` (one sale's, at
+/// most [`CONFIRM_BATCH_MAX`]) that are queued, older than `older_than`
+/// and carried by no live entry. Replies `(requeued, "nogroup" or "")`.
+pub fn requeue_call(
+    keys: &Keys,
+    sku: &str,
+    group: &str,
+    order_keys: &[String],
+    older_than: std::time::Duration,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg("fs_requeue")
+        .arg(2 + order_keys.len())
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(order_keys)
+        .arg(group)
+        .arg(older_than.as_millis() as u64);
     cmd
 }
 

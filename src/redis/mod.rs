@@ -16,10 +16,23 @@
 //!   reports the link stale, it resolves the master again and swaps the link.
 //!   The old link is dropped: its connections close as soon as the requests
 //!   still holding it let go.
-//! - **Stale links.** `READONLY`, `MASTERDOWN`, `NOREPLICAS`, `LOADING`, I/O
-//!   errors and timeouts on the master mark the link stale and wake the
-//!   watcher; callers then wait (up to `failover_wait`) for the next link
-//!   instead of failing, and retry what is safe to retry.
+//! - **Stale links.** `READONLY`, I/O errors and timeouts on the master mark
+//!   the link stale and wake the watcher; callers then wait (up to
+//!   `failover_wait`, the hold) for the next link instead of failing, and
+//!   retry what is safe to retry.
+//! - **Not writable yet.** `NOREPLICAS`, `LOADING`, `MASTERDOWN` and
+//!   `TRYAGAIN` come from a node that is (or is becoming) the master but
+//!   cannot take writes yet — a new master before its first replica has
+//!   attached. The link is kept, the watcher is asked to check with the
+//!   Sentinels, and the caller retries on the same link with jittered
+//!   backoff ([`Backoff`]); reinstalling the link would change nothing. A
+//!   link to one address is built at most every [`REBUILD_EVERY`], and every
+//!   install is counted (`flashsale_redis_link_installs_total`).
+//! - **One node per decision.** A read whose answer decides a write runs on
+//!   the same link as the write ([`Redis::on_link`]), or both run inside one
+//!   Function: after a promotion the old and the new master both take writes
+//!   for a moment and both mint stream ids above the same last id, so a
+//!   decision made on one must never be applied to the other.
 //! - **Replicas** for catalog reads: discovered through the Sentinels, ROLE
 //!   checked, refreshed on topology change, used round-robin, with the master
 //!   as fallback. A replica never decides whether a unit can be sold.
@@ -76,32 +89,132 @@ pub enum DbError {
     Protocol(String),
     #[error("{0}")]
     Discovery(String),
+    /// The link a multi-step operation started on was retired: its steps
+    /// must not continue on another node.
+    #[error("the master link changed")]
+    LinkChanged,
 }
 
 impl DbError {
     /// Whether the error means "try again later" (503) rather than a bug (500).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            DbError::NoMaster | DbError::Shortfall | DbError::Timeout | DbError::Discovery(_) => {
-                true
-            }
+            DbError::NoMaster
+            | DbError::Shortfall
+            | DbError::Timeout
+            | DbError::Discovery(_)
+            | DbError::LinkChanged => true,
             DbError::Redis(e) => is_failover_error(e),
             DbError::Protocol(_) => false,
         }
     }
 }
 
-/// Errors that mean the master we talk to is not (or no longer) a usable
-/// master: the link must be replaced.
-pub fn is_failover_error(e: &redis::RedisError) -> bool {
+/// A link is built to one address at most this often, whatever happens.
+pub const REBUILD_EVERY: Duration = Duration::from_millis(500);
+
+/// What an error on the master link says about the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The node is not (or no longer) a usable master: replace the link.
+    Stale,
+    /// The right node, not writable yet (no replica attached, loading its
+    /// data, …): keep the link, retry after a pause.
+    NotYet,
+    /// Not a failover error (a bug, bad input): do not retry.
+    Other,
+}
+
+/// Server error codes of a master that cannot take writes *yet*.
+const NOT_YET: &[&str] = &["NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN"];
+
+/// The server's error code of `e`, also for a pipeline that failed:
+/// redis-rs gives a pipeline error a code only when its first failure is of
+/// a kind it knows (`NOREPLICAS`, `OOM`, … are not), so the first failure's
+/// own code is read instead.
+pub fn error_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(c) = e.code() {
+        return Some(c.to_owned());
+    }
+    e.clone()
+        .into_server_errors()
+        .and_then(|items| items.first().map(|(_, err)| err.code().to_owned()))
+}
+
+/// Classifies an error seen on a master link.
+pub fn verdict(e: &redis::RedisError) -> Verdict {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
     {
-        return true;
+        return Verdict::Stale;
     }
-    matches!(
-        e.code(),
-        Some("READONLY" | "MASTERDOWN" | "NOREPLICAS" | "LOADING" | "TRYAGAIN")
-    )
+    match error_code(e).as_deref() {
+        Some("READONLY") => Verdict::Stale,
+        Some(c) if NOT_YET.contains(&c) => Verdict::NotYet,
+        _ => Verdict::Other,
+    }
+}
+
+/// Errors that mean "this node cannot serve the call now" (stale or not
+/// yet writable): try again later or elsewhere.
+pub fn is_failover_error(e: &redis::RedisError) -> bool {
+    verdict(e) != Verdict::Other
+}
+
+/// Jittered exponential pauses for retries on a master that is not
+/// writable yet: 10 ms doubling to 200 ms, each drawn from [½, 1] of the
+/// step, so the callers of every process do not retry in lockstep.
+pub struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(200);
+
+    pub fn new() -> Self {
+        Self { step: Self::FIRST }
+    }
+
+    /// The next pause (never past `deadline`).
+    pub fn next(&mut self, deadline: Instant) -> Duration {
+        let half = self.step / 2;
+        let jitter = Duration::from_micros(rand::random_range(0..=half.as_micros() as u64));
+        self.step = (self.step * 2).min(Self::MAX);
+        (half + jitter).min(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sleeps the next pause.
+    pub async fn wait(&mut self, deadline: Instant) {
+        tokio::time::sleep(self.next(deadline)).await;
+    }
+}
+
+/// A node's address as the Sentinels name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Addr {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// Something that can be sent on a connection: a command or a pipeline.
@@ -142,7 +255,7 @@ impl Query for redis::Pipeline {
 
 /// One verified connection set to the master.
 pub struct MasterLink {
-    pub addr: (String, u16),
+    pub addr: Addr,
     pub epoch: u64,
     conns: Vec<MultiplexedConnection>,
     next: AtomicUsize,
@@ -177,7 +290,7 @@ impl MasterLink {
 }
 
 struct ReplicaLink {
-    addr: (String, u16),
+    addr: Addr,
     conn: MultiplexedConnection,
 }
 
@@ -192,6 +305,11 @@ pub(crate) struct Inner {
     epoch: AtomicU64,
     wake: Arc<Notify>,
     switches: AtomicU64,
+    /// Master links installed by this process.
+    installs: AtomicU64,
+    /// When a link to each address was last built (see [`REBUILD_EVERY`]);
+    /// touched by the watcher task only.
+    last_build: std::sync::Mutex<std::collections::HashMap<Addr, Instant>>,
     /// Why the last resolution failed (no secrets), for start-up errors.
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -232,6 +350,8 @@ impl Redis {
             epoch: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             switches: AtomicU64::new(0),
+            installs: AtomicU64::new(0),
+            last_build: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_error: std::sync::Mutex::new(None),
         });
         tokio::spawn(sentinel::watch(Arc::downgrade(&inner)));
@@ -274,6 +394,11 @@ impl Redis {
         self.inner.switches.load(Ordering::Relaxed)
     }
 
+    /// Master links installed by this process (the first one included).
+    pub fn link_installs(&self) -> u64 {
+        self.inner.installs.load(Ordering::Relaxed)
+    }
+
     /// Replicas a write must reach before it is acknowledged right now.
     pub fn required_acks(&self) -> usize {
         self.inner.required_acks.load(Ordering::Relaxed)
@@ -300,55 +425,109 @@ impl Redis {
         }
     }
 
-    /// Reports an error seen on `link`. Returns true when the error means the
-    /// link is stale (it is then marked so and the watcher is woken).
-    pub fn report(&self, link: &MasterLink, err: &redis::RedisError) -> bool {
-        if is_failover_error(err) {
-            if !link.stale.swap(true, Ordering::SeqCst) {
-                tracing::warn!(master = %format!("{}:{}", link.addr.0, link.addr.1), error = %err, "master link is stale");
+    /// Reports an error seen on `link` and says what it means. A stale link
+    /// is marked so; for both stale and not-yet-writable the watcher is woken
+    /// to check with the Sentinels.
+    pub fn report(&self, link: &MasterLink, err: &redis::RedisError) -> Verdict {
+        let v = verdict(err);
+        match v {
+            Verdict::Stale => {
+                if !link.stale.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(master = %link.addr, error = %err, "master link is stale");
+                }
+                self.inner.wake.notify_one();
             }
-            self.inner.wake.notify_one();
-            true
-        } else {
-            false
+            Verdict::NotYet => {
+                metrics::counter!("flashsale_redis_not_writable_total").increment(1);
+                self.inner.wake.notify_one();
+            }
+            Verdict::Other => {}
         }
+        v
     }
 
-    /// Runs an idempotent write on the master, retrying on a new master after
-    /// failover errors until the failover wait is spent.
-    pub async fn write<T: FromRedisValue + Send, C: Query>(&self, cmd: &C) -> Result<T, DbError> {
-        let deadline = Instant::now() + self.failover_wait();
+    /// Runs `cmd` on the master, retrying until `deadline`: on the next
+    /// link after a stale one, on the same link after a pause while the
+    /// master is not writable yet.
+    async fn run_on_master<T: FromRedisValue + Send, C: Query>(
+        &self,
+        cmd: &C,
+        deadline: Instant,
+    ) -> Result<(Arc<MasterLink>, T), DbError> {
+        let mut backoff = Backoff::new();
         loop {
             let link = self.master(deadline).await?;
             match cmd.as_query().run::<T>(&mut link.conn()).await {
-                Ok(v) => return Ok(v),
-                Err(e) if self.report(&link, &e) && Instant::now() < deadline => continue,
-                Err(e) => return Err(e.into()),
+                Ok(v) => return Ok((link, v)),
+                Err(e) => match self.report(&link, &e) {
+                    Verdict::Stale if Instant::now() < deadline => continue,
+                    Verdict::NotYet if Instant::now() < deadline => backoff.wait(deadline).await,
+                    _ => return Err(e.into()),
+                },
             }
         }
     }
 
+    /// Runs an idempotent write on the master, retrying (see
+    /// [`Redis::run_on_master`]) until the failover wait is spent.
+    pub async fn write<T: FromRedisValue + Send, C: Query>(&self, cmd: &C) -> Result<T, DbError> {
+        let deadline = Instant::now() + self.failover_wait();
+        Ok(self.run_on_master(cmd, deadline).await?.1)
+    }
+
     /// Like [`Redis::write`], then waits until the replicas hold the write
-    /// (and everything before it). A shortfall is retried while time is left.
+    /// (and everything before it); see [`Redis::write_acked_when`].
     pub async fn write_acked<T: FromRedisValue + Send, C: Query>(
         &self,
         cmd: &C,
     ) -> Result<T, DbError> {
         let deadline = Instant::now() + self.failover_wait();
-        loop {
-            let link = self.master(deadline).await?;
-            let v = match cmd.as_query().run::<T>(&mut link.conn()).await {
-                Ok(v) => v,
-                Err(e) if self.report(&link, &e) && Instant::now() < deadline => continue,
-                Err(e) => return Err(e.into()),
-            };
+        self.write_acked_when(cmd, deadline, |_| true).await
+    }
+
+    /// Runs a write on the master, then waits until the replicas hold it
+    /// (and everything before it). `needs_ack` says, from the reply, whether
+    /// it must be acknowledged at all (a refusal that changed nothing need
+    /// not). A shortfall is retried while time is left; a retired link runs
+    /// the write again on the next one, so it must be idempotent.
+    pub async fn write_acked_when<T: FromRedisValue + Send, C: Query>(
+        &self,
+        cmd: &C,
+        deadline: Instant,
+        needs_ack: impl Fn(&T) -> bool,
+    ) -> Result<T, DbError> {
+        'attempt: loop {
+            let (link, v) = self.run_on_master::<T, C>(cmd, deadline).await?;
+            if !needs_ack(&v) {
+                return Ok(v);
+            }
             loop {
                 match link.ack().await {
                     Ok(()) => return Ok(v),
                     Err(_) if Instant::now() >= deadline => return Err(DbError::Shortfall),
                     Err(AckFault::Shortfall) if !link.is_stale() => continue,
-                    Err(_) => break,
+                    Err(_) => continue 'attempt,
                 }
+            }
+        }
+    }
+
+    /// Runs `cmd` on exactly `link`'s node, once: no retry, no other node.
+    /// For multi-step operations whose later steps depend on what earlier
+    /// ones read there (the worker's steps). A retired link is refused.
+    pub async fn on_link<T: FromRedisValue + Send, C: Query>(
+        &self,
+        link: &MasterLink,
+        cmd: &C,
+    ) -> Result<T, DbError> {
+        if link.is_stale() {
+            return Err(DbError::LinkChanged);
+        }
+        match cmd.as_query().run::<T>(&mut link.conn()).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.report(link, &e);
+                Err(e.into())
             }
         }
     }
@@ -365,7 +544,7 @@ impl Redis {
                 match cmd.as_query().run::<T>(&mut r.conn.clone()).await {
                     Ok(v) => return Ok(v),
                     Err(e) if is_failover_error(&e) => {
-                        tracing::debug!(replica = %format!("{}:{}", r.addr.0, r.addr.1), error = %e, "replica read failed");
+                        tracing::debug!(replica = %r.addr, error = %e, "replica read failed");
                         self.inner.wake.notify_one();
                     }
                     Err(e) => return Err(e.into()),
@@ -400,22 +579,24 @@ impl Redis {
         )
     }
 
-    /// A dedicated connection to the current master, for blocking commands
+    /// A dedicated connection to `link`'s node, for blocking commands
     /// (`XREADGROUP … BLOCK`) that must not share a multiplexed connection.
-    pub async fn dedicated_master_connection(
+    pub async fn dedicated_connection(
         &self,
+        link: &MasterLink,
         response_timeout: Duration,
-    ) -> Result<(Arc<MasterLink>, MultiplexedConnection), DbError> {
-        let link = self.master(Instant::now() + self.failover_wait()).await?;
-        let conn = connect(
-            &link.addr.0,
-            link.addr.1,
-            self.inner.settings.password.as_ref(),
+    ) -> Result<MultiplexedConnection, DbError> {
+        if link.is_stale() {
+            return Err(DbError::LinkChanged);
+        }
+        Ok(connect(
+            &link.addr.host,
+            link.addr.port,
+            self.inner.password(),
             self.inner.settings.timeout,
             Some(response_timeout),
         )
-        .await?;
-        Ok((link, conn))
+        .await?)
     }
 }
 
@@ -454,7 +635,7 @@ pub(crate) async fn connect(
 }
 
 /// Host and port of a `redis://` URL (the password stays in the URL client).
-pub(crate) fn url_host_port(url: &str) -> Result<(String, u16), DbError> {
+pub(crate) fn url_host_port(url: &str) -> Result<Addr, DbError> {
     let info = url
         .into_connection_info()
         .map_err(|_| DbError::Discovery("FLASHSALE_REDIS_URL is not a valid URL".into()))?;
@@ -462,7 +643,7 @@ pub(crate) fn url_host_port(url: &str) -> Result<(String, u16), DbError> {
         ConnectionAddr::Tcp(h, p)
         | ConnectionAddr::TcpTls {
             host: h, port: p, ..
-        } => Ok((h.clone(), *p)),
+        } => Ok(Addr::new(h.clone(), *p)),
         _ => Err(DbError::Discovery(
             "FLASHSALE_REDIS_URL must name a TCP address".into(),
         )),
@@ -477,8 +658,24 @@ impl Inner {
         }
     }
 
-    /// Builds a link to `addr` after checking ROLE and the Function library.
-    async fn build_link(&self, host: &str, port: u16) -> Result<MasterLink, DbError> {
+    /// Builds a link to `addr` after checking ROLE and the Function library;
+    /// refuses (without trying) when a link to it was built less than
+    /// [`REBUILD_EVERY`] ago.
+    async fn build_link(&self, addr: &Addr) -> Result<MasterLink, DbError> {
+        {
+            let mut last = self.last_build.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if last
+                .get(addr)
+                .is_some_and(|t| now.duration_since(*t) < REBUILD_EVERY)
+            {
+                return Err(DbError::Discovery(format!(
+                    "a link to {addr} was built less than {REBUILD_EVERY:?} ago"
+                )));
+            }
+            last.insert(addr.clone(), now);
+        }
+        let (host, port) = (addr.host.as_str(), addr.port);
         let s = &self.settings;
         let mut conns = Vec::with_capacity(s.write_connections);
         let open = || async {
@@ -549,7 +746,7 @@ impl Inner {
             ))
         };
         Ok(MasterLink {
-            addr: (host.to_owned(), port),
+            addr: Addr::new(host, port),
             epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
             conns,
             next: AtomicUsize::new(0),
@@ -560,6 +757,10 @@ impl Inner {
 
     /// Installs a new link (or none) and tells the waiters.
     fn install(&self, link: Option<MasterLink>) {
+        if link.is_some() {
+            self.installs.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flashsale_redis_link_installs_total").increment(1);
+        }
         let old = self.master.swap(link.map(Arc::new));
         if let Some(old) = old {
             old.stale.store(true, Ordering::SeqCst);

@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use super::{MAX_QTY, Shop};
 use crate::error::Error;
-use crate::redis::AckFault;
 
 /// A purchase that was accepted: the order exists and the replicas hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +98,7 @@ fn int(v: Option<&Value>) -> i64 {
     }
 }
 
-fn parse(reply: Value) -> Reply {
+fn parse(reply: &Value) -> Reply {
     let items = match reply {
         Value::Array(items) => items,
         other => return Reply::Final(Error::Internal(format!("fs_purchase replied {other:?}"))),
@@ -161,55 +160,33 @@ impl Shop {
         );
 
         let deadline = Instant::now() + self.redis.failover_wait();
-        'attempt: loop {
-            let link = self.redis.master(deadline).await?;
-            let reply: Value = match cmd.query_async(&mut link.conn()).await {
-                Ok(v) => v,
-                Err(e) => {
-                    if self.redis.report(&link, &e) {
-                        if Instant::now() < deadline {
-                            continue 'attempt;
-                        }
-                        return Err(Error::Unavailable(e.to_string()));
-                    }
-                    return Err(Error::Internal(e.to_string()));
+        // A refusal that changed nothing needs no acknowledgement; anything
+        // else is a promise (or, for sold out, a state we are about to
+        // remember): only after the replicas hold it.
+        let reply: Value = self
+            .redis
+            .write_acked_when(&cmd, deadline, |v: &Value| {
+                !matches!(parse(v), Reply::Final(_))
+            })
+            .await?;
+        match parse(&reply) {
+            Reply::Ours(stock_left) => Ok(Purchased {
+                order_id,
+                stock_left,
+            }),
+            Reply::Already(id) => Err(Error::AlreadyPurchased { order_id: id }),
+            Reply::SoldOut => {
+                if self.sold_out.begin_loading(sku) {
+                    let shop = self.clone();
+                    let sku = sku.to_owned();
+                    tokio::spawn(async move {
+                        shop.remember_sold_out(&sku).await;
+                        shop.sold_out.end_loading(&sku);
+                    });
                 }
-            };
-            let reply = parse(reply);
-            if let Reply::Final(e) = reply {
-                return Err(e);
+                Err(Error::SoldOut)
             }
-            // Everything else is a promise (or, for sold out, a state we are
-            // about to remember): only after the replicas hold it.
-            loop {
-                match link.ack().await {
-                    Ok(()) => break,
-                    Err(_) if Instant::now() >= deadline => {
-                        return Err(Error::Unavailable("replica acknowledgement".into()));
-                    }
-                    Err(AckFault::Shortfall) if !link.is_stale() => continue,
-                    Err(_) => continue 'attempt,
-                }
-            }
-            return match reply {
-                Reply::Ours(stock_left) => Ok(Purchased {
-                    order_id,
-                    stock_left,
-                }),
-                Reply::Already(id) => Err(Error::AlreadyPurchased { order_id: id }),
-                Reply::SoldOut => {
-                    if self.sold_out.begin_loading(sku) {
-                        let shop = self.clone();
-                        let sku = sku.to_owned();
-                        tokio::spawn(async move {
-                            shop.remember_sold_out(&sku).await;
-                            shop.sold_out.end_loading(&sku);
-                        });
-                    }
-                    Err(Error::SoldOut)
-                }
-                Reply::Final(e) => Err(e),
-            };
+            Reply::Final(e) => Err(e),
         }
     }
 

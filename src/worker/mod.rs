@@ -47,7 +47,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use tokio::sync::Notify;
 
 use crate::config::RedisArgs;
-use crate::redis::{DbError, Redis};
+use crate::redis::{DbError, MasterLink, Redis, functions};
 use crate::sale::{sku_of_order, valid_sku, valid_user};
 
 /// The consumer group every worker joins.
@@ -55,7 +55,7 @@ pub const GROUP: &str = "flashsale";
 
 /// Most entries confirmed by one `fs_confirm_batch` call (the library refuses
 /// more), so one call never holds Redis long.
-pub const CONFIRM_CHUNK: usize = 512;
+pub const CONFIRM_CHUNK: usize = functions::CONFIRM_BATCH_MAX;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -86,6 +86,19 @@ pub struct WorkerArgs {
     /// Deliveries after which an entry is moved to the dead-letter stream.
     #[arg(long, env = "FLASHSALE_WORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: usize,
+    /// How often the sweep for queued orders without a live stream entry
+    /// runs, in milliseconds (a cheap count per sale; a scan only when
+    /// something is missing).
+    #[arg(long, env = "FLASHSALE_WORKER_SWEEP_MS", default_value_t = 10_000)]
+    pub sweep_ms: u64,
+    /// The sweep queues again an order still `queued` this long after its
+    /// purchase whose entry is gone, in milliseconds.
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_REQUEUE_AFTER_MS",
+        default_value_t = 10_000
+    )]
+    pub requeue_after_ms: u64,
     /// How often the sales index is read for new streams, in milliseconds.
     #[arg(long, env = "FLASHSALE_WORKER_DISCOVER_MS", default_value_t = 1000)]
     pub discover_ms: u64,
@@ -110,11 +123,13 @@ pub struct StepReport {
     pub failed: usize,
     pub reclaimed: usize,
     pub dead_lettered: usize,
+    /// Orders queued again by the sweep.
+    pub requeued: usize,
 }
 
 impl StepReport {
     pub fn is_empty(&self) -> bool {
-        self.read == 0 && self.reclaimed == 0 && self.dead_lettered == 0
+        self.read == 0 && self.reclaimed == 0 && self.dead_lettered == 0 && self.requeued == 0
     }
 }
 
@@ -128,6 +143,8 @@ pub struct WorkerConfig {
     pub claim_idle: Duration,
     pub max_deliveries: usize,
     pub discover_every: Duration,
+    pub sweep_every: Duration,
+    pub requeue_after: Duration,
 }
 
 impl WorkerConfig {
@@ -140,6 +157,8 @@ impl WorkerConfig {
             claim_idle: Duration::from_millis(a.claim_idle_ms.max(100)),
             max_deliveries: a.max_deliveries.max(1),
             discover_every: Duration::from_millis(a.discover_ms.max(50)),
+            sweep_every: Duration::from_millis(a.sweep_ms.max(100)),
+            requeue_after: Duration::from_millis(a.requeue_after_ms),
         }
     }
 }
@@ -156,7 +175,6 @@ pub fn default_consumer() -> String {
 /// One parsed order entry.
 struct Entry {
     id: String,
-    sku: String,
     order_id: String,
 }
 
@@ -187,7 +205,6 @@ fn parse_entry(stream_sku: &str, e: &StreamId) -> Result<Entry, String> {
     }
     Ok(Entry {
         id: e.id.clone(),
-        sku,
         order_id,
     })
 }
@@ -200,8 +217,19 @@ pub struct Worker {
     last_discover: Option<Instant>,
     last_claim: Option<Instant>,
     last_trim: Option<Instant>,
+    last_sweep: Option<Instant>,
+    /// The blocking connection and the epoch of the link it belongs to.
     reader: Option<(u64, redis::aio::MultiplexedConnection)>,
+    /// The link epoch on which the groups of `streams` were last ensured.
+    groups_epoch: u64,
+    /// Where the next `XAUTOCLAIM` of each stream starts (its cursor).
+    claim_cursor: HashMap<String, String>,
 }
+
+/// Most stream entries one `fs_trim` call looks at.
+const TRIM_SCAN: usize = 5_000;
+/// Most `fs_trim` calls per stream and trim pass.
+const TRIM_CALLS: usize = 20;
 
 impl Worker {
     pub fn new(redis: Redis, cfg: WorkerConfig) -> Self {
@@ -212,7 +240,10 @@ impl Worker {
             last_discover: None,
             last_claim: None,
             last_trim: None,
+            last_sweep: None,
             reader: None,
+            groups_epoch: 0,
+            claim_cursor: HashMap::new(),
         }
     }
 
@@ -221,7 +252,7 @@ impl Worker {
     }
 
     /// Reads the sales index; joins the group on every new stream.
-    async fn discover(&mut self, force: bool) -> Result<(), DbError> {
+    async fn discover(&mut self, link: &MasterLink, force: bool) -> Result<(), DbError> {
         if !force
             && self
                 .last_discover
@@ -232,29 +263,29 @@ impl Worker {
         let keys = self.redis.keys();
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(keys.sales_index()).arg(0).arg(-1);
-        let skus: Vec<String> = self.redis.read_master(&cmd).await?;
+        let skus: Vec<String> = self.redis.on_link(link, &cmd).await?;
         for sku in skus.into_iter().filter(|s| valid_sku(s)) {
             if self.streams.iter().any(|(s, _)| *s == sku) {
                 continue;
             }
             let stream = keys.stream(&sku);
-            self.ensure_group(&stream).await?;
+            self.ensure_group(link, &stream).await?;
             self.streams.push((sku, stream));
         }
         self.last_discover = Some(Instant::now());
         Ok(())
     }
 
-    async fn ensure_group(&self, stream: &str) -> Result<(), DbError> {
+    async fn ensure_group(&self, link: &MasterLink, stream: &str) -> Result<(), DbError> {
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM");
-        match self.redis.write::<String, _>(&cmd).await {
+        match self.redis.on_link::<String, _>(link, &cmd).await {
             Ok(_) => {
-                tracing::info!(stream, group = GROUP, "consumer group created");
+                tracing::info!(stream, group = GROUP, master = %link.addr, "consumer group created");
                 Ok(())
             }
             Err(DbError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -262,31 +293,49 @@ impl Worker {
         }
     }
 
-    /// The blocking connection, reopened after a master switch.
-    async fn reader(&mut self) -> Result<redis::aio::MultiplexedConnection, DbError> {
+    /// The blocking connection to `link`'s node, reopened after a switch.
+    async fn reader(
+        &mut self,
+        link: &MasterLink,
+    ) -> Result<redis::aio::MultiplexedConnection, DbError> {
         if let Some((epoch, c)) = &self.reader
-            && self
-                .redis
-                .current_master()
-                .is_some_and(|l| l.epoch == *epoch)
+            && *epoch == link.epoch
         {
             return Ok(c.clone());
         }
-        let (link, conn) = self
+        let conn = self
             .redis
-            .dedicated_master_connection(self.cfg.block + Duration::from_secs(2))
+            .dedicated_connection(link, self.cfg.block + Duration::from_secs(2))
             .await?;
         self.reader = Some((link.epoch, conn.clone()));
         Ok(conn)
     }
 
-    /// One round: discover streams, reclaim and dead-letter idle entries
-    /// (every `claim_idle / 2`), read a batch (blocking up to `block`),
-    /// process it, and trim. Returns what it did; an empty report means the
+    /// One round, all of it on ONE master link: discover streams, reclaim
+    /// and dead-letter idle entries (every `claim_idle / 2`), read a batch
+    /// (blocking up to `block`), confirm it, trim, and sweep for lost orders.
+    /// Entries are confirmed, acknowledged, reclaimed and trimmed only on
+    /// the node they were read from: when the link is retired midway the
+    /// step stops with [`DbError::LinkChanged`] and its batch is dropped
+    /// (the new master still holds those entries, unread or pending, and
+    /// delivers them again). Returns what it did; an empty report means the
     /// streams had nothing for this worker.
     pub async fn step(&mut self) -> Result<StepReport, DbError> {
         let mut report = StepReport::default();
-        self.discover(false).await?;
+        let link = self
+            .redis
+            .master(tokio::time::Instant::now() + self.redis.failover_wait())
+            .await?;
+        if self.groups_epoch != link.epoch {
+            // A new master may lack groups the old one had (created after
+            // its last sync): ensure every one before reading there.
+            for (_, stream) in &self.streams {
+                self.ensure_group(&link, stream).await?;
+            }
+            self.claim_cursor.clear();
+            self.groups_epoch = link.epoch;
+        }
+        self.discover(&link, false).await?;
         if self.streams.is_empty() {
             tokio::time::sleep(self.cfg.block.min(self.cfg.discover_every)).await;
             return Ok(report);
@@ -295,23 +344,30 @@ impl Worker {
             .last_claim
             .is_none_or(|t| t.elapsed() >= self.cfg.claim_idle / 2)
         {
-            self.reclaim(&mut report).await?;
+            self.reclaim(&link, &mut report).await?;
             self.last_claim = Some(Instant::now());
         }
-        let entries = self.read_batch().await?;
+        let entries = self.read_batch(&link).await?;
         report.read = entries.len();
-        self.process(entries, &mut report).await?;
+        self.process(&link, entries, &mut report).await?;
         if self
             .last_trim
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
         {
-            self.trim().await?;
+            self.trim(&link).await?;
             self.last_trim = Some(Instant::now());
+        }
+        if self
+            .last_sweep
+            .is_none_or(|t| t.elapsed() >= self.cfg.sweep_every)
+        {
+            self.sweep(&link, &mut report).await?;
+            self.last_sweep = Some(Instant::now());
         }
         Ok(report)
     }
 
-    async fn read_batch(&mut self) -> Result<Vec<(usize, StreamId)>, DbError> {
+    async fn read_batch(&mut self, link: &MasterLink) -> Result<Vec<(usize, StreamId)>, DbError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -327,22 +383,20 @@ impl Worker {
         for _ in &self.streams {
             cmd.arg(">");
         }
-        let mut conn = self.reader().await?;
+        let mut conn = self.reader(link).await?;
         let reply: Result<Option<StreamReadReply>, _> = cmd.query_async(&mut conn).await;
         let reply = match reply {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
-                tracing::warn!("consumer group missing (new master?); recreating");
-                for (_, s) in self.streams.clone() {
-                    self.ensure_group(&s).await?;
+                tracing::warn!(master = %link.addr, "consumer group missing; recreating");
+                for (_, s) in &self.streams {
+                    self.ensure_group(link, s).await?;
                 }
                 return Ok(Vec::new());
             }
             Err(e) => {
                 self.reader = None;
-                if let Some(link) = self.redis.current_master() {
-                    self.redis.report(&link, &e);
-                }
+                self.redis.report(link, &e);
                 return Err(e.into());
             }
         };
@@ -356,11 +410,12 @@ impl Worker {
         Ok(out)
     }
 
-    /// Confirms a batch: its entries grouped by stream, one
+    /// Confirms a batch read on `link`: its entries grouped by stream, one
     /// `fs_confirm_batch` call per stream and chunk of at most
-    /// [`CONFIRM_CHUNK`] entries, all calls in one pipeline.
+    /// [`CONFIRM_CHUNK`] entries, all calls in one pipeline on that link.
     async fn process(
         &mut self,
+        link: &MasterLink,
         entries: Vec<(usize, StreamId)>,
         report: &mut StepReport,
     ) -> Result<(), DbError> {
@@ -392,25 +447,19 @@ impl Worker {
         let mut pipe = redis::pipe();
         let mut sent: Vec<&[Entry]> = Vec::new();
         for (i, list) in &by_stream {
-            let (sku, stream) = &self.streams[*i];
+            let (sku, _) = &self.streams[*i];
             for chunk in list.chunks(CONFIRM_CHUNK) {
-                let cmd = pipe
-                    .cmd("FCALL")
-                    .arg("fs_confirm_batch")
-                    .arg(2 + chunk.len())
-                    .arg(keys.sale(sku))
-                    .arg(stream);
-                for e in chunk {
-                    cmd.arg(keys.order(&e.sku, &e.order_id));
-                }
-                cmd.arg(GROUP);
-                for e in chunk {
-                    cmd.arg(&e.order_id).arg(&e.id);
-                }
+                functions::confirm_batch_into(
+                    &mut pipe,
+                    &keys,
+                    sku,
+                    GROUP,
+                    chunk.iter().map(|e| (e.order_id.as_str(), e.id.as_str())),
+                );
                 sent.push(chunk);
             }
         }
-        let results: Vec<Vec<i64>> = self.redis.write(&pipe).await?;
+        let results: Vec<Vec<i64>> = self.redis.on_link(link, &pipe).await?;
         let mut confirmed = 0;
         for (chunk, rs) in sent.iter().zip(results) {
             if rs.len() != chunk.len() {
@@ -449,8 +498,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes over idle pending entries; dead-letters those delivered too often.
-    async fn reclaim(&mut self, report: &mut StepReport) -> Result<(), DbError> {
+    /// Takes over idle pending entries on `link`; dead-letters those
+    /// delivered too often. `XAUTOCLAIM` resumes where the last one stopped
+    /// (its cursor), so every idle entry is reached in turn.
+    async fn reclaim(&mut self, link: &MasterLink, report: &mut StepReport) -> Result<(), DbError> {
         let idle = self.cfg.claim_idle.as_millis() as u64;
         let keys = self.redis.keys().clone();
         for i in 0..self.streams.len() {
@@ -465,51 +516,54 @@ impl Worker {
                 .arg("-")
                 .arg("+")
                 .arg(self.cfg.batch);
-            let p: StreamPendingCountReply = match self.redis.read_master(&pending).await {
+            let p: StreamPendingCountReply = match self.redis.on_link(link, &pending).await {
                 Ok(p) => p,
                 Err(DbError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                    self.ensure_group(&stream).await?;
+                    self.ensure_group(link, &stream).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let mut claim_ids = Vec::new();
+            let mut idle_left = false;
             for pid in p.ids {
                 if pid.times_delivered >= self.cfg.max_deliveries {
-                    let mut cmd = redis::cmd("FCALL");
-                    cmd.arg("fs_dead_letter")
-                        .arg(2)
-                        .arg(&stream)
-                        .arg(keys.dead_letters(&sku))
-                        .arg(GROUP)
-                        .arg(&pid.id)
-                        .arg(format!(
-                            "not processed after {} deliveries",
-                            pid.times_delivered
-                        ))
-                        .arg(pid.times_delivered)
-                        .arg(&pid.consumer);
-                    let _: i64 = self.redis.write(&cmd).await?;
+                    let cmd = functions::dead_letter_call(
+                        &keys,
+                        &sku,
+                        GROUP,
+                        &pid.id,
+                        &format!("not processed after {} deliveries", pid.times_delivered),
+                        pid.times_delivered,
+                        &pid.consumer,
+                    );
+                    let _: i64 = self.redis.on_link(link, &cmd).await?;
                     report.dead_lettered += 1;
                     metrics::counter!("flashsale_worker_dead_lettered_total").increment(1);
                     tracing::warn!(entry = %pid.id, stream = %stream, deliveries = pid.times_delivered, "entry dead-lettered");
                 } else {
-                    claim_ids.push(pid.id);
+                    idle_left = true;
                 }
             }
-            if claim_ids.is_empty() {
+            if !idle_left {
                 continue;
             }
+            let cursor = self
+                .claim_cursor
+                .get(&stream)
+                .cloned()
+                .unwrap_or_else(|| "0-0".into());
             let mut claim = redis::cmd("XAUTOCLAIM");
             claim
                 .arg(&stream)
                 .arg(GROUP)
                 .arg(&self.cfg.consumer)
                 .arg(idle)
-                .arg("0-0")
+                .arg(&cursor)
                 .arg("COUNT")
                 .arg(self.cfg.batch);
-            let r: StreamAutoClaimReply = self.redis.write(&claim).await?;
+            let r: StreamAutoClaimReply = self.redis.on_link(link, &claim).await?;
+            // "0-0": the scan reached the end; the next starts over.
+            self.claim_cursor.insert(stream.clone(), r.next_stream_id);
             if r.claimed.is_empty() {
                 continue;
             }
@@ -517,72 +571,96 @@ impl Worker {
             metrics::counter!("flashsale_worker_reclaimed_total").increment(r.claimed.len() as u64);
             tracing::info!(stream = %stream, count = r.claimed.len(), "reclaimed idle entries");
             let entries = r.claimed.into_iter().map(|e| (i, e)).collect();
-            self.process(entries, report).await?;
+            self.process(link, entries, report).await?;
         }
         Ok(())
     }
 
-    /// Trims each stream below the oldest entry any group still needs, and
-    /// publishes the lag gauge.
-    async fn trim(&mut self) -> Result<(), DbError> {
+    /// Trims each stream on `link`'s node with `fs_trim`, which decides and
+    /// trims in one atomic step there (never below an entry a group still
+    /// needs or whose order is still queued), and publishes the lag gauge.
+    async fn trim(&mut self, link: &MasterLink) -> Result<(), DbError> {
+        let keys = self.redis.keys().clone();
         let mut total_lag = 0i64;
-        for (_, stream) in self.streams.clone() {
-            let mut info = redis::cmd("XINFO");
-            info.arg("GROUPS").arg(&stream);
-            let groups: Vec<HashMap<String, Value>> = match self.redis.read_master(&info).await {
-                Ok(g) => g,
-                Err(_) => continue,
-            };
-            let mut min_needed: Option<(u64, u64)> = None;
-            for g in &groups {
-                let name = match g.get("name") {
-                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                    _ => continue,
-                };
-                let pending = match g.get("pending") {
-                    Some(Value::Int(n)) => *n,
-                    _ => 0,
-                };
-                if let Some(Value::Int(l)) = g.get("lag") {
-                    total_lag += *l;
+        for (sku, stream) in &self.streams {
+            for _ in 0..TRIM_CALLS {
+                let (_trimmed, scanned): (i64, usize) = self
+                    .redis
+                    .on_link(link, &functions::trim_call(&keys, sku, TRIM_SCAN))
+                    .await?;
+                if scanned < TRIM_SCAN {
+                    break;
                 }
-                total_lag += pending;
-                let needed = if pending > 0 {
-                    let mut first = redis::cmd("XPENDING");
-                    first.arg(&stream).arg(&name).arg("-").arg("+").arg(1);
-                    let p: StreamPendingCountReply = self.redis.read_master(&first).await?;
-                    p.ids.first().and_then(|p| parse_id(&p.id))
-                } else {
-                    match g.get("last-delivered-id") {
-                        Some(Value::BulkString(b)) => {
-                            parse_id(&String::from_utf8_lossy(b)).map(|(ms, seq)| (ms, seq + 1))
-                        }
-                        _ => None,
-                    }
-                };
-                let Some(needed) = needed else {
-                    min_needed = Some((0, 0));
-                    continue;
-                };
-                min_needed = Some(min_needed.map_or(needed, |m| m.min(needed)));
             }
-            if let Some((ms, seq)) = min_needed
-                && (ms, seq) > (0, 0)
-                && !groups.is_empty()
-            {
-                let mut t = redis::cmd("XTRIM");
-                t.arg(&stream).arg("MINID").arg(format!("{ms}-{seq}"));
-                let _: i64 = self.redis.write(&t).await?;
+            let mut info = redis::cmd("XINFO");
+            info.arg("GROUPS").arg(stream);
+            let groups: Vec<HashMap<String, Value>> = match self.redis.on_link(link, &info).await {
+                Ok(g) => g,
+                Err(DbError::Redis(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for g in &groups {
+                for field in ["lag", "pending"] {
+                    if let Some(Value::Int(n)) = g.get(field) {
+                        total_lag += *n;
+                    }
+                }
             }
         }
         metrics::gauge!("flashsale_worker_lag").set(total_lag as f64);
         Ok(())
     }
-}
 
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+    /// The self-healing sweep: for each sale whose queued orders outnumber
+    /// the live entries carrying them on `link`'s node (`fs_lost`), scans
+    /// its order records and queues again, with `fs_requeue`, every order
+    /// still `queued` after `requeue_after` whose entry no worker will
+    /// deliver any more. Idempotent, so any number of workers may sweep.
+    async fn sweep(&mut self, link: &MasterLink, report: &mut StepReport) -> Result<(), DbError> {
+        let keys = self.redis.keys().clone();
+        for (sku, _) in &self.streams {
+            let lost: i64 = self
+                .redis
+                .on_link(link, &functions::lost_call(&keys, sku, GROUP))
+                .await?;
+            if lost == 0 {
+                continue;
+            }
+            let pattern = format!("{}*", keys.order(sku, ""));
+            let mut cursor = 0u64;
+            let mut requeued = 0i64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, found): (u64, Vec<String>) = self.redis.on_link(link, &scan).await?;
+                for chunk in found.chunks(functions::CONFIRM_BATCH_MAX) {
+                    let cmd =
+                        functions::requeue_call(&keys, sku, GROUP, chunk, self.cfg.requeue_after);
+                    let (n, _): (i64, String) = self.redis.on_link(link, &cmd).await?;
+                    requeued += n;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            if requeued > 0 {
+                report.requeued += requeued as usize;
+                metrics::counter!("flashsale_worker_requeued_total").increment(requeued as u64);
+                tracing::warn!(
+                    sku,
+                    requeued,
+                    lost,
+                    "queued orders without a live entry queued again"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs a worker until `stop` is notified (then finishes the batch in hand).
