@@ -2,7 +2,10 @@
 //!
 //! Reads go to the replicas; an order a replica does not have yet (it was
 //! acknowledged, so this is rare) is looked up on the master before the
-//! answer is "not found".
+//! answer is "not found". A shopper's orders take two reads (the order ids,
+//! then their records), which two different replicas may answer: a record
+//! missing from the second is read from the master, so an order the first
+//! one listed is never left out of the answer.
 
 use std::collections::HashMap;
 
@@ -10,6 +13,7 @@ use serde::Serialize;
 
 use super::{Shop, rfc3339, sku_of_order, valid_user};
 use crate::error::Error;
+use crate::redis::Keys;
 
 /// `{order_id, sku, user_id, qty, status, created_at}` of CONTRACT.md.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -35,6 +39,15 @@ fn order_from(m: &HashMap<String, String>) -> Option<Order> {
         created_at: ms("created_ms").map(rfc3339).unwrap_or_default(),
         confirmed_at: ms("confirmed_ms").map(rfc3339),
     })
+}
+
+/// `HGETALL` of each order record, in the order given.
+fn records<'a>(keys: &Keys, ids: impl Iterator<Item = &'a (&'a str, String)>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (sku, id) in ids {
+        pipe.cmd("HGETALL").arg(keys.order(sku, id));
+    }
+    pipe
 }
 
 impl Shop {
@@ -90,11 +103,25 @@ impl Shop {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (sku, id) in &ids {
-            pipe.cmd("HGETALL").arg(keys.order(sku, id));
+        let mut rows: Vec<HashMap<String, String>> =
+            self.redis.read(&records(keys, ids.iter())).await?;
+        // The replica that answered this read may be behind the one that
+        // listed the ids: what it lacks comes from the master.
+        let missing: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_empty()).collect();
+        if !missing.is_empty() {
+            let found: Vec<HashMap<String, String>> = self
+                .redis
+                .read_master(&records(keys, missing.iter().map(|&i| &ids[i])))
+                .await?;
+            for (i, m) in missing.into_iter().zip(found) {
+                if m.is_empty() {
+                    // Listed by a replica, unknown to the master: the replica
+                    // holds writes the master never had (it diverged).
+                    tracing::warn!(order_id = %ids[i].1, "order listed by a replica is not on the master");
+                }
+                rows[i] = m;
+            }
         }
-        let rows: Vec<HashMap<String, String>> = self.redis.read(&pipe).await?;
         Ok(rows
             .iter()
             .filter_map(order_from)

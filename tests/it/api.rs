@@ -221,6 +221,73 @@ async fn my_orders_read_lists_written_before_version_7() {
     );
 }
 
+/// A shopper's order that the replicas list but whose record they do not
+/// hold (a replica behind the one that answered the list, or one that
+/// diverged) is read from the master: it is never left out of the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn my_orders_never_drop_a_listed_order() {
+    let group = shared_group();
+    let app = app().await;
+    let sku = sku();
+    app.create_sale(&sku, 10, 1, -5, 3600).await;
+    let (s, body) = app.purchase("petra", &sku, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["order_id"].as_str().expect("id").to_owned();
+    let record = format!("{}:{{{sku}}}:order:{id}", app.prefix);
+    let master = group.master_port().await;
+    let replicas: Vec<u16> = (0..3)
+        .map(|i| group.redis_port(i))
+        .filter(|p| *p != master)
+        .collect();
+    assert_eq!(replicas.len(), 2, "the shared group has two replicas");
+    let mut m = group.client(master).await;
+    let dump: Vec<u8> = redis::cmd("DUMP")
+        .arg(&record)
+        .query_async(&mut m)
+        .await
+        .expect("dump");
+    // Every replica still lists the order for petra but loses its record.
+    for port in &replicas {
+        write_on_replica(group, *port, redis::cmd("DEL").arg(&record)).await;
+    }
+    for _ in 0..4 {
+        let (s, mine) = app.get("/api/me/orders", Some("petra")).await;
+        assert_eq!(s, 200, "{mine}");
+        assert_eq!(order_ids_of(&mine, &sku), [id.as_str()], "{mine}");
+    }
+    for port in &replicas {
+        write_on_replica(
+            group,
+            *port,
+            redis::cmd("RESTORE")
+                .arg(&record)
+                .arg(0)
+                .arg(&dump)
+                .arg("REPLACE"),
+        )
+        .await;
+    }
+}
+
+/// Runs one write on a replica of the shared group, bypassing
+/// `replica-read-only` for that one command (a diverged replica, on purpose).
+async fn write_on_replica(
+    group: &crate::support::redis_group::RedisGroup,
+    port: u16,
+    cmd: &redis::Cmd,
+) {
+    let mut c = group.client(port).await;
+    let set = |v: &'static str| {
+        let mut c = redis::cmd("CONFIG");
+        c.arg("SET").arg("replica-read-only").arg(v);
+        c
+    };
+    let _: () = set("no").query_async(&mut c).await.expect("config set");
+    let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+    let _: () = set("yes").query_async(&mut c).await.expect("config set");
+    r.expect("write on replica");
+}
+
 /// The order ids of one sale in a `GET /api/me/orders` answer, in its order.
 fn order_ids_of<'a>(mine: &'a Value, sku: &str) -> Vec<&'a str> {
     mine["orders"]
