@@ -7,6 +7,9 @@
 //! plus replica lag; `stock_left` shown to shoppers is a display value and
 //! never decides a purchase. Creating a sale on this
 //! instance drops the cache at once; other instances see it within the bound.
+//! A refresh whose caller goes away (client gone, request timeout) lets the
+//! next request refresh; a refresh that fails while a previous catalog is
+//! served is logged once per streak of failures, not once per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +58,35 @@ pub struct Catalog {
     /// One request refreshes an expired catalog; the others keep answering
     /// from the previous one meanwhile (no stampede on the replicas).
     refreshing: AtomicBool,
+    /// Refreshes fail one after another (the previous catalog is served).
+    failing: FailureStreak,
+}
+
+/// Holds the `refreshing` flag; dropping it (the refresh finished, or its
+/// caller went away mid-refresh) lets the next request refresh.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Whether the catalog refresh is failing, so that a streak of failures is
+/// logged when it starts and when it ends rather than at every request.
+#[derive(Default)]
+struct FailureStreak(AtomicBool);
+
+impl FailureStreak {
+    /// Records a failure; true when it starts a streak.
+    fn failed(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+
+    /// Records a success; true when it ends a streak.
+    fn succeeded(&self) -> bool {
+        self.0.load(Ordering::Acquire) && self.0.swap(false, Ordering::AcqRel)
+    }
 }
 
 fn field<'a>(m: &'a HashMap<String, String>, k: &str) -> &'a str {
@@ -106,6 +138,7 @@ impl Catalog {
             ttl,
             cache: Mutex::new(None),
             refreshing: AtomicBool::new(false),
+            failing: FailureStreak::default(),
         }
     }
 
@@ -129,18 +162,29 @@ impl Catalog {
             Some((v, false)) => Some(v),
             None => None,
         };
-        if let Some(v) = &stale
-            && self.refreshing.swap(true, Ordering::AcqRel)
-        {
-            // Another request is refreshing it right now.
-            return Ok(v.clone());
-        }
+        let _refreshing = match &stale {
+            Some(v) if self.refreshing.swap(true, Ordering::AcqRel) => {
+                // Another request is refreshing it right now.
+                return Ok(v.clone());
+            }
+            Some(_) => Some(Refreshing(&self.refreshing)),
+            // Nothing to answer with meanwhile: every such request loads.
+            None => None,
+        };
         let loaded = self.load_all(false).await;
-        self.refreshing.store(false, Ordering::Release);
         let fresh = match (loaded, stale) {
-            (Ok(v), _) => Arc::new(v),
+            (Ok(v), _) => {
+                if self.failing.succeeded() {
+                    tracing::info!("catalog refresh works again");
+                }
+                Arc::new(v)
+            }
             (Err(e), Some(old)) => {
-                tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
+                if self.failing.failed() {
+                    tracing::warn!(error = %e, "catalog refresh failed; serving the previous one until a refresh works");
+                } else {
+                    tracing::debug!(error = %e, "catalog refresh failed again");
+                }
                 return Ok(old);
             }
             (Err(e), None) => return Err(e),
@@ -288,5 +332,29 @@ impl Catalog {
             max_units_per_buyer: n[7],
             consistent: n[6] == 1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_in_streaks() {
+        let f = FailureStreak::default();
+        assert!(!f.succeeded(), "no streak to end");
+        assert!(f.failed(), "the first failure starts a streak");
+        assert!(!f.failed(), "later ones are in the same streak");
+        assert!(!f.failed());
+        assert!(f.succeeded(), "a success ends it");
+        assert!(!f.succeeded());
+        assert!(f.failed(), "the next failure starts another");
+    }
+
+    #[test]
+    fn a_dropped_refresh_releases_the_flag() {
+        let flag = AtomicBool::new(true);
+        drop(Refreshing(&flag));
+        assert!(!flag.load(Ordering::Acquire));
     }
 }

@@ -3,10 +3,15 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::support::app::{AppOptions, TestApp, shared_group, stream_order_ids, unique};
+use crate::support::app::{
+    AppOptions, TestApp, redis_settings, shared_group, stream_order_ids, unique,
+};
 
 async fn app() -> TestApp {
     TestApp::spawn(shared_group(), AppOptions::default()).await
@@ -493,6 +498,61 @@ async fn admin_api_is_guarded_and_validated() {
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 404, "admin API is off without a token");
+}
+
+/// A catalog refresh whose caller goes away (the client hung up, the request
+/// timed out) must not leave the catalog on its old snapshot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_refresh_survives_a_dropped_caller() {
+    use flashsale::redis::Redis;
+    use flashsale::sale::Catalog;
+    use flashsale::sale::catalog::NewSale;
+    let group = shared_group();
+    let prefix = unique("cat");
+    let opts = AppOptions::default();
+    let ttl = Duration::from_millis(50);
+    let connect = || async {
+        Redis::connect(redis_settings(group, &prefix, &opts))
+            .await
+            .expect("redis")
+    };
+    let here = Catalog::new(connect().await, ttl);
+    // Another instance, where the sales are created.
+    let elsewhere = Catalog::new(connect().await, ttl);
+    let new_sale = |sku: &str| NewSale {
+        sku: sku.to_owned(),
+        name: "n".into(),
+        description: String::new(),
+        price_cents: 1,
+        stock: 1,
+        starts_ms: 1_900_000_000_000,
+        ends_ms: 1_900_000_001_000,
+        per_user_limit: 1,
+    };
+    let has = |list: &[flashsale::sale::Sale], sku: &str| list.iter().any(|s| s.sku == sku);
+    let old = sku();
+    elsewhere.create(&new_sale(&old)).await.expect("create");
+    assert!(has(&here.list().await.expect("list"), &old));
+    tokio::time::sleep(ttl * 2).await;
+    // The expired catalog's refresh starts, and its caller is dropped at
+    // the refresh's first await.
+    assert!(
+        here.list().now_or_never().is_none(),
+        "the refresh was in flight when its caller went away"
+    );
+    let new = sku();
+    elsewhere.create(&new_sale(&new)).await.expect("create");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        tokio::time::sleep(ttl * 2).await;
+        if has(&here.list().await.expect("list"), &new) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the catalog never refreshed again after a dropped refresh"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
