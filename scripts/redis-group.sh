@@ -8,12 +8,22 @@
 # Options (each may also come from the environment variable in brackets):
 #   --dir RUN_DIR        run directory          [REDIS_GROUP_DIR]         ./run/redis-group
 #   --base-port N        first port             [REDIS_GROUP_BASE_PORT]   26400
-#   --down-after MS      sentinel down-after    [REDIS_GROUP_DOWN_AFTER_MS] 5000
+#   --down-after MS      TIMING OVERRIDE of the Sentinels' down-after-milliseconds
+#                        [REDIS_GROUP_DOWN_AFTER_MS]   default: the shipped value
 #   --password PW        data-node password     [REDIS_GROUP_PASSWORD]    flashsale-dev
 #   --master-name NAME   monitored master name  [REDIS_GROUP_MASTER_NAME] mymaster
 #   --wait-secs N        convergence timeout    [REDIS_GROUP_WAIT_SECS]   30
 #
 # The default password "flashsale-dev" is for local development ONLY.
+#
+# Settings: the group runs the settings that deploy/ ships, from the same files:
+#   deploy/redis/redis-shipped.conf           every data node `include`s it (by absolute path)
+#   deploy/redis/sentinel-shipped.properties  every Sentinel gets `sentinel <key> <master> <value>`
+# Only the addresses, paths, password and master name are this script's own.
+# --down-after is the one timing override: when it differs from the shipped
+# value, start prints "TIMING OVERRIDE down-after-milliseconds=N (shipped M)"
+# and records it in RUN_DIR/group.state (timing_override=...). Anything measured
+# on such a group is not a measurement of the shipped settings.
 #
 # Port layout (B = base port):
 #   redis-0 (initial master)  B        sentinel-0  B+10
@@ -21,7 +31,7 @@
 #   redis-2 (replica)         B+2      sentinel-2  B+12
 #
 # Run directory layout:
-#   RUN_DIR/group.state                  ports/name of the running group (0600)
+#   RUN_DIR/group.state                  ports/name/timing override of the running group (0600)
 #   RUN_DIR/env                          FLASHSALE_REDIS_* exports (0600, holds the password)
 #   RUN_DIR/redis-N/redis.conf           config, pidfile redis.pid, logfile redis.log, data (AOF)
 #   RUN_DIR/sentinel-N/sentinel.conf     config (rewritten by Sentinel), sentinel.pid, sentinel.log
@@ -63,7 +73,8 @@ usage() {
 CMD=""
 RUN_DIR=${REDIS_GROUP_DIR:-./run/redis-group}
 BASE_PORT=${REDIS_GROUP_BASE_PORT:-26400}
-DOWN_AFTER=${REDIS_GROUP_DOWN_AFTER_MS:-5000}
+# Empty: the shipped value (deploy/redis/sentinel-shipped.properties).
+DOWN_AFTER=${REDIS_GROUP_DOWN_AFTER_MS:-}
 PASSWORD=${REDIS_GROUP_PASSWORD:-flashsale-dev}
 MASTER_NAME=${REDIS_GROUP_MASTER_NAME:-mymaster}
 WAIT_SECS=${REDIS_GROUP_WAIT_SECS:-30}
@@ -101,8 +112,38 @@ done
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+# ------------------------------------------------------- shipped settings ---
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+SHIPPED_REDIS_CONF=$REPO_ROOT/deploy/redis/redis-shipped.conf
+SHIPPED_SENTINEL=$REPO_ROOT/deploy/redis/sentinel-shipped.properties
+# Keys and values of the Sentinel tunables, in file order.
+SENTINEL_KEYS=()
+declare -A SENTINEL_VALUES=()
+TIMING_OVERRIDE=""
+
+load_shipped_settings() {
+  [[ -r $SHIPPED_REDIS_CONF ]] || die "$SHIPPED_REDIS_CONF not found (the shipped data-node settings)"
+  [[ -r $SHIPPED_SENTINEL ]] || die "$SHIPPED_SENTINEL not found (the shipped Sentinel tunables)"
+  local line k v
+  while IFS= read -r line || [[ -n $line ]]; do
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    [[ $line =~ ^([a-z-]+)=([0-9]+)$ ]] || die "$SHIPPED_SENTINEL: not a key=number line: '$line'"
+    k=${BASH_REMATCH[1]}
+    v=${BASH_REMATCH[2]}
+    [[ -z ${SENTINEL_VALUES[$k]+set} ]] || die "$SHIPPED_SENTINEL: $k given twice"
+    SENTINEL_KEYS+=("$k")
+    SENTINEL_VALUES[$k]=$((10#$v))
+  done <"$SHIPPED_SENTINEL"
+  [[ -n ${SENTINEL_VALUES[down-after-milliseconds]+set} ]] ||
+    die "$SHIPPED_SENTINEL: down-after-milliseconds missing"
+}
+
 validate_start_options() {
+  load_shipped_settings
   is_uint "$BASE_PORT" || die "--base-port must be a number"
+  local shipped_down_after=${SENTINEL_VALUES[down-after-milliseconds]}
+  [[ -n $DOWN_AFTER ]] || DOWN_AFTER=$shipped_down_after
   is_uint "$DOWN_AFTER" || die "--down-after must be a number of milliseconds"
   is_uint "$WAIT_SECS" || die "--wait-secs must be a number of seconds"
   BASE_PORT=$((10#$BASE_PORT))
@@ -110,6 +151,9 @@ validate_start_options() {
   WAIT_SECS=$((10#$WAIT_SECS))
   ((BASE_PORT >= 1024 && BASE_PORT + 12 <= 65535)) || die "--base-port must be in 1024..65523"
   ((DOWN_AFTER >= 100)) || die "--down-after must be at least 100 ms"
+  if ((DOWN_AFTER != shipped_down_after)); then
+    TIMING_OVERRIDE="down-after-milliseconds=$DOWN_AFTER (shipped $shipped_down_after)"
+  fi
   ((WAIT_SECS >= 1)) || die "--wait-secs must be at least 1"
   [[ $MASTER_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "--master-name must be [A-Za-z0-9_.-]+"
   # Kept simple so it can be written into redis configs and shell files verbatim.
@@ -158,6 +202,7 @@ load_state() {
       base_port) BASE_PORT=$v ;;
       master_name) MASTER_NAME=$v ;;
       down_after_ms) DOWN_AFTER=$v ;;
+      timing_override) TIMING_OVERRIDE=$v ;;
       password) PASSWORD=$v ;;
     esac
   done <"$f"
@@ -242,6 +287,7 @@ write_redis_conf() {
   dir=$(node_dir "$node")
   {
     echo "# generated by $PROG — rewritten on every start"
+    echo "# This node's own lines; every other setting is the shipped one (include below)."
     echo "port $port"
     echo "bind 127.0.0.1"
     echo "protected-mode no"
@@ -252,13 +298,7 @@ write_redis_conf() {
     echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
     echo "requirepass \"$PASSWORD\""
     echo "masterauth \"$PASSWORD\""
-    echo "appendonly yes"
-    echo "appendfsync everysec"
-    echo "save \"\""
-    echo "min-replicas-to-write 1"
-    echo "min-replicas-max-lag 5"
-    echo "repl-diskless-sync no"
-    echo "replica-priority 100"
+    echo "include \"$SHIPPED_REDIS_CONF\""
     if [[ $node != redis-0 ]]; then
       echo "replicaof 127.0.0.1 $(node_port redis-0)"
     fi
@@ -266,11 +306,9 @@ write_redis_conf() {
 }
 
 write_sentinel_conf() {
-  local node=$1 port dir failover_timeout
+  local node=$1 port dir k v
   port=$(node_port "$node")
   dir=$(node_dir "$node")
-  failover_timeout=$((3 * DOWN_AFTER))
-  ((failover_timeout >= 10000)) || failover_timeout=10000
   {
     echo "# generated by $PROG — rewritten on every start (Sentinel also rewrites it)"
     echo "port $port"
@@ -284,9 +322,15 @@ write_sentinel_conf() {
     echo "sentinel resolve-hostnames no"
     echo "sentinel monitor $MASTER_NAME 127.0.0.1 $(node_port redis-0) 2"
     echo "sentinel auth-pass $MASTER_NAME \"$PASSWORD\""
-    echo "sentinel down-after-milliseconds $MASTER_NAME $DOWN_AFTER"
-    echo "sentinel failover-timeout $MASTER_NAME $failover_timeout"
-    echo "sentinel parallel-syncs $MASTER_NAME 1"
+    echo "# the shipped tunables (${SHIPPED_SENTINEL#"$REPO_ROOT"/})"
+    for k in "${SENTINEL_KEYS[@]}"; do
+      v=${SENTINEL_VALUES[$k]}
+      if [[ $k == down-after-milliseconds && $v != "$DOWN_AFTER" ]]; then
+        echo "# TIMING OVERRIDE (shipped $v)"
+        v=$DOWN_AFTER
+      fi
+      echo "sentinel $k $MASTER_NAME $v"
+    done
   } >"$(node_conf "$node")"
 }
 
@@ -406,6 +450,10 @@ cmd_start() {
     fi
   )
 
+  if [[ -n $TIMING_OVERRIDE ]]; then
+    log "TIMING OVERRIDE $TIMING_OVERRIDE"
+  fi
+
   local node port
   for node in "${NODES[@]}"; do
     port=$(node_port "$node")
@@ -424,6 +472,7 @@ cmd_start() {
     echo "base_port=$BASE_PORT"
     echo "master_name=$MASTER_NAME"
     echo "down_after_ms=$DOWN_AFTER"
+    echo "timing_override=$TIMING_OVERRIDE"
     echo "password=$PASSWORD"
   } >"$RUN_DIR/group.state"
   chmod 600 "$RUN_DIR/group.state"
@@ -477,6 +526,11 @@ cmd_start() {
   trap - EXIT
 
   echo "redis group '$MASTER_NAME' running in $RUN_DIR (sentinels converged in $((SECONDS - t0)) s)"
+  if [[ -n $TIMING_OVERRIDE ]]; then
+    echo "  TIMING OVERRIDE $TIMING_OVERRIDE"
+  else
+    echo "  settings: as shipped (${SHIPPED_REDIS_CONF#"$REPO_ROOT"/}, ${SHIPPED_SENTINEL#"$REPO_ROOT"/})"
+  fi
   for node in "${NODES[@]}"; do
     printf '  %-11s 127.0.0.1:%-5s pid %s\n' "$node" "$(node_port "$node")" "$(read_pid "$node")"
   done
@@ -580,6 +634,9 @@ cmd_status() {
     fi
     printf '%-11s %-6s %-8s %-6s %s\n' "$node" "$port" "$pid" "$alive" "$role"
   done
+  if [[ -n $TIMING_OVERRIDE ]]; then
+    echo "TIMING OVERRIDE $TIMING_OVERRIDE"
+  fi
   return "$all"
 }
 

@@ -6,6 +6,14 @@
 //! so tests and demo share one code path: 1 master (`redis-0`), 2 replicas and
 //! 3 Sentinels with quorum 2, all on 127.0.0.1.
 //!
+//! Settings: the script gives every node the settings `deploy/` ships
+//! (`deploy/redis/redis-shipped.conf`, `deploy/redis/sentinel-shipped.properties`;
+//! `tests/it/settings.rs` proves it on the running processes).
+//! [`GroupOptions::default`] changes none of them. The one timing override,
+//! [`GroupOptions::down_after_override_ms`], is named by the script in its
+//! output and in `group.state`, and [`RedisGroup::timing_override`] returns it
+//! so that a harness can print it next to its results.
+//!
 //! The group owns every process it started (the PIDs in its pidfiles, and the
 //! ones [`RedisGroup::restart`] spawns) and its temp dir. It can kill, freeze,
 //! thaw and restart single nodes, trigger failovers and wait for the group to
@@ -15,14 +23,15 @@
 //!
 //! Port layout (B = base port): redis-N on B+N, sentinel-N on B+10+N (N = 0..3).
 //! Run-dir layout: see `scripts/redis-group.sh` (`redis-N/redis.{conf,pid,log}`,
-//! `sentinel-N/sentinel.{conf,pid,log}`).
+//! `sentinel-N/sentinel.{conf,pid,log}`, `group.state`).
 //!
-//! Timings seen with `down_after_ms: 1000` (Redis 7.0): `start` ≈ 2.7 s;
-//! `SENTINEL FAILOVER` → new master reported ≈ 1.2 s; kill -9 of the master →
-//! new master ≈ 2.3 s, SIGSTOP ≈ 3 s; but a surviving or restarted old master is
-//! only turned into a replica ≈ 10 s later (Sentinel waits 4 × 2 s before it
-//! reconfigures a node that wrongly claims to be master), so `wait_converged`
-//! after a failover needs a timeout of 20–30 s.
+//! Timings on the shipped settings (`down-after-milliseconds` 3000, Redis 7.0,
+//! 2 shared cores, ~5 000 writes/s): `start` ≈ 2.7 s; `SENTINEL FAILOVER` →
+//! new master named ≈ 1.1 s, accepting writes ≈ 1.2–1.3 s; kill -9 of the
+//! master → new master accepting writes ≈ 4.3 s. A surviving or restarted old
+//! master is only turned into a replica ≈ 10 s after the switch (Sentinel waits
+//! 4 × 2 s before it reconfigures a node that wrongly claims to be master), so
+//! `wait_converged` after a failover needs a timeout of 20–30 s.
 
 // Not every test uses every helper.
 #![allow(dead_code)]
@@ -40,11 +49,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
-/// How the group is configured.
+/// How the group is configured. Every Redis and Sentinel setting is the
+/// shipped one unless an override below is set.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
-    /// `sentinel down-after-milliseconds`; the failover timeout is max(3×, 10 s).
-    pub down_after_ms: u64,
+    /// TIMING OVERRIDE: `sentinel down-after-milliseconds` instead of the
+    /// shipped value (`redis-group.sh --down-after`). `None` (the default): as
+    /// shipped. A group started with one reports it ([`RedisGroup::timing_override`]).
+    pub down_after_override_ms: Option<u64>,
     /// `requirepass` / `masterauth` of the data nodes (Sentinels have none).
     pub password: String,
     /// The name the Sentinels monitor the master under.
@@ -54,7 +66,7 @@ pub struct GroupOptions {
 impl Default for GroupOptions {
     fn default() -> Self {
         GroupOptions {
-            down_after_ms: 1000,
+            down_after_override_ms: None,
             password: "test-pass".to_owned(),
             master_name: "mymaster".to_owned(),
         }
@@ -309,15 +321,18 @@ impl RedisGroup {
                 nodes: Mutex::new([NodeState::default(); 6]),
                 all_pids: Mutex::new(Vec::new()),
             };
-            let out = tokio::process::Command::new("bash")
-                .arg(&script)
+            let mut cmd = tokio::process::Command::new("bash");
+            cmd.arg(&script)
                 .arg("start")
                 .arg("--dir")
                 .arg(&group.dir)
                 .arg("--base-port")
-                .arg(base_port.to_string())
-                .arg("--down-after")
-                .arg(opts.down_after_ms.to_string())
+                .arg(base_port.to_string());
+            if let Some(ms) = opts.down_after_override_ms {
+                cmd.arg("--down-after").arg(ms.to_string());
+            }
+            let out = cmd
+                .env_remove("REDIS_GROUP_DOWN_AFTER_MS")
                 .arg("--master-name")
                 .arg(&opts.master_name)
                 .arg("--wait-secs")
@@ -329,6 +344,9 @@ impl RedisGroup {
                 .unwrap_or_else(|e| panic!("redis_group: cannot run {}: {e}", script.display()));
             if out.status.success() {
                 group.read_all_pidfiles();
+                if let Some(o) = group.timing_override() {
+                    eprintln!("redis_group: TIMING OVERRIDE {o}");
+                }
                 return group;
             }
             last_err = format!(
@@ -351,6 +369,25 @@ impl RedisGroup {
     /// The run dir of this group (configs, logs, data of every node).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The timing override this group runs with, as `redis-group.sh` recorded
+    /// it in `group.state` (e.g. `down-after-milliseconds=1000 (shipped 3000)`);
+    /// `None` when every setting is the shipped one. Harnesses print it with
+    /// their results.
+    pub fn timing_override(&self) -> Option<String> {
+        let state = std::fs::read_to_string(self.dir.join("group.state")).unwrap_or_else(|e| {
+            panic!(
+                "redis_group: cannot read {}: {e}",
+                self.dir.join("group.state").display()
+            )
+        });
+        state
+            .lines()
+            .find_map(|l| l.strip_prefix("timing_override="))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     }
 
     /// `127.0.0.1:port` of the three Sentinels.
