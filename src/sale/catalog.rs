@@ -10,6 +10,10 @@
 //! A refresh whose caller goes away (client gone, request timeout) lets the
 //! next request refresh; a refresh that fails while a previous catalog is
 //! served is logged once per streak of failures, not once per request.
+//!
+//! Creating a sale is idempotent: the same sale created again (an admin's
+//! retry after a lost answer, say across a master switch) is answered like
+//! the first creation; another sale under an existing sku is a conflict.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +90,32 @@ impl FailureStreak {
     /// Records a success; true when it ends a streak.
     fn succeeded(&self) -> bool {
         self.0.load(Ordering::Acquire) && self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// What `fs_create_sale` answered.
+#[derive(Debug, PartialEq, Eq)]
+enum CreateReply {
+    Created,
+    /// The sale exists and equals the one asked for (a retried create).
+    Replayed,
+    /// The sale exists and differs from the one asked for.
+    Exists,
+    Invalid(String),
+}
+
+/// Parses `{'created'}`, `{'exists', 1|0}` (a library that does not compare
+/// the stored sale replies `{'exists'}`: a conflict) or `{'invalid', field}`.
+fn create_reply(reply: &[Value]) -> Option<CreateReply> {
+    let word = |i: usize| reply.get(i).and_then(crate::redis::text);
+    match word(0)?.as_str() {
+        "created" => Some(CreateReply::Created),
+        "exists" if word(1).as_deref() == Some("1") => Some(CreateReply::Replayed),
+        "exists" => Some(CreateReply::Exists),
+        "invalid" => Some(CreateReply::Invalid(
+            word(1).unwrap_or_else(|| "field".into()),
+        )),
+        _ => None,
     }
 }
 
@@ -246,8 +276,9 @@ impl Catalog {
         })
     }
 
-    /// Creates a sale (201) or reports that it exists (409). Acknowledged by
-    /// the replicas before it returns.
+    /// Creates a sale (201), answers a repeat of the same creation like the
+    /// first one, or reports that another sale holds the sku (409).
+    /// Acknowledged by the replicas before it returns.
     pub async fn create(&self, s: &NewSale) -> Result<Sale, Error> {
         let keys = self.redis.keys();
         let mut cmd = redis::cmd("FCALL");
@@ -263,10 +294,10 @@ impl Catalog {
             .arg(s.starts_ms)
             .arg(s.ends_ms)
             .arg(s.per_user_limit);
-        let reply: Vec<String> = self.redis.write_acked(&cmd).await?;
+        let reply: Vec<Value> = self.redis.write_acked(&cmd).await?;
         self.invalidate();
-        match reply.first().map(String::as_str) {
-            Some("created") => Ok(Sale {
+        match create_reply(&reply) {
+            Some(CreateReply::Created | CreateReply::Replayed) => Ok(Sale {
                 sku: s.sku.clone(),
                 name: s.name.clone(),
                 description: s.description.clone(),
@@ -280,15 +311,11 @@ impl Catalog {
                 ends_at: String::new(),
             }
             .with_times()),
-            Some("exists") => Err(Error::SaleExists),
-            Some("invalid") => Err(Error::invalid(
-                "invalid_sale",
-                format!(
-                    "invalid {}",
-                    reply.get(1).map(String::as_str).unwrap_or("field")
-                ),
-            )),
-            _ => Err(Error::Internal(format!("fs_create_sale replied {reply:?}"))),
+            Some(CreateReply::Exists) => Err(Error::SaleExists),
+            Some(CreateReply::Invalid(field)) => {
+                Err(Error::invalid("invalid_sale", format!("invalid {field}")))
+            }
+            None => Err(Error::Internal(format!("fs_create_sale replied {reply:?}"))),
         }
     }
 
@@ -338,6 +365,31 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn create_replies() {
+        assert_eq!(create_reply(&[bulk("created")]), Some(CreateReply::Created));
+        assert_eq!(
+            create_reply(&[bulk("exists"), Value::Int(1)]),
+            Some(CreateReply::Replayed)
+        );
+        assert_eq!(
+            create_reply(&[bulk("exists"), Value::Int(0)]),
+            Some(CreateReply::Exists)
+        );
+        // A library that does not compare the stored sale: a conflict.
+        assert_eq!(create_reply(&[bulk("exists")]), Some(CreateReply::Exists));
+        assert_eq!(
+            create_reply(&[bulk("invalid"), bulk("stock")]),
+            Some(CreateReply::Invalid("stock".into()))
+        );
+        assert_eq!(create_reply(&[]), None);
+        assert_eq!(create_reply(&[bulk("what")]), None);
+    }
 
     #[test]
     fn failures_are_counted_in_streaks() {

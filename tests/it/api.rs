@@ -500,6 +500,42 @@ async fn admin_api_is_guarded_and_validated() {
     assert_eq!(r.status().as_u16(), 404, "admin API is off without a token");
 }
 
+/// An admin create that is retried (say, across a master switch, after the
+/// first attempt was applied but its answer lost) is answered like the first
+/// one; a different sale under the same sku is still a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_create_retried_is_an_idempotent_replay() {
+    let app = app().await;
+    let sku = sku();
+    let sale = json!({"sku": sku, "name": "Replay", "description": "d", "price_cents": 500,
+        "stock": 3, "starts_at": "2030-01-01T00:00:00Z", "ends_at": "2030-01-02T00:00:00Z",
+        "per_user_limit": 1});
+    let (s, first) = app.admin_post("/admin/sales", sale.clone()).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, again) = app.admin_post("/admin/sales", sale.clone()).await;
+    assert_eq!(s, 201, "{again}");
+    assert_eq!(again, first, "the replay answers with the same body");
+    for (field, value) in [
+        ("name", json!("Other")),
+        ("description", json!("")),
+        ("price_cents", json!(501)),
+        ("stock", json!(4)),
+        ("starts_at", json!("2030-01-01T00:00:01Z")),
+        ("ends_at", json!("2030-01-03T00:00:00Z")),
+        ("per_user_limit", json!(2)),
+    ] {
+        let mut other = sale.clone();
+        other[field] = value;
+        let (s, b) = app.admin_post("/admin/sales", other).await;
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (409, Some("sale_exists")),
+            "{field}: {b}"
+        );
+    }
+    assert_eq!(app.audit(&sku).await["stock_total"], 3);
+}
+
 /// A catalog refresh whose caller goes away (the client hung up, the request
 /// timed out) must not leave the catalog on its old snapshot for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
