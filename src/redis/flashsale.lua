@@ -175,9 +175,17 @@ local function fs_create_sale(keys, args)
   if redis.call('EXISTS', sale_k) == 1 then
     local had = redis.call('HMGET', sale_k, 'name', 'description', 'price_cents', 'stock_total',
       'starts_ms', 'ends_ms', 'per_user_limit')
+    -- Numbers compared as numbers: tostring() would print large ones in
+    -- exponent form, which never equals the stored digits.
     local want = {name, description, price, stock, starts, ends, limit}
     for i = 1, #want do
-      if had[i] ~= tostring(want[i]) then
+      local same
+      if type(want[i]) == 'number' then
+        same = tonumber(had[i]) == want[i]
+      else
+        same = had[i] == want[i]
+      end
+      if not same then
         return {'exists', 0}
       end
     end

@@ -4,6 +4,8 @@ mod api;
 mod browser;
 mod deploy;
 mod failover;
+mod healing;
 mod hostile;
+mod settings;
 mod support;
 mod worker;

@@ -1,0 +1,237 @@
+//! Invariant 3 without perfect paths: an order answered 202 reaches
+//! `confirmed` even when its stream entry was trimmed away, or acknowledged
+//! without its order being confirmed (what a decision taken on one master
+//! and applied on another does). The worker's trim never removes such an
+//! entry, and its sweep queues the order again. Also: a pipeline that fails
+//! on a master that is not writable yet keeps its error code, so it is
+//! retried rather than taken for a bug.
+
+use std::time::{Duration, Instant};
+
+use flashsale::redis::{Keys, Verdict, verdict};
+use redis::aio::MultiplexedConnection;
+
+use crate::support::app::{AppOptions, TestApp, shared_group, worker_command};
+
+/// Buys one unit for each of `users` through the API; the order ids.
+async fn buy_all(app: &TestApp, sku: &str, users: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for u in users {
+        let (s, body) = app.purchase(u, sku, 1, None).await;
+        assert_eq!(s, 202, "{body}");
+        ids.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+    ids
+}
+
+async fn statuses(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    ids: &[String],
+) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGET").arg(keys.order(sku, id)).arg("status");
+    }
+    pipe.query_async(conn).await.expect("statuses")
+}
+
+async fn wait_all_confirmed(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    ids: &[String],
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let st = statuses(conn, keys, sku, ids).await;
+        if st.iter().all(|s| s == "confirmed") {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "not all confirmed after {within:?}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_whose_entries_were_trimmed_or_acked_unconfirmed_are_queued_again() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "heal-1";
+    app.create_sale(sku, 20, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+
+    let users: Vec<String> = (0..6).map(|i| format!("h{i}")).collect();
+    let ids = buy_all(&app, sku, &users).await;
+    let stream = keys.stream(sku);
+    // The group exists and has read every entry; two are acknowledged
+    // without their orders being confirmed, the rest are deleted from the
+    // stream altogether. No worker would ever deliver any of them again.
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("flashsale")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("flashsale")
+        .arg("gone-consumer")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let mut entries = Vec::new();
+    for id in &ids {
+        let e: String = redis::cmd("HGET")
+            .arg(keys.order(sku, id))
+            .arg("entry")
+            .query_async(&mut conn)
+            .await
+            .expect("each order records its entry");
+        entries.push(e);
+    }
+    let acked: i64 = redis::cmd("XACK")
+        .arg(&stream)
+        .arg("flashsale")
+        .arg(&entries[0..2])
+        .query_async(&mut conn)
+        .await
+        .expect("xack");
+    assert_eq!(acked, 2);
+
+    // The trim keeps the acknowledged entries: their orders are queued.
+    let (trimmed, _): (i64, i64) = flashsale::redis::functions::trim_call(&keys, sku, 100)
+        .query_async(&mut conn)
+        .await
+        .expect("fs_trim");
+    assert_eq!(
+        trimmed, 0,
+        "an entry whose order is queued is never trimmed"
+    );
+
+    let deleted: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entries[2..])
+        .query_async(&mut conn)
+        .await
+        .expect("xdel");
+    assert_eq!(deleted, 4);
+    let lost: i64 = flashsale::redis::functions::lost_call(&keys, sku, "flashsale")
+        .query_async(&mut conn)
+        .await
+        .expect("fs_lost");
+    assert_ne!(lost, 0, "the sweep must see that something is missing");
+
+    let _worker = worker_command(group, &app.prefix)
+        .args(["--sweep-ms", "200", "--requeue-after-ms", "0"])
+        .spawn()
+        .expect("worker");
+    wait_all_confirmed(&mut conn, &keys, sku, &ids, Duration::from_secs(20)).await;
+
+    // Queued again once each: the sweep is idempotent.
+    let last_original = entries.iter().max().expect("entries").clone();
+    let after: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg(format!("({last_original}"))
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    let mut per_order = std::collections::HashMap::new();
+    for (_, fields) in &after {
+        *per_order.entry(fields["order_id"].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_order.len(),
+        6,
+        "every lost order queued again: {per_order:?}"
+    );
+    assert!(per_order.values().all(|n| *n == 1), "{per_order:?}");
+    let a = app.audit(sku).await;
+    assert_eq!(a["confirmed"], 6, "{a}");
+    assert_eq!(a["consistent"], true, "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_entry_is_not_queued_twice() {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "heal-2";
+    app.create_sale(sku, 5, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+    let ids = buy_all(&app, sku, &["q0".to_owned(), "q1".to_owned()]).await;
+    let order_keys: Vec<String> = ids.iter().map(|id| keys.order(sku, id)).collect();
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.stream(sku))
+        .arg("flashsale")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    // Unread entries (and, after a read, pending ones) are live.
+    for _ in 0..2 {
+        let (n, _): (i64, String) = flashsale::redis::functions::requeue_call(
+            &keys,
+            sku,
+            "flashsale",
+            &order_keys,
+            Duration::ZERO,
+        )
+        .query_async(&mut conn)
+        .await
+        .expect("fs_requeue");
+        assert_eq!(n, 0);
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("flashsale")
+            .arg("c")
+            .arg("STREAMS")
+            .arg(keys.stream(sku))
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .expect("read");
+    }
+    assert_eq!(
+        statuses(&mut conn, &keys, sku, &ids).await,
+        vec!["queued", "queued"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_refused_for_want_of_replicas_keeps_its_code() {
+    let group = shared_group();
+    let mut conn = group.client(group.master_port().await).await;
+    let mut pipe = redis::pipe();
+    pipe.cmd("PING")
+        .cmd("EVAL")
+        .arg("return redis.error_reply('NOREPLICAS Not enough good replicas to write.')")
+        .arg(0);
+    let err = pipe
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .expect_err("the second command fails");
+    assert_eq!(verdict(&err), Verdict::NotYet, "{err:?}");
+    let mut pipe = redis::pipe();
+    pipe.cmd("EVAL")
+        .arg("return redis.error_reply('READONLY You can not write against a read only replica.')")
+        .arg(0);
+    let err = pipe
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .expect_err("fails");
+    assert_eq!(verdict(&err), Verdict::Stale, "{err:?}");
+}
