@@ -22,18 +22,37 @@
 //!   missing or mismatched (left pending, so it is retried and eventually
 //!   dead-lettered).
 //! - Entries left pending longer than `--claim-idle-ms` (a dead consumer, or
-//!   one that failed) are taken over with `XAUTOCLAIM`; one delivered
-//!   `--max-deliveries` times is moved by `fs_dead_letter` to `P:{sku}:dead`
-//!   with its reason and acknowledged, so a poison entry never blocks the
-//!   stream. `flashsale dead-letters` lists and replays them.
-//! - Processed entries are trimmed with `XTRIM MINID` below the oldest entry
-//!   any group still needs (its oldest pending entry, or the first it has
-//!   not read).
+//!   one that failed) are taken over with `XAUTOCLAIM`, which resumes at the
+//!   cursor the previous call returned, so every idle entry is reached in
+//!   turn; one delivered `--max-deliveries` times is moved by
+//!   `fs_dead_letter` to `P:{sku}:dead` with its reason and acknowledged, so
+//!   a poison entry never blocks the stream. `flashsale dead-letters` lists
+//!   and replays them.
+//! - Processed entries are trimmed by `fs_trim`, one atomic step on one
+//!   node: below the oldest entry any group still needs (its oldest pending
+//!   entry, or the first it has not read) and never past an entry whose
+//!   order is still `queued` there.
+//! - The sweep (every `--sweep-ms`): `fs_lost` compares a sale's queued
+//!   orders with the live entries carrying them; when some are missing it
+//!   scans the sale's orders and `fs_requeue` queues again, once, every
+//!   order still `queued` after `--requeue-after-ms` whose entry is gone or
+//!   was acknowledged without confirming it (`flashsale_worker_requeued_total`).
+//!   Invariant 3 so does not depend on every other path being perfect.
 //! - SIGTERM/SIGINT: stop reading, finish and ack the batch in hand, exit 0
 //!   (bounded by `--shutdown-timeout-s`); a second signal exits at once —
 //!   what this worker held is reclaimed by the others.
-//! - Failover: every call goes through the access layer ([`crate::redis`]);
-//!   the blocking connection is reopened on the new master after an error.
+//!
+//! **The one-node rule.** After a promotion the old master keeps taking
+//! writes for a moment, and both masters mint stream ids above the same
+//! last id: an entry id read on one names another order on the other. So a
+//! step takes one master link and does everything on it — read, confirm,
+//! acknowledge, reclaim, dead-letter, trim, sweep ([`Redis::on_link`]); a
+//! decision and the write that depends on it are one Function where they
+//! must be atomic. When the link is retired midway the step ends with
+//! [`DbError::LinkChanged`] and its batch is dropped: the new master still
+//! holds those entries (unread, or pending for this consumer) and delivers
+//! or hands them over again there. Nothing here may read from one link and
+//! write through another, or through a call that picks the master anew.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -224,6 +243,9 @@ pub struct Worker {
     groups_epoch: u64,
     /// Where the next `XAUTOCLAIM` of each stream starts (its cursor).
     claim_cursor: HashMap<String, String>,
+    /// On a new link, first read back this consumer's own pending entries
+    /// there (what it held when the old link went), then new ones.
+    own_pending: bool,
 }
 
 /// Most stream entries one `fs_trim` call looks at.
@@ -244,6 +266,7 @@ impl Worker {
             reader: None,
             groups_epoch: 0,
             claim_cursor: HashMap::new(),
+            own_pending: false,
         }
     }
 
@@ -334,6 +357,7 @@ impl Worker {
             }
             self.claim_cursor.clear();
             self.groups_epoch = link.epoch;
+            self.own_pending = true;
         }
         self.discover(&link, false).await?;
         if self.streams.is_empty() {
@@ -368,20 +392,24 @@ impl Worker {
     }
 
     async fn read_batch(&mut self, link: &MasterLink) -> Result<Vec<(usize, StreamId)>, DbError> {
+        // First on a new link: this consumer's own pending entries there (id
+        // 0: its history, one batch, not blocking); then new ones (`>`).
+        let own = self.own_pending;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.cfg.consumer)
             .arg("COUNT")
-            .arg(self.cfg.batch)
-            .arg("BLOCK")
-            .arg(self.cfg.block.as_millis() as u64)
-            .arg("STREAMS");
+            .arg(self.cfg.batch);
+        if !own {
+            cmd.arg("BLOCK").arg(self.cfg.block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS");
         for (_, s) in &self.streams {
             cmd.arg(s);
         }
         for _ in &self.streams {
-            cmd.arg(">");
+            cmd.arg(if own { "0" } else { ">" });
         }
         let mut conn = self.reader(link).await?;
         let reply: Result<Option<StreamReadReply>, _> = cmd.query_async(&mut conn).await;
@@ -405,8 +433,17 @@ impl Worker {
             let Some(i) = self.streams.iter().position(|(_, s)| *s == key.key) else {
                 continue;
             };
-            out.extend(key.ids.into_iter().map(|id| (i, id)));
+            // History entries trimmed meanwhile come back without fields.
+            out.extend(
+                key.ids
+                    .into_iter()
+                    .filter(|id| !own || !id.map.is_empty())
+                    .map(|id| (i, id)),
+            );
         }
+        // One read of the history only: an entry that fails again stays
+        // pending and goes the usual way (reclaim, dead letters).
+        self.own_pending = false;
         Ok(out)
     }
 
