@@ -678,26 +678,87 @@ async fn pages_render_escaped_and_cacheable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
+    use crate::support::app::{metric_value, metrics_text};
+    use crate::support::redis_group::{GroupOptions, Node, RedisGroup};
+
     let app = app().await;
     let sku = sku();
     app.create_sale(&sku, 5, 1, -5, 3600).await;
-    let _ = app.purchase("ivan", &sku, 1, None).await;
     let (s, _) = app.get("/healthz", None).await;
     assert_eq!(s, 200);
-    let (s, _) = app.get("/readyz", None).await;
-    assert_eq!(s, 200);
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
-    assert!(text.contains("flashsale_http_requests_total"), "{text}");
-    assert!(text.contains("flashsale_purchases_total"));
-    assert!(!text.contains(crate::support::app::JWT_SECRET));
+    let (s, body) = app.get("/readyz", None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+
+    // The metrics are real counters: a purchase moves them (they are the
+    // process's, shared with other tests, so they can only have grown more).
+    let accepted = r#"flashsale_purchases_total{outcome="accepted"}"#;
+    let purchase_202 =
+        r#"flashsale_http_requests_total{route="/api/sales/{sku}/purchase",status="202"}"#;
+    let acks = "flashsale_ack_round_seconds_count";
+    let before = metrics_text(&app).await;
+    for name in [
+        "flashsale_http_requests_total",
+        "flashsale_http_request_duration_seconds",
+        "flashsale_purchases_total",
+        "flashsale_required_replica_acks",
+        "flashsale_connections_open",
+    ] {
+        assert!(
+            before.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{before}"
+        );
+    }
+    let (s, body) = app.purchase("ivan", &sku, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    let after = metrics_text(&app).await;
+    for series in [accepted, purchase_202, acks] {
+        let b = metric_value(&before, series).unwrap_or(0.0);
+        let a = metric_value(&after, series)
+            .unwrap_or_else(|| panic!("{series} missing after a purchase:\n{after}"));
+        assert!(a >= b + 1.0, "{series}: {b} before a purchase, {a} after");
+    }
+    let required = metric_value(&after, "flashsale_required_replica_acks").expect("acks gauge");
+    assert!(required >= 1.0, "required replica acks {required}");
+    for secret in [
+        crate::support::app::JWT_SECRET,
+        crate::support::app::ADMIN_TOKEN,
+        shared_group().password(),
+    ] {
+        assert!(!after.contains(secret), "a secret in /metrics");
+    }
+
+    // No master reachable: not ready (503, the contract's error body), yet
+    // alive; ready again once the Sentinels have promoted a replica.
+    let mut group = RedisGroup::start(GroupOptions::default()).await;
+    let lone = TestApp::spawn(&group, AppOptions::default()).await;
+    let (s, body) = lone.get("/readyz", None).await;
+    assert_eq!(s, 200, "{body}");
+    let master = group.master_index().await;
+    group.kill9(Node::Redis(master));
+    let t = std::time::Instant::now();
+    let (s, body) = lone.get("/readyz", None).await;
+    assert_eq!(s, 503, "/readyz with the master gone: {body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    let (s, _) = lone.get("/healthz", None).await;
+    assert_eq!(s, 200, "/healthz while the master is gone");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, body) = lone.get("/readyz", None).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {s} 30 s after the master died: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The status; a 429 must carry `Retry-After` and the contract's code.

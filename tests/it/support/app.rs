@@ -358,3 +358,190 @@ pub fn worker_command(group: &RedisGroup, prefix: &str) -> tokio::process::Comma
         .kill_on_drop(true);
     cmd
 }
+
+/// The hold `flashsale serve` runs with unless told otherwise
+/// (`FLASHSALE_FAILOVER_WAIT_MS` as the product parses it from this
+/// environment), for apps that must run the shipped settings.
+pub fn shipped_failover_wait() -> Duration {
+    #[derive(clap::Parser)]
+    struct Product {
+        #[command(flatten)]
+        redis: flashsale::config::RedisArgs,
+    }
+    let p = <Product as clap::Parser>::try_parse_from(["flashsale"])
+        .unwrap_or_else(|e| panic!("the product's Redis settings do not parse: {e}"));
+    Duration::from_millis(p.redis.failover_wait_ms)
+}
+
+/// [`AppOptions`] with the product's own hold instead of the tests' 5 s.
+pub fn shipped_app_options() -> AppOptions {
+    AppOptions {
+        failover_wait: shipped_failover_wait(),
+        ..AppOptions::default()
+    }
+}
+
+/// When the Sentinels of a group first announced `+switch-master` (any
+/// Sentinel, from [`SwitchWatch::start`] on).
+pub struct SwitchWatch {
+    first: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SwitchWatch {
+    /// Subscribes on every Sentinel; returns once all three listen.
+    pub async fn start(group: &RedisGroup) -> SwitchWatch {
+        use futures_util::StreamExt;
+        let first = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let mut tasks = Vec::new();
+        for addr in group.sentinel_addrs() {
+            let client = redis::Client::open(format!("redis://{addr}")).expect("sentinel url");
+            let mut ps = client.get_async_pubsub().await.expect("sentinel pubsub");
+            ps.subscribe("+switch-master").await.expect("subscribe");
+            let first = first.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stream = ps.into_on_message();
+                while stream.next().await.is_some() {
+                    let now = std::time::Instant::now();
+                    let mut f = first.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.is_none_or(|t| now < t) {
+                        *f = Some(now);
+                    }
+                }
+            }));
+        }
+        SwitchWatch { first, tasks }
+    }
+
+    /// The first `+switch-master` heard, if any.
+    pub fn first(&self) -> Option<std::time::Instant> {
+        *self.first.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for SwitchWatch {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// `status` of each order on the current master (`None`: no such order).
+pub async fn order_statuses(
+    group: &RedisGroup,
+    prefix: &str,
+    ids: &[String],
+) -> Vec<Option<String>> {
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut c = group.client(group.master_port().await).await;
+    let mut pipe = redis::pipe();
+    for id in ids {
+        let sku = id.rsplit_once('.').map(|(s, _)| s).expect("order id");
+        pipe.cmd("HGET")
+            .arg(format!("{prefix}:{{{sku}}}:order:{id}"))
+            .arg("status");
+    }
+    pipe.query_async(&mut c).await.expect("order statuses")
+}
+
+/// Whether an order status is `confirmed` or one only reached through it.
+pub fn reached_confirmed(status: Option<&str>) -> bool {
+    matches!(status, Some("confirmed" | "paid" | "expired" | "cancelled"))
+}
+
+/// Waits up to `timeout` for every order of `ids` to reach `confirmed` on
+/// the current master; returns those that did not, with their status then
+/// (`None`: the order does not exist).
+pub async fn unconfirmed_after(
+    group: &RedisGroup,
+    prefix: &str,
+    ids: &[String],
+    timeout: Duration,
+) -> Vec<(String, Option<String>)> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let statuses = order_statuses(group, prefix, ids).await;
+        let bad: Vec<(String, Option<String>)> = ids
+            .iter()
+            .zip(statuses)
+            .filter(|(_, s)| !reached_confirmed(s.as_deref()))
+            .map(|(id, s)| (id.clone(), s))
+            .collect();
+        if bad.is_empty() || std::time::Instant::now() >= deadline {
+            return bad;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What one page-script shopper saw: the final answer, and every 503 and
+/// dropped connection on the way (each retried with the same key).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub body: Value,
+    pub n503: u32,
+    pub transport_errors: u32,
+    /// Sent and answered instants of the request that got the final answer.
+    pub sent: std::time::Instant,
+    pub answered: std::time::Instant,
+}
+
+/// A purchase the way the page script makes it: one Idempotency-Key, and on
+/// 503 or a dropped connection a backoff and a retry (up to 12 tries), each
+/// 503 counted — a retried 503 is still a 503 a shopper saw.
+pub async fn buy_counting(app: &TestApp, user: &str, sku: &str) -> Outcome {
+    let key = format!("k-{user}");
+    let (mut n503, mut transport_errors) = (0, 0);
+    let mut attempt = 0u32;
+    loop {
+        let sent = std::time::Instant::now();
+        let (status, body) = app.purchase(user, sku, 1, Some(&key)).await;
+        let answered = std::time::Instant::now();
+        match status {
+            503 => n503 += 1,
+            0 => transport_errors += 1,
+            _ => {}
+        }
+        attempt += 1;
+        if (status != 503 && status != 0) || attempt >= 12 {
+            return Outcome {
+                status,
+                body,
+                n503,
+                transport_errors,
+                sent,
+                answered,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+    }
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as rendered)
+/// in a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// GET /metrics of an app, as text.
+pub async fn metrics_text(app: &TestApp) -> String {
+    let r = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status().as_u16(), 200, "/metrics");
+    r.text().await.expect("metrics text")
+}
