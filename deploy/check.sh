@@ -78,12 +78,12 @@ die() { echo "check.sh: FATAL: $*" >&2; exit 1; }
 section() { printf '\n== %s (at %ss)\n' "$1" "$((SECONDS - START))"; }
 
 # check NAME CMD...: runs CMD in a subshell with errexit; shows its output
-# only when it fails.
+# only when it fails, with the command that failed.
 check() {
     local name=$1; shift
     local log=$T/check.$((PASS + FAIL)).log rc t0=$SECONDS
     set +e
-    ( set -euo pipefail; "$@" ) >"$log" 2>&1
+    ( set -eEuo pipefail; trap 'echo "check.sh: failed: $BASH_COMMAND (line $LINENO)"' ERR; "$@" ) >"$log" 2>&1
     rc=$?
     set -e
     if [ "$rc" -eq 0 ]; then
@@ -115,6 +115,56 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The shipped settings (deploy/redis/), as the running processes report them.
+# shipped_redis: "option<TAB>value" per line of redis-shipped.conf, the value
+# as CONFIG GET answers it (quotes off, sizes in bytes).
+shipped_redis() {
+    python3 - "$DEPLOY/redis/redis-shipped.conf" <<'EOF'
+import re, sys
+units = {"k": 1000, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9, "gb": 1024**3}
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    key, _, value = line.partition(" ")
+    toks = [t.strip('"') for t in value.split() if t.strip('"')]
+    if len(toks) == 1:
+        m = re.fullmatch(r"(\d+)(k|kb|m|mb|g|gb)", toks[0].lower())
+        if m:
+            toks = [str(int(m.group(1)) * units[m.group(2)])]
+    print(f"{key.lower()}\t{' '.join(toks)}")
+EOF
+}
+# shipped_sentinel: "key<TAB>value" per line of sentinel-shipped.properties.
+shipped_sentinel() {
+    grep -E '^[a-z-]+=[0-9]+$' "$DEPLOY/redis/sentinel-shipped.properties" | tr '=' '\t'
+}
+# data_node_is_shipped PORT PASSWORD: CONFIG GET of every shipped option.
+data_node_is_shipped() {
+    local port=$1 pw=$2 k v got bad=0 n=0
+    while IFS=$'\t' read -r k v; do
+        got=$(REDISCLI_AUTH=$pw timeout 5 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" CONFIG GET "$k" | sed -n 2p)
+        n=$((n + 1))
+        [ "$got" = "$v" ] || { echo "data node $port: $k is [$got], shipped [$v]"; bad=1; }
+    done < <(shipped_redis)
+    [ "$n" -gt 5 ] || { echo "only $n shipped options read"; return 1; }
+    echo "data node $port: $n options as shipped"
+    return $bad
+}
+# sentinel_is_shipped PORT: SENTINEL MASTER mymaster shows every shipped tunable.
+sentinel_is_shipped() {
+    local port=$1 k v got live bad=0 n=0
+    live=$(timeout 5 redis-cli -h 127.0.0.1 -p "$port" SENTINEL master mymaster)
+    while IFS=$'\t' read -r k v; do
+        got=$(grep -A1 -x -- "$k" <<<"$live" | sed -n 2p)
+        n=$((n + 1))
+        [ "$got" = "$v" ] || { echo "sentinel $port: $k is [$got], shipped [$v]"; bad=1; }
+    done < <(shipped_sentinel)
+    [ "$n" -ge 3 ] || { echo "only $n shipped tunables read"; return 1; }
+    echo "sentinel $port: $n tunables as shipped"
+    return $bad
+}
 
 # ---------------------------------------------------------------------------
 section "tools"
@@ -483,7 +533,6 @@ redis3 redis_announce_host=127.0.0.1 redis_port=$RP3 redis_sentinel_port=$SP3 de
 [redis:vars]
 redis_initial_master=redis1
 redis_maxmemory=64mb
-redis_repl_backlog_size=1mb
 
 [app]
 app1 deploy_prefix=$p/app1 flashsale_serve_ports="[18081, 18082]"
@@ -573,7 +622,10 @@ check_files() {
         expect_eq "$(mode "$P/redis$i/etc/flashsale-redis/redis.conf")" 640 "redis$i redis.conf"
         expect_eq "$(mode "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf")" 600 "redis$i sentinel.conf"
         grep -q "^requirepass \"$REDIS_PW\"" "$P/redis$i/etc/flashsale-redis/redis.conf"
-        grep -q "^min-replicas-to-write 1" "$P/redis$i/etc/flashsale-redis/redis.conf"
+        # The shipped data-node settings: a copy of deploy/redis/'s, included.
+        cmp "$DEPLOY/redis/redis-shipped.conf" "$P/redis$i/etc/flashsale-redis/redis-shipped.conf"
+        expect_eq "$(mode "$P/redis$i/etc/flashsale-redis/redis-shipped.conf")" 640 "redis$i redis-shipped.conf"
+        grep -qx "include $P/redis$i/etc/flashsale-redis/redis-shipped.conf" "$P/redis$i/etc/flashsale-redis/redis.conf"
         grep -q "^sentinel monitor mymaster 127.0.0.1 $RP1 2" "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf"
         cmp "$DEPLOY/systemd/flashsale-redis.service" "$P/redis$i/etc/systemd/system/flashsale-redis.service"
     done
@@ -653,6 +705,13 @@ check_group() {
     expect_eq "$(rcli -p "$RP2" GET fs:deploy-check)" ok "replica read"
 }
 check "3 data nodes + 3 Sentinels form a group: all agree on the master, see 2 replicas, quorum OK, WAIT 2" check_group
+check_ansible_shipped() {
+    local bad=0 p
+    for p in $RP1 $RP2 $RP3; do data_node_is_shipped "$p" "$REDIS_PW" || bad=1; done
+    for p in $SP1 $SP2 $SP3; do sentinel_is_shipped "$p" || bad=1; done
+    return $bad
+}
+check "the ansible-rendered group runs deploy/redis/ (CONFIG GET, SENTINEL MASTER)" check_ansible_shipped
 check_second_run() {
     run_playbook second real
     recap_changed_zero second
@@ -748,6 +807,65 @@ check_compose_rejects() {
     [ "$rc" -ne 0 ]
 }
 check "docker-compose config rejects a broken file (the check is real)" check_compose_rejects
+# The containers' start scripts, outside a container: paths moved with their
+# variables, and a docker-entrypoint.sh that runs the server on a loopback
+# port (the data node) or only says what it would start (the Sentinel, whose
+# file names the other containers).
+CR=$T/compose-run
+mkdir -p "$CR/bin" "$CR/redis1" "$CR/sentinel1" "$CR/shipped-changed"
+cat >"$CR/bin/docker-entrypoint.sh" <<'EOF'
+#!/bin/sh
+case " $* " in *" --sentinel "*) echo "would start: $*"; exit 0 ;; esac
+exec "$@" --port "$CHECK_PORT" --bind 127.0.0.1
+EOF
+chmod 0755 "$CR/bin/docker-entrypoint.sh"
+printf '%s\n' "$REDIS_PW" >"$CR/redis_password"
+read -r CRP CSP <<<"$(free_ports 2)"
+compose_env() {
+    env PATH="$CR/bin:$PATH" FLASHSALE_ETC="$C/redis" FLASHSALE_SHIPPED="${SHIPPED_DIR:-$DEPLOY/redis}" \
+        REDIS_DATA="$CR/redis1" SENTINEL_DATA="$CR/sentinel1" REDIS_PASSWORD_FILE="$CR/redis_password" \
+        REDIS_ANNOUNCE=127.0.0.1 SENTINEL_ANNOUNCE=sentinel1 CHECK_PORT="$CRP" "$@"
+}
+compose_env sh "$C/redis/start-redis.sh" >"$CR/redis1.log" 2>&1 &
+PIDS+=("$!")
+check_compose_data_node() {
+    wait_until 15 port_open "$CRP" || { cat "$CR/redis1.log"; return 1; }
+    grep -E "^(include|dir) " "$CR/redis1/runtime.conf"
+    data_node_is_shipped "$CRP" "$REDIS_PW"
+    # The compose file's own sizing stays its own.
+    expect_eq "$(REDISCLI_AUTH=$REDIS_PW redis-cli --no-auth-warning -p "$CRP" CONFIG GET maxmemory | sed -n 2p)" \
+        $((512 * 1024 * 1024)) maxmemory
+}
+check "compose: start-redis.sh starts a data node that runs deploy/redis/ (CONFIG GET)" check_compose_data_node
+check_compose_sentinel() {
+    compose_env sh "$C/redis/start-sentinel.sh"
+    local f=$CR/sentinel1/sentinel.conf k v
+    grep -qx 'sentinel announce-ip sentinel1' "$f"
+    ! grep -q '@@' "$f"
+    while IFS=$'\t' read -r k v; do
+        expect_eq "$(grep -c "^sentinel $k mymaster " "$f")" 1 "$k lines"
+        grep -qx "sentinel $k mymaster $v" "$f"
+    done < <(shipped_sentinel)
+    # Started for real from a loopback copy (the file names the containers).
+    sed -e "s/^sentinel monitor mymaster redis1 6379 /sentinel monitor mymaster 127.0.0.1 $CRP /" \
+        -e 's/^sentinel announce-ip sentinel1$/sentinel announce-ip 127.0.0.1/' \
+        -e "s|^dir /data\$|dir $CR/sentinel1|" "$f" >"$CR/sentinel-loopback.conf"
+    redis-server "$CR/sentinel-loopback.conf" --sentinel --port "$CSP" --bind 127.0.0.1 --daemonize yes \
+        --pidfile "$CR/sentinel.pid" --logfile "$CR/sentinel.log"
+    # It daemonized: stopped by its pidfile when this check ends, however.
+    trap 'kill "$(cat "$CR/sentinel.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+    wait_until 10 port_open "$CSP" || { cat "$CR/sentinel.log"; return 1; }
+    sentinel_is_shipped "$CSP"
+    # A restart with a changed tunable replaces its line and keeps the rest.
+    cp "$DEPLOY/redis/"* "$CR/shipped-changed/"
+    sed -i 's/^failover-timeout=.*/failover-timeout=12345/' "$CR/shipped-changed/sentinel-shipped.properties"
+    echo "sentinel known-replica mymaster redis2 6379" >>"$f"
+    SHIPPED_DIR=$CR/shipped-changed compose_env sh "$C/redis/start-sentinel.sh"
+    expect_eq "$(grep -c '^sentinel failover-timeout mymaster ' "$f")" 1 "failover-timeout lines"
+    grep -qx 'sentinel failover-timeout mymaster 12345' "$f"
+    grep -qx 'sentinel known-replica mymaster redis2 6379' "$f"
+}
+check "compose: start-sentinel.sh writes deploy/redis/'s tunables (a Sentinel started from them reports them; a restart replaces them)" check_compose_sentinel
 echo "note: docker build / docker compose up need a Docker engine; none runs here"
 
 # ---------------------------------------------------------------------------
