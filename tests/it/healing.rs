@@ -235,3 +235,122 @@ async fn a_pipeline_refused_for_want_of_replicas_keeps_its_code() {
         .expect_err("fails");
     assert_eq!(verdict(&err), Verdict::Stale, "{err:?}");
 }
+
+/// Queues `n` orders of distinct users straight through the purchase
+/// Function; their ids.
+async fn queue_orders(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    sku: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{sku}.{}", uuid::Uuid::new_v4().simple());
+        pipe.add_command(flashsale::redis::functions::purchase_call(
+            keys,
+            sku,
+            &format!("c{i}"),
+            1,
+            &id,
+            None,
+        ));
+        ids.push(id);
+    }
+    let _: Vec<redis::Value> = pipe.query_async(conn).await.expect("purchases");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_entries_behind_many_busy_ones_are_reclaimed() {
+    // XAUTOCLAIM looks at COUNT × 10 pending entries per call. With a batch
+    // of 4, a busy consumer's 60 fresh entries fill every window that starts
+    // at 0-0; a dead consumer's 5 entries behind them are reached only by
+    // following the cursor from call to call.
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    let sku = "heal-3";
+    app.create_sale(sku, 100, 1, -5, 3600).await;
+    let mut conn = group.client(group.master_port().await).await;
+    let ids = queue_orders(&mut conn, &keys, sku, 65).await;
+    let stream = keys.stream(sku);
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("flashsale")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let read = |consumer: &'static str, count: usize| {
+        let mut c = redis::cmd("XREADGROUP");
+        c.arg("GROUP")
+            .arg("flashsale")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">");
+        c
+    };
+    let busy: redis::streams::StreamReadReply = read("busy", 60)
+        .query_async(&mut conn)
+        .await
+        .expect("busy read");
+    let busy_ids: Vec<String> = busy.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let _: redis::Value = read("dead", 5)
+        .query_async(&mut conn)
+        .await
+        .expect("dead read");
+
+    // The busy consumer keeps its entries fresh (idle 0) throughout.
+    let keep_busy = {
+        let mut conn = conn.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            loop {
+                let _: Result<redis::Value, _> = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg("flashsale")
+                    .arg("busy")
+                    .arg(0)
+                    .arg(&busy_ids)
+                    .arg("JUSTID")
+                    .query_async(&mut conn)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _worker = worker_command(group, &app.prefix)
+        .args([
+            "--batch",
+            "4",
+            "--claim-idle-ms",
+            "400",
+            "--sweep-ms",
+            "600000",
+        ])
+        .spawn()
+        .expect("worker");
+    let dead_orders = &ids[60..];
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        wait_all_confirmed(&mut conn, &keys, sku, dead_orders, Duration::from_secs(20)),
+    )
+    .await;
+    keep_busy.abort();
+    assert!(
+        result.is_ok(),
+        "the dead consumer's entries were never reclaimed"
+    );
+    let busy_status = statuses(&mut conn, &keys, sku, &ids[..60]).await;
+    assert!(
+        busy_status.iter().all(|s| s == "queued"),
+        "the busy consumer's fresh entries are not taken from it"
+    );
+}
