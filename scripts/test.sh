@@ -15,8 +15,10 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --bins
-# The failover harness, short form: a killed master and a planned switch
-# under load, audited for the four invariants (full matrix: loadtest/failover.sh).
+# The failover harness, short form, on the shipped Redis and Sentinel
+# settings: a killed master and a planned switch under load, checked for the
+# invariants, confirmed promises, 503s, the resume time and link installs
+# (full matrix: loadtest/failover.sh).
 "${CARGO_TARGET_DIR:-target}/debug/failover" --scenario kill-master --scenario planned --runs 1 \
   --stock 600 --shoppers 1500 --arrival-rate 500
 # The load tests as a smoke test: oha (cargo install, a few minutes on a

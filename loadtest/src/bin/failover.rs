@@ -1,14 +1,34 @@
-//! The failover harness: sells a sale through one injected fault and audits
-//! the four invariants of CONTRACT.md afterwards.
+//! The failover harness: sells a sale through one injected fault, on the
+//! Redis and Sentinel settings that deploy/ ships, and checks every run
+//! against the contract and against fixed bounds.
 //!
-//! Each run starts its own Sentinel group (`down-after-milliseconds` 1000),
-//! two `flashsale serve` instances and two `flashsale-worker`s, creates a
-//! sale, and drives it with thousands of distinct shoppers who behave like
+//! Each run starts its own Sentinel group (`GroupOptions::default()`: the
+//! shipped settings, unless the test kit reports a timing override, which
+//! every line then names), two `flashsale serve` instances and two
+//! `flashsale-worker`s (their own defaults, metrics on a free port), creates
+//! a sale, and drives it with thousands of distinct shoppers who behave like
 //! the page script: one Idempotency-Key per shopper, backoff and retry on 503
-//! or a dropped connection, the other server when one is gone. When about a
-//! third of the stock is sold it injects one fault, lets the sale finish and
-//! the workers drain, then audits from Redis and through the API. It prints
-//! one summary line per run and exits non-zero on any violation.
+//! or a dropped connection, the other server when one is gone. Every 503 is
+//! counted, retried or not. When about a third of the stock is sold it
+//! injects one fault, lets the sale finish and the workers drain, then audits
+//! from Redis and through the API.
+//!
+//! A run fails (and the harness exits non-zero) when any of these breaks:
+//! - the invariants: no oversell, nobody above the limit, no order id
+//!   promised twice, every promised order exists, the audit is consistent;
+//! - every order answered 202 or 409 reaches `confirmed` (read from the
+//!   master after the workers drain, with a bounded wait);
+//! - no answer is 503 when the master switch completed within the hold
+//!   (`FLASHSALE_FAILOVER_WAIT_MS`), nor when no data node failed at all
+//!   (`kill-worker-server`); `kill-replica-sentinel` only reports them;
+//! - `planned`: the first purchase sent after the first `+switch-master` is
+//!   answered 202 within `--resume-bound-ms` of it;
+//! - each server and worker installs at most `--link-installs-bound` Redis
+//!   links per switch (`flashsale_redis_link_installs_total`, read from their
+//!   metrics before the fault and after the drain; a process that does not
+//!   export it counts 0, and the line says so).
+//!
+//! One summary line per run, a matrix per scenario at the end.
 //!
 //! ```text
 //! cargo run --release -p flashsale-loadtest --bin failover -- \
@@ -29,7 +49,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Semaphore};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 enum Scenario {
     /// kill -9 of the master process.
     KillMaster,
@@ -56,8 +76,30 @@ const ALL: [Scenario; 6] = [
     Scenario::RestartOldMaster,
 ];
 
+impl Scenario {
+    /// Whether the fault makes the Sentinels switch masters.
+    fn switches(self) -> bool {
+        matches!(
+            self,
+            Scenario::KillMaster
+                | Scenario::StopMaster
+                | Scenario::Planned
+                | Scenario::RestartOldMaster
+        )
+    }
+}
+
 #[derive(Parser, Debug)]
-#[command(about = "Sell through an injected fault and audit the invariants")]
+#[command(
+    about = "Sell through an injected fault and check the invariants and the failover bounds",
+    long_about = "Sell through an injected fault and check the invariants and the failover bounds.\n\n\
+        Runs on the Redis and Sentinel settings deploy/ ships (the test kit's default group); \
+        a timing override, if the kit reports one, is named in every line. A run fails on: \
+        an invariant violation; a 202/409 order that does not reach `confirmed`; any 503 when \
+        the switch completed within the hold (FLASHSALE_FAILOVER_WAIT_MS) or no data node \
+        failed; in `planned`, a first 202 later than --resume-bound-ms after `+switch-master`; \
+        more than --link-installs-bound Redis link installs per process per switch."
+)]
 struct Args {
     /// Scenarios to run (repeatable).
     #[arg(long, value_enum, required = true)]
@@ -66,10 +108,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     runs: u32,
     /// Units in the sale.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1500)]
     stock: i64,
     /// Distinct shoppers.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 4000)]
     shoppers: usize,
     /// Shoppers buying at once.
     #[arg(long, default_value_t = 256)]
@@ -77,6 +119,16 @@ struct Args {
     /// New shoppers per second (spreads the sale so the fault lands mid-sale).
     #[arg(long, default_value_t = 1000)]
     arrival_rate: u64,
+    /// Longest time from the first `+switch-master` to the first 202 of a
+    /// purchase sent after it (`planned` fails beyond it).
+    #[arg(long, default_value_t = 1000)]
+    resume_bound_ms: u64,
+    /// Most Redis link installs per process per master switch.
+    #[arg(long, default_value_t = 10)]
+    link_installs_bound: u64,
+    /// How long the workers get, after the last shopper, to confirm every promise.
+    #[arg(long, default_value_t = 45)]
+    drain_timeout_s: u64,
     /// Directory of the flashsale binaries (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -85,14 +137,34 @@ struct Args {
     logs: Option<PathBuf>,
 }
 
+/// The Redis settings of the servers and workers as the product parses them
+/// from this environment (which they inherit): the hold is theirs.
+#[derive(Parser, Debug)]
+struct ProductRedis {
+    #[command(flatten)]
+    redis: flashsale::config::RedisArgs,
+}
+
 const JWT: &str = "harness-jwt-secret-0123456789";
 const ADMIN: &str = "harness-admin-token";
 const SKU: &str = "harness-sale";
+const LINK_INSTALLS: &str = "flashsale_redis_link_installs_total";
+
+/// What the group runs: "shipped settings", or the timing override the
+/// test kit reports.
+fn settings_label(group: &RedisGroup) -> String {
+    match group.timing_override() {
+        None => "shipped settings".to_owned(),
+        Some(o) => format!("TIMING OVERRIDE {o}"),
+    }
+}
 
 /// A child process that dies with the harness.
 struct Proc {
     child: Child,
     name: String,
+    /// Where its Prometheus metrics are served.
+    metrics_url: String,
 }
 
 impl Proc {
@@ -157,25 +229,29 @@ impl Cluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log));
             let child = c.spawn().expect("spawn flashsale serve");
+            let base = format!("http://127.0.0.1:{port}");
             servers.push((
-                format!("http://127.0.0.1:{port}"),
+                base.clone(),
                 Proc {
                     child,
                     name: format!("serve-{i}"),
+                    metrics_url: format!("{base}/metrics"),
                 },
             ));
         }
         let mut workers = Vec::new();
         for i in 0..2 {
             let log = std::fs::File::create(logs.join(format!("worker-{i}.log"))).expect("log");
+            let port = free_port();
             let mut c = Command::new(bin_dir.join("flashsale-worker"));
             env(&mut c);
-            c.args(["--claim-idle-ms", "2000", "--discover-ms", "200"])
+            c.args(["--metrics", &format!("127.0.0.1:{port}")])
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log));
             workers.push(Proc {
                 child: c.spawn().expect("spawn flashsale-worker"),
                 name: format!("worker-{i}"),
+                metrics_url: format!("http://127.0.0.1:{port}/metrics"),
             });
         }
         // If the harness itself is killed, Drop never runs: a watchdog stops
@@ -216,6 +292,17 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        for w in &workers {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while http.get(&w.metrics_url).send().await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} does not serve its metrics",
+                    w.name
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         Cluster {
             group,
             servers,
@@ -223,6 +310,44 @@ impl Cluster {
             watchdog,
         }
     }
+
+    fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.servers
+            .iter()
+            .map(|(_, p)| p)
+            .chain(self.workers.iter())
+    }
+}
+
+/// The sum of a counter's series in a Prometheus text exposition; `None`
+/// when the counter is not there.
+fn counter_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// One process's link-install counter: `Err` when its metrics cannot be read
+/// (the process is gone), `Ok(None)` when it does not export the counter.
+async fn link_installs(http: &reqwest::Client, p: &Proc) -> Result<Option<u64>, ()> {
+    let r = http
+        .get(&p.metrics_url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    let text = r.text().await.map_err(|_| ())?;
+    Ok(counter_sum(&text, LINK_INSTALLS).map(|v| v as u64))
 }
 
 /// What the shoppers saw.
@@ -245,10 +370,24 @@ struct Shared {
     tokens: Vec<String>,
     accepted: AtomicI64,
     fault_at: std::sync::Mutex<Option<Instant>>,
-    switch_at: std::sync::Mutex<Option<Instant>>,
+    /// Every distinct `+switch-master` message, when it was first heard.
+    switches: std::sync::Mutex<Vec<(Instant, String)>>,
     first_ok_after_switch: std::sync::Mutex<Option<Instant>>,
+    /// When the first 410 `sold_out` was answered.
+    first_sold_out: std::sync::Mutex<Option<Instant>>,
     observed: Mutex<Observed>,
     dead_server: AtomicU64,
+}
+
+impl Shared {
+    fn first_switch(&self) -> Option<Instant> {
+        self.switches
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(t, _)| *t)
+            .min()
+    }
 }
 
 fn mint(user: &str) -> String {
@@ -304,14 +443,19 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
         }
         if status == 202 {
             shared.accepted.fetch_add(1, Ordering::SeqCst);
-            let switch = *shared.switch_at.lock().expect("lock");
-            if let Some(sw) = switch
+            if let Some(sw) = shared.first_switch()
                 && sent >= sw
             {
                 let mut first = shared.first_ok_after_switch.lock().expect("lock");
-                if first.is_none() {
+                if first.is_none_or(|f| done < f) {
                     *first = Some(done);
                 }
+            }
+        }
+        if status == 410 && body["error"] == "sold_out" {
+            let mut first = shared.first_sold_out.lock().expect("lock");
+            if first.is_none_or(|f| done < f) {
+                *first = Some(done);
             }
         }
         if status == 0 || status >= 500 {
@@ -334,7 +478,8 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
     }
 }
 
-/// Records when the Sentinels announce `+switch-master` (first one heard).
+/// Records every distinct `+switch-master` the Sentinels announce, with the
+/// time it was first heard.
 async fn listen_for_switch(
     group_sentinels: Vec<String>,
     shared: Arc<Shared>,
@@ -356,10 +501,12 @@ async fn listen_for_switch(
             let mut stream = ps.into_on_message();
             while !stop.load(Ordering::SeqCst) {
                 match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-                    Ok(Some(_)) => {
-                        let mut s = shared.switch_at.lock().expect("lock");
-                        if s.is_none() {
-                            *s = Some(Instant::now());
+                    Ok(Some(msg)) => {
+                        let now = Instant::now();
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        let mut s = shared.switches.lock().expect("lock");
+                        if !s.iter().any(|(_, p)| *p == payload) {
+                            s.push((now, payload));
                         }
                     }
                     Ok(None) => return,
@@ -401,19 +548,54 @@ async fn inject(scenario: Scenario, cluster: &mut Cluster, shared: &Shared) -> R
     Ok(())
 }
 
+/// What one run measured; `reasons` is empty when it passed.
 struct RunResult {
+    scenario: Scenario,
+    /// What the group ran ("shipped settings" or the override).
+    settings: String,
     line: String,
-    violations: Vec<String>,
+    /// Invariant violations (oversell, limit, duplicates, missing orders, audit).
+    violations: usize,
+    unconfirmed: usize,
+    n503: u64,
+    resume_ms: Option<u128>,
+    /// Most link installs of one process per switch (None: no process exported the counter).
+    max_link_installs: Option<u64>,
+    reasons: Vec<String>,
+}
+
+/// Statuses an order reaches only through `confirmed`.
+fn reached_confirmed(status: Option<&str>) -> bool {
+    matches!(status, Some("confirmed" | "paid" | "expired" | "cancelled"))
+}
+
+/// `status` of each order, read from the master (None: no such order).
+async fn order_statuses(
+    redis: &mut redis::aio::MultiplexedConnection,
+    ids: &[&String],
+) -> Result<Vec<Option<String>>, redis::RedisError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGET")
+            .arg(format!("fs:{{{SKU}}}:order:{id}"))
+            .arg("status");
+    }
+    pipe.query_async(redis).await
 }
 
 async fn one_run(
     args: &Args,
     scenario: Scenario,
     run: u32,
+    hold: Duration,
     bin_dir: &Path,
     logs: &Path,
 ) -> RunResult {
     let mut cluster = Cluster::start(bin_dir, logs).await;
+    let settings = settings_label(&cluster.group);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
@@ -443,8 +625,9 @@ async fn one_run(
         tokens,
         accepted: AtomicI64::new(0),
         fault_at: std::sync::Mutex::new(None),
-        switch_at: std::sync::Mutex::new(None),
+        switches: std::sync::Mutex::new(Vec::new()),
         first_ok_after_switch: std::sync::Mutex::new(None),
+        first_sold_out: std::sync::Mutex::new(None),
         observed: Mutex::new(Observed::default()),
         dead_server: AtomicU64::new(0),
     });
@@ -486,16 +669,22 @@ async fn one_run(
     while shared.accepted.load(Ordering::SeqCst) < third && Instant::now() < fault_deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    *shared.fault_at.lock().expect("lock") = Some(Instant::now());
+    // Link installs so far (start-up), per process.
+    let mut installs_before = Vec::new();
+    for p in cluster.procs() {
+        installs_before.push(link_installs(&shared.http, p).await);
+    }
+    let fault_at = Instant::now();
+    *shared.fault_at.lock().expect("lock") = Some(fault_at);
     let mut violations = Vec::new();
+    let mut reasons = Vec::new();
     if let Err(e) = inject(scenario, &mut cluster, &shared).await {
-        violations.push(format!("fault injection failed: {e}"));
+        reasons.push(format!("fault injection failed: {e}"));
     }
     let drive_deadline = Duration::from_secs(180);
     if tokio::time::timeout(drive_deadline, driver).await.is_err() {
-        violations.push("shoppers did not finish in time".into());
+        reasons.push("shoppers did not finish in time".into());
     }
-    stop_listen.store(true, Ordering::SeqCst);
     if scenario == Scenario::RestartOldMaster {
         // Bring the old master back once the switch is done; it must rejoin as a replica.
         let dead = (0..3).find(|i| cluster.group.pid(Node::Redis(*i)).is_none());
@@ -505,28 +694,88 @@ async fn one_run(
         cluster.group.wait_converged(Duration::from_secs(40)).await;
     }
 
-    // Let the workers drain, then audit through the API.
+    // Every promise (202/409) names an order; let the workers confirm them
+    // all (bounded), then audit through the API and from Redis.
+    let promised: Vec<String> = {
+        let o = shared.observed.lock().await;
+        o.finals
+            .values()
+            .filter(|(s, _)| *s == 202 || *s == 409)
+            .filter_map(|(_, id)| id.clone())
+            .collect()
+    };
+    let promised_refs: Vec<&String> = promised.iter().collect();
     let live = cluster.servers[(shared.dead_server.load(Ordering::SeqCst) as usize) % 2]
         .0
         .clone();
     let audit_url = format!("{live}/admin/sales/{SKU}/audit");
     let mut audit = Value::Null;
-    let drain_deadline = Instant::now() + Duration::from_secs(90);
+    let mut statuses: Vec<Option<String>> = Vec::new();
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout_s);
     loop {
         if let Ok(r) = shared.http.get(&audit_url).bearer_auth(ADMIN).send().await
             && r.status().is_success()
         {
             audit = r.json().await.unwrap_or(Value::Null);
-            if audit["pending"] == 0 && audit["orders"].as_i64().is_some() {
-                break;
-            }
         }
-        if Instant::now() >= drain_deadline {
-            violations.push(format!("workers did not drain: {audit}"));
+        let master_port = cluster.group.master_port().await;
+        let mut redis = cluster.group.client(master_port).await;
+        if let Ok(s) = order_statuses(&mut redis, &promised_refs).await {
+            statuses = s;
+        }
+        let all_confirmed = statuses.len() == promised.len()
+            && statuses.iter().all(|s| reached_confirmed(s.as_deref()));
+        let drained = audit["pending"] == 0 && audit["orders"].as_i64().is_some();
+        if all_confirmed && drained {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() >= drain_deadline {
+            if !drained {
+                reasons.push(format!(
+                    "workers did not drain in {} s: {audit}",
+                    args.drain_timeout_s
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    stop_listen.store(true, Ordering::SeqCst);
+
+    // Link installs during the fault, per process and switch.
+    let switches = shared.switches.lock().expect("lock").len() as u64;
+    let mut installs = Vec::new();
+    let mut max_installs: Option<u64> = None;
+    let mut exported = false;
+    for (p, before) in cluster.procs().zip(&installs_before) {
+        let after = link_installs(&shared.http, p).await;
+        let text = match (before, after) {
+            (Ok(b), Ok(a)) => {
+                exported |= b.is_some() || a.is_some();
+                let delta = a.unwrap_or(0).saturating_sub(b.unwrap_or(0));
+                let per_switch = delta.div_ceil(switches.max(1));
+                max_installs = Some(max_installs.unwrap_or(0).max(per_switch));
+                if per_switch > args.link_installs_bound {
+                    reasons.push(format!(
+                        "{} installed {delta} Redis links in {switches} switch(es) (bound {} per switch)",
+                        p.name, args.link_installs_bound
+                    ));
+                }
+                delta.to_string()
+            }
+            _ => "gone".to_owned(),
+        };
+        installs.push(format!("{}:{text}", p.name));
+    }
+    let installs_text = if exported {
+        format!(
+            "link_installs={} (max {}/switch)",
+            installs.join(","),
+            max_installs.unwrap_or(0)
+        )
+    } else {
+        format!("link_installs=absent ({LINK_INSTALLS} not exported; counted as 0)")
+    };
 
     // Audit straight from Redis.
     let master_port = cluster.group.master_port().await;
@@ -562,38 +811,24 @@ async fn one_run(
             units.values().sum::<i64>()
         ));
     }
-    // Every promise (202/409) names an order that exists and is confirmed.
-    let promised: Vec<&String> = o
-        .finals
-        .values()
-        .filter(|(s, _)| *s == 202 || *s == 409)
-        .filter_map(|(_, id)| id.as_ref())
-        .collect();
-    let distinct: HashSet<&&String> = promised.iter().collect();
+    let distinct: HashSet<&String> = promised.iter().collect();
     if distinct.len() != promised.len() {
         violations.push("an order id was promised to two shoppers".into());
     }
-    let mut pipe = redis::pipe();
-    for id in &promised {
-        pipe.cmd("HGET")
-            .arg(format!("fs:{{{SKU}}}:order:{id}"))
-            .arg("status");
-    }
-    let statuses: Vec<Option<String>> = if promised.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(&mut redis).await.expect("statuses")
-    };
-    let missing = statuses.iter().filter(|s| s.is_none()).count();
-    let unconfirmed = statuses
-        .iter()
-        .filter(|s| s.as_deref() == Some("queued"))
-        .count();
+    let missing = statuses.iter().filter(|s| s.is_none()).count()
+        + promised.len().saturating_sub(statuses.len());
+    let unconfirmed = promised.len()
+        - statuses
+            .iter()
+            .filter(|s| reached_confirmed(s.as_deref()))
+            .count();
     if missing > 0 {
         violations.push(format!("{missing} promised orders missing"));
     }
     if unconfirmed > 0 {
-        violations.push(format!("{unconfirmed} promised orders not confirmed"));
+        reasons.push(format!(
+            "{unconfirmed} promised orders (202/409) never reached confirmed ({missing} of them missing)"
+        ));
     }
     // Orders on record: one per sold unit, each once.
     let mut order_keys = 0i64;
@@ -636,6 +871,53 @@ async fn one_run(
             ));
         }
     }
+
+    // The switch, the 503s and the resume.
+    let switch = shared.first_switch();
+    let switch_ms = switch.map(|s| s.saturating_duration_since(fault_at).as_millis());
+    let resume = match (switch, *shared.first_ok_after_switch.lock().expect("lock")) {
+        (Some(sw), Some(ok)) => Some(ok.saturating_duration_since(sw).as_millis()),
+        _ => None,
+    };
+    let sold_out_before_switch = match (*shared.first_sold_out.lock().expect("lock"), switch) {
+        (Some(so), Some(sw)) => so <= sw,
+        _ => false,
+    };
+    if scenario.switches() && switch.is_none() {
+        reasons.push("no +switch-master was heard".into());
+    }
+    let switch_within_hold = switch_ms.is_some_and(|ms| ms <= hold.as_millis());
+    let no503_bound =
+        (scenario.switches() && switch_within_hold) || scenario == Scenario::KillWorkerServer;
+    if no503_bound && o.n503 > 0 {
+        reasons.push(format!(
+            "{} answers were 503 although {}",
+            o.n503,
+            if scenario.switches() {
+                format!(
+                    "the switch completed {} ms after the fault, within the {} ms hold",
+                    switch_ms.unwrap_or(0),
+                    hold.as_millis()
+                )
+            } else {
+                "no data node failed".to_owned()
+            }
+        ));
+    }
+    if scenario == Scenario::Planned {
+        match resume {
+            Some(ms) if ms > u128::from(args.resume_bound_ms) => reasons.push(format!(
+                "the first purchase after +switch-master succeeded {ms} ms after it (bound {} ms)",
+                args.resume_bound_ms
+            )),
+            None if switch.is_some() && !sold_out_before_switch => {
+                reasons.push("no purchase sent after +switch-master succeeded".into())
+            }
+            _ => {}
+        }
+    }
+    reasons.splice(0..0, violations.iter().cloned());
+
     let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
     for (s, _) in o.finals.values() {
         *by_status.entry(*s).or_default() += 1;
@@ -645,21 +927,26 @@ async fn one_run(
         (Some(_), None) => "open".into(),
         _ => "0".into(),
     };
-    let switch = *shared.switch_at.lock().expect("lock");
-    let resume = match (switch, *shared.first_ok_after_switch.lock().expect("lock")) {
-        (Some(sw), Some(ok)) => format!("{}", ok.saturating_duration_since(sw).as_millis()),
-        (Some(_), None) => "none".into(),
-        (None, _) => "-".into(),
-    };
+    let opt = |v: Option<u128>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let line = format!(
-        "scenario={scenario:?} run={run} sold={sold}/{total} promised={} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} resume_after_switch_ms={resume} violations={}",
+        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} violations={} result={}",
+        hold.as_millis(),
         promised.len(),
         o.requests,
         o.n503,
         o.transport_errors,
         o.failed_shoppers,
-        violations.len()
+        opt(switch_ms),
+        match (switch, resume) {
+            (Some(_), Some(ms)) => ms.to_string(),
+            (Some(_), None) if sold_out_before_switch => "sold-out-before-switch".to_owned(),
+            (Some(_), None) => "none".to_owned(),
+            (None, _) => "-".to_owned(),
+        },
+        violations.len(),
+        if reasons.is_empty() { "ok" } else { "FAIL" },
     );
+    let n503 = o.n503;
     drop(o);
     for (_, p) in &mut cluster.servers {
         p.kill9();
@@ -667,7 +954,60 @@ async fn one_run(
     for w in &mut cluster.workers {
         w.kill9();
     }
-    RunResult { line, violations }
+    RunResult {
+        scenario,
+        settings,
+        line,
+        violations: violations.len(),
+        unconfirmed,
+        n503,
+        resume_ms: resume,
+        max_link_installs: exported.then_some(max_installs.unwrap_or(0)),
+        reasons,
+    }
+}
+
+/// The matrix: one row per scenario over all its runs.
+fn print_matrix(results: &[RunResult], settings: &str) {
+    println!("failover matrix ({settings}):");
+    println!(
+        "  {:<22} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17}",
+        "scenario",
+        "runs",
+        "failed",
+        "violations",
+        "unconfirmed",
+        "n503",
+        "max_resume_ms",
+        "max_link_installs"
+    );
+    let mut by: BTreeMap<Scenario, Vec<&RunResult>> = BTreeMap::new();
+    for r in results {
+        by.entry(r.scenario).or_default().push(r);
+    }
+    for (scenario, rs) in by {
+        let max_resume = rs
+            .iter()
+            .filter_map(|r| r.resume_ms)
+            .max()
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let max_links = rs
+            .iter()
+            .filter_map(|r| r.max_link_installs)
+            .max()
+            .map_or_else(|| "absent".to_owned(), |v| v.to_string());
+        println!(
+            "  {:<22} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17}",
+            format!("{scenario:?}"),
+            rs.len(),
+            rs.iter().filter(|r| !r.reasons.is_empty()).count(),
+            rs.iter().map(|r| r.violations).sum::<usize>(),
+            rs.iter().map(|r| r.unconfirmed).sum::<usize>(),
+            rs.iter().map(|r| r.n503).sum::<u64>(),
+            max_resume,
+            max_links
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -687,6 +1027,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // The hold the servers run with: their own default unless this
+    // environment (which they inherit) sets FLASHSALE_FAILOVER_WAIT_MS.
+    let hold = match ProductRedis::try_parse_from(["flashsale"]) {
+        Ok(p) => Duration::from_millis(p.redis.failover_wait_ms),
+        Err(e) => {
+            eprintln!("failover: the product's Redis settings do not parse here: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let scenarios: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
         ALL.to_vec()
     } else {
@@ -696,9 +1045,9 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut failed = 0u32;
-    let mut passed = 0u32;
-    for scenario in scenarios {
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut settings: Option<String> = None;
+    for scenario in &scenarios {
         for run in 1..=args.runs {
             let logs = match &args.logs {
                 Some(l) => l.join(format!("{scenario:?}-{run}")),
@@ -707,23 +1056,44 @@ fn main() -> ExitCode {
                     std::process::id()
                 )),
             };
-            let result = rt.block_on(one_run(&args, scenario, run, &bin_dir, &logs));
+            let result = rt.block_on(one_run(&args, *scenario, run, hold, &bin_dir, &logs));
+            if settings.is_none() {
+                // The header, once the first group has said what it runs.
+                println!(
+                    "failover: settings=\"{}\" hold_ms={} (FLASHSALE_FAILOVER_WAIT_MS) stock={} shoppers={} arrival_rate={}/s concurrency={} runs={} scenarios={scenarios:?} resume_bound_ms={} link_installs_bound={}",
+                    result.settings,
+                    hold.as_millis(),
+                    args.stock,
+                    args.shoppers,
+                    args.arrival_rate,
+                    args.concurrency,
+                    args.runs,
+                    args.resume_bound_ms,
+                    args.link_installs_bound,
+                );
+                settings = Some(result.settings.clone());
+            }
             println!("{}", result.line);
-            if result.violations.is_empty() {
-                passed += 1;
+            if result.reasons.is_empty() {
                 if args.logs.is_none() {
                     let _ = std::fs::remove_dir_all(&logs);
                 }
             } else {
-                failed += 1;
-                for v in &result.violations {
-                    println!("  violation: {v}");
+                for v in &result.reasons {
+                    println!("  failure: {v}");
                 }
                 println!("  logs: {}", logs.display());
             }
+            results.push(result);
         }
     }
-    println!("failover: {passed} passed, {failed} failed");
+    let failed = results.iter().filter(|r| !r.reasons.is_empty()).count();
+    let passed = results.len() - failed;
+    print_matrix(&results, settings.as_deref().unwrap_or("-"));
+    println!(
+        "failover: {passed} passed, {failed} failed ({})",
+        settings.as_deref().unwrap_or("-")
+    );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
