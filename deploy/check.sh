@@ -149,7 +149,7 @@ data_node_is_shipped() {
         [ "$got" = "$v" ] || { echo "data node $port: $k is [$got], shipped [$v]"; bad=1; }
     done < <(shipped_redis)
     [ "$n" -gt 5 ] || { echo "only $n shipped options read"; return 1; }
-    echo "data node $port: $n options as shipped"
+    [ "$bad" = 1 ] || echo "data node $port: $n options as shipped"
     return $bad
 }
 # sentinel_is_shipped PORT: SENTINEL MASTER mymaster shows every shipped tunable.
@@ -162,7 +162,7 @@ sentinel_is_shipped() {
         [ "$got" = "$v" ] || { echo "sentinel $port: $k is [$got], shipped [$v]"; bad=1; }
     done < <(shipped_sentinel)
     [ "$n" -ge 3 ] || { echo "only $n shipped tunables read"; return 1; }
-    echo "sentinel $port: $n tunables as shipped"
+    [ "$bad" = 1 ] || echo "sentinel $port: $n tunables as shipped"
     return $bad
 }
 
