@@ -47,9 +47,12 @@
 //! master, links are rebuilt after errors, and reads go to it as well.
 
 mod ack;
+mod error;
 pub mod functions;
 pub mod keys;
+mod link;
 mod sentinel;
+mod view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -57,237 +60,21 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo,
-    RedisConnectionInfo,
-};
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 pub use ack::AckFault;
 use ack::{AckConfig, Acker};
+pub use error::{Backoff, DbError, REBUILD_EVERY, Verdict, error_code, is_failover_error, verdict};
 pub use keys::Keys;
+pub use link::{Addr, MasterLink, Q, Query, text};
+pub(crate) use link::{connect, url_host_port};
 
 use crate::config::{RedisSettings, RedisTarget, ReplicaAcks, Secret};
 
 /// How long a candidate master may take to answer ROLE.
 pub(crate) const ROLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Errors of the access layer. Messages never carry secrets; Redis error
-/// text is kept for logs only and never shown to a client.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("no Redis master available")]
-    NoMaster,
-    #[error("the replicas did not acknowledge in time")]
-    Shortfall,
-    #[error("Redis did not answer in time")]
-    Timeout,
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("unexpected reply from Redis: {0}")]
-    Protocol(String),
-    #[error("{0}")]
-    Discovery(String),
-    /// The link a multi-step operation started on was retired: its steps
-    /// must not continue on another node.
-    #[error("the master link changed")]
-    LinkChanged,
-}
-
-impl DbError {
-    /// Whether the error means "try again later" (503) rather than a bug (500).
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            DbError::NoMaster
-            | DbError::Shortfall
-            | DbError::Timeout
-            | DbError::Discovery(_)
-            | DbError::LinkChanged => true,
-            DbError::Redis(e) => is_failover_error(e),
-            DbError::Protocol(_) => false,
-        }
-    }
-}
-
-/// A link is built to one address at most this often, whatever happens.
-pub const REBUILD_EVERY: Duration = Duration::from_millis(500);
-
-/// What an error on the master link says about the link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The node is not (or no longer) a usable master: replace the link.
-    Stale,
-    /// The right node, not writable yet (no replica attached, loading its
-    /// data, …): keep the link, retry after a pause.
-    NotYet,
-    /// Not a failover error (a bug, bad input): do not retry.
-    Other,
-}
-
-/// Server error codes of a master that cannot take writes *yet*.
-const NOT_YET: &[&str] = &["NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN"];
-
-/// The server's error code of `e`, also for a pipeline that failed:
-/// redis-rs gives a pipeline error a code only when its first failure is of
-/// a kind it knows (`NOREPLICAS`, `OOM`, … are not), so the first failure's
-/// own code is read instead.
-pub fn error_code(e: &redis::RedisError) -> Option<String> {
-    if let Some(c) = e.code() {
-        return Some(c.to_owned());
-    }
-    e.clone()
-        .into_server_errors()
-        .and_then(|items| items.first().map(|(_, err)| err.code().to_owned()))
-}
-
-/// Classifies an error seen on a master link.
-pub fn verdict(e: &redis::RedisError) -> Verdict {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
-    {
-        return Verdict::Stale;
-    }
-    match error_code(e).as_deref() {
-        Some("READONLY") => Verdict::Stale,
-        Some(c) if NOT_YET.contains(&c) => Verdict::NotYet,
-        _ => Verdict::Other,
-    }
-}
-
-/// Errors that mean "this node cannot serve the call now" (stale or not
-/// yet writable): try again later or elsewhere.
-pub fn is_failover_error(e: &redis::RedisError) -> bool {
-    verdict(e) != Verdict::Other
-}
-
-/// Jittered exponential pauses for retries on a master that is not
-/// writable yet: 10 ms doubling to 200 ms, each drawn from [½, 1] of the
-/// step, so the callers of every process do not retry in lockstep.
-pub struct Backoff {
-    step: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(10);
-    const MAX: Duration = Duration::from_millis(200);
-
-    pub fn new() -> Self {
-        Self { step: Self::FIRST }
-    }
-
-    /// The next pause (never past `deadline`).
-    pub fn next(&mut self, deadline: Instant) -> Duration {
-        let half = self.step / 2;
-        let jitter = Duration::from_micros(rand::random_range(0..=half.as_micros() as u64));
-        self.step = (self.step * 2).min(Self::MAX);
-        (half + jitter).min(deadline.saturating_duration_since(Instant::now()))
-    }
-
-    /// Sleeps the next pause.
-    pub async fn wait(&mut self, deadline: Instant) {
-        tokio::time::sleep(self.next(deadline)).await;
-    }
-}
-
-/// A node's address as the Sentinels name it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Addr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl Addr {
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-        }
-    }
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
-
-/// Something that can be sent on a connection: a command or a pipeline.
-pub trait Query: Sync {
-    fn as_query(&self) -> Q<'_>;
-}
-
-/// A borrowed command or pipeline.
-#[derive(Clone, Copy)]
-pub enum Q<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
-}
-
-impl Q<'_> {
-    pub async fn run<T: FromRedisValue>(
-        self,
-        conn: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<T> {
-        match self {
-            Q::Cmd(c) => c.query_async(conn).await,
-            Q::Pipe(p) => p.query_async(conn).await,
-        }
-    }
-}
-
-impl Query for redis::Cmd {
-    fn as_query(&self) -> Q<'_> {
-        Q::Cmd(self)
-    }
-}
-
-impl Query for redis::Pipeline {
-    fn as_query(&self) -> Q<'_> {
-        Q::Pipe(self)
-    }
-}
-
-/// One verified connection set to the master.
-pub struct MasterLink {
-    pub addr: Addr,
-    pub epoch: u64,
-    conns: Vec<MultiplexedConnection>,
-    next: AtomicUsize,
-    acker: Option<Acker>,
-    stale: Arc<AtomicBool>,
-}
-
-impl MasterLink {
-    /// A multiplexed connection (round-robin); cloning it is cheap.
-    pub fn conn(&self) -> MultiplexedConnection {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
-    }
-
-    pub fn is_stale(&self) -> bool {
-        self.stale.load(Ordering::SeqCst)
-    }
-
-    /// Marks the link stale: no more acknowledgements, callers move on.
-    pub(crate) fn retire(&self) {
-        self.stale.store(true, Ordering::SeqCst);
-    }
-
-    /// Waits until the replicas hold every write answered on this link before
-    /// the call (a no-op when no replica acknowledgement is required).
-    pub async fn ack(&self) -> Result<(), AckFault> {
-        match &self.acker {
-            Some(a) => a.ack().await,
-            None => Ok(()),
-        }
-    }
-}
 
 struct ReplicaLink {
     addr: Addr,
@@ -597,56 +384,6 @@ impl Redis {
             Some(response_timeout),
         )
         .await?)
-    }
-}
-
-/// The text of a scalar reply (bulk or simple string, or integer).
-pub fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// Opens one authenticated multiplexed connection.
-pub(crate) async fn connect(
-    host: &str,
-    port: u16,
-    password: Option<&Secret>,
-    connect_timeout: Duration,
-    response_timeout: Option<Duration>,
-) -> Result<MultiplexedConnection, redis::RedisError> {
-    let mut settings = RedisConnectionInfo::default();
-    if let Some(p) = password {
-        settings = settings.set_password(p.expose());
-    }
-    let info = ConnectionAddr::Tcp(host.to_owned(), port)
-        .into_connection_info()?
-        .set_redis_settings(settings);
-    let client = Client::open(info)?;
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(response_timeout);
-    client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-}
-
-/// Host and port of a `redis://` URL (the password stays in the URL client).
-pub(crate) fn url_host_port(url: &str) -> Result<Addr, DbError> {
-    let info = url
-        .into_connection_info()
-        .map_err(|_| DbError::Discovery("FLASHSALE_REDIS_URL is not a valid URL".into()))?;
-    match info.addr() {
-        ConnectionAddr::Tcp(h, p)
-        | ConnectionAddr::TcpTls {
-            host: h, port: p, ..
-        } => Ok(Addr::new(h.clone(), *p)),
-        _ => Err(DbError::Discovery(
-            "FLASHSALE_REDIS_URL must name a TCP address".into(),
-        )),
     }
 }
 
