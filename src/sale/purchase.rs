@@ -126,9 +126,11 @@ fn parse(reply: &Value) -> Reply {
 }
 
 impl Shop {
-    /// Buys `qty` units of `sku` for `user`. Inputs must be validated
-    /// (`valid_sku`, `valid_user`, `valid_idempotency_key`, 1 ≤ qty ≤ MAX_QTY);
-    /// the Function checks them again.
+    /// Buys `qty` units of `sku` for `user` in Redis. Inputs must be
+    /// validated (`valid_sku`, `valid_user`, `valid_idempotency_key`,
+    /// 1 ≤ qty ≤ MAX_QTY; the Function checks them again), and the caller
+    /// asks [`Shop::answer_locally`] first — once per request, before it
+    /// spends anything else (a rate-limit token) on one that needs no Redis.
     pub async fn purchase(
         &self,
         sku: &str,
@@ -137,9 +139,6 @@ impl Shop {
         idempotency_key: Option<&str>,
     ) -> Result<Purchased, Error> {
         debug_assert!((1..=MAX_QTY).contains(&qty));
-        if let Some(answer) = self.answer_locally(sku, user, idempotency_key) {
-            return Err(answer);
-        }
 
         let keys = self.redis.keys();
         // A version-4 UUID from the thread-local CSPRNG (`Uuid::new_v4`
