@@ -1,7 +1,9 @@
 //! The deployment checks of `deploy/check.sh` (nginx -t and a live nginx,
 //! systemd-analyze verify, ansible syntax-check, lint and runs into a temp
-//! prefix, the rendered Redis/Sentinel configs started as a real group,
-//! docker-compose config), run as one test so the suite has one runner.
+//! prefix, the rendered Redis/Sentinel configs started as a real group that
+//! runs the shipped settings of `deploy/redis/`, docker-compose config and
+//! the compose start scripts run outside a container), run as one test so
+//! the suite has one runner.
 
 use std::process::Command;
 
