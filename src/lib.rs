@@ -8,7 +8,10 @@
 //! - [`web`]: the axum router, handlers, errors, pages, auth and metrics.
 //! - [`worker`]: the order-stream consumer behind `flashsale-worker`.
 //! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`cli`]: what the binaries share — failure reporting, exit codes, the
+//!   shutdown signal.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod redis;

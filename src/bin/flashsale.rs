@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flashsale::cli::{Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
 use flashsale::redis::Redis;
-use flashsale::sale::Shop;
+use flashsale::sale::{Shop, dead_letters};
 use flashsale::web::Application;
 
 /// mimalloc: glibc's malloc/free were 12–16 % of the server's CPU under
@@ -18,7 +19,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "flashsale",
     version,
-    about = "Flash-sale backend on a Redis Sentinel group"
+    about = "Flash-sale backend on a Redis Sentinel group",
+    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O); 2 `audit` found an inconsistent sale (also clap's code for a usage error); 78 configuration error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,7 +38,32 @@ enum Command {
     /// Print the audit of a sale (or of every sale) as JSON.
     Audit(AuditArgs),
     /// List or replay the dead letters of a sale's order stream.
-    DeadLetters(flashsale::worker::DeadLetterArgs),
+    DeadLetters(DeadLetterArgs),
+}
+
+#[derive(clap::Args)]
+struct DeadLetterArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(subcommand)]
+    action: DeadLetterAction,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print the dead letters of a sale, one JSON object per line.
+    List {
+        #[arg(long)]
+        sku: String,
+    },
+    /// Put dead letters back on the order stream (all, or one by --id) and
+    /// remove them from the dead-letter stream.
+    Replay {
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -85,136 +112,119 @@ struct AuditArgs {
     sku: Option<String>,
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("flashsale: {msg}");
-    ExitCode::FAILURE
+/// Connects to Redis with the shared flags.
+async fn connect(args: &RedisArgs) -> Result<Redis, Failure> {
+    Ok(Redis::connect(args.settings()?).await?)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+async fn serve(args: &ServeArgs) -> Result<ExitCode, Failure> {
+    let app = Application::build(args.settings()?).await?;
+    app.run_until(async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(t: TokenArgs) -> Result<ExitCode, Failure> {
+    let key = secret(
+        "FLASHSALE_JWT_SECRET",
+        t.jwt_secret,
+        "FLASHSALE_JWT_SECRET_FILE",
+        t.jwt_secret_file,
+    )?
+    .ok_or("FLASHSALE_JWT_SECRET: required to mint tokens")?;
+    let users: Vec<String> = match (t.user, t.users) {
+        (Some(u), _) => vec![u],
+        (None, Some(n)) => (0..n).map(|i| format!("{}{i}", t.prefix)).collect(),
+        (None, None) => return Err("give --user ID or --users N".into()),
+    };
+    let mut out = String::with_capacity(users.len() * 200);
+    for u in &users {
+        let tok = flashsale::web::auth::mint(&key, u, t.ttl).map_err(|e| format!("{u}: {e}"))?;
+        out.push_str(&tok);
+        out.push('\n');
+    }
+    match t.out {
+        Some(path) => std::fs::write(&path, out).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => print!("{out}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn render(r: RenderArgs) -> Result<ExitCode, Failure> {
+    let shop = Shop::new(connect(&r.redis).await?, std::time::Duration::ZERO);
+    let sales = shop.catalog.load_all(false).await?;
+    let n = flashsale::web::pages::render_all(&sales, &r.static_dir, &r.out)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("wrote {n} pages to {}", r.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(a: AuditArgs) -> Result<ExitCode, Failure> {
+    let shop = Shop::new(connect(&a.redis).await?, std::time::Duration::ZERO);
+    let skus: Vec<String> = match a.sku {
+        Some(s) => vec![s],
+        None => shop
+            .catalog
+            .load_all(true)
+            .await?
+            .into_iter()
+            .map(|s| s.sku)
+            .collect(),
+    };
+    let mut ok = true;
+    for sku in skus {
+        let audit = shop
+            .catalog
+            .audit(&sku)
+            .await
+            .map_err(|e| format!("{sku}: {e}"))?;
+        ok &= audit.consistent;
+        println!("{}", serde_json::json!({ "sku": sku, "audit": audit }));
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+async fn dead_letters_command(d: DeadLetterArgs) -> Result<ExitCode, Failure> {
+    let redis = connect(&d.redis).await?;
+    match d.action {
+        DeadLetterAction::List { sku } => {
+            for dl in dead_letters::list(&redis, &sku).await? {
+                let fields: serde_json::Map<String, serde_json::Value> = dl
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                println!("{}", serde_json::json!({ "id": dl.id, "fields": fields }));
+            }
+        }
+        DeadLetterAction::Replay { sku, id } => {
+            let done = dead_letters::replay(&redis, &sku, id.as_deref()).await?;
+            for skipped in &done.skipped {
+                eprintln!("flashsale: skipped {skipped}: its original entry was already gone");
+            }
+            println!("replayed {} dead letter(s) of {sku}", done.replayed);
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     flashsale::telemetry::init_tracing();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            let settings = match args.settings() {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            };
-            let app = match Application::build(settings).await {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
-            match app.run_until(shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
-            }
-        }
-        Command::Token(t) => {
-            let key = match secret(
-                "FLASHSALE_JWT_SECRET",
-                t.jwt_secret,
-                "FLASHSALE_JWT_SECRET_FILE",
-                t.jwt_secret_file,
-            ) {
-                Ok(Some(k)) => k,
-                Ok(None) => return fail("FLASHSALE_JWT_SECRET: required to mint tokens"),
-                Err(e) => return fail(e),
-            };
-            let users: Vec<String> = match (t.user, t.users) {
-                (Some(u), _) => vec![u],
-                (None, Some(n)) => (0..n).map(|i| format!("{}{i}", t.prefix)).collect(),
-                (None, None) => return fail("give --user ID or --users N"),
-            };
-            let mut out = String::with_capacity(users.len() * 200);
-            for u in &users {
-                match flashsale::web::auth::mint(&key, u, t.ttl) {
-                    Ok(tok) => {
-                        out.push_str(&tok);
-                        out.push('\n');
-                    }
-                    Err(e) => return fail(format!("{u}: {e}")),
-                }
-            }
-            match t.out {
-                Some(path) => match std::fs::write(&path, out) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(format!("{}: {e}", path.display())),
-                },
-                None => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-            }
-        }
-        Command::Render(r) => {
-            let redis = match Redis::from_args(&r.redis).await {
-                Ok(x) => x,
-                Err(e) => return fail(e),
-            };
-            let shop = Shop::new(redis, std::time::Duration::ZERO);
-            let sales = match shop.catalog.load_all(false).await {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            };
-            match flashsale::web::pages::render_all(&sales, &r.static_dir, &r.out).await {
-                Ok(n) => {
-                    println!("wrote {n} pages to {}", r.out.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Audit(a) => {
-            let redis = match Redis::from_args(&a.redis).await {
-                Ok(x) => x,
-                Err(e) => return fail(e),
-            };
-            let shop = Shop::new(redis, std::time::Duration::ZERO);
-            let skus: Vec<String> = match a.sku {
-                Some(s) => vec![s],
-                None => match shop.catalog.load_all(true).await {
-                    Ok(all) => all.into_iter().map(|s| s.sku).collect(),
-                    Err(e) => return fail(e),
-                },
-            };
-            let mut ok = true;
-            for sku in skus {
-                match shop.catalog.audit(&sku).await {
-                    Ok(audit) => {
-                        ok &= audit.consistent;
-                        println!("{}", serde_json::json!({ "sku": sku, "audit": audit }));
-                    }
-                    Err(e) => return fail(format!("{sku}: {e}")),
-                }
-            }
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
-        }
-        Command::DeadLetters(d) => flashsale::worker::dead_letters_command(d).await,
-    }
+    let result = match Cli::parse().command {
+        Command::Serve(args) => serve(&args).await,
+        Command::Token(t) => token(t),
+        Command::Render(r) => render(r).await,
+        Command::Audit(a) => audit(a).await,
+        Command::DeadLetters(d) => dead_letters_command(d).await,
+    };
+    exit("flashsale", result)
 }

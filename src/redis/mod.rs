@@ -108,15 +108,6 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Validates the Redis settings of a binary and connects; the error is
-    /// one line naming the variable or the failure, without secrets.
-    pub async fn from_args(args: &crate::config::RedisArgs) -> Result<Redis, String> {
-        let settings = args.settings().map_err(|e| e.to_string())?;
-        Redis::connect(settings)
-            .await
-            .map_err(|e| format!("redis: {e}"))
-    }
-
     /// Resolves the master (and replicas), loads the Function library and
     /// starts the watcher. Fails when no master can be found within the
     /// failover wait (at least 5 s at start-up).

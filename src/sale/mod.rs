@@ -7,6 +7,7 @@
 //! is given only after the replicas acknowledged it.
 
 pub mod catalog;
+pub mod dead_letters;
 mod orders;
 mod purchase;
 

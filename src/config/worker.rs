@@ -1,0 +1,211 @@
+//! The settings of `flashsale-worker`: its consumer name, how much it holds
+//! and how long it blocks, when it reclaims, dead-letters, sweeps and
+//! rediscovers, where it serves metrics and how long it may take to stop.
+//! Out-of-range values are refused (one line naming the variable), never
+//! clamped.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{ConfigError, RedisArgs, RedisSettings, invalid, ms};
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Consumer name (default: host-pid-random).
+    #[arg(long, env = "FLASHSALE_WORKER_NAME")]
+    pub consumer: Option<String>,
+    /// Most entries read (and held) at once (1–10000).
+    #[arg(long, env = "FLASHSALE_WORKER_BATCH", default_value_t = 128)]
+    pub batch: usize,
+    /// XREADGROUP BLOCK time in milliseconds (10–60000).
+    #[arg(long, env = "FLASHSALE_WORKER_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+    /// After a read that was not full (the worker has caught up), wait this
+    /// many milliseconds before the next, so orders arriving one by one are
+    /// confirmed in batches (0–1000; 0: read again at once).
+    #[arg(long, env = "FLASHSALE_WORKER_LINGER_MS", default_value_t = 10)]
+    pub linger_ms: u64,
+    /// Pending entries idle this long are reclaimed from their consumer
+    /// (100–3600000 ms).
+    #[arg(long, env = "FLASHSALE_WORKER_CLAIM_IDLE_MS", default_value_t = 10_000)]
+    pub claim_idle_ms: u64,
+    /// Deliveries after which an entry is moved to the dead-letter stream (1–1000).
+    #[arg(long, env = "FLASHSALE_WORKER_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: usize,
+    /// How often the sweep for queued orders without a live stream entry
+    /// runs, in milliseconds (100–3600000; a cheap count per sale, a scan
+    /// only when something is missing).
+    #[arg(long, env = "FLASHSALE_WORKER_SWEEP_MS", default_value_t = 10_000)]
+    pub sweep_ms: u64,
+    /// The sweep queues again an order still `queued` this long after its
+    /// purchase whose entry is gone, in milliseconds (0–86400000).
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_REQUEUE_AFTER_MS",
+        default_value_t = 10_000
+    )]
+    pub requeue_after_ms: u64,
+    /// How often the sales index is read for new streams, in milliseconds (50–60000).
+    #[arg(long, env = "FLASHSALE_WORKER_DISCOVER_MS", default_value_t = 1000)]
+    pub discover_ms: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
+    #[arg(long = "metrics", env = "FLASHSALE_WORKER_METRICS")]
+    pub metrics_addr: Option<String>,
+    /// Longest graceful shutdown, in seconds (1–3600).
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
+        default_value_t = 15
+    )]
+    pub shutdown_timeout_s: u64,
+}
+
+/// How a worker works, without the Redis settings.
+#[derive(Debug, Clone)]
+pub struct WorkerTuning {
+    pub consumer: String,
+    pub batch: usize,
+    pub block: Duration,
+    pub linger: Duration,
+    pub claim_idle: Duration,
+    pub max_deliveries: usize,
+    pub discover_every: Duration,
+    pub sweep_every: Duration,
+    pub requeue_after: Duration,
+}
+
+/// Validated settings of `flashsale-worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub redis: RedisSettings,
+    pub tuning: WorkerTuning,
+    pub metrics_addr: Option<SocketAddr>,
+    pub shutdown_timeout: Duration,
+}
+
+/// host-pid-random: unique per process, readable in XINFO CONSUMERS.
+pub fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let rand: u32 = rand::random();
+    format!("{host}-{}-{rand:08x}", std::process::id())
+}
+
+fn count(var: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(var, format!("must be between {lo} and {hi}")))
+    }
+}
+
+impl WorkerArgs {
+    pub fn settings(&self) -> Result<WorkerSettings, ConfigError> {
+        let redis = self.redis.settings()?;
+        let consumer = match &self.consumer {
+            None => default_consumer(),
+            Some(c) if c.is_empty() || c.len() > 128 || c.chars().any(char::is_whitespace) => {
+                return Err(invalid(
+                    "FLASHSALE_WORKER_NAME",
+                    "must be 1-128 characters without white space",
+                ));
+            }
+            Some(c) => c.clone(),
+        };
+        let metrics_addr = match self.metrics_addr.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "FLASHSALE_WORKER_METRICS",
+                    format!("`{a}` is not an address like 127.0.0.1:9187"),
+                )
+            })?),
+        };
+        if !(1..=3600).contains(&self.shutdown_timeout_s) {
+            return Err(invalid(
+                "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
+                "must be between 1 and 3600",
+            ));
+        }
+        Ok(WorkerSettings {
+            redis,
+            tuning: WorkerTuning {
+                consumer,
+                batch: count("FLASHSALE_WORKER_BATCH", self.batch, 1, 10_000)?,
+                block: ms("FLASHSALE_WORKER_BLOCK_MS", self.block_ms, 10, 60_000)?,
+                linger: ms("FLASHSALE_WORKER_LINGER_MS", self.linger_ms, 0, 1_000)?,
+                claim_idle: ms(
+                    "FLASHSALE_WORKER_CLAIM_IDLE_MS",
+                    self.claim_idle_ms,
+                    100,
+                    3_600_000,
+                )?,
+                max_deliveries: count(
+                    "FLASHSALE_WORKER_MAX_DELIVERIES",
+                    self.max_deliveries,
+                    1,
+                    1_000,
+                )?,
+                discover_every: ms("FLASHSALE_WORKER_DISCOVER_MS", self.discover_ms, 50, 60_000)?,
+                sweep_every: ms("FLASHSALE_WORKER_SWEEP_MS", self.sweep_ms, 100, 3_600_000)?,
+                requeue_after: ms(
+                    "FLASHSALE_WORKER_REQUEUE_AFTER_MS",
+                    self.requeue_after_ms,
+                    0,
+                    86_400_000,
+                )?,
+            },
+            metrics_addr,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        w: WorkerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<WorkerSettings, ConfigError> {
+        let mut all = vec!["t", "--redis-url", "redis://127.0.0.1:1"];
+        all.extend_from_slice(args);
+        T::try_parse_from(all).expect("flags parse").w.settings()
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_name() {
+        let ok = parse(&[]).expect("defaults are valid");
+        assert_eq!(ok.tuning.batch, 128);
+        for (args, var) in [
+            (&["--batch", "0"][..], "FLASHSALE_WORKER_BATCH"),
+            (&["--block-ms", "5"], "FLASHSALE_WORKER_BLOCK_MS"),
+            (&["--linger-ms", "5000"], "FLASHSALE_WORKER_LINGER_MS"),
+            (&["--claim-idle-ms", "10"], "FLASHSALE_WORKER_CLAIM_IDLE_MS"),
+            (
+                &["--max-deliveries", "0"],
+                "FLASHSALE_WORKER_MAX_DELIVERIES",
+            ),
+            (&["--sweep-ms", "1"], "FLASHSALE_WORKER_SWEEP_MS"),
+            (&["--metrics", "nowhere"], "FLASHSALE_WORKER_METRICS"),
+            (&["--consumer", "a b"], "FLASHSALE_WORKER_NAME"),
+            (
+                &["--shutdown-timeout-s", "0"],
+                "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
+            ),
+        ] {
+            let e = parse(args).expect_err("refused").to_string();
+            assert!(e.starts_with(var), "{args:?}: {e}");
+        }
+    }
+}
