@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::Value;
 use serde::Serialize;
 
 use super::{Sale, valid_sku};
 use crate::error::Error;
 use crate::redis::Redis;
+use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleFields};
 
 /// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit` shows them.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -90,32 +90,6 @@ impl FailureStreak {
     /// Records a success; true when it ends a streak.
     fn succeeded(&self) -> bool {
         self.0.load(Ordering::Acquire) && self.0.swap(false, Ordering::AcqRel)
-    }
-}
-
-/// What `fs_create_sale` answered.
-#[derive(Debug, PartialEq, Eq)]
-enum CreateReply {
-    Created,
-    /// The sale exists and equals the one asked for (a retried create).
-    Replayed,
-    /// The sale exists and differs from the one asked for.
-    Exists,
-    Invalid(String),
-}
-
-/// Parses `{'created'}`, `{'exists', 1|0}` (a library that does not compare
-/// the stored sale replies `{'exists'}`: a conflict) or `{'invalid', field}`.
-fn create_reply(reply: &[Value]) -> Option<CreateReply> {
-    let word = |i: usize| reply.get(i).and_then(crate::redis::text);
-    match word(0)?.as_str() {
-        "created" => Some(CreateReply::Created),
-        "exists" if word(1).as_deref() == Some("1") => Some(CreateReply::Replayed),
-        "exists" => Some(CreateReply::Exists),
-        "invalid" => Some(CreateReply::Invalid(
-            word(1).unwrap_or_else(|| "field".into()),
-        )),
-        _ => None,
     }
 }
 
@@ -280,24 +254,23 @@ impl Catalog {
     /// first one, or reports that another sale holds the sku (409).
     /// Acknowledged by the replicas before it returns.
     pub async fn create(&self, s: &NewSale) -> Result<Sale, Error> {
-        let keys = self.redis.keys();
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("fs_create_sale")
-            .arg(2)
-            .arg(keys.sale(&s.sku))
-            .arg(keys.sales_index())
-            .arg(&s.sku)
-            .arg(&s.name)
-            .arg(&s.description)
-            .arg(s.price_cents)
-            .arg(s.stock)
-            .arg(s.starts_ms)
-            .arg(s.ends_ms)
-            .arg(s.per_user_limit);
-        let reply: Vec<Value> = self.redis.write_acked(&cmd).await?;
+        let cmd = functions::create_sale_call(
+            self.redis.keys(),
+            &SaleFields {
+                sku: &s.sku,
+                name: &s.name,
+                description: &s.description,
+                price_cents: s.price_cents,
+                stock: s.stock,
+                starts_ms: s.starts_ms,
+                ends_ms: s.ends_ms,
+                per_user_limit: s.per_user_limit,
+            },
+        );
+        let reply: CreateSaleReply = self.redis.write_acked(&cmd).await?;
         self.invalidate();
-        match create_reply(&reply) {
-            Some(CreateReply::Created | CreateReply::Replayed) => Ok(Sale {
+        match reply {
+            CreateSaleReply::Created | CreateSaleReply::Replayed => Ok(Sale {
                 sku: s.sku.clone(),
                 name: s.name.clone(),
                 description: s.description.clone(),
@@ -311,11 +284,10 @@ impl Catalog {
                 ends_at: String::new(),
             }
             .with_times()),
-            Some(CreateReply::Exists) => Err(Error::SaleExists),
-            Some(CreateReply::Invalid(field)) => {
+            CreateSaleReply::Exists => Err(Error::SaleExists),
+            CreateSaleReply::Invalid(field) => {
                 Err(Error::invalid("invalid_sale", format!("invalid {field}")))
             }
-            None => Err(Error::Internal(format!("fs_create_sale replied {reply:?}"))),
         }
     }
 
@@ -326,38 +298,24 @@ impl Catalog {
         }
         let keys = self.redis.keys();
         let mut pipe = redis::pipe();
-        pipe.cmd("FCALL_RO")
-            .arg("fs_audit")
-            .arg(2)
-            .arg(keys.sale(sku))
-            .arg(keys.units(sku))
+        pipe.add_command(functions::audit_call(keys, sku))
             .cmd("XLEN")
             .arg(keys.dead_letters(sku));
-        let (row, dead): (Vec<Value>, i64) = self.redis.read_master(&pipe).await?;
-        if row.is_empty() {
+        let (row, dead): (AuditReply, i64) = self.redis.read_master(&pipe).await?;
+        let AuditReply::Sale(a) = row else {
             return Err(Error::UnknownSku);
-        }
-        let n: Vec<i64> = row
-            .iter()
-            .map(|v| match v {
-                Value::Int(i) => *i,
-                _ => 0,
-            })
-            .collect();
-        if n.len() < 8 {
-            return Err(Error::Internal(format!("fs_audit replied {row:?}")));
-        }
+        };
         Ok(Audit {
-            stock_total: n[0],
-            stock_left: n[1],
-            sold: n[2],
-            orders: n[3],
-            buyers: n[4],
-            confirmed: n[5],
-            pending: n[3] - n[5],
+            stock_total: a.stock_total,
+            stock_left: a.stock_left,
+            sold: a.sold,
+            orders: a.orders,
+            buyers: a.buyers,
+            confirmed: a.confirmed,
+            pending: a.orders - a.confirmed,
             dead,
-            max_units_per_buyer: n[7],
-            consistent: n[6] == 1,
+            max_units_per_buyer: a.max_units_per_buyer,
+            consistent: a.consistent,
         })
     }
 }
@@ -365,31 +323,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn create_replies() {
-        assert_eq!(create_reply(&[bulk("created")]), Some(CreateReply::Created));
-        assert_eq!(
-            create_reply(&[bulk("exists"), Value::Int(1)]),
-            Some(CreateReply::Replayed)
-        );
-        assert_eq!(
-            create_reply(&[bulk("exists"), Value::Int(0)]),
-            Some(CreateReply::Exists)
-        );
-        // A library that does not compare the stored sale: a conflict.
-        assert_eq!(create_reply(&[bulk("exists")]), Some(CreateReply::Exists));
-        assert_eq!(
-            create_reply(&[bulk("invalid"), bulk("stock")]),
-            Some(CreateReply::Invalid("stock".into()))
-        );
-        assert_eq!(create_reply(&[]), None);
-        assert_eq!(create_reply(&[bulk("what")]), None);
-    }
 
     #[test]
     fn failures_are_counted_in_streaks() {

@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use redis::Value;
 use tokio::time::Instant;
 
 use super::{MAX_QTY, Shop};
 use crate::error::Error;
+use crate::redis::functions::PurchaseReply;
 
 /// A purchase that was accepted: the order exists and the replicas hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,49 +79,20 @@ impl SoldOutIndex {
     }
 }
 
-enum Reply {
-    Ours(Option<i64>),
-    Already(String),
-    SoldOut,
-    Final(Error),
-}
-
-fn text(v: &Value) -> String {
-    crate::redis::text(v).unwrap_or_default()
-}
-
-fn int(v: Option<&Value>) -> i64 {
-    match v {
-        Some(Value::Int(i)) => *i,
-        Some(other) => text(other).parse().unwrap_or(0),
-        None => 0,
-    }
-}
-
-fn parse(reply: &Value) -> Reply {
-    let items = match reply {
-        Value::Array(items) => items,
-        other => return Reply::Final(Error::Internal(format!("fs_purchase replied {other:?}"))),
-    };
-    let kind = items.first().map(text).unwrap_or_default();
-    match kind.as_str() {
-        "created" => Reply::Ours(Some(int(items.get(2)))),
-        "exists" => Reply::Ours(None),
-        "already" => Reply::Already(items.get(1).map(text).unwrap_or_default()),
-        "sold_out" => Reply::SoldOut,
-        "ended" => Reply::Final(Error::Ended),
-        "not_started" => Reply::Final(Error::NotStarted {
-            starts_ms: int(items.get(1)),
-        }),
-        "unknown_sku" => Reply::Final(Error::UnknownSku),
-        "invalid_qty" => {
-            let limit = int(items.get(1));
-            let left = int(items.get(2));
-            Reply::Final(Error::InvalidQty(format!(
-                "qty must be between 1 and the per-shopper limit of {limit}, and at most the {left} units left"
-            )))
-        }
-        _ => Reply::Final(Error::Internal(format!("fs_purchase replied {kind:?}"))),
+/// The domain's answer to what the Function said (after acknowledgement
+/// where one was needed).
+fn outcome(reply: PurchaseReply) -> Result<Option<i64>, Error> {
+    match reply {
+        PurchaseReply::Created { stock_left } => Ok(Some(stock_left)),
+        PurchaseReply::Exists => Ok(None),
+        PurchaseReply::Already { order_id } => Err(Error::AlreadyPurchased { order_id }),
+        PurchaseReply::SoldOut => Err(Error::SoldOut),
+        PurchaseReply::UnknownSku => Err(Error::UnknownSku),
+        PurchaseReply::InvalidQty { limit, stock_left } => Err(Error::InvalidQty(format!(
+            "qty must be between 1 and the per-shopper limit of {limit}, and at most the {stock_left} units left"
+        ))),
+        PurchaseReply::NotStarted { starts_ms } => Err(Error::NotStarted { starts_ms }),
+        PurchaseReply::Ended => Err(Error::Ended),
     }
 }
 
@@ -162,31 +133,23 @@ impl Shop {
         // A refusal that changed nothing needs no acknowledgement; anything
         // else is a promise (or, for sold out, a state we are about to
         // remember): only after the replicas hold it.
-        let reply: Value = self
+        let reply: PurchaseReply = self
             .redis
-            .write_acked_when(&cmd, deadline, |v: &Value| {
-                !matches!(parse(v), Reply::Final(_))
-            })
+            .write_acked_when(&cmd, deadline, PurchaseReply::needs_ack)
             .await?;
-        match parse(&reply) {
-            Reply::Ours(stock_left) => Ok(Purchased {
-                order_id,
-                stock_left,
-            }),
-            Reply::Already(id) => Err(Error::AlreadyPurchased { order_id: id }),
-            Reply::SoldOut => {
-                if self.sold_out.begin_loading(sku) {
-                    let shop = self.clone();
-                    let sku = sku.to_owned();
-                    tokio::spawn(async move {
-                        shop.remember_sold_out(&sku).await;
-                        shop.sold_out.end_loading(&sku);
-                    });
-                }
-                Err(Error::SoldOut)
-            }
-            Reply::Final(e) => Err(e),
+        if reply == PurchaseReply::SoldOut && self.sold_out.begin_loading(sku) {
+            let shop = self.clone();
+            let sku = sku.to_owned();
+            tokio::spawn(async move {
+                shop.remember_sold_out(&sku).await;
+                shop.sold_out.end_loading(&sku);
+            });
         }
+        let stock_left = outcome(reply)?;
+        Ok(Purchased {
+            order_id,
+            stock_left,
+        })
     }
 
     /// The answer for a sale this process knows is sold out, without Redis:

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use crate::error::Error;
 use crate::redis::Redis;
+use crate::redis::functions::{self, RateReply};
 
 pub struct Limiter {
     redis: Redis,
@@ -34,20 +35,16 @@ impl Limiter {
         if rate == 0 {
             return Ok(());
         }
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("fs_rate")
-            .arg(1)
-            .arg(self.redis.keys().rate(scope, id))
-            .arg(rate);
+        let cmd = functions::rate_call(&self.redis.keys().rate(scope, id), rate);
         let Some(link) = self.redis.current_master() else {
             return Ok(());
         };
-        match cmd.query_async::<(i64, i64)>(&mut link.conn()).await {
-            Ok((1, _)) => Ok(()),
-            Ok((_, wait_ms)) => {
+        match cmd.query_async::<RateReply>(&mut link.conn()).await {
+            Ok(RateReply::Allowed) => Ok(()),
+            Ok(RateReply::Wait { ms }) => {
                 metrics::counter!("flashsale_rate_limited_total", "scope" => if scope == "ip" { "ip" } else { "shopper" }).increment(1);
                 Err(Error::RateLimited {
-                    retry_after_s: (wait_ms.max(1) as u64).div_ceil(1000),
+                    retry_after_s: (ms.max(1) as u64).div_ceil(1000),
                 })
             }
             Err(e) => {
