@@ -290,7 +290,14 @@ impl Crowd {
                 &unconfirmed[..unconfirmed.len().min(3)]
             ));
         }
-        let a = app.audit(sku).await;
+        // Orders nobody was promised (a purchase answered 503) are the
+        // workers' too: give them the same bound.
+        let deadline = Instant::now() + CONFIRM_WITHIN;
+        let mut a = app.audit(sku).await;
+        while (a["confirmed"] != a["orders"] || a["pending"] != 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            a = app.audit(sku).await;
+        }
         let sold = a["sold"].as_i64().unwrap_or(-1);
         if a["consistent"] != true || sold > stock || sold < promised.len() as i64 {
             problems.push(format!(
