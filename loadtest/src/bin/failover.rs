@@ -28,7 +28,8 @@
 //!   metrics before the fault and after the drain; a process that does not
 //!   export it counts 0, and the line says so).
 //!
-//! One summary line per run, a matrix per scenario at the end.
+//! One summary line per run, ending in `result=ok` or `result=FAIL: <reasons>`,
+//! and a matrix per scenario at the end.
 //!
 //! ```text
 //! cargo run --release -p flashsale-loadtest --bin failover -- \
@@ -943,7 +944,11 @@ async fn one_run(
             (None, _) => "-".to_owned(),
         },
         violations.len(),
-        if reasons.is_empty() { "ok" } else { "FAIL" },
+        if reasons.is_empty() {
+            "ok".to_owned()
+        } else {
+            format!("FAIL: {}", reasons.join("; "))
+        },
     );
     let n503 = o.n503;
     drop(o);
@@ -1078,9 +1083,6 @@ fn main() -> ExitCode {
                     let _ = std::fs::remove_dir_all(&logs);
                 }
             } else {
-                for v in &result.reasons {
-                    println!("  failure: {v}");
-                }
                 println!("  logs: {}", logs.display());
             }
             results.push(result);
