@@ -56,7 +56,7 @@ BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "
 # cleanup and AOF rewrite between runs instead of on a measurement.
 ALL_SCENARIOS = ["live", "stampede", "soldout", "browse", "mixed", "workers", "baseline"]
 CONNS = 256
-# The Python seeds' stack on this kind of machine (issue 6): purchases/s,
+# The Python seeds' stack on this kind of machine: purchases/s,
 # sold-out answers/s, product JSON/s. Flashsale should do ≥ 10× these.
 SEEDS = {"purchase": 2900, "soldout": 5300, "product_json": 5700}
 
@@ -1389,7 +1389,7 @@ def render_summary(data):
                      f"{'' if target is None else f'≥ {target}'} | {met} |")
     lines.append("")
 
-    # Targets of issue 6 that are not ratios.
+    # The load-test targets that are not ratios.
     live = [results[r].get("live_all") for r in runs if results[r].get("live_all")]
     st = [results[r].get("stampede") for r in runs if results[r].get("stampede")]
     lines += ["## Other targets and figures", "", "| figure | median | per run | target |", "|---|---:|---|---|"]

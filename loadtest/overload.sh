@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# overload.sh — issue 8's overload benchmark: `flashsale serve` with a small
+# overload.sh — the overload benchmark: `flashsale serve` with a small
 # FLASHSALE_MAX_IN_FLIGHT under far more concurrent purchases than that.
 #
 # Shows that overload is shed, not queued: the requests past the limit get a

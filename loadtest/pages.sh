@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pages.sh — issue 5's page benchmark: requests per second for one product
+# pages.sh — the page benchmark: requests per second for one product
 # page (/p/<sku>) served
 #   (a) from disk by nginx (the file `flashsale render` wrote),
 #   (b) by `flashsale serve` directly,

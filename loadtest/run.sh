@@ -13,7 +13,7 @@
 #   soldout   the sold-out answer under oha (one non-buyer, 256 connections)
 #   browse    product page HTML and product JSON under oha
 #   mixed     45 % page, 45 % JSON, 10 % purchases: loadgen and k6
-#   workers   orders confirmed per second by 1, 2, 4 flashsale-workers (issue 3)
+#   workers   orders confirmed per second by 1, 2, 4 flashsale-workers
 #   baseline  ceilings of this run: redis-benchmark of FCALL fs_purchase on the
 #             group's master (50 and 256 connections), the same Function from a
 #             Rust client with and without WAIT 2 per call (fcall_bench), and a

@@ -40,7 +40,7 @@
 //!   replicas a write must reach is the number the Sentinels consider up
 //!   (no `s_down`/`o_down`/`disconnected` flag, and reporting the replica
 //!   role), at least one — not the number attached to the master right now
-//!   (see CONTRACT.md "Acknowledgement"): during a planned failover the old
+//!   (see docs/API.md, "What a 202 and a 409 promise"): during a planned failover the old
 //!   master still has one replica attached, and its WAIT must fall short.
 //!
 //! With `FLASHSALE_REDIS_URL` there are no Sentinels: the one node is the

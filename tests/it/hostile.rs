@@ -62,7 +62,7 @@ fn claims(sub: &str) -> Value {
     json!({ "sub": sub, "exp": now_s() + 3600 })
 }
 
-/// Asserts the CONTRACT error body and returns its code.
+/// Asserts the API's error body and returns its code.
 fn contract_error(status: u16, body: &[u8], what: &str) -> String {
     let v: Value = serde_json::from_slice(body).unwrap_or_else(|_| {
         panic!(

@@ -1,5 +1,5 @@
 //! `worker_bench` — orders confirmed per second by 1, 2 and 4
-//! `flashsale-worker` processes against the same Sentinel group (issue 3).
+//! `flashsale-worker` processes against the same Sentinel group.
 //!
 //! For each worker count K (`--workers 1,2,4`): a fresh sale under the key
 //! prefix `--prefix` (default `fs`, as everywhere; give it a prefix of its
