@@ -50,8 +50,8 @@ impl From<crate::redis::DbError> for Failure {
     }
 }
 
-impl From<crate::error::Error> for Failure {
-    fn from(e: crate::error::Error) -> Self {
+impl From<crate::sale::Error> for Failure {
+    fn from(e: crate::sale::Error) -> Self {
         Failure::Other(e.to_string())
     }
 }

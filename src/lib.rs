@@ -4,8 +4,10 @@
 //! - [`config`]: settings from the environment and flags, validated once.
 //! - [`redis`]: Sentinel discovery, the failover watcher, master and replica
 //!   connections, group-committed `WAIT`, and the Function library.
-//! - [`sale`]: the domain — catalog, purchase, orders, audit. No HTTP here.
-//! - [`web`]: the axum router, handlers, errors, pages, auth and metrics.
+//! - [`sale`]: the domain — catalog, purchase, orders, audit, dead letters —
+//!   and its errors. No HTTP here.
+//! - [`web`]: the axum router, handlers, pages, auth and metrics, and the
+//!   web error with its mapping of every error to HTTP.
 //! - [`worker`]: the order-stream consumer behind `flashsale-worker`.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`cli`]: what the binaries share — failure reporting, exit codes, the
@@ -13,7 +15,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod error;
 pub mod redis;
 pub mod sale;
 pub mod telemetry;

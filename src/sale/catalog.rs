@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Sale, valid_sku};
-use crate::error::Error;
+use super::{Error, Sale, valid_sku};
 use crate::redis::Redis;
 use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleFields};
 

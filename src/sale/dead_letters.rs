@@ -4,8 +4,7 @@
 
 use redis::Value;
 
-use super::valid_sku;
-use crate::error::Error;
+use super::{Error, valid_sku};
 use crate::redis::{Redis, text};
 
 /// One dead letter: its id in the dead-letter stream and its fields

@@ -1,13 +1,16 @@
-//! The domain: sales, the catalog, purchases and orders. No HTTP in here.
+//! The domain: sales, the catalog, purchases, orders, dead letters, and the
+//! domain's errors ([`Error`]). No HTTP in here: how an error is answered is
+//! the web layer's business.
 //!
 //! [`Shop`] is the service object the web layer and the operator commands
 //! call. It decides nothing about units itself: every decision is made by the
-//! Function library on the master (see `redis/flashsale.lua`), and every
-//! answer that promises something (a new order, or the shopper's existing one)
-//! is given only after the replicas acknowledged it.
+//! Function library on the master, and every answer that promises something
+//! (a new order, or the shopper's existing one) is given only after the
+//! replicas acknowledged it.
 
 pub mod catalog;
 pub mod dead_letters;
+mod error;
 mod orders;
 mod purchase;
 
@@ -17,6 +20,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use catalog::Catalog;
+pub use error::Error;
 pub use orders::Order;
 pub use purchase::{Purchased, SoldOutIndex};
 

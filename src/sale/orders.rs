@@ -11,11 +11,11 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{Shop, rfc3339, sku_of_order, valid_user};
-use crate::error::Error;
+use super::{Error, Shop, rfc3339, sku_of_order, valid_user};
 use crate::redis::Keys;
 
-/// `{order_id, sku, user_id, qty, status, created_at}` of CONTRACT.md.
+/// An order as the API shows it: `{order_id, sku, user_id, qty, status,
+/// created_at}`, plus `confirmed_at` once the worker confirmed it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Order {
     pub order_id: String,

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use super::{MAX_QTY, Shop};
-use crate::error::Error;
+use super::{Error, MAX_QTY, Shop};
 use crate::redis::functions::PurchaseReply;
 
 /// A purchase that was accepted: the order exists and the replicas hold it.

@@ -1,4 +1,7 @@
-//! JSON handlers of `/api`, `/admin`, and the health and metrics endpoints.
+//! JSON handlers of `/api`, `/admin`, and the health and metrics endpoints,
+//! and the extractors they share (path parameter, `Idempotency-Key`). Every
+//! one fails with an [`ApiError`]; a purchase's outcome metric is labelled
+//! with its answer's error code (or `accepted`).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,29 +13,29 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::{Admin, Shopper};
-use crate::error::Error;
+use super::error::ApiError;
 use crate::sale::{
-    MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
+    self, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
     valid_sku,
 };
 
-/// A path parameter whose rejection is the contract's 404 JSON.
+/// A path parameter whose rejection is the API's 404 JSON.
 pub struct PathParam(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathParam {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &S,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ApiError> {
         let axum::extract::Path(v) =
             axum::extract::Path::<String>::from_request_parts(parts, state).await?;
         Ok(PathParam(v))
     }
 }
 
-/// `{sku, name, …, state}` of CONTRACT.md.
+/// A product as the API shows it: `{sku, name, …, state}`.
 #[derive(Serialize)]
 pub struct ProductJson<'a> {
     sku: &'a str,
@@ -75,7 +78,7 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
-pub async fn products(State(app): State<AppState>) -> Result<Response, Error> {
+pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     let now = now_ms();
     let body: Vec<ProductJson> = sales
@@ -88,7 +91,7 @@ pub async fn products(State(app): State<AppState>) -> Result<Response, Error> {
 pub async fn product(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let sale = app.shop.catalog.get(&sku).await?;
     let now = now_ms();
     Ok(no_store(
@@ -104,11 +107,11 @@ struct PurchaseBody {
 /// The purchase body: `{"qty": N}` (other fields are ignored). Anything else,
 /// including `qty` named twice, is 422 `invalid_qty` (or 400 for bytes that
 /// are not JSON at all).
-fn parse_qty(body: &[u8]) -> Result<i64, Error> {
+fn parse_qty(body: &[u8]) -> Result<i64, ApiError> {
     let bad = || {
-        Error::InvalidQty(format!(
+        ApiError::from(sale::Error::InvalidQty(format!(
             "body must be {{\"qty\": N}} with 1 <= N <= {MAX_QTY}"
-        ))
+        )))
     };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad());
@@ -118,7 +121,7 @@ fn parse_qty(body: &[u8]) -> Result<i64, Error> {
         // Well-formed JSON of another shape: a missing, fractional, string
         // or out-of-range qty, an array, a number…
         Err(e) if e.is_data() => return Err(bad()),
-        Err(_) => return Err(Error::BadJson("the body is not JSON".into())),
+        Err(_) => return Err(ApiError::BadJson("the body is not JSON".into())),
     };
     if !(1..=MAX_QTY).contains(&qty) {
         return Err(bad());
@@ -137,18 +140,18 @@ impl IdempotencyKey {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _state: &S,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ApiError> {
         match parts.headers.get("idempotency-key") {
             None => Ok(IdempotencyKey(None)),
             Some(v) if v.to_str().is_ok_and(valid_idempotency_key) => {
                 Ok(IdempotencyKey(Some(v.clone())))
             }
-            Some(_) => Err(Error::invalid(
+            Some(_) => Err(ApiError::invalid(
                 "invalid_idempotency_key",
                 "Idempotency-Key must be 1-128 of [A-Za-z0-9_.:-]",
             )),
@@ -212,21 +215,24 @@ pub async fn purchase(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
     Shopper(user): Shopper,
-    key: Result<IdempotencyKey, Error>,
+    key: Result<IdempotencyKey, ApiError>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let body = body?;
     if !valid_sku(&sku) {
-        return Err(Error::UnknownSku);
+        return Err(sale::Error::UnknownSku.into());
     }
     let qty = parse_qty(&body)?;
     let key = key?;
     let key = key.as_str();
     let result = match app.shop.answer_locally(&sku, &user, key) {
-        Some(answer) => Err(answer),
+        Some(answer) => Err(ApiError::from(answer)),
         None => {
             app.limiter.check_shopper(&user).await?;
-            app.shop.purchase(&sku, &user, qty, key).await
+            app.shop
+                .purchase(&sku, &user, qty, key)
+                .await
+                .map_err(ApiError::from)
         }
     };
     let outcome = match &result {
@@ -247,7 +253,7 @@ pub async fn order(
     State(app): State<AppState>,
     Shopper(user): Shopper,
     PathParam(order_id): PathParam,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let o = app.shop.order(&user, &order_id).await?;
     Ok(no_store(Json(o).into_response()))
 }
@@ -255,7 +261,7 @@ pub async fn order(
 pub async fn my_orders(
     State(app): State<AppState>,
     Shopper(user): Shopper,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let orders = app.shop.orders_of(&user).await?;
     Ok(no_store(Json(json!({ "orders": orders })).into_response()))
 }
@@ -268,7 +274,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.shop.redis.ping_master().await {
         no_store(Json(json!({"status": "ready"})).into_response())
     } else {
-        Error::Unavailable("master does not answer".into()).into_response()
+        ApiError::unavailable("master does not answer").into_response()
     }
 }
 
@@ -295,10 +301,10 @@ struct NewSaleJson {
     per_user_limit: i64,
 }
 
-fn validate_sale(body: &[u8]) -> Result<NewSale, Error> {
+fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
     let j: NewSaleJson = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid("invalid_sale", format!("invalid sale: {e}")))?;
-    let bad = |m: &str| Error::invalid("invalid_sale", m.to_owned());
+        .map_err(|e| ApiError::invalid("invalid_sale", format!("invalid sale: {e}")))?;
+    let bad = |m: &str| ApiError::invalid("invalid_sale", m.to_owned());
     if !valid_sku(&j.sku) {
         return Err(bad("sku must be 1-64 of [A-Za-z0-9_-]"));
     }
@@ -341,13 +347,13 @@ pub async fn create_sale(
     State(app): State<AppState>,
     _admin: Admin,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let new = validate_sale(&body?)?;
     let sale = app.shop.catalog.create(&new).await?;
     app.pages.invalidate();
     let now = now_ms();
     let mut v = serde_json::to_value(ProductJson::new(&sale, now, false))
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     v["per_user_limit"] = json!(sale.per_user_limit);
     Ok(no_store((StatusCode::CREATED, Json(v)).into_response()))
 }
@@ -356,7 +362,7 @@ pub async fn audit(
     State(app): State<AppState>,
     _admin: Admin,
     PathParam(sku): PathParam,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let a = app.shop.catalog.audit(&sku).await?;
     Ok(no_store(Json(a).into_response()))
 }

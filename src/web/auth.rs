@@ -1,5 +1,7 @@
 //! Shopper identity (HS256 JWT in `Authorization: Bearer` or the `fs_token`
-//! cookie) and the admin bearer token.
+//! cookie) and the admin bearer token. A refusal is an [`ApiError`]: 401
+//! `unauthorized` for either, 404 for the admin API when no admin token is
+//! configured.
 //!
 //! The algorithm is pinned to HS256 (`none` and every other `alg` are
 //! refused by the validation), `exp` is required, clock-skew leeway is 5 s,
@@ -24,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::error::ApiError;
 use crate::config::Secret;
-use crate::error::Error;
 use crate::sale::valid_user;
 
 const MAX_TOKEN_LEN: usize = 4096;
@@ -72,9 +74,9 @@ impl TokenVerifier {
     }
 
     /// The user id of a valid token.
-    pub fn verify(&self, token: &str) -> Result<Arc<str>, Error> {
+    pub fn verify(&self, token: &str) -> Result<Arc<str>, ApiError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(Error::Unauthorized);
+            return Err(ApiError::Unauthorized);
         }
         if let Some((user, exp)) = self.verified.get(token) {
             // Same bytes as a token that verified: only time can change.
@@ -82,13 +84,13 @@ impl TokenVerifier {
                 Ok(user)
             } else {
                 self.verified.remove(token);
-                Err(Error::Unauthorized)
+                Err(ApiError::Unauthorized)
             };
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|_| Error::Unauthorized)?;
+            .map_err(|_| ApiError::Unauthorized)?;
         if !valid_user(&data.claims.sub) {
-            return Err(Error::Unauthorized);
+            return Err(ApiError::Unauthorized);
         }
         let user: Arc<str> = data.claims.sub.into();
         self.verified
@@ -98,9 +100,9 @@ impl TokenVerifier {
 }
 
 /// Mints a shopper token (for `flashsale token` and tests).
-pub fn mint(secret: &Secret, user: &str, ttl_s: u64) -> Result<String, Error> {
+pub fn mint(secret: &Secret, user: &str, ttl_s: u64) -> Result<String, ApiError> {
     if !valid_user(user) {
-        return Err(Error::invalid(
+        return Err(ApiError::invalid(
             "invalid_user",
             "user ids are 1-64 of [A-Za-z0-9_.:-]",
         ));
@@ -119,7 +121,7 @@ pub fn mint(secret: &Secret, user: &str, ttl_s: u64) -> Result<String, Error> {
         &claims,
         &EncodingKey::from_secret(secret.expose().as_bytes()),
     )
-    .map_err(|e| Error::Internal(e.to_string()))
+    .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// The credentials of an `Authorization: Bearer …` value (the scheme is
@@ -149,10 +151,10 @@ fn token_of(parts: &Parts) -> Option<&str> {
 pub struct Shopper(pub Arc<str>);
 
 impl FromRequestParts<AppState> for Shopper {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = token_of(parts).ok_or(Error::Unauthorized)?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = token_of(parts).ok_or(ApiError::Unauthorized)?;
         state.tokens.verify(token).map(Shopper)
     }
 }
@@ -162,11 +164,11 @@ impl FromRequestParts<AppState> for Shopper {
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Some(expected) = &state.admin_token else {
-            return Err(Error::NotFound);
+            return Err(ApiError::not_found());
         };
         let given = parts
             .headers
@@ -177,7 +179,7 @@ impl FromRequestParts<AppState> for Admin {
         if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
             Ok(Admin)
         } else {
-            Err(Error::AdminUnauthorized)
+            Err(ApiError::AdminUnauthorized)
         }
     }
 }

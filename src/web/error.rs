@@ -1,8 +1,14 @@
-//! HTTP face of [`crate::error::Error`]: status, `{"error","message"}` body,
-//! `Retry-After` where the contract asks for it.
+//! The web layer's error, [`ApiError`], and its one explicit mapping to HTTP.
+//!
+//! An `ApiError` is either a domain error ([`sale::Error`], wrapped as
+//! [`ApiError::Sale`]) or one only HTTP knows: a missing or wrong token, a
+//! malformed or oversized body, a rate limit, a cross-site request. This file
+//! owns, for every case, the status, the error code (one of the API's error
+//! codes), the public message (never Redis or internal text), `Retry-After`
+//! (1 s on 503, the limiter's wait on 429) and `Cache-Control: no-store`.
 //!
 //! A 500 keeps its detail in a response extension ([`InternalDetail`]); the
-//! metrics middleware logs it once and removes it, so it never reaches the
+//! outer middleware logs it once and removes it, so it never reaches the
 //! client.
 //!
 //! The body is serialised from a borrowed struct (one buffer); the sold-out
@@ -17,7 +23,118 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::sale;
+
+/// What a handler, extractor or middleware of the web layer fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A domain error, answered as the mapping below says.
+    #[error(transparent)]
+    Sale(#[from] sale::Error),
+    #[error("missing, forged or expired shopper token")]
+    Unauthorized,
+    #[error("missing or wrong admin token")]
+    AdminUnauthorized,
+    #[error("malformed JSON body: {0}")]
+    BadJson(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("too many requests")]
+    RateLimited { retry_after_s: u64 },
+    #[error("cross-site request refused")]
+    CrossSite,
+}
+
+impl ApiError {
+    /// 404 `not_found`.
+    pub fn not_found() -> Self {
+        sale::Error::NotFound.into()
+    }
+
+    /// 422 with the given error code.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        sale::Error::invalid(code, message).into()
+    }
+
+    /// 503 `unavailable`; `detail` is never shown to the client.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        sale::Error::Unavailable(detail.into()).into()
+    }
+
+    /// 500 `internal`; `detail` goes to the log only.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        sale::Error::Internal(detail.into()).into()
+    }
+
+    /// The error code of the body's `error` field.
+    pub fn code(&self) -> &'static str {
+        use sale::Error as E;
+        match self {
+            ApiError::Sale(e) => match e {
+                E::NotFound => "not_found",
+                E::UnknownSku => "unknown_sku",
+                E::InvalidQty(_) => "invalid_qty",
+                E::Invalid { code, .. } => code,
+                E::NotStarted { .. } => "not_started",
+                E::SoldOut => "sold_out",
+                E::Ended => "ended",
+                E::AlreadyPurchased { .. } => "already_purchased",
+                E::SaleExists => "sale_exists",
+                E::Unavailable(_) => "unavailable",
+                E::Internal(_) => "internal",
+            },
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::BadJson(_) => "invalid_json",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::CrossSite => "cross_site",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use sale::Error as E;
+        match self {
+            ApiError::Sale(e) => match e {
+                E::NotFound | E::UnknownSku => StatusCode::NOT_FOUND,
+                E::InvalidQty(_) | E::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                E::NotStarted { .. } => StatusCode::TOO_EARLY,
+                E::SoldOut | E::Ended => StatusCode::GONE,
+                E::AlreadyPurchased { .. } | E::SaleExists => StatusCode::CONFLICT,
+                E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::CrossSite => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The message shown to the client: never Redis or template text.
+    pub fn public_message(&self) -> Cow<'_, str> {
+        use sale::Error as E;
+        match self {
+            ApiError::Sale(E::Unavailable(_)) => {
+                Cow::Borrowed("the store is busy or switching servers; retry shortly")
+            }
+            ApiError::Sale(E::Internal(_)) => Cow::Borrowed("internal error"),
+            ApiError::Sale(E::NotFound) => Cow::Borrowed("no such resource"),
+            ApiError::Sale(E::InvalidQty(m) | E::Invalid { message: m, .. }) => Cow::Borrowed(m),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
+    /// Seconds for `Retry-After`, on the answers that carry it.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Sale(sale::Error::Unavailable(_)) => Some(1),
+            ApiError::RateLimited { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+}
 
 /// `{"error","message"}` plus the fields some errors carry.
 #[derive(Serialize)]
@@ -30,16 +147,18 @@ struct ErrorBody<'a> {
     starts_at: Option<String>,
 }
 
-fn body_of(e: &Error) -> Vec<u8> {
+fn body_of(e: &ApiError) -> Vec<u8> {
     let body = ErrorBody {
         error: e.code(),
         message: e.public_message(),
         order_id: match e {
-            Error::AlreadyPurchased { order_id } => Some(order_id),
+            ApiError::Sale(sale::Error::AlreadyPurchased { order_id }) => Some(order_id),
             _ => None,
         },
         starts_at: match e {
-            Error::NotStarted { starts_ms } => Some(crate::sale::rfc3339(*starts_ms)),
+            ApiError::Sale(sale::Error::NotStarted { starts_ms }) => {
+                Some(crate::sale::rfc3339(*starts_ms))
+            }
             _ => None,
         },
     };
@@ -47,56 +166,208 @@ fn body_of(e: &Error) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-static SOLD_OUT_BODY: LazyLock<Bytes> = LazyLock::new(|| Bytes::from(body_of(&Error::SoldOut)));
+static SOLD_OUT_BODY: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(body_of(&sale::Error::SoldOut.into())));
 
 /// The detail of a 500, for the log only.
 #[derive(Clone, Debug)]
 pub struct InternalDetail(pub String);
 
-impl IntoResponse for Error {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = match self {
-            Error::SoldOut => Body::from(SOLD_OUT_BODY.clone()),
+            ApiError::Sale(sale::Error::SoldOut) => Body::from(SOLD_OUT_BODY.clone()),
             _ => Body::from(body_of(&self)),
         };
         let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let retry_after = match &self {
-            Error::Unavailable(_) => Some(1),
-            Error::RateLimited { retry_after_s } => Some(*retry_after_s),
-            _ => None,
-        };
-        if let Some(s) = retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        if let Some(s) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Error::Internal(detail) = self {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ApiError::Sale(sale::Error::Internal(detail)) = self {
             resp.extensions_mut().insert(InternalDetail(detail));
         }
         resp
     }
 }
 
-impl From<PathRejection> for Error {
+impl From<PathRejection> for ApiError {
     fn from(_: PathRejection) -> Self {
-        Error::NotFound
+        ApiError::not_found()
     }
 }
 
-impl From<BytesRejection> for Error {
+impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::PayloadTooLarge
+            ApiError::PayloadTooLarge
         } else {
-            Error::BadJson("the body could not be read".into())
+            ApiError::BadJson("the body could not be read".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sale::Error as E;
+
+    /// One case of every variant with the status and code it has always
+    /// been answered with (the details that say "secret" must stay hidden).
+    fn every_case() -> Vec<(ApiError, u16, &'static str)> {
+        vec![
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::AdminUnauthorized, 401, "unauthorized"),
+            (E::NotFound.into(), 404, "not_found"),
+            (E::UnknownSku.into(), 404, "unknown_sku"),
+            (E::InvalidQty("q".into()).into(), 422, "invalid_qty"),
+            (E::invalid("invalid_sale", "m").into(), 422, "invalid_sale"),
+            (ApiError::BadJson("b".into()), 400, "invalid_json"),
+            (E::NotStarted { starts_ms: 0 }.into(), 425, "not_started"),
+            (E::SoldOut.into(), 410, "sold_out"),
+            (E::Ended.into(), 410, "ended"),
+            (
+                E::AlreadyPurchased {
+                    order_id: "o".into(),
+                }
+                .into(),
+                409,
+                "already_purchased",
+            ),
+            (E::SaleExists.into(), 409, "sale_exists"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (
+                ApiError::RateLimited { retry_after_s: 3 },
+                429,
+                "rate_limited",
+            ),
+            (
+                E::Unavailable("redis: READONLY secret".into()).into(),
+                503,
+                "unavailable",
+            ),
+            (ApiError::CrossSite, 403, "cross_site"),
+            (
+                E::Internal("redis: WRONGTYPE secret".into()).into(),
+                500,
+                "internal",
+            ),
+        ]
+    }
+
+    /// The variant of a case. The match is exhaustive: a new variant does
+    /// not compile here until it is named, and then the count below fails
+    /// until the table has a case of it.
+    fn variant_of(e: &ApiError) -> &'static str {
+        match e {
+            ApiError::Sale(s) => match s {
+                E::NotFound => "NotFound",
+                E::UnknownSku => "UnknownSku",
+                E::InvalidQty(_) => "InvalidQty",
+                E::Invalid { .. } => "Invalid",
+                E::NotStarted { .. } => "NotStarted",
+                E::SoldOut => "SoldOut",
+                E::Ended => "Ended",
+                E::AlreadyPurchased { .. } => "AlreadyPurchased",
+                E::SaleExists => "SaleExists",
+                E::Unavailable(_) => "Unavailable",
+                E::Internal(_) => "Internal",
+            },
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::AdminUnauthorized => "AdminUnauthorized",
+            ApiError::BadJson(_) => "BadJson",
+            ApiError::PayloadTooLarge => "PayloadTooLarge",
+            ApiError::RateLimited { .. } => "RateLimited",
+            ApiError::CrossSite => "CrossSite",
+        }
+    }
+
+    #[test]
+    fn every_variant_keeps_its_status_and_code() {
+        let cases = every_case();
+        let mut seen: Vec<&str> = cases.iter().map(|(e, _, _)| variant_of(e)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 17, "one case per variant: {seen:?}");
+        for (e, status, code) in &cases {
+            assert_eq!(e.status(), *status, "{e:?}");
+            assert_eq!(e.code(), *code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn hidden_details_stay_hidden() {
+        for (e, _, _) in every_case() {
+            let shown = e.public_message();
+            assert!(!shown.contains("secret"), "{e:?} shows {shown}");
+        }
+        let internal = ApiError::internal("template: boom");
+        assert_eq!(internal.public_message(), "internal error");
+        assert_eq!(internal.to_string(), "internal error: template: boom");
+        let unavailable = ApiError::unavailable("no Redis master available");
+        assert_eq!(
+            unavailable.public_message(),
+            "the store is busy or switching servers; retry shortly"
+        );
+        assert_eq!(ApiError::not_found().public_message(), "no such resource");
+        assert_eq!(
+            ApiError::invalid("invalid_user", "user ids are short").public_message(),
+            "user ids are short"
+        );
+    }
+
+    #[test]
+    fn responses_carry_headers_body_and_detail() {
+        let r = ApiError::unavailable("x").into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+
+        let r = ApiError::RateLimited { retry_after_s: 7 }.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        assert!(
+            ApiError::from(E::SoldOut)
+                .into_response()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none()
+        );
+
+        let r = ApiError::internal("the detail").into_response();
+        assert_eq!(
+            r.extensions().get::<InternalDetail>().map(|d| d.0.as_str()),
+            Some("the detail")
+        );
+        assert!(
+            ApiError::unavailable("x")
+                .into_response()
+                .extensions()
+                .get::<InternalDetail>()
+                .is_none()
+        );
+
+        assert_eq!(
+            &SOLD_OUT_BODY[..],
+            br#"{"error":"sold_out","message":"sold out"}"#
+        );
+        let already = ApiError::from(E::AlreadyPurchased {
+            order_id: "a.1".into(),
+        });
+        assert_eq!(
+            body_of(&already),
+            br#"{"error":"already_purchased","message":"already purchased","order_id":"a.1"}"#
+        );
+        let early = ApiError::from(E::NotStarted { starts_ms: 0 });
+        assert_eq!(
+            body_of(&early),
+            br#"{"error":"not_started","message":"the sale has not started","starts_at":"1970-01-01T00:00:00Z"}"#
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Middleware: one outer layer ([`front`]) for the cross-site guard of
 //! state-changing requests, request metrics, the one log line of a 500 and
 //! the security headers; the per-address rate limit on `/api` (layered only
-//! when it is on); the JSON 404/405 fallbacks; and the contract JSON for
-//! error responses made outside our handlers (the static-file service's
-//! 404/405/416, framework rejections).
+//! when it is on); the JSON 404/405 fallbacks; and the API's
+//! `{"error","message"}` JSON for error responses made outside our handlers
+//! (the static-file service's 404/405/416, framework rejections). Its own
+//! refusals are [`ApiError`]s; the detail of a 500 arrives in the response's
+//! [`InternalDetail`] extension and is logged here once.
 //!
 //! Every route × status series of the request metrics is registered at
 //! start-up, so a request costs no registry lookup and `/metrics` shows
@@ -19,8 +21,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 
 use super::AppState;
-use super::error::InternalDetail;
-use crate::error::Error;
+use super::error::{ApiError, InternalDetail};
 
 /// Route labels of the request metrics; the last one is every path no
 /// route matched.
@@ -126,7 +127,7 @@ fn cross_site(req: &Request) -> bool {
 
 /// The outermost layer: refuses cross-site state changes, counts every
 /// request by route and status, records latency, logs a 500's detail once
-/// (and strips it), gives errors made outside our handlers the contract
+/// (and strips it), gives errors made outside our handlers the API's error
 /// JSON, and adds the security headers.
 pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let route = route_index(
@@ -136,7 +137,7 @@ pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Res
     );
     let started = Instant::now();
     let (mut resp, method) = if cross_site(&req) {
-        (Error::CrossSite.into_response(), None)
+        (ApiError::CrossSite.into_response(), None)
     } else {
         let method = req.method().clone();
         (next.run(req).await, Some(method))
@@ -272,17 +273,17 @@ pub async fn static_guard(req: Request, next: Next) -> Response {
         .split('/')
         .any(|s| decoded_len(s) > MAX_NAME)
     {
-        return Error::NotFound.into_response();
+        return ApiError::not_found().into_response();
     }
     next.run(req).await
 }
 
 pub async fn not_found() -> Response {
-    Error::NotFound.into_response()
+    ApiError::not_found().into_response()
 }
 
 pub async fn method_not_allowed() -> Response {
-    let mut r = Error::invalid("method_not_allowed", "method not allowed").into_response();
+    let mut r = ApiError::invalid("method_not_allowed", "method not allowed").into_response();
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     r
 }

@@ -1,4 +1,6 @@
 //! The HTTP service: router, shared state, middleware, start-up and shutdown.
+//! Every handler, extractor and middleware fails with an [`ApiError`], whose
+//! mapping to statuses, error codes and headers lives in [`error`].
 //!
 //! [`Application::build`] connects to Redis and binds the listener (port 0
 //! in tests); [`Application::run_until`] serves until the given future
@@ -34,8 +36,8 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use self::error::ApiError;
 use crate::config::{Secret, ServeSettings};
-use crate::error::Error;
 use crate::redis::Redis;
 use crate::sale::Shop;
 
@@ -75,10 +77,10 @@ impl std::ops::Deref for AppState {
 async fn overloaded(err: tower::BoxError) -> axum::response::Response {
     if err.is::<tower::timeout::error::Elapsed>() {
         metrics::counter!("flashsale_requests_timed_out_total").increment(1);
-        Error::Unavailable("request timed out".into()).into_response()
+        ApiError::unavailable("request timed out").into_response()
     } else {
         metrics::counter!("flashsale_requests_shed_total").increment(1);
-        Error::Unavailable("overloaded".into()).into_response()
+        ApiError::unavailable("overloaded").into_response()
     }
 }
 
@@ -98,8 +100,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/sales/{sku}/audit", get(api::audit))
         .route("/readyz", get(api::readyz));
     // Liveness and metrics answer however loaded the service is: they sit
-    // outside the concurrency limit (CONTRACT: /healthz is 200 while the
-    // process runs). /readyz is shed like the rest: an instance past its
+    // outside the concurrency limit (the API promises /healthz is 200 while
+    // the process runs). /readyz is shed like the rest: an instance past its
     // limit is not ready for more.
     let ops = Router::new()
         .route("/healthz", get(api::healthz))

@@ -2,12 +2,13 @@
 //!
 //! A page holds only what changes when a sale is created or changed (name,
 //! description, price, stock total, window); the live parts — stock left,
-//! state, countdown, the Buy button, order status — are filled in by
-//! `static/app.js` from small JSON calls. So pages are cacheable by nginx and
+//! state, countdown, the Buy button, order status — are filled in by the
+//! page script from small JSON calls. So pages are cacheable by nginx and
 //! CDNs (`Cache-Control`, `ETag`, `Last-Modified`), and `flashsale render`
 //! writes them to files nginx serves without the app ("staticization").
 //! Assets are addressed with a content fingerprint (`?v=<hash>`), so they
-//! can be cached for a year.
+//! can be cached for a year. A page that fails is an [`ApiError`] (an
+//! unknown sku is a plain 404 here, not `unknown_sku`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -25,8 +26,8 @@ use tower_http::set_header::{SetResponseHeader, SetResponseHeaderLayer};
 
 use super::AppState;
 use super::api::PathParam;
-use crate::error::Error;
-use crate::sale::{Sale, rfc3339};
+use super::error::ApiError;
+use crate::sale::{self, Sale, rfc3339};
 
 /// Display data of one sale.
 pub struct SaleView {
@@ -38,7 +39,7 @@ pub struct SaleView {
     pub per_user_limit: i64,
     pub starts_at: String,
     pub ends_at: String,
-    /// `starts_at` for people, in UTC (`app.js` shows it in local time).
+    /// `starts_at` for people, in UTC (the page script shows it in local time).
     pub starts_label: String,
     pub ends_label: String,
 }
@@ -48,7 +49,8 @@ fn price(cents: i64) -> String {
 }
 
 /// `22 Nov 2026, 01:26:05 UTC`: a time as the page shows it before
-/// `app.js` puts it in the shopper's zone (about as long, so nothing moves).
+/// the page script puts it in the shopper's zone (about as long, so nothing
+/// moves).
 fn time_label(ms: i64) -> String {
     let fmt = time::macros::format_description!(
         "[day] [month repr:short] [year], [hour]:[minute]:[second] UTC"
@@ -208,20 +210,20 @@ pub fn asset_version(dir: &Path) -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
-pub fn render_index(sales: &[Sale], v: &str) -> Result<String, Error> {
+pub fn render_index(sales: &[Sale], v: &str) -> Result<String, ApiError> {
     let views: Vec<SaleView> = sales.iter().map(SaleView::from).collect();
     IndexPage { sales: &views, v }
         .render()
-        .map_err(|e| Error::Internal(format!("template: {e}")))
+        .map_err(|e| ApiError::internal(format!("template: {e}")))
 }
 
-pub fn render_product(sale: &Sale, v: &str) -> Result<String, Error> {
+pub fn render_product(sale: &Sale, v: &str) -> Result<String, ApiError> {
     ProductPage {
         sale: &SaleView::from(sale),
         v,
     }
     .render()
-    .map_err(|e| Error::Internal(format!("template: {e}")))
+    .map_err(|e| ApiError::internal(format!("template: {e}")))
 }
 
 /// Whether an `If-None-Match` value (`*`, or a list of tags, weak or not)
@@ -261,7 +263,7 @@ fn respond(r: Rendered, headers: &HeaderMap) -> Response {
         .into_response()
 }
 
-pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     if let Some(r) = app.pages.get("/", &sales) {
         return Ok(respond(r, &headers));
@@ -276,11 +278,11 @@ pub async fn product(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
     headers: HeaderMap,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let sale = match app.shop.catalog.get(&sku).await {
         Ok(s) => s,
-        Err(Error::UnknownSku) => return Err(Error::NotFound),
-        Err(e) => return Err(e),
+        Err(sale::Error::UnknownSku) => return Err(ApiError::not_found()),
+        Err(e) => return Err(e.into()),
     };
     let key = format!("/p/{sku}");
     let one = std::slice::from_ref(&*sale);
@@ -315,9 +317,9 @@ pub struct DevLoginForm {
 pub async fn dev_login(
     State(app): State<AppState>,
     form: Result<axum::Form<DevLoginForm>, axum::extract::rejection::FormRejection>,
-) -> Result<Response, Error> {
+) -> Result<Response, ApiError> {
     let axum::Form(form) =
-        form.map_err(|_| Error::invalid("invalid_user", "a user name is required"))?;
+        form.map_err(|_| ApiError::invalid("invalid_user", "a user name is required"))?;
     let token = super::auth::mint(&app.settings.jwt_secret, form.user.trim(), 12 * 3600)?;
     let secure = if app.settings.cookie_secure {
         "; Secure"
@@ -329,7 +331,7 @@ pub async fn dev_login(
     let mut resp = Redirect::to("/").into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| Error::Internal(e.to_string()))?,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
     );
     Ok(resp)
 }

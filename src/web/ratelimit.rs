@@ -1,6 +1,7 @@
 //! Rate limits shared by every server instance: token buckets kept in Redis
 //! (`fs_rate` of the Function library), per shopper on the purchase route
-//! and per client address on `/api`.
+//! and per client address on `/api`. A refusal is
+//! [`ApiError::RateLimited`] with the seconds until a token is back.
 //!
 //! A limiter that cannot reach Redis lets the request through: the purchase
 //! itself still needs the master, and a limiter must not turn a failover into
@@ -8,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::error::Error;
+use super::error::ApiError;
 use crate::redis::Redis;
 use crate::redis::functions::{self, RateReply};
 
@@ -31,7 +32,7 @@ impl Limiter {
         self.per_ip > 0
     }
 
-    async fn take(&self, scope: &str, id: &str, rate: u32) -> Result<(), Error> {
+    async fn take(&self, scope: &str, id: &str, rate: u32) -> Result<(), ApiError> {
         if rate == 0 {
             return Ok(());
         }
@@ -43,7 +44,7 @@ impl Limiter {
             Ok(RateReply::Allowed) => Ok(()),
             Ok(RateReply::Wait { ms }) => {
                 metrics::counter!("flashsale_rate_limited_total", "scope" => if scope == "ip" { "ip" } else { "shopper" }).increment(1);
-                Err(Error::RateLimited {
+                Err(ApiError::RateLimited {
                     retry_after_s: (ms.max(1) as u64).div_ceil(1000),
                 })
             }
@@ -56,12 +57,12 @@ impl Limiter {
     }
 
     /// One purchase attempt of `user`.
-    pub async fn check_shopper(&self, user: &str) -> Result<(), Error> {
+    pub async fn check_shopper(&self, user: &str) -> Result<(), ApiError> {
         self.take("shopper", user, self.per_shopper).await
     }
 
     /// One `/api` request from `ip`.
-    pub async fn check_ip(&self, ip: IpAddr) -> Result<(), Error> {
+    pub async fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
         if self.per_ip == 0 {
             return Ok(());
         }
