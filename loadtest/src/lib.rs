@@ -1,8 +1,7 @@
 //! Shared pieces of flashsale's load tests, benchmarks and failover harness:
-//! the Sentinel group of the integration tests (the same code path as
+//! the test kit's Sentinel group (the same code path as
 //! `scripts/redis-group.sh`) and small helpers.
 
-#[path = "../../tests/it/support/redis_group.rs"]
-pub mod redis_group;
+pub use flashsale_testkit::redis_group;
 
 pub mod bench;

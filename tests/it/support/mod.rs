@@ -1,4 +1,4 @@
 //! Test support: Redis Sentinel groups, in-process apps on port 0, workers.
 
 pub mod app;
-pub mod redis_group;
+pub use flashsale_testkit::redis_group;

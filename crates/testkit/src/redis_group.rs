@@ -33,9 +33,6 @@
 //! 4 × 2 s before it reconfigures a node that wrongly claims to be master), so
 //! `wait_converged` after a failover needs a timeout of 20–30 s.
 
-// Not every test uses every helper.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -260,7 +257,7 @@ fn send_signal(sig: &str, pids: &[i32]) {
 }
 
 /// Percent-encodes a password for a `redis://` URL (the load tests use it too).
-pub(crate) fn url_encode(s: &str) -> String {
+pub fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

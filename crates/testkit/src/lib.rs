@@ -1,0 +1,10 @@
+//! The test kit of flashsale, shared by the integration tests (`tests/it`),
+//! the failover harness and the load tests (`loadtest/`), so the three start
+//! Redis the same way and run what `deploy/` ships.
+//!
+//! - [`redis_group`]: a throw-away Redis Sentinel group on free loopback
+//!   ports, started by `scripts/redis-group.sh` (the demo's own script),
+//!   that a test can kill, freeze, restart and fail over, and that stops
+//!   every process it started when dropped, also when a test panics.
+
+pub mod redis_group;
