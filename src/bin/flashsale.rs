@@ -182,7 +182,7 @@ async fn audit(a: AuditArgs) -> Result<ExitCode, Failure> {
             .audit(&sku)
             .await
             .map_err(|e| format!("{sku}: {e}"))?;
-        ok &= audit.consistent;
+        ok &= audit.counts.consistent;
         println!("{}", serde_json::json!({ "sku": sku, "audit": audit }));
     }
     Ok(if ok {

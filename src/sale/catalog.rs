@@ -24,21 +24,18 @@ use serde::Serialize;
 
 use super::{Error, Sale, valid_sku};
 use crate::redis::Redis;
-use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleFields};
+use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleAudit, SaleFields};
 
-/// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit` shows them.
+/// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit`
+/// shows them: the Function's audit, flattened, plus what follows from it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Audit {
-    pub stock_total: i64,
-    pub stock_left: i64,
-    pub sold: i64,
-    pub orders: i64,
-    pub buyers: i64,
-    pub confirmed: i64,
+    #[serde(flatten)]
+    pub counts: SaleAudit,
+    /// Orders not yet confirmed.
     pub pending: i64,
+    /// Entries in the sale's dead-letter stream.
     pub dead: i64,
-    pub max_units_per_buyer: i64,
-    pub consistent: bool,
 }
 
 /// What an operator asks for when creating a sale (already validated).
@@ -305,16 +302,9 @@ impl Catalog {
             return Err(Error::UnknownSku);
         };
         Ok(Audit {
-            stock_total: a.stock_total,
-            stock_left: a.stock_left,
-            sold: a.sold,
-            orders: a.orders,
-            buyers: a.buyers,
-            confirmed: a.confirmed,
             pending: a.orders - a.confirmed,
             dead,
-            max_units_per_buyer: a.max_units_per_buyer,
-            consistent: a.consistent,
+            counts: a,
         })
     }
 }

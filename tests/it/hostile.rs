@@ -22,7 +22,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::support::app::{
-    ADMIN_TOKEN, AppOptions, JWT_SECRET, TestApp, redis_settings, shared_group, unique,
+    ADMIN_TOKEN, AppOptions, JWT_SECRET, TestApp, redis_settings, serve_in_background,
+    shared_group, unique,
 };
 
 fn b64(bytes: &[u8]) -> String {
@@ -1291,14 +1292,7 @@ async fn serve_with(limits: ConnLimits) -> Served {
         .expect("app")
         .with_conn_limits(limits);
     let addr = app.addr();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let _ = app
-            .run_until(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
+    let (tx, task) = serve_in_background(app);
     Served {
         addr,
         stop: Some(tx),

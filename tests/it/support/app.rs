@@ -93,6 +93,19 @@ impl Default for AppOptions {
     }
 }
 
+/// Serves `app` on a task of its own until the sender is used or dropped.
+pub fn serve_in_background(app: Application) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _ = app
+            .run_until(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (tx, task)
+}
+
 pub fn redis_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> RedisSettings {
     RedisSettings {
         target: RedisTarget::Sentinels {
@@ -148,14 +161,7 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("app start: {e}"));
         let base = format!("http://{}", app.addr());
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let (tx, task) = serve_in_background(app);
         TestApp {
             base,
             prefix: prefix.to_owned(),
