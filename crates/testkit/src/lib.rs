@@ -6,5 +6,15 @@
 //!   ports, started by `scripts/redis-group.sh` (the demo's own script),
 //!   that a test can kill, freeze, restart and fail over, and that stops
 //!   every process it started when dropped, also when a test panics.
+//! - [`procs`]: the service's processes pointed at a group; the product's
+//!   own hold, for harnesses that run the shipped settings.
+//! - [`orders`]: order statuses read from the master; waiting for
+//!   `confirmed`.
+//! - [`switch`]: when the Sentinels announced a switch.
+//! - [`metrics`]: reading `/metrics`.
 
+pub mod metrics;
+pub mod orders;
+pub mod procs;
 pub mod redis_group;
+pub mod switch;

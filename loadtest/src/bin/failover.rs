@@ -40,12 +40,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use flashsale_loadtest::redis_group::{GroupOptions, Node, RedisGroup};
-use futures_util::StreamExt;
+use flashsale_testkit::metrics::counter_sum;
+use flashsale_testkit::orders::{order_statuses, reached_confirmed};
+use flashsale_testkit::procs::redis_env;
+use flashsale_testkit::switch::SwitchWatch;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Semaphore};
@@ -208,9 +211,7 @@ impl Cluster {
         let group = RedisGroup::start(GroupOptions::default()).await;
         std::fs::create_dir_all(logs).expect("log dir");
         let env = |c: &mut Command| {
-            c.env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-                .env("FLASHSALE_REDIS_PASSWORD", group.password())
-                .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
+            redis_env(c, &group, "fs")
                 .env("FLASHSALE_JWT_SECRET", JWT)
                 .env("FLASHSALE_ADMIN_TOKEN", ADMIN)
                 .env("FLASHSALE_RATE_LIMIT_PER_SHOPPER", "0")
@@ -320,24 +321,6 @@ impl Cluster {
     }
 }
 
-/// The sum of a counter's series in a Prometheus text exposition; `None`
-/// when the counter is not there.
-fn counter_sum(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
 /// One process's link-install counter: `Err` when its metrics cannot be read
 /// (the process is gone), `Ok(None)` when it does not export the counter.
 async fn link_installs(http: &reqwest::Client, p: &Proc) -> Result<Option<u64>, ()> {
@@ -371,8 +354,8 @@ struct Shared {
     tokens: Vec<String>,
     accepted: AtomicI64,
     fault_at: std::sync::Mutex<Option<Instant>>,
-    /// Every distinct `+switch-master` message, when it was first heard.
-    switches: std::sync::Mutex<Vec<(Instant, String)>>,
+    /// Every distinct `+switch-master`, when it was first heard.
+    switches: SwitchWatch,
     first_ok_after_switch: std::sync::Mutex<Option<Instant>>,
     /// When the first 410 `sold_out` was answered.
     first_sold_out: std::sync::Mutex<Option<Instant>>,
@@ -382,12 +365,7 @@ struct Shared {
 
 impl Shared {
     fn first_switch(&self) -> Option<Instant> {
-        self.switches
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(t, _)| *t)
-            .min()
+        self.switches.first()
     }
 }
 
@@ -481,43 +459,6 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
 
 /// Records every distinct `+switch-master` the Sentinels announce, with the
 /// time it was first heard.
-async fn listen_for_switch(
-    group_sentinels: Vec<String>,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-) {
-    for addr in group_sentinels {
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let Ok(client) = redis::Client::open(format!("redis://{addr}")) else {
-                return;
-            };
-            let Ok(mut ps) = client.get_async_pubsub().await else {
-                return;
-            };
-            if ps.subscribe("+switch-master").await.is_err() {
-                return;
-            }
-            let mut stream = ps.into_on_message();
-            while !stop.load(Ordering::SeqCst) {
-                match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-                    Ok(Some(msg)) => {
-                        let now = Instant::now();
-                        let payload: String = msg.get_payload().unwrap_or_default();
-                        let mut s = shared.switches.lock().expect("lock");
-                        if !s.iter().any(|(_, p)| *p == payload) {
-                            s.push((now, payload));
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(_) => {}
-                }
-            }
-        });
-    }
-}
-
 async fn inject(scenario: Scenario, cluster: &mut Cluster, shared: &Shared) -> Result<(), String> {
     let g = &mut cluster.group;
     match scenario {
@@ -565,28 +506,6 @@ struct RunResult {
     reasons: Vec<String>,
 }
 
-/// Statuses an order reaches only through `confirmed`.
-fn reached_confirmed(status: Option<&str>) -> bool {
-    matches!(status, Some("confirmed" | "paid" | "expired" | "cancelled"))
-}
-
-/// `status` of each order, read from the master (None: no such order).
-async fn order_statuses(
-    redis: &mut redis::aio::MultiplexedConnection,
-    ids: &[&String],
-) -> Result<Vec<Option<String>>, redis::RedisError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("HGET")
-            .arg(format!("fs:{{{SKU}}}:order:{id}"))
-            .arg("status");
-    }
-    pipe.query_async(redis).await
-}
-
 async fn one_run(
     args: &Args,
     scenario: Scenario,
@@ -626,19 +545,12 @@ async fn one_run(
         tokens,
         accepted: AtomicI64::new(0),
         fault_at: std::sync::Mutex::new(None),
-        switches: std::sync::Mutex::new(Vec::new()),
+        switches: SwitchWatch::start(&cluster.group).await,
         first_ok_after_switch: std::sync::Mutex::new(None),
         first_sold_out: std::sync::Mutex::new(None),
         observed: Mutex::new(Observed::default()),
         dead_server: AtomicU64::new(0),
     });
-    let stop_listen = Arc::new(AtomicBool::new(false));
-    listen_for_switch(
-        cluster.group.sentinel_addrs(),
-        shared.clone(),
-        stop_listen.clone(),
-    )
-    .await;
 
     let sem = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
@@ -705,7 +617,6 @@ async fn one_run(
             .filter_map(|(_, id)| id.clone())
             .collect()
     };
-    let promised_refs: Vec<&String> = promised.iter().collect();
     let live = cluster.servers[(shared.dead_server.load(Ordering::SeqCst) as usize) % 2]
         .0
         .clone();
@@ -719,9 +630,7 @@ async fn one_run(
         {
             audit = r.json().await.unwrap_or(Value::Null);
         }
-        let master_port = cluster.group.master_port().await;
-        let mut redis = cluster.group.client(master_port).await;
-        if let Ok(s) = order_statuses(&mut redis, &promised_refs).await {
+        if let Ok(s) = order_statuses(&cluster.group, "fs", &promised).await {
             statuses = s;
         }
         let all_confirmed = statuses.len() == promised.len()
@@ -741,10 +650,9 @@ async fn one_run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop_listen.store(true, Ordering::SeqCst);
 
     // Link installs during the fault, per process and switch.
-    let switches = shared.switches.lock().expect("lock").len() as u64;
+    let switches = shared.switches.all().len() as u64;
     let mut installs = Vec::new();
     let mut max_installs: Option<u64> = None;
     let mut exported = false;

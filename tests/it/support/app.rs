@@ -19,6 +19,11 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::redis_group::{GroupOptions, RedisGroup};
+pub use flashsale_testkit::metrics::metric_value;
+pub use flashsale_testkit::orders::unconfirmed_after;
+use flashsale_testkit::procs::redis_env;
+pub use flashsale_testkit::procs::shipped_failover_wait;
+pub use flashsale_testkit::switch::SwitchWatch;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -352,10 +357,7 @@ pub async fn order_exists(group: &RedisGroup, port: u16, prefix: &str, order_id:
 /// arguments and spawns it.
 pub fn worker_command(group: &RedisGroup, prefix: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-worker"));
-    cmd.env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
-        .env("FLASHSALE_REDIS_PASSWORD", group.password())
-        .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
-        .env("FLASHSALE_KEY_PREFIX", prefix)
+    redis_env(&mut cmd, group, prefix)
         .env("RUST_LOG", "warn")
         .args(["--discover-ms", "200", "--block-ms", "200"])
         .stdin(std::process::Stdio::null())
@@ -365,121 +367,11 @@ pub fn worker_command(group: &RedisGroup, prefix: &str) -> tokio::process::Comma
     cmd
 }
 
-/// The hold `flashsale serve` runs with unless told otherwise
-/// (`FLASHSALE_FAILOVER_WAIT_MS` as the product parses it from this
-/// environment), for apps that must run the shipped settings.
-pub fn shipped_failover_wait() -> Duration {
-    #[derive(clap::Parser)]
-    struct Product {
-        #[command(flatten)]
-        redis: flashsale::config::RedisArgs,
-    }
-    let p = <Product as clap::Parser>::try_parse_from(["flashsale"])
-        .unwrap_or_else(|e| panic!("the product's Redis settings do not parse: {e}"));
-    Duration::from_millis(p.redis.failover_wait_ms)
-}
-
 /// [`AppOptions`] with the product's own hold instead of the tests' 5 s.
 pub fn shipped_app_options() -> AppOptions {
     AppOptions {
         failover_wait: shipped_failover_wait(),
         ..AppOptions::default()
-    }
-}
-
-/// When the Sentinels of a group first announced `+switch-master` (any
-/// Sentinel, from [`SwitchWatch::start`] on).
-pub struct SwitchWatch {
-    first: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl SwitchWatch {
-    /// Subscribes on every Sentinel; returns once all three listen.
-    pub async fn start(group: &RedisGroup) -> SwitchWatch {
-        use futures_util::StreamExt;
-        let first = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let mut tasks = Vec::new();
-        for addr in group.sentinel_addrs() {
-            let client = redis::Client::open(format!("redis://{addr}")).expect("sentinel url");
-            let mut ps = client.get_async_pubsub().await.expect("sentinel pubsub");
-            ps.subscribe("+switch-master").await.expect("subscribe");
-            let first = first.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut stream = ps.into_on_message();
-                while stream.next().await.is_some() {
-                    let now = std::time::Instant::now();
-                    let mut f = first.lock().unwrap_or_else(|e| e.into_inner());
-                    if f.is_none_or(|t| now < t) {
-                        *f = Some(now);
-                    }
-                }
-            }));
-        }
-        SwitchWatch { first, tasks }
-    }
-
-    /// The first `+switch-master` heard, if any.
-    pub fn first(&self) -> Option<std::time::Instant> {
-        *self.first.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for SwitchWatch {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// `status` of each order on the current master (`None`: no such order).
-pub async fn order_statuses(
-    group: &RedisGroup,
-    prefix: &str,
-    ids: &[String],
-) -> Vec<Option<String>> {
-    if ids.is_empty() {
-        return Vec::new();
-    }
-    let mut c = group.client(group.master_port().await).await;
-    let mut pipe = redis::pipe();
-    for id in ids {
-        let sku = id.rsplit_once('.').map(|(s, _)| s).expect("order id");
-        pipe.cmd("HGET")
-            .arg(format!("{prefix}:{{{sku}}}:order:{id}"))
-            .arg("status");
-    }
-    pipe.query_async(&mut c).await.expect("order statuses")
-}
-
-/// Whether an order status is `confirmed` or one only reached through it.
-pub fn reached_confirmed(status: Option<&str>) -> bool {
-    matches!(status, Some("confirmed" | "paid" | "expired" | "cancelled"))
-}
-
-/// Waits up to `timeout` for every order of `ids` to reach `confirmed` on
-/// the current master; returns those that did not, with their status then
-/// (`None`: the order does not exist).
-pub async fn unconfirmed_after(
-    group: &RedisGroup,
-    prefix: &str,
-    ids: &[String],
-    timeout: Duration,
-) -> Vec<(String, Option<String>)> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let statuses = order_statuses(group, prefix, ids).await;
-        let bad: Vec<(String, Option<String>)> = ids
-            .iter()
-            .zip(statuses)
-            .filter(|(_, s)| !reached_confirmed(s.as_deref()))
-            .map(|(id, s)| (id.clone(), s))
-            .collect();
-        if bad.is_empty() || std::time::Instant::now() >= deadline {
-            return bad;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -525,19 +417,6 @@ pub async fn buy_counting(app: &TestApp, user: &str, sku: &str) -> Outcome {
         }
         tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
     }
-}
-
-/// The value of one series (`name` or `name{labels}`, exactly as rendered)
-/// in a Prometheus text exposition.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
 }
 
 /// GET /metrics of an app, as text.
