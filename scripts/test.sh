@@ -28,4 +28,5 @@ loadtest/run.sh --install-only
 loadtest/smoke.sh
 # Playwright (playwright-core, no browser download) for the browser test.
 npm ci --prefix tests/browser --no-audit --no-fund
+cargo test --locked -p flashsale-testkit
 cargo test --locked -- --test-threads 2
