@@ -22,6 +22,10 @@ slot. Key layout (prefix P is configurable, `fs` by default):
   P:{sku}:dead            dead letters of that stream (original fields as f:<name>)
   P:sales                 sorted set of skus by start time (catalog index)
 
+Why one file of this size: a Function library is one FUNCTION LOAD, so
+every Function and the helpers they share live here, each with its
+KEYS/ARGV/reply contract above it.
+
 Results are arrays whose first element names the outcome; errors are never
 raised for business outcomes, so the caller never has to parse error text.
 Times come from the server (TIME), so every app instance sees one clock.

@@ -55,23 +55,22 @@ mod sentinel;
 mod view;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use redis::FromRedisValue;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 pub use ack::AckFault;
-use ack::{AckConfig, Acker};
 pub use error::{Backoff, DbError, REBUILD_EVERY, Verdict, error_code, is_failover_error, verdict};
 pub use keys::Keys;
 pub use link::{Addr, MasterLink, Q, Query, text};
 pub(crate) use link::{connect, url_host_port};
 
-use crate::config::{RedisSettings, RedisTarget, ReplicaAcks, Secret};
+use crate::config::{RedisSettings, ReplicaAcks};
 
 /// How long a candidate master may take to answer ROLE.
 pub(crate) const ROLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -375,124 +374,5 @@ impl Redis {
             Some(response_timeout),
         )
         .await?)
-    }
-}
-
-impl Inner {
-    fn password(&self) -> Option<&Secret> {
-        match &self.settings.target {
-            RedisTarget::Url(_) => None,
-            RedisTarget::Sentinels { .. } => self.settings.password.as_ref(),
-        }
-    }
-
-    /// Builds a link to `addr` after checking ROLE and the Function library;
-    /// refuses (without trying) when a link to it was built less than
-    /// [`REBUILD_EVERY`] ago.
-    async fn build_link(&self, addr: &Addr) -> Result<MasterLink, DbError> {
-        {
-            let mut last = self.last_build.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            if last
-                .get(addr)
-                .is_some_and(|t| now.duration_since(*t) < REBUILD_EVERY)
-            {
-                return Err(DbError::Discovery(format!(
-                    "a link to {addr} was built less than {REBUILD_EVERY:?} ago"
-                )));
-            }
-            last.insert(addr.clone(), now);
-        }
-        let (host, port) = (addr.host.as_str(), addr.port);
-        let s = &self.settings;
-        let mut conns = Vec::with_capacity(s.write_connections);
-        let open = || async {
-            match &s.target {
-                RedisTarget::Url(url) => {
-                    let mut info = url.as_str().into_connection_info()?;
-                    if let Some(p) = &s.password {
-                        let rs = info.redis_settings().clone().set_password(p.expose());
-                        info = info.set_redis_settings(rs);
-                    }
-                    let cfg = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(s.timeout))
-                        .set_response_timeout(Some(s.timeout + s.wait_timeout));
-                    Client::open(info)?
-                        .get_multiplexed_async_connection_with_config(&cfg)
-                        .await
-                }
-                RedisTarget::Sentinels { .. } => {
-                    connect(
-                        host,
-                        port,
-                        self.password(),
-                        s.timeout,
-                        Some(s.timeout + s.wait_timeout),
-                    )
-                    .await
-                }
-            }
-        };
-        // A frozen or unreachable node must not hold up the watcher.
-        let check = async {
-            let mut c = open().await?;
-            let r = sentinel::role(&mut c).await?;
-            Ok::<_, redis::RedisError>((c, r))
-        };
-        let (mut first, role_name) = tokio::time::timeout(s.timeout.min(ROLE_CHECK_TIMEOUT), check)
-            .await
-            .map_err(|_| DbError::Timeout)??;
-        if role_name != "master" {
-            return Err(DbError::Discovery(format!(
-                "{host}:{port} is not a master (ROLE says {role_name:?})"
-            )));
-        }
-        functions::ensure_loaded(&mut first).await?;
-        conns.push(first);
-        for _ in 1..s.write_connections {
-            conns.push(open().await?);
-        }
-        let stale = Arc::new(AtomicBool::new(false));
-        let acker = if matches!(s.replica_acks, ReplicaAcks::Count(0)) {
-            None
-        } else {
-            let wake = self.wake.clone();
-            let flag = stale.clone();
-            let ack_conn = open().await?;
-            Some(Acker::spawn(
-                ack_conn,
-                AckConfig {
-                    counter_key: self.keys.ack_counter(),
-                    wait_timeout: s.wait_timeout,
-                    required: self.required_acks.clone(),
-                    retired: stale.clone(),
-                    on_link_fault: Arc::new(move || {
-                        flag.store(true, Ordering::SeqCst);
-                        wake.notify_one();
-                    }),
-                },
-            ))
-        };
-        Ok(MasterLink {
-            addr: Addr::new(host, port),
-            epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
-            conns,
-            next: AtomicUsize::new(0),
-            acker,
-            stale,
-        })
-    }
-
-    /// Installs a new link (or none) and tells the waiters.
-    fn install(&self, link: Option<MasterLink>) {
-        if link.is_some() {
-            self.installs.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("flashsale_redis_link_installs_total").increment(1);
-        }
-        let old = self.master.swap(link.map(Arc::new));
-        if let Some(old) = old {
-            old.stale.store(true, Ordering::SeqCst);
-        }
-        self.master_tx.send_modify(|e| *e += 1);
     }
 }

@@ -20,6 +20,11 @@
 //! the demotion would discard. `+promoted-slave` names the new master
 //! before `+switch-master` does (the latter waits for every replica to be
 //! reconfigured): its link is built then.
+//!
+//! Why one file of this size: it is one task — the subscriptions, the
+//! polling pass and the loop that ties them — and a pass reads top to
+//! bottom; the parts without I/O are in `view.rs`.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};

@@ -19,6 +19,10 @@
 //!   listen backlog, as mini-redis does) and per peer address (beyond it a
 //!   new connection gets a 503 and is closed); a proxy on this host
 //!   (loopback) is exempt from the per-address cap.
+//!
+//! Why one file of this size: the accept loop, the per-address caps and
+//! the head deadline are one mechanism (each needs the others' state), and
+//! about a fifth of the file is its tests, including a property test.
 
 use std::collections::HashMap;
 use std::future::Future;

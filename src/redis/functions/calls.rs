@@ -2,6 +2,10 @@
 //! KEYS, ARGV and reply shapes are documented in `flashsale.lua`; a reply
 //! that does not have the documented shape is a parsing error, never a
 //! guess.
+//!
+//! Why one file of this size: one short section per Function (call, reply
+//! type, parsing), so the face of the whole library is read in one place;
+//! the tests of every reply shape are at the end.
 
 use std::time::Duration;
 
