@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use flashsale::redis::Keys;
+use flashsale::redis::{Keys, functions};
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio::process::Child;
@@ -346,15 +346,7 @@ async fn poison_entries_are_dead_lettered_and_do_not_block() {
 
     // Confirming twice changes nothing: the second call reports a duplicate.
     let id = &ids[0];
-    let again: i64 = redis::cmd("FCALL")
-        .arg("fs_confirm")
-        .arg(3)
-        .arg(keys.order(sku, id))
-        .arg(keys.sale(sku))
-        .arg(keys.stream(sku))
-        .arg(id)
-        .arg(flashsale::worker::GROUP)
-        .arg("0-1")
+    let again: i64 = functions::confirm_call(&keys, sku, flashsale::worker::GROUP, id, "0-1")
         .query_async(&mut conn)
         .await
         .expect("fs_confirm");
@@ -553,15 +545,7 @@ async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
 
     // The second order is already confirmed (through fs_confirm with an
     // unrelated entry id, so its own entry stays pending).
-    let first: i64 = redis::cmd("FCALL")
-        .arg("fs_confirm")
-        .arg(3)
-        .arg(keys.order(sku, &ids[1]))
-        .arg(keys.sale(sku))
-        .arg(keys.stream(sku))
-        .arg(&ids[1])
-        .arg(flashsale::worker::GROUP)
-        .arg("0-1")
+    let first: i64 = functions::confirm_call(&keys, sku, flashsale::worker::GROUP, &ids[1], "0-1")
         .query_async(&mut conn)
         .await
         .expect("fs_confirm");
@@ -569,21 +553,18 @@ async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
     assert_eq!(pending_ids(&mut conn, &keys, sku).await, entries);
 
     let batch = |conn: &mut MultiplexedConnection| {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("fs_confirm_batch")
-            .arg(5)
-            .arg(keys.sale(sku))
-            .arg(keys.stream(sku))
-            .arg(keys.order(sku, &ids[0]))
-            .arg(keys.order(sku, &ids[1]))
-            .arg(keys.order(sku, &missing))
-            .arg(flashsale::worker::GROUP)
-            .arg(&ids[0])
-            .arg(&entries[0])
-            .arg(&ids[1])
-            .arg(&entries[1])
-            .arg(&missing)
-            .arg(&entries[2]);
+        let batch = [
+            (ids[0].as_str(), entries[0].as_str()),
+            (ids[1].as_str(), entries[1].as_str()),
+            (missing.as_str(), entries[2].as_str()),
+        ];
+        let cmd = functions::confirm_batch_call(
+            &keys,
+            sku,
+            flashsale::worker::GROUP,
+            batch.iter().copied(),
+            batch.len(),
+        );
         let mut conn = conn.clone();
         async move { cmd.query_async::<Vec<i64>>(&mut conn).await }
     };
@@ -627,32 +608,26 @@ async fn confirm_batch_confirms_counts_and_acks_only_existing_orders() {
     );
 
     // More than 512 entries in one call is refused and changes nothing.
-    let mut big = redis::cmd("FCALL");
-    big.arg("fs_confirm_batch")
-        .arg(2 + 513)
-        .arg(keys.sale(sku))
-        .arg(keys.stream(sku));
-    for _ in 0..513 {
-        big.arg(keys.order(sku, &missing));
-    }
-    big.arg(flashsale::worker::GROUP);
-    for _ in 0..513 {
-        big.arg(&missing).arg(&entries[2]);
-    }
+    let too_many = std::iter::repeat_n((missing.as_str(), entries[2].as_str()), 513);
+    let big = functions::confirm_batch_call(&keys, sku, flashsale::worker::GROUP, too_many, 513);
     let refused: Result<Vec<i64>, _> = big.query_async(&mut conn).await;
     assert!(refused.is_err(), "{refused:?}");
     // So is an order key of another sale.
-    let other: Result<Vec<i64>, _> = redis::cmd("FCALL")
-        .arg("fs_confirm_batch")
-        .arg(3)
-        .arg(keys.sale(sku))
-        .arg(keys.stream(sku))
-        .arg(keys.order("other", &missing))
-        .arg(flashsale::worker::GROUP)
-        .arg(&missing)
-        .arg(&entries[2])
-        .query_async(&mut conn)
-        .await;
+    let other: Result<Vec<i64>, _> = functions::raw_call(
+        "fs_confirm_batch",
+        &[
+            keys.sale(sku),
+            keys.stream(sku),
+            keys.order("other", &missing),
+        ],
+        &[
+            flashsale::worker::GROUP.to_owned(),
+            missing.clone(),
+            entries[2].clone(),
+        ],
+    )
+    .query_async(&mut conn)
+    .await;
     assert!(other.is_err(), "{other:?}");
     assert_eq!(confirmed(&mut conn).await, 2);
     assert_eq!(

@@ -22,7 +22,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use flashsale::redis::functions::purchase_call;
+use flashsale::redis::functions::{
+    AuditReply, CreateSaleReply, SaleFields, audit_call, create_sale_call, purchase_call,
+};
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, now_unix_ms};
 use redis::aio::MultiplexedConnection;
@@ -70,23 +72,21 @@ fn e2s(e: redis::RedisError) -> String {
 
 async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, stock: u64) -> Res<()> {
     let now = now_unix_ms();
-    let r: Vec<String> = redis::cmd("FCALL")
-        .arg("fs_create_sale")
-        .arg(2)
-        .arg(keys.sale(sku))
-        .arg(keys.sales_index())
-        .arg(sku)
-        .arg("worker bench")
-        .arg("")
-        .arg(100)
-        .arg(stock)
-        .arg(now - 1000)
-        .arg(now + 86_400_000)
-        .arg(1)
+    let fields = SaleFields {
+        sku,
+        name: "worker bench",
+        description: "",
+        price_cents: 100,
+        stock: stock as i64,
+        starts_ms: now - 1000,
+        ends_ms: now + 86_400_000,
+        per_user_limit: 1,
+    };
+    let r: CreateSaleReply = create_sale_call(keys, &fields)
         .query_async(c)
         .await
         .map_err(e2s)?;
-    if r.first().map(String::as_str) != Some("created") {
+    if r != CreateSaleReply::Created {
         return Err(format!("fs_create_sale replied {r:?}"));
     }
     Ok(())
@@ -136,17 +136,9 @@ async fn sale_field(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, f: &s
 }
 
 async fn audit(c: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> Res<Value> {
-    let row: Vec<i64> = redis::cmd("FCALL_RO")
-        .arg("fs_audit")
-        .arg(2)
-        .arg(keys.sale(sku))
-        .arg(keys.units(sku))
-        .query_async(c)
-        .await
-        .map_err(e2s)?;
-    if row.len() < 8 {
-        return Err(format!("fs_audit replied {row:?}"));
-    }
+    let AuditReply::Sale(a) = audit_call(keys, sku).query_async(c).await.map_err(e2s)? else {
+        return Err(format!("fs_audit: no sale {sku}"));
+    };
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(keys.stream(sku))
         .arg(flashsale::worker::GROUP)
@@ -161,8 +153,9 @@ async fn audit(c: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> Res<Val
         _ => -1,
     };
     Ok(json!({
-        "stock_total": row[0], "stock_left": row[1], "sold": row[2], "orders": row[3],
-        "buyers": row[4], "confirmed": row[5], "consistent": row[6] == 1,
+        "stock_total": a.stock_total, "stock_left": a.stock_left, "sold": a.sold,
+        "orders": a.orders, "buyers": a.buyers, "confirmed": a.confirmed,
+        "consistent": a.consistent,
         "stream_pending": pending_count,
     }))
 }

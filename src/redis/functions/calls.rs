@@ -333,6 +333,34 @@ pub fn confirm_batch_call<'a>(
     cmd
 }
 
+/// `FCALL fs_confirm`: one entry (the single-entry case of
+/// `fs_confirm_batch`, for operators and tests). Replies 1, 0 or -1.
+pub fn confirm_call(
+    keys: &Keys,
+    sku: &str,
+    group: &str,
+    order_id: &str,
+    entry_id: &str,
+) -> redis::Cmd {
+    let mut cmd = fcall("fs_confirm", 3);
+    cmd.arg(keys.order(sku, order_id))
+        .arg(keys.sale(sku))
+        .arg(keys.stream(sku))
+        .arg(order_id)
+        .arg(group)
+        .arg(entry_id);
+    cmd
+}
+
+/// A call of `function` with any KEYS and ARGV: for tests of the library's
+/// own refusals (keys of another sale, too many entries), which the typed
+/// calls above cannot make.
+pub fn raw_call(function: &str, keys: &[String], args: &[String]) -> redis::Cmd {
+    let mut cmd = fcall(function, keys.len());
+    cmd.arg(keys).arg(args);
+    cmd
+}
+
 /// `FCALL fs_dead_letter`: moves one pending entry to the dead letters and
 /// acknowledges it. Replies 1, or 0 when the entry was already gone.
 pub fn dead_letter_call(
