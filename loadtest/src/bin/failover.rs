@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use flashsale_loadtest::bench::cpu_seconds;
 use flashsale_loadtest::redis_group::{GroupOptions, Node, RedisGroup};
 use flashsale_testkit::metrics::counter_sum;
 use flashsale_testkit::orders::{order_statuses, reached_confirmed};
@@ -591,6 +592,39 @@ async fn one_run(
     *shared.fault_at.lock().expect("lock") = Some(fault_at);
     let mut violations = Vec::new();
     let mut reasons = Vec::new();
+    // CPU of every server and worker from the fault until 2 s after the
+    // first `+switch-master` (or 30 s): what following the switch costs.
+    let cpu_window = {
+        let pids: Vec<(String, u32)> = cluster
+            .procs()
+            .filter_map(|p| Some((p.name.clone(), p.pid()? as u32)))
+            .collect();
+        let before: Vec<Option<f64>> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let give_up = fault_at + Duration::from_secs(30);
+            while shared.first_switch().is_none() && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(sw) = shared.first_switch() {
+                tokio::time::sleep_until((sw + Duration::from_secs(2)).into()).await;
+            }
+            let window = fault_at.elapsed();
+            let per_proc: Vec<String> = pids
+                .iter()
+                .zip(before)
+                .map(|((name, pid), b)| match (b, cpu_seconds(*pid)) {
+                    (Some(b), Some(a)) => format!("{name}:{:.0}", (a - b) * 1000.0),
+                    _ => format!("{name}:gone"),
+                })
+                .collect();
+            format!(
+                "switch_cpu_ms={} over {:.1}s",
+                per_proc.join(","),
+                window.as_secs_f64()
+            )
+        })
+    };
     if let Err(e) = inject(scenario, &mut cluster, &shared).await {
         reasons.push(format!("fault injection failed: {e}"));
     }
@@ -676,6 +710,9 @@ async fn one_run(
         };
         installs.push(format!("{}:{text}", p.name));
     }
+    let cpu_text = cpu_window
+        .await
+        .unwrap_or_else(|_| "switch_cpu_ms=unknown".into());
     let installs_text = if exported {
         format!(
             "link_installs={} (max {}/switch)",
@@ -837,7 +874,7 @@ async fn one_run(
     };
     let opt = |v: Option<u128>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let line = format!(
-        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} violations={} result={}",
+        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} {cpu_text} violations={} result={}",
         hold.as_millis(),
         promised.len(),
         o.requests,
