@@ -1701,3 +1701,65 @@ async fn metrics_and_error_bodies_hold_no_secret() {
         assert!(!seen.contains(s), "a secret is in a response");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_exit_78_with_one_line_naming_the_variable() {
+    let server = env!("CARGO_BIN_EXE_flashsale");
+    let worker = env!("CARGO_BIN_EXE_flashsale-worker");
+    let url = ("FLASHSALE_REDIS_URL", "redis://127.0.0.1:1");
+    let secret = ("FLASHSALE_JWT_SECRET", "0123456789abcdef0123");
+    let cases: Vec<(&str, &[&str], Vec<(&str, &str)>, &str)> = vec![
+        (
+            "serve",
+            &["serve"],
+            vec![url, secret, ("FLASHSALE_REDIS_SENTINELS", "127.0.0.1:1")],
+            "FLASHSALE_REDIS_SENTINELS",
+        ),
+        ("serve", &["serve"], vec![url], "FLASHSALE_JWT_SECRET"),
+        (
+            "serve",
+            &["serve"],
+            vec![url, secret, ("FLASHSALE_FAILOVER_WAIT_MS", "999999")],
+            "FLASHSALE_FAILOVER_WAIT_MS",
+        ),
+        (
+            "audit",
+            &["audit"],
+            vec![("FLASHSALE_REPLICA_ACKS", "some"), url],
+            "FLASHSALE_REPLICA_ACKS",
+        ),
+        (
+            "worker",
+            &[],
+            vec![url, ("FLASHSALE_WORKER_BATCH", "0")],
+            "FLASHSALE_WORKER_BATCH",
+        ),
+        (
+            "worker",
+            &[],
+            vec![url, ("FLASHSALE_WORKER_METRICS", "nowhere")],
+            "FLASHSALE_WORKER_METRICS",
+        ),
+    ];
+    for (what, args, env, var) in cases {
+        let bin = if what == "worker" { worker } else { server };
+        let (code, text) = run_bin(bin, args, &env, Duration::from_secs(20)).await;
+        assert_eq!(code, Some(78), "{what} {env:?}: {text}");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{what}: one line: {text}");
+        assert!(lines[0].contains(var), "{what}: names {var}: {text}");
+    }
+    // Redis that cannot be reached is not a configuration error.
+    let (code, text) = run_bin(
+        worker,
+        &[],
+        &[
+            url,
+            ("FLASHSALE_FAILOVER_WAIT_MS", "300"),
+            ("FLASHSALE_REDIS_TIMEOUT_MS", "300"),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{text}");
+}
