@@ -13,6 +13,29 @@ use redis::aio::MultiplexedConnection;
 
 use crate::support::app::{AppOptions, TestApp, shared_group, worker_command};
 
+/// A test app on the shared group with one live sale `sku` of `stock`
+/// units (limit 1), its keys, and a connection to the master.
+async fn live_sale(sku: &str, stock: i64) -> (TestApp, Keys, MultiplexedConnection) {
+    let group = shared_group();
+    let app = TestApp::spawn(group, AppOptions::default()).await;
+    let keys = Keys::new(app.prefix.clone());
+    app.create_sale(sku, stock, 1, -5, 3600).await;
+    let conn = group.client(group.master_port().await).await;
+    (app, keys, conn)
+}
+
+/// Creates the worker's consumer group on a sale's stream, from its start.
+async fn create_group(conn: &mut MultiplexedConnection, stream: &str) {
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("flashsale")
+        .arg("0")
+        .query_async(conn)
+        .await
+        .expect("group");
+}
+
 /// Buys one unit for each of `users` through the API; the order ids.
 async fn buy_all(app: &TestApp, sku: &str, users: &[String]) -> Vec<String> {
     let mut ids = Vec::new();
@@ -61,11 +84,8 @@ async fn wait_all_confirmed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_whose_entries_were_trimmed_or_acked_unconfirmed_are_queued_again() {
     let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
     let sku = "heal-1";
-    app.create_sale(sku, 20, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
+    let (app, keys, mut conn) = live_sale(sku, 20).await;
 
     let users: Vec<String> = (0..6).map(|i| format!("h{i}")).collect();
     let ids = buy_all(&app, sku, &users).await;
@@ -73,14 +93,7 @@ async fn orders_whose_entries_were_trimmed_or_acked_unconfirmed_are_queued_again
     // The group exists and has read every entry; two are acknowledged
     // without their orders being confirmed, the rest are deleted from the
     // stream altogether. No worker would ever deliver any of them again.
-    let _: String = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("flashsale")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    create_group(&mut conn, &stream).await;
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg("flashsale")
@@ -165,22 +178,11 @@ async fn orders_whose_entries_were_trimmed_or_acked_unconfirmed_are_queued_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_entry_is_not_queued_twice() {
-    let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
     let sku = "heal-2";
-    app.create_sale(sku, 5, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
+    let (app, keys, mut conn) = live_sale(sku, 5).await;
     let ids = buy_all(&app, sku, &["q0".to_owned(), "q1".to_owned()]).await;
     let order_keys: Vec<String> = ids.iter().map(|id| keys.order(sku, id)).collect();
-    let _: String = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(keys.stream(sku))
-        .arg("flashsale")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    create_group(&mut conn, &keys.stream(sku)).await;
     // Unread entries (and, after a read, pending ones) are live.
     for _ in 0..2 {
         let (n, _): (i64, String) = flashsale::redis::functions::requeue_call(
@@ -269,21 +271,11 @@ async fn idle_entries_behind_many_busy_ones_are_reclaimed() {
     // at 0-0; a dead consumer's 5 entries behind them are reached only by
     // following the cursor from call to call.
     let group = shared_group();
-    let app = TestApp::spawn(group, AppOptions::default()).await;
-    let keys = Keys::new(app.prefix.clone());
     let sku = "heal-3";
-    app.create_sale(sku, 100, 1, -5, 3600).await;
-    let mut conn = group.client(group.master_port().await).await;
+    let (app, keys, mut conn) = live_sale(sku, 100).await;
     let ids = queue_orders(&mut conn, &keys, sku, 65).await;
     let stream = keys.stream(sku);
-    let _: String = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("flashsale")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .expect("group");
+    create_group(&mut conn, &stream).await;
     let read = |consumer: &'static str, count: usize| {
         let mut c = redis::cmd("XREADGROUP");
         c.arg("GROUP")
