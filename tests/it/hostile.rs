@@ -1708,7 +1708,9 @@ async fn configuration_errors_exit_78_with_one_line_naming_the_variable() {
     let worker = env!("CARGO_BIN_EXE_flashsale-worker");
     let url = ("FLASHSALE_REDIS_URL", "redis://127.0.0.1:1");
     let secret = ("FLASHSALE_JWT_SECRET", "0123456789abcdef0123");
-    let cases: Vec<(&str, &[&str], Vec<(&str, &str)>, &str)> = vec![
+    // (binary, arguments, environment, the variable the error must name)
+    type Case<'a> = (&'a str, &'a [&'a str], Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "serve",
             &["serve"],
