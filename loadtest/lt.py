@@ -79,7 +79,7 @@ class RespError(Exception):
 
 
 class Resp:
-    """A minimal RESP2 client (enough for INFO, SENTINEL, SCAN, UNLINK, FCALL)."""
+    """A minimal RESP2 client (enough for INFO, SENTINEL, SCAN, UNLINK)."""
 
     def __init__(self, host, port, password=None, timeout=10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
@@ -795,25 +795,16 @@ class Bench:
         # the ceiling is the Function alone. Same Function, same master.
         sku = self.sku("bench", run)
         host, port = self.master()
-        r = Resp(host, port, self.password)
-        try:
-            t = now_ms()
-            reply = r.call("FCALL", "fs_create_sale", 2, f"rb:{{{sku}}}:sale", "rb:sales", sku, "bench", "",
-                           100, 100_000_000, t - 60_000, t + 6 * 3600_000, 1_000_000)
-        finally:
-            r.close()
-        if reply != ["created"]:
-            raise Failure(f"fs_create_sale for the benchmark replied {reply}")
+        # The sale, its audit and the purchase command come from the
+        # Function library's typed face (bench_sale), never spelled here.
+        self.bench_sale("create", "--sku", sku)
         self.rb_skus.append(sku)
-        k = lambda s: f"rb:{{{sku}}}:{s}"  # noqa: E731
+        purchase = self.bench_sale("purchase-command", "--sku", sku).split("\n")[:-1]
         for c in (50, CONNS):
             name = f"redis_benchmark_c{c}"
             out = self.raw / f"r{run}-{name}.csv"
             cmd = ["redis-benchmark", "-h", host, "-p", str(port), "-a", self.password, "-c", str(c),
-                   "-n", str(self.rb_requests), "-r", "2000000000", "--csv",
-                   "FCALL", "fs_purchase", "7", k("sale"), k("units"), k("first"),
-                   k("uorders:u__rand_int__"), k("order:o__rand_int__"), k("stream"), "",
-                   "u__rand_int__", "1", f"{sku}.o__rand_int__"]
+                   "-n", str(self.rb_requests), "-r", "2000000000", "--csv", *purchase]
 
             def parse(out=out, c=c):
                 return parse_redis_benchmark(out)
@@ -829,18 +820,22 @@ class Bench:
         self.oha(run, "bare_get", "/api/products/bare", self.port_bare, meta={"tool": "oha", "conns": CONNS})
         self.oha(run, "bare_post", "/api/sales/bare/purchase", self.port_bare, method="POST",
                  token=self.prober, meta={"tool": "oha", "conns": CONNS})
-        r = Resp(host, port, self.password)
-        try:
-            a = r.call("FCALL_RO", "fs_audit", 2, k("sale"), k("units"))
-        finally:
-            r.close()
-        audit = {"stock_total": a[0], "stock_left": a[1], "sold": a[2], "orders": a[3], "consistent": a[6] == 1}
-        ok = audit["consistent"] and a[2] <= a[0]
+        audit = json.loads(self.bench_sale("audit", "--sku", sku))
+        ok = audit["consistent"] and audit["sold"] <= audit["stock_total"]
         self.invariants.append({"run": run, "sku": f"rb:{sku}", "audit": audit, "ok": ok,
                                 "note": "redis-benchmark + fcall_bench", "why": [] if ok else ["audit"],
                                 "accepted": None})
         if not ok:
             self.failures.append(f"run {run}: benchmark sale {sku}: {audit}")
+
+    def bench_sale(self, *args):
+        """Runs bench_sale on the benchmark's key prefix (`rb`); its stdout."""
+        env = dict(self.base_env(), FLASHSALE_KEY_PREFIX="rb")
+        r = subprocess.run([str(self.bin / "bench_sale"), *args], env=env, capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise Failure(f"bench_sale {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
 
     def generate_to_file(self, run, name, cmd, out, timeout, parse, meta):
         # redis-benchmark writes its CSV to stdout: run it with stdout to `out`.
