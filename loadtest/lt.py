@@ -47,7 +47,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the tree
 sys.path.insert(0, str(HERE))
 import plot  # noqa: E402  (loadtest/plot.py)
 
-BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "worker_bench"]
+BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "worker_bench", "bench_sale"]
 # The baseline goes last in every run: redis-benchmark and fcall_bench add
 # ~1.5 million keys (random users and orders) in a minute, and the live sale
 # measured right after them ran at half speed for its first seconds (4 600 →
