@@ -373,9 +373,9 @@ impl Drop for Held {
 /// without waiting) and closes it.
 fn refuse(stream: TcpStream) {
     metrics::counter!("flashsale_connections_refused_total").increment(1);
-    const BODY: &str = r#"{"error":"unavailable","message":"too many connections from this address; retry shortly"}"#;
+    const BODY: &str = r#"{"type":"urn:flashsale:error:unavailable","title":"Unavailable","status":503,"error":"unavailable","message":"too many connections from this address; retry shortly"}"#;
     let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
     let _ = stream.try_write(resp.as_bytes());

@@ -136,10 +136,18 @@ impl ApiError {
     }
 }
 
-/// `{"error","message"}` plus the fields some errors carry.
+/// The media type of every error the service makes (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// `{"error","message"}` plus the RFC 9457 members (`type`, `title`,
+/// `status`) and the fields some errors carry.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
-    error: &'static str,
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    error: &'a str,
     message: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<&'a str>,
@@ -147,9 +155,43 @@ struct ErrorBody<'a> {
     starts_at: Option<String>,
 }
 
-fn body_of(e: &ApiError) -> Vec<u8> {
+/// The RFC 9457 `type` of an error code: one URI per code, stable.
+pub fn problem_type(code: &str) -> String {
+    format!("urn:flashsale:error:{code}")
+}
+
+/// The RFC 9457 `title` of an error code: the code in words ("sold_out"
+/// → "Sold out"), the same for every occurrence.
+pub fn problem_title(code: &str) -> String {
+    let mut t = code.replace('_', " ");
+    if let Some(first) = t.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    t
+}
+
+/// The body of an error the service makes outside the handlers
+/// (unrouted paths, refused methods, shed load), in the same shape.
+pub fn problem_body(status: StatusCode, code: &str, message: &str) -> String {
     let body = ErrorBody {
-        error: e.code(),
+        kind: problem_type(code),
+        title: problem_title(code),
+        status: status.as_u16(),
+        error: code,
+        message: Cow::Borrowed(message),
+        order_id: None,
+        starts_at: None,
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+fn body_of(e: &ApiError) -> Vec<u8> {
+    let code = e.code();
+    let body = ErrorBody {
+        kind: problem_type(code),
+        title: problem_title(code),
+        status: e.status().as_u16(),
+        error: code,
         message: e.public_message(),
         order_id: match e {
             ApiError::Sale(sale::Error::AlreadyPurchased { order_id }) => Some(order_id),
@@ -182,10 +224,22 @@ impl IntoResponse for ApiError {
         let mut resp = Response::new(body);
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match &self {
+            ApiError::Unauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"flashsale\""),
+                );
+            }
+            ApiError::AdminUnauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"flashsale-admin\""),
+                );
+            }
+            _ => {}
+        }
         if let Some(s) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
@@ -328,7 +382,18 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let r = ApiError::Unauthorized.into_response();
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"flashsale\""
+        );
+        let r = ApiError::AdminUnauthorized.into_response();
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"flashsale-admin\""
+        );
 
         let r = ApiError::RateLimited { retry_after_s: 7 }.into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
@@ -355,19 +420,23 @@ mod tests {
 
         assert_eq!(
             &SOLD_OUT_BODY[..],
-            br#"{"error":"sold_out","message":"sold out"}"#
+            br#"{"type":"urn:flashsale:error:sold_out","title":"Sold out","status":410,"error":"sold_out","message":"sold out"}"#
         );
         let already = ApiError::from(E::AlreadyPurchased {
             order_id: "a.1".into(),
         });
         assert_eq!(
             body_of(&already),
-            br#"{"error":"already_purchased","message":"already purchased","order_id":"a.1"}"#
+            br#"{"type":"urn:flashsale:error:already_purchased","title":"Already purchased","status":409,"error":"already_purchased","message":"already purchased","order_id":"a.1"}"#
         );
         let early = ApiError::from(E::NotStarted { starts_ms: 0 });
         assert_eq!(
             body_of(&early),
-            br#"{"error":"not_started","message":"the sale has not started","starts_at":"1970-01-01T00:00:00Z"}"#
+            br#"{"type":"urn:flashsale:error:not_started","title":"Not started","status":425,"error":"not_started","message":"the sale has not started","starts_at":"1970-01-01T00:00:00Z"}"#
+        );
+        assert_eq!(
+            problem_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "m"),
+            r#"{"type":"urn:flashsale:error:method_not_allowed","title":"Method not allowed","status":405,"error":"method_not_allowed","message":"m"}"#
         );
     }
 }

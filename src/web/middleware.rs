@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 
 use super::AppState;
-use super::error::{ApiError, InternalDetail};
+use super::error::{ApiError, InternalDetail, PROBLEM_JSON, problem_body};
 
 /// Route labels of the request metrics; the last one is every path no
 /// route matched.
@@ -177,13 +177,15 @@ pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Res
 }
 
 fn is_json(resp: &Response) -> bool {
-    resp.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/json") || v.starts_with(PROBLEM_JSON.as_bytes())
+    })
 }
 
-/// The same error as `{"error","message"}` JSON, keeping the status and
-/// headers such as `Allow` and `Content-Range`.
+/// The same error as the API's problem JSON (`{"type","title","status",
+/// "error","message"}`), keeping the status and headers such as `Allow` and
+/// `Content-Range`.
 fn contract_error(resp: Response) -> Response {
     let (mut parts, _) = resp.into_parts();
     let status = parts.status;
@@ -207,13 +209,12 @@ fn contract_error(resp: Response) -> Response {
     } else {
         status.canonical_reason().unwrap_or("request refused")
     };
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let body = problem_body(status, code, message);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts
         .headers
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
