@@ -788,9 +788,16 @@ async fn nginx_serves_rendered_pages_with_every_app_stopped() {
     for path in [format!("/api/products/{sku}"), format!("/p/{unrendered}")] {
         let (s, h, body) = get_text(&c, &nginx.url(&path)).await;
         assert_eq!(s, 503, "{path}: {body}");
-        assert!(h["content-type"].starts_with("application/json"), "{path}");
+        assert!(
+            h["content-type"].starts_with("application/problem+json"),
+            "{path}"
+        );
         let v: Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["error"], "unavailable");
+        assert_eq!(
+            (v["status"].as_u64(), v["type"].as_str()),
+            (Some(503), Some("urn:flashsale:error:unavailable"))
+        );
     }
     drop(nginx);
     let _ = std::fs::remove_dir_all(&pages);
