@@ -15,7 +15,7 @@ mod serve;
 mod worker;
 
 pub use redis::{RedisArgs, RedisSettings, RedisTarget, ReplicaAcks};
-pub use serve::{ServeArgs, ServeSettings};
+pub use serve::{JwtKeys, JwtSettings, ServeArgs, ServeSettings};
 pub use worker::{WorkerArgs, WorkerSettings, WorkerTuning, default_consumer};
 
 /// A configuration problem; the message names the variable at fault.

@@ -1,7 +1,15 @@
-//! The settings of `flashsale serve`: listen address, shopper and admin
-//! secrets, rate limits, connection and concurrency caps, page assets.
+//! The settings of `flashsale serve`: listen address, how shopper tokens are
+//! verified (exactly one key source: the HS256 secret, a PEM public key or a
+//! JWKS file; optional `iss`/`aud` checks), the browser origins allowed to
+//! call `/api`, the admin secret, rate limits, connection and concurrency
+//! caps, page assets.
+//!
+//! A key file is loaded once here, so a missing or unusable one is a
+//! configuration error that names its variable; the key file paths are not
+//! secret, the HS256 secret is.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -22,6 +30,24 @@ pub struct ServeArgs {
     /// File holding the HS256 key of shopper tokens.
     #[arg(long, env = "FLASHSALE_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<String>,
+    /// PEM public key (RSA: RS256, EC P-256: ES256) that verifies shopper
+    /// tokens instead of the HS256 secret.
+    #[arg(long, env = "FLASHSALE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file whose RSA / EC P-256 keys verify shopper tokens, chosen by
+    /// the token's `kid`; re-read when it changes.
+    #[arg(long, env = "FLASHSALE_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// When set, a shopper token's `iss` must be this (otherwise not checked).
+    #[arg(long, env = "FLASHSALE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, a shopper token's `aud` must be (or list) this (otherwise not checked).
+    #[arg(long, env = "FLASHSALE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Origins allowed to call /api from a browser, comma-separated
+    /// (`https://shop.example,https://m.shop.example`); unset: same origin only.
+    #[arg(long, env = "FLASHSALE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// Bearer token of the /admin API (the admin API is off when unset).
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -58,12 +84,57 @@ pub struct ServeArgs {
     pub cookie_secure: bool,
 }
 
+/// Where the keys that verify shopper tokens come from.
+#[derive(Clone, Debug)]
+pub enum JwtKeys {
+    /// HS256 with a shared secret.
+    Secret(Secret),
+    /// One PEM public key: RS256 (RSA) or ES256 (EC P-256), by its type.
+    PublicKeyFile(PathBuf),
+    /// The RSA and EC P-256 keys of a JWKS file, chosen by `kid`; the file is
+    /// re-read when it changes.
+    JwksFile(PathBuf),
+}
+
+/// How shopper tokens are verified.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub keys: JwtKeys,
+    /// `iss` must equal this; `None`: not checked.
+    pub issuer: Option<String>,
+    /// `aud` must be or contain this; `None`: not checked.
+    pub audience: Option<String>,
+}
+
+impl JwtSettings {
+    /// HS256 with `secret`, no `iss` or `aud` check.
+    pub fn hs256(secret: Secret) -> Self {
+        Self {
+            keys: JwtKeys::Secret(secret),
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// The HS256 secret, when tokens are HS256 (this service can mint them).
+    pub fn secret(&self) -> Option<&Secret> {
+        match &self.keys {
+            JwtKeys::Secret(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// Validated settings of `flashsale serve`.
 #[derive(Clone, Debug)]
 pub struct ServeSettings {
     pub redis: RedisSettings,
     pub listen: SocketAddr,
-    pub jwt_secret: Secret,
+    pub jwt: JwtSettings,
+    /// Browser origins allowed to call `/api` (normalized
+    /// `scheme://host[:port]`, lowercase, no default port); empty: same
+    /// origin only.
+    pub cors_origins: Vec<String>,
     pub admin_token: Option<Secret>,
     pub rate_limit_per_shopper: u32,
     pub rate_limit_per_ip: u32,
@@ -85,19 +156,23 @@ impl ServeArgs {
                 format!("`{}` is not an address like 127.0.0.1:8080", self.listen),
             )
         })?;
-        let jwt_secret = secret(
-            "FLASHSALE_JWT_SECRET",
-            self.jwt_secret.clone(),
-            "FLASHSALE_JWT_SECRET_FILE",
-            self.jwt_secret_file.clone(),
-        )?
-        .ok_or_else(|| invalid("FLASHSALE_JWT_SECRET", "required by `flashsale serve`"))?;
-        if jwt_secret.expose().len() < 16 {
+        let jwt = self.jwt_settings()?;
+        if self.dev_login && jwt.secret().is_none() {
             return Err(invalid(
-                "FLASHSALE_JWT_SECRET",
-                "must be at least 16 bytes long",
+                "FLASHSALE_DEV_LOGIN",
+                "needs FLASHSALE_JWT_SECRET (it signs the development cookie); \
+                 with public keys, tokens come from the identity provider",
             ));
         }
+        let cors_origins = match self.cors_origins.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| origin(o).map_err(|e| invalid("FLASHSALE_CORS_ORIGINS", e)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let admin_token = secret(
             "FLASHSALE_ADMIN_TOKEN",
             self.admin_token.clone(),
@@ -113,7 +188,8 @@ impl ServeArgs {
         Ok(ServeSettings {
             redis,
             listen,
-            jwt_secret,
+            jwt,
+            cors_origins,
             admin_token,
             rate_limit_per_shopper: self.rate_limit_per_shopper,
             rate_limit_per_ip: self.rate_limit_per_ip,
@@ -125,5 +201,370 @@ impl ServeArgs {
             dev_login: self.dev_login,
             cookie_secure: self.cookie_secure,
         })
+    }
+}
+
+fn non_empty<T: AsRef<std::ffi::OsStr> + Clone>(v: &Option<T>) -> Option<T> {
+    v.as_ref().filter(|s| !s.as_ref().is_empty()).cloned()
+}
+
+impl ServeArgs {
+    /// Exactly one key source, its key loaded once to prove it usable.
+    fn jwt_settings(&self) -> Result<JwtSettings, ConfigError> {
+        const SECRET: &str = "FLASHSALE_JWT_SECRET";
+        const PEM: &str = "FLASHSALE_JWT_PUBLIC_KEY_FILE";
+        const JWKS: &str = "FLASHSALE_JWT_JWKS_FILE";
+        let secret_set = self.jwt_secret.is_some() || self.jwt_secret_file.is_some();
+        let pem = non_empty(&self.jwt_public_key_file);
+        let jwks = non_empty(&self.jwt_jwks_file);
+        let keys = match (secret_set, pem, jwks) {
+            (true, None, None) => {
+                let s = secret(
+                    SECRET,
+                    self.jwt_secret.clone(),
+                    "FLASHSALE_JWT_SECRET_FILE",
+                    self.jwt_secret_file.clone(),
+                )?
+                .ok_or_else(|| invalid(SECRET, "required by `flashsale serve`"))?;
+                if s.expose().len() < 16 {
+                    return Err(invalid(SECRET, "must be at least 16 bytes long"));
+                }
+                JwtKeys::Secret(s)
+            }
+            (false, Some(path), None) => {
+                crate::web::keys::load_pem(&path).map_err(|e| invalid(PEM, e))?;
+                JwtKeys::PublicKeyFile(path)
+            }
+            (false, None, Some(path)) => {
+                crate::web::keys::load_jwks(&path).map_err(|e| invalid(JWKS, e))?;
+                JwtKeys::JwksFile(path)
+            }
+            (false, None, None) => {
+                return Err(invalid(
+                    SECRET,
+                    format!("required by `flashsale serve` (or {PEM}, or {JWKS})"),
+                ));
+            }
+            (_, _, jwks) => {
+                return Err(invalid(
+                    if jwks.is_some() { JWKS } else { PEM },
+                    format!("set exactly one of {SECRET}, {PEM} and {JWKS}"),
+                ));
+            }
+        };
+        let issuer = non_empty(&self.jwt_issuer);
+        let audience = non_empty(&self.jwt_audience);
+        Ok(JwtSettings {
+            keys,
+            issuer,
+            audience,
+        })
+    }
+}
+
+/// A browser origin, `scheme://host[:port]` (http or https, no path, no
+/// user info), normalized the way browsers send it: lowercase, without the
+/// scheme's default port. One trailing `/` is tolerated.
+pub(crate) fn origin(raw: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("`{raw}` is not an origin like https://shop.example ({why})");
+    let s = raw.strip_suffix('/').unwrap_or(raw);
+    let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad("the scheme is http or https")),
+    };
+    if rest.contains(['/', '?', '#']) {
+        return Err(bad("no path, query or fragment"));
+    }
+    if rest.contains('@') {
+        return Err(bad("no user info"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        addr.parse::<Ipv6Addr>()
+            .map_err(|_| bad("not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+        };
+        (format!("[{}]", addr.to_ascii_lowercase()), port)
+    } else {
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        let ok = !host.is_empty()
+            && !host.starts_with(['.', '-'])
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(bad("the host is a name or an address"));
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let n: u16 = p
+                .parse()
+                .ok()
+                .filter(|n| *n != 0 && p.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| bad("the port is 1-65535"))?;
+            (n != default_port).then_some(n)
+        }
+    };
+    Ok(match port {
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const P256_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6PuwB5i05d7sKwEr4y3KO/33KXOe
+J47pQ0vCXKbc8i8dBJz+57mdDK2UzIscz309N5dv2rOwjjbmHwLSDbHlsw==
+-----END PUBLIC KEY-----
+";
+    const P384_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEjP3uSouYnw/e+oAPIX5zR58oBpCDDclQ
+ezMGevVcxFveAvfSKpCp2IqplewZKluWD2mwqtA5D9P8Dk9ThqXEnE0fEMNcZCEB
+pXz467icY/sem3qeyYZKfsVqXOQUPx54
+-----END PUBLIC KEY-----
+";
+    const RSA1024_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC/st6v8+14JwzIPtUQ4gS/PkZa
+4pwny27sPTIbXPSl/GihwiVEx+O/kQd4sO+PvXzTHi5mSlXfFq3DZQVzqy/rAWBa
+ZpwMcO0l6+ro5GMsrkImOCvZUh+yzEx3kdeFS0LXGSxzMp2iXGoalwCbwZgEB6HA
+7ZduL5RgGlLG5sp/BwIDAQAB
+-----END PUBLIC KEY-----
+";
+    const SECRET: &str = "0123456789abcdef";
+
+    #[derive(Parser)]
+    struct S {
+        #[command(flatten)]
+        s: ServeArgs,
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeSettings, ConfigError> {
+        let mut v = vec!["t", "--redis-sentinels", "h:1"];
+        v.extend_from_slice(args);
+        S::try_parse_from(v).expect("parses").s.settings()
+    }
+
+    /// A file with `text` in a directory of its own (removed on drop).
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "flashsale-serve-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            TempFile(path)
+        }
+        fn path(&self) -> &str {
+            self.0.to_str().expect("utf-8 path")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn names(e: ConfigError, var: &str) -> String {
+        let s = e.to_string();
+        assert!(s.starts_with(&format!("{var}: ")), "{s} names {var}");
+        s
+    }
+
+    #[test]
+    fn exactly_one_key_source() {
+        let pem = TempFile::new("k.pem", P256_PUBLIC);
+        let s = serve(&["--jwt-secret", SECRET]).unwrap();
+        assert_eq!(s.jwt.secret().map(Secret::expose), Some(SECRET));
+        let s = serve(&["--jwt-public-key-file", pem.path()]).unwrap();
+        assert!(matches!(s.jwt.keys, JwtKeys::PublicKeyFile(_)));
+        assert!(s.jwt.secret().is_none());
+        // None of the three.
+        let e = names(serve(&[]).unwrap_err(), "FLASHSALE_JWT_SECRET");
+        assert!(e.contains("FLASHSALE_JWT_JWKS_FILE"), "{e}");
+        // Two of them; the secret's value is never in the message.
+        let e = names(
+            serve(&["--jwt-secret", SECRET, "--jwt-public-key-file", pem.path()]).unwrap_err(),
+            "FLASHSALE_JWT_PUBLIC_KEY_FILE",
+        );
+        assert!(!e.contains(SECRET), "{e}");
+        names(
+            serve(&[
+                "--jwt-public-key-file",
+                pem.path(),
+                "--jwt-jwks-file",
+                pem.path(),
+            ])
+            .unwrap_err(),
+            "FLASHSALE_JWT_JWKS_FILE",
+        );
+        let secret_file = TempFile::new("secret", SECRET);
+        names(
+            serve(&[
+                "--jwt-secret-file",
+                secret_file.path(),
+                "--jwt-jwks-file",
+                pem.path(),
+            ])
+            .unwrap_err(),
+            "FLASHSALE_JWT_JWKS_FILE",
+        );
+        // The secret keeps its minimum length.
+        names(
+            serve(&["--jwt-secret", "short"]).unwrap_err(),
+            "FLASHSALE_JWT_SECRET",
+        );
+        // The development login signs with the secret: not with public keys.
+        names(
+            serve(&["--jwt-public-key-file", pem.path(), "--dev-login"]).unwrap_err(),
+            "FLASHSALE_DEV_LOGIN",
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_optional() {
+        let s = serve(&["--jwt-secret", SECRET]).unwrap();
+        assert_eq!((s.jwt.issuer, s.jwt.audience), (None, None));
+        let s = serve(&[
+            "--jwt-secret",
+            SECRET,
+            "--jwt-issuer",
+            "https://login.shop.example",
+            "--jwt-audience",
+            "flashsale",
+        ])
+        .unwrap();
+        assert_eq!(s.jwt.issuer.as_deref(), Some("https://login.shop.example"));
+        assert_eq!(s.jwt.audience.as_deref(), Some("flashsale"));
+    }
+
+    #[test]
+    fn bad_key_files_name_their_variable() {
+        const PEM: &str = "FLASHSALE_JWT_PUBLIC_KEY_FILE";
+        const JWKS: &str = "FLASHSALE_JWT_JWKS_FILE";
+        let e = names(
+            serve(&["--jwt-public-key-file", "/nonexistent/k.pem"]).unwrap_err(),
+            PEM,
+        );
+        assert!(e.contains("/nonexistent/k.pem"), "{e}");
+        for (what, text) in [
+            ("not PEM", "hello"),
+            ("a P-384 key", P384_PUBLIC),
+            ("a 1024-bit RSA key", RSA1024_PUBLIC),
+            (
+                "a private key",
+                "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n",
+            ),
+        ] {
+            let f = TempFile::new("k.pem", text);
+            let e = names(
+                serve(&["--jwt-public-key-file", f.path()]).unwrap_err(),
+                PEM,
+            );
+            assert!(!e.contains("MIG"), "{what}: no key material in {e}");
+        }
+        for (what, text) in [
+            ("not JSON", "{"),
+            ("no keys", r#"{"keys": []}"#),
+            (
+                "only an HMAC key",
+                r#"{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ"}]}"#,
+            ),
+            (
+                "an EC key without kid",
+                r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "6PuwB5i05d7sKwEr4y3KO_33KXOeJ47pQ0vCXKbc8i8", "y": "HQSc_ue5nQytlMyLHM99PTeXb9qzsI425h8C0g2x5bM"}]}"#,
+            ),
+            (
+                "a malformed EC key",
+                r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "a", "x": "AAAA", "y": "AAAA"}]}"#,
+            ),
+        ] {
+            let f = TempFile::new("jwks.json", text);
+            let e = names(serve(&["--jwt-jwks-file", f.path()]).unwrap_err(), JWKS);
+            assert!(e.contains("jwks.json"), "{what}: {e}");
+        }
+        let jwks = TempFile::new(
+            "jwks.json",
+            r#"{"keys": [
+                {"kty": "EC", "crv": "P-256", "kid": "ec1", "use": "sig", "alg": "ES256",
+                 "x": "6PuwB5i05d7sKwEr4y3KO_33KXOeJ47pQ0vCXKbc8i8", "y": "HQSc_ue5nQytlMyLHM99PTeXb9qzsI425h8C0g2x5bM"},
+                {"kty": "EC", "crv": "P-256", "kid": "enc", "use": "enc",
+                 "x": "6PuwB5i05d7sKwEr4y3KO_33KXOeJ47pQ0vCXKbc8i8", "y": "HQSc_ue5nQytlMyLHM99PTeXb9qzsI425h8C0g2x5bM"},
+                {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+            ]}"#,
+        );
+        let s = serve(&["--jwt-jwks-file", jwks.path()]).unwrap();
+        assert!(matches!(s.jwt.keys, JwtKeys::JwksFile(_)));
+        let keys = crate::web::keys::load_jwks(std::path::Path::new(jwks.path())).unwrap();
+        assert_eq!(
+            keys.keys().collect::<Vec<_>>(),
+            ["ec1"],
+            "enc and Ed25519 keys skipped"
+        );
+    }
+
+    #[test]
+    fn cors_origins_are_checked_and_normalized() {
+        let s = serve(&["--jwt-secret", SECRET]).unwrap();
+        assert!(s.cors_origins.is_empty());
+        let s = serve(&[
+            "--jwt-secret",
+            SECRET,
+            "--cors-origins",
+            "https://Shop.Example, http://localhost:3000,https://m.shop.example:443/,http://[::1]:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.cors_origins,
+            [
+                "https://shop.example",
+                "http://localhost:3000",
+                "https://m.shop.example",
+                "http://[::1]:8080"
+            ]
+        );
+        for bad in [
+            "shop.example",
+            "https://shop.example/app",
+            "ftp://shop.example",
+            "https://",
+            "https://user@shop.example",
+            "https://shop.example:0",
+            "https://shop.example:99999",
+            "https://*.shop.example",
+            "null",
+            "*",
+            "https://shop.example?x",
+            "http://[nope]:1",
+        ] {
+            let e = names(
+                serve(&["--jwt-secret", SECRET, "--cors-origins", bad]).unwrap_err(),
+                "FLASHSALE_CORS_ORIGINS",
+            );
+            assert!(e.contains(bad), "{e}");
+        }
     }
 }

@@ -1,19 +1,25 @@
-//! Shopper identity (HS256 JWT in `Authorization: Bearer` or the `fs_token`
+//! Shopper identity (a JWT in `Authorization: Bearer` or the `fs_token`
 //! cookie) and the admin bearer token. A refusal is an [`ApiError`]: 401
 //! `unauthorized` for either, 404 for the admin API when no admin token is
 //! configured.
 //!
-//! The algorithm is pinned to HS256 (`none` and every other `alg` are
-//! refused by the validation), `exp` is required, clock-skew leeway is 5 s,
-//! tokens over 4 KiB are refused before decoding, and `sub` must match the
-//! user-id pattern before it is used in any Redis key. The admin token is
-//! compared in constant time.
+//! Tokens are verified with the configured keys ([`super::keys`]): HS256
+//! with the shared secret, or RS256/ES256 with a public key or the keys of
+//! a JWKS file (chosen by `kid`). The key pins the algorithm: `none` and
+//! every `alg` other than the key's are refused. Checked claims: `exp`
+//! (required), `nbf` (when present), `sub` (required, the user-id pattern,
+//! before it is used in any Redis key), and `iss` / `aud` only when
+//! configured (then required and matched; `aud` may be a string or an
+//! array). Every other claim (`iat`, `jti`, …) is ignored. Clock-skew
+//! leeway is 5 s; tokens over 4 KiB are refused before decoding. The admin
+//! token is compared in constant time.
 //!
-//! Verified tokens are remembered (token → user id, expiry) in a bounded
-//! cache of [`VERIFIED_CACHE`] entries: a shopper's retries, order polls and
-//! page calls reuse one token, and a hit costs a hash lookup instead of two
-//! base64 decodes, two JSON parses and an HMAC. A hit is only a token whose
-//! exact bytes verified before; its expiry is checked again on every use.
+//! Verified tokens are remembered (token → user id, expiry, key-set
+//! generation) in a bounded cache of [`VERIFIED_CACHE`] entries: a
+//! shopper's retries, order polls and page calls reuse one token, and a hit
+//! costs a hash lookup instead of two base64 decodes, two JSON parses and a
+//! signature check. A hit is only a token whose exact bytes verified before
+//! with the key set still in use; its expiry is checked again on every use.
 //! Refused tokens are never cached.
 
 use std::sync::Arc;
@@ -21,13 +27,14 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
+use serde::{Deserialize, Deserializer, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::Secret;
+use super::keys::{KeySet, Keys};
+use crate::config::{JwtSettings, Secret};
 use crate::sale::valid_user;
 
 const MAX_TOKEN_LEN: usize = 4096;
@@ -38,19 +45,70 @@ const LEEWAY_S: u64 = 5;
 /// Verified tokens remembered (a few hundred bytes each).
 pub const VERIFIED_CACHE: usize = 20_000;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims of a minted token.
+#[derive(Debug, Serialize)]
 struct Claims {
     sub: String,
     exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+}
+
+/// The claims this service reads from a verified token (the checks of
+/// `nbf`, `iss` and `aud` are the validation's); every other claim is
+/// ignored, whatever its type.
+#[derive(Deserialize)]
+struct Verified {
+    sub: String,
+    #[serde(deserialize_with = "numeric_date")]
+    exp: u64,
+}
+
+/// A NumericDate: seconds, an integer or (as some issuers write it) a
+/// fraction.
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Int(u64),
+        Float(f64),
+    }
+    match N::deserialize(d)? {
+        N::Int(n) => Ok(n),
+        N::Float(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f as u64),
+        N::Float(_) => Err(serde::de::Error::custom("not a NumericDate")),
+    }
+}
+
+/// The validation of tokens signed with `alg`.
+fn validation(alg: Algorithm, settings: &JwtSettings) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_S;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if let Some(iss) = &settings.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match &settings.audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 /// Verifies shopper tokens.
 pub struct TokenVerifier {
-    key: DecodingKey,
-    validation: Validation,
-    verified: quick_cache::sync::Cache<Box<str>, (Arc<str>, u64)>,
+    keys: Keys,
+    hs256: Validation,
+    rs256: Validation,
+    es256: Validation,
+    verified: quick_cache::sync::Cache<Box<str>, (Arc<str>, u64, u64)>,
 }
 
 fn now_s() -> u64 {
@@ -61,15 +119,22 @@ fn now_s() -> u64 {
 }
 
 impl TokenVerifier {
-    pub fn new(secret: &Secret) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_S;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            key: DecodingKey::from_secret(secret.expose().as_bytes()),
-            validation,
+    /// Loads the keys; the error is one line without secrets.
+    pub fn new(settings: &JwtSettings) -> Result<Self, String> {
+        Ok(Self {
+            keys: Keys::new(&settings.keys)?,
+            hs256: validation(Algorithm::HS256, settings),
+            rs256: validation(Algorithm::RS256, settings),
+            es256: validation(Algorithm::ES256, settings),
             verified: quick_cache::sync::Cache::new(VERIFIED_CACHE),
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> &Validation {
+        match alg {
+            Algorithm::RS256 => &self.rs256,
+            Algorithm::ES256 => &self.es256,
+            _ => &self.hs256,
         }
     }
 
@@ -78,23 +143,42 @@ impl TokenVerifier {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ApiError::Unauthorized);
         }
-        if let Some((user, exp)) = self.verified.get(token) {
-            // Same bytes as a token that verified: only time can change.
-            return if now_s() <= exp.saturating_add(LEEWAY_S) {
-                Ok(user)
-            } else {
-                self.verified.remove(token);
-                Err(ApiError::Unauthorized)
-            };
+        let keys = self.keys.current();
+        if let Some((user, exp, generation)) = self.verified.get(token) {
+            if generation == keys.generation {
+                // Same bytes as a token that verified: only time can change.
+                return if now_s() <= exp.saturating_add(LEEWAY_S) {
+                    Ok(user)
+                } else {
+                    self.verified.remove(token);
+                    Err(ApiError::Unauthorized)
+                };
+            }
+            // Verified with keys since replaced: verify again.
+            self.verified.remove(token);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let key = match &keys.set {
+            KeySet::One(key) => key,
+            KeySet::ByKid(by_kid) => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthorized)?;
+                header
+                    .kid
+                    .as_deref()
+                    .and_then(|kid| by_kid.get(kid))
+                    .ok_or(ApiError::Unauthorized)?
+            }
+        };
+        let data = jsonwebtoken::decode::<Verified>(token, &key.key, self.validation(key.alg))
             .map_err(|_| ApiError::Unauthorized)?;
         if !valid_user(&data.claims.sub) {
             return Err(ApiError::Unauthorized);
         }
         let user: Arc<str> = data.claims.sub.into();
-        self.verified
-            .insert(token.into(), (user.clone(), data.claims.exp));
+        self.verified.insert(
+            token.into(),
+            (user.clone(), data.claims.exp, keys.generation),
+        );
         Ok(user)
     }
 }
@@ -192,9 +276,13 @@ mod tests {
         Secret::new("0123456789abcdef0123")
     }
 
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(&JwtSettings::hs256(secret())).expect("keys")
+    }
+
     #[test]
     fn round_trip_and_rejections() {
-        let v = TokenVerifier::new(&secret());
+        let v = verifier();
         let t = mint(&secret(), "alice", 60).unwrap();
         assert_eq!(&*v.verify(&t).unwrap(), "alice");
         // The second time from the cache.
@@ -208,7 +296,7 @@ mod tests {
 
     #[test]
     fn cached_tokens_still_expire() {
-        let v = TokenVerifier::new(&secret());
+        let v = verifier();
         let claims = Claims {
             sub: "bob".into(),
             exp: now_s() + 1,
@@ -223,7 +311,7 @@ mod tests {
         assert_eq!(&*v.verify(&t).unwrap(), "bob");
         // Pretend the cached entry's expiry passed (beyond the leeway).
         v.verified
-            .insert(t.as_str().into(), ("bob".into(), now_s() - LEEWAY_S - 1));
+            .insert(t.as_str().into(), ("bob".into(), now_s() - LEEWAY_S - 1, 0));
         assert!(v.verify(&t).is_err());
         // A tampered copy of a cached token is not a hit.
         let sig = t.rfind('.').unwrap() + 1;
@@ -239,7 +327,7 @@ mod tests {
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
         let body = b64(br#"{"sub":"alice","exp":99999999999}"#);
-        let v = TokenVerifier::new(&secret());
+        let v = verifier();
         assert!(v.verify(&format!("{header}.{body}.")).is_err());
     }
 }

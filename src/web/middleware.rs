@@ -103,9 +103,10 @@ impl HttpMetrics {
     }
 }
 
-/// Whether a state-changing request comes from another site (an `Origin`
-/// that is not this host).
-fn cross_site(req: &Request) -> bool {
+/// Whether a state-changing request comes from another site: an `Origin`
+/// that is neither this host nor one of the origins allowed to call the API
+/// from a browser (`FLASHSALE_CORS_ORIGINS`).
+fn cross_site(req: &Request, allowed: &[String]) -> bool {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return false;
     }
@@ -122,7 +123,7 @@ fn cross_site(req: &Request) -> bool {
             .is_some_and(|(_, rest)| rest.trim_end_matches('/') == h),
         _ => false,
     };
-    !same
+    !same && !super::cors::allowed(allowed, origin.as_bytes())
 }
 
 /// The outermost layer: refuses cross-site state changes, counts every
@@ -136,7 +137,7 @@ pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Res
             .map(MatchedPath::as_str),
     );
     let started = Instant::now();
-    let (mut resp, method) = if cross_site(&req) {
+    let (mut resp, method) = if cross_site(&req, &app.settings.cors_origins) {
         (ApiError::CrossSite.into_response(), None)
     } else {
         let method = req.method().clone();

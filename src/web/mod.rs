@@ -15,7 +15,9 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod cors;
 pub mod error;
+pub mod keys;
 mod middleware;
 pub mod pages;
 pub mod ratelimit;
@@ -58,6 +60,8 @@ pub struct AppState(Arc<AppInner>);
 pub struct AppInner {
     pub shop: Shop,
     pub tokens: auth::TokenVerifier,
+    /// The CORS layer of `/api`, when origins are allowed.
+    pub cors: Option<tower_http::cors::CorsLayer>,
     pub admin_token: Option<Secret>,
     pub metrics: PrometheusHandle,
     pub limiter: ratelimit::Limiter,
@@ -126,7 +130,8 @@ pub fn router(state: AppState) -> Router {
             middleware::ip_limit,
         ));
     }
-    app.layer(DefaultBodyLimit::max(MAX_BODY))
+    let mut app = app
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(
             ServiceBuilder::new()
@@ -140,12 +145,18 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .timeout(request_timeout),
         )
-        .merge(ops)
-        .layer(axum::middleware::from_fn_with_state(
+        .merge(ops);
+    if state.cors.is_some() {
+        app = app.layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            middleware::front,
-        ))
-        .with_state(state)
+            cors::api,
+        ));
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::front,
+    ))
+    .with_state(state)
 }
 
 /// A built, bound, not yet running server.
@@ -168,10 +179,14 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError(format!("listener: {e}")))?;
+        let tokens = auth::TokenVerifier::new(&settings.jwt)
+            .map_err(|e| StartError(format!("shopper token keys: {e}")))?;
+        let cors = (!settings.cors_origins.is_empty()).then(|| cors::layer(&settings.cors_origins));
         let shop = Shop::new(redis.clone(), settings.catalog_cache);
         let settings_limits = (settings.max_connections, settings.max_connections_per_ip);
         let state = AppState(Arc::new(AppInner {
-            tokens: auth::TokenVerifier::new(&settings.jwt_secret),
+            tokens,
+            cors,
             admin_token: settings.admin_token.clone(),
             metrics: crate::telemetry::metrics_handle(),
             limiter: ratelimit::Limiter::new(

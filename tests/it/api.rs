@@ -877,7 +877,8 @@ async fn a_plain_node_url_works_for_development() {
     let settings = ServeSettings {
         redis,
         listen: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(crate::support::app::JWT_SECRET),
+        jwt: flashsale::config::JwtSettings::hs256(Secret::new(crate::support::app::JWT_SECRET)),
+        cors_origins: Vec::new(),
         admin_token: Some(Secret::new(crate::support::app::ADMIN_TOKEN)),
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,

@@ -1275,7 +1275,8 @@ async fn serve_with(limits: ConnLimits) -> Served {
     let settings = ServeSettings {
         redis: redis_settings(shared_group(), &prefix, &AppOptions::default()),
         listen: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        jwt: flashsale::config::JwtSettings::hs256(Secret::new(JWT_SECRET)),
+        cors_origins: Vec::new(),
         admin_token: None,
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,

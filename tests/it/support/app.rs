@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flashsale::config::{RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings};
+use flashsale::config::{
+    JwtSettings, RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings,
+};
 use flashsale::web::Application;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -147,21 +149,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(group: &RedisGroup, prefix: &str, opts: AppOptions) -> TestApp {
-        let settings = ServeSettings {
-            redis: redis_settings(group, prefix, &opts),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            jwt_secret: Secret::new(JWT_SECRET),
-            admin_token: opts.admin.then(|| Secret::new(ADMIN_TOKEN)),
-            rate_limit_per_shopper: opts.rate_limit_per_shopper,
-            rate_limit_per_ip: opts.rate_limit_per_ip,
-            max_in_flight: opts.max_in_flight,
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
-            static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
-            catalog_cache: opts.catalog_cache,
-            dev_login: true,
-            cookie_secure: false,
-        };
+        Self::spawn_settings(prefix, serve_settings(group, prefix, &opts)).await
+    }
+
+    /// An app with the given settings (see [`serve_settings`]) on key
+    /// prefix `prefix`.
+    pub async fn spawn_settings(prefix: &str, settings: ServeSettings) -> TestApp {
         let app = Application::build(settings)
             .await
             .unwrap_or_else(|e| panic!("app start: {e}"));
@@ -429,4 +422,25 @@ pub async fn metrics_text(app: &TestApp) -> String {
         .expect("metrics");
     assert_eq!(r.status().as_u16(), 200, "/metrics");
     r.text().await.expect("metrics text")
+}
+
+/// The settings [`TestApp::spawn_with`] serves with: port 0, HS256 with
+/// [`JWT_SECRET`], no CORS origins, the development login on.
+pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> ServeSettings {
+    ServeSettings {
+        redis: redis_settings(group, prefix, opts),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        jwt: JwtSettings::hs256(Secret::new(JWT_SECRET)),
+        cors_origins: Vec::new(),
+        admin_token: opts.admin.then(|| Secret::new(ADMIN_TOKEN)),
+        rate_limit_per_shopper: opts.rate_limit_per_shopper,
+        rate_limit_per_ip: opts.rate_limit_per_ip,
+        max_in_flight: opts.max_in_flight,
+        max_connections: 10_000,
+        max_connections_per_ip: 256,
+        static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
+        catalog_cache: opts.catalog_cache,
+        dev_login: true,
+        cookie_secure: false,
+    }
 }
