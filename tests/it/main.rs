@@ -6,6 +6,7 @@ mod deploy;
 mod failover;
 mod healing;
 mod hostile;
+mod identity;
 mod settings;
 mod support;
 mod worker;
