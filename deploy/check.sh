@@ -405,7 +405,7 @@ check_413() {
     head -c 20000 /dev/zero | tr '\0' 'x' >"$T/big"
     local r; r=$(fetch /api/sales/SKU1/purchase -X POST -H 'Content-Type: application/json' --data-binary @"$T/big")
     expect_has "$r" '^HTTP/1.1 413'
-    expect_has "$r" '^content-type: application/json'
+    expect_has "$r" '^content-type: application/problem\+json'
     expect_has "$r" '"error":"payload_too_large"'
 }
 check "an oversize body is 413 with a JSON body" check_413
@@ -422,7 +422,7 @@ check_429() {
     r=$(fetch /api/sales/SKU1/purchase -X POST --data '{"qty":1}')
     expect_has "$r" '^HTTP/1.1 429'
     expect_has "$r" '^retry-after: 1'
-    expect_has "$r" '^content-type: application/json'
+    expect_has "$r" '^content-type: application/problem\+json'
     expect_has "$r" '"error":"rate_limited","message":"[^"]+"'
     # Only POST purchases are limited.
     r=$(fetch /api/sales/SKU1/purchase)
@@ -437,7 +437,7 @@ wait_until 5 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$UP1) 2>/dev/null"
 check_503() {
     local r; r=$(fetch /api/products)
     expect_has "$r" '^HTTP/1.1 503'
-    expect_has "$r" '^content-type: application/json'
+    expect_has "$r" '^content-type: application/problem\+json'
     expect_has "$r" '^retry-after: [0-9]'
     expect_has "$r" '"error":"unavailable","message":"[^"]+"'
     r=$(fetch /readyz)
