@@ -11,6 +11,10 @@ use crate::config::ConfigError;
 /// units do not restart on it.
 pub const EX_CONFIG: u8 = 78;
 
+/// Exit code of `flashsale audit` when a sale is inconsistent (2 is clap's
+/// usage error, 1 any other failure).
+pub const EX_INCONSISTENT: u8 = 3;
+
 /// Why a binary stops with an error: the one line it prints, and its code.
 #[derive(Debug)]
 pub enum Failure {

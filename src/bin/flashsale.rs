@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flashsale::cli::{Failure, exit, shutdown_signal};
+use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
 use flashsale::redis::Redis;
 use flashsale::sale::{Shop, dead_letters};
@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "flashsale",
     version,
     about = "Flash-sale backend on a Redis Sentinel group",
-    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O); 2 `audit` found an inconsistent sale (also clap's code for a usage error); 78 configuration error."
+    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O); 2 usage error; 3 `audit` found an inconsistent sale; 78 configuration error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,7 +35,8 @@ enum Command {
     Token(TokenArgs),
     /// Write every page as static HTML for nginx (index.html, p/<sku>.html).
     Render(RenderArgs),
-    /// Print the audit of a sale (or of every sale) as JSON.
+    /// Print the audit of a sale (or of every sale) as JSON; exit 3 when one
+    /// is inconsistent.
     Audit(AuditArgs),
     /// List or replay the dead letters of a sale's order stream.
     DeadLetters(DeadLetterArgs),
@@ -188,7 +189,7 @@ async fn audit(a: AuditArgs) -> Result<ExitCode, Failure> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(EX_INCONSISTENT)
     })
 }
 
