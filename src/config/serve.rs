@@ -33,11 +33,11 @@ pub struct ServeArgs {
     /// PEM public key (RSA: RS256, EC P-256: ES256) that verifies shopper
     /// tokens instead of the HS256 secret.
     #[arg(long, env = "FLASHSALE_JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
+    pub jwt_public_key_file: Option<String>,
     /// JWKS file whose RSA / EC P-256 keys verify shopper tokens, chosen by
     /// the token's `kid`; re-read when it changes.
     #[arg(long, env = "FLASHSALE_JWT_JWKS_FILE")]
-    pub jwt_jwks_file: Option<PathBuf>,
+    pub jwt_jwks_file: Option<String>,
     /// When set, a shopper token's `iss` must be this (otherwise not checked).
     #[arg(long, env = "FLASHSALE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -215,8 +215,9 @@ impl ServeArgs {
         const PEM: &str = "FLASHSALE_JWT_PUBLIC_KEY_FILE";
         const JWKS: &str = "FLASHSALE_JWT_JWKS_FILE";
         let secret_set = self.jwt_secret.is_some() || self.jwt_secret_file.is_some();
-        let pem = non_empty(&self.jwt_public_key_file);
-        let jwks = non_empty(&self.jwt_jwks_file);
+        // Empty values count as unset (a compose file passing an unset variable on).
+        let pem = non_empty(&self.jwt_public_key_file).map(PathBuf::from);
+        let jwks = non_empty(&self.jwt_jwks_file).map(PathBuf::from);
         let keys = match (secret_set, pem, jwks) {
             (true, None, None) => {
                 let s = secret(
@@ -432,6 +433,17 @@ ZpwMcO0l6+ro5GMsrkImOCvZUh+yzEx3kdeFS0LXGSxzMp2iXGoalwCbwZgEB6HA
             .unwrap_err(),
             "FLASHSALE_JWT_JWKS_FILE",
         );
+        // Empty values count as unset.
+        let s = serve(&[
+            "--jwt-secret",
+            SECRET,
+            "--jwt-jwks-file",
+            "",
+            "--jwt-issuer",
+            "",
+        ])
+        .unwrap();
+        assert!(s.jwt.secret().is_some() && s.jwt.issuer.is_none());
         // The secret keeps its minimum length.
         names(
             serve(&["--jwt-secret", "short"]).unwrap_err(),
