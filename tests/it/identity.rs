@@ -2,11 +2,13 @@
 //! tokens with more claims than `sub` and `exp`, `iss`/`aud` checks when
 //! configured, RS256 with a PEM public key, ES256/RS256 with a JWKS file
 //! replaced at runtime, the refusals (alg confusion, `alg: none`, unknown
-//! `kid`, expiry), and CORS for the shop's front ends on other origins —
+//! `kid`, expiry), and CORS for the shop's front ends on other origins (also
+//! a real cross-origin purchase in headless Chromium, `--dump-dom`) —
 //! against in-process apps on the shared Sentinel group.
 //!
 //! Keys are generated here with `openssl` (Debian's `openssl` package); a
-//! missing `openssl` fails the tests, it does not skip them.
+//! missing `openssl` fails the tests, it does not skip them; so does a
+//! missing Chromium (Debian's `chromium`) for the browser check.
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
@@ -717,4 +719,154 @@ async fn bad_identity_settings_exit_78_naming_the_variable() {
         assert!(help.contains(var), "--help lists {var}");
     }
     assert!(!help.contains(secret.1));
+}
+
+/// Serves `page` (HTML) for every request on 127.0.0.1, port 0; returns
+/// the port. The task ends with the test's runtime.
+async fn serve_page(page: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A page that POSTs a purchase the way a shop's front end on another
+/// origin would (bearer token, JSON, Idempotency-Key: a preflighted
+/// request) to the API, sale, token and key of its query string, and writes
+/// `RESULT <status> <status|error>` or `RESULT error <name>`.
+const SHOP_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+(async () => {
+  const out = document.getElementById("out");
+  const q = new URLSearchParams(location.search);
+  try {
+    const r = await fetch(q.get("api") + "/api/sales/" + q.get("sku") + "/purchase", {
+      method: "POST",
+      headers: {"Authorization": "Bearer " + q.get("token"), "Content-Type": "application/json",
+                "Idempotency-Key": q.get("key")},
+      body: JSON.stringify({qty: 1}),
+    });
+    const body = await r.json();
+    out.textContent = "RESULT " + r.status + " " + (body.status || body.error);
+  } catch (e) {
+    out.textContent = "RESULT error " + e.name;
+  }
+})();
+</script></body></html>"#;
+
+/// Loads `url` in headless Chromium and returns the DOM once the page's
+/// script is done. Chromium runs in a process group of its own, killed
+/// afterwards (also when this times out).
+async fn chromium_dom(url: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&bin).is_file(),
+        "chromium ({bin}) is not installed; install it with `scripts/setup.sh chromium` (Debian's chromium)"
+    );
+    let profile = TempDir::new("chromium");
+    let mut cmd = StdCommand::new(&bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-extensions",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.0.display()))
+    .arg(url)
+    .process_group(0)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chromium");
+    let pgid = child.id().expect("chromium pid");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let read = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v).await;
+        v
+    });
+    let waited = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+    // Chromium's helper processes too, by the group's id.
+    let _ = StdCommand::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+    assert!(waited.is_ok(), "chromium did not finish loading {url}");
+    String::from_utf8_lossy(&read.await.expect("stdout")).into_owned()
+}
+
+/// A real cross-origin purchase in headless Chromium: a page on an allowed
+/// origin buys (the browser's preflight passes, the answer is readable);
+/// the same page on another origin is blocked by the browser and makes no
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_buys_cross_origin_from_an_allowed_origin_only() {
+    // The pages' ports first: the allowed origin is a setting of the app.
+    let allowed_port = serve_page(SHOP_PAGE.to_owned()).await;
+    let other_port = serve_page(SHOP_PAGE.to_owned()).await;
+    let group = shared_group();
+    let prefix = unique("idb");
+    let mut settings = serve_settings(group, &prefix, &AppOptions::default());
+    settings.dev_login = false;
+    settings.cors_origins = vec![format!("http://localhost:{allowed_port}")];
+    let app = TestApp::spawn_settings(&prefix, settings).await;
+    let sku = unique("idbsku");
+    app.create_sale(&sku, 10, 1, -5, 3600).await;
+    // The page on http://localhost:…, the API on http://127.0.0.1:…
+    let page = |port: u16, user: &str| {
+        format!(
+            "http://localhost:{port}/?api={}&sku={sku}&token={}&key=k-{user}",
+            app.base,
+            app.token(user)
+        )
+    };
+
+    let dom = chromium_dom(&page(allowed_port, "browser1")).await;
+    assert!(dom.contains("RESULT 202 queued"), "allowed origin: {dom}");
+    let dom = chromium_dom(&page(other_port, "browser2")).await;
+    assert!(
+        dom.contains("RESULT error TypeError"),
+        "other origin: {dom}"
+    );
+    let (s, orders) = app.get("/api/me/orders", Some("browser2")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        orders["orders"].as_array().map(Vec::len),
+        Some(0),
+        "{orders}"
+    );
+    let (s, orders) = app.get("/api/me/orders", Some("browser1")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        orders["orders"].as_array().map(Vec::len),
+        Some(1),
+        "{orders}"
+    );
 }
