@@ -321,6 +321,48 @@ mod tests {
         assert!(v.verify(&forged).is_err());
     }
 
+    fn sign(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret().expose().as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unchecked_claims_are_ignored_and_configured_ones_required() {
+        let t = now_s();
+        let shop = serde_json::json!({
+            "sub": "carol", "exp": t as f64 + 60.5, "iat": t as f64 - 0.5, "nbf": t,
+            "iss": "https://login.example", "aud": ["web", "flashsale"], "jti": "j1", "x": {"y": 1},
+        });
+        assert_eq!(&*verifier().verify(&sign(&shop)).unwrap(), "carol");
+        let checked = TokenVerifier::new(&JwtSettings {
+            issuer: Some("https://login.example".into()),
+            audience: Some("flashsale".into()),
+            ..JwtSettings::hs256(secret())
+        })
+        .unwrap();
+        assert!(checked.verify(&sign(&shop)).is_ok());
+        for edit in [
+            serde_json::json!({"iss": "https://other.example"}),
+            serde_json::json!({"aud": "web"}),
+            serde_json::json!({"nbf": t + 60}),
+        ] {
+            let mut c = shop.clone();
+            for (k, v) in edit.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            assert!(checked.verify(&sign(&c)).is_err(), "{edit}");
+        }
+        for missing in ["iss", "aud", "exp", "sub"] {
+            let mut c = shop.clone();
+            c.as_object_mut().unwrap().remove(missing);
+            assert!(checked.verify(&sign(&c)).is_err(), "without {missing}");
+        }
+    }
+
     #[test]
     fn alg_none_is_refused() {
         use base64::Engine;

@@ -13,7 +13,7 @@
 //! holds no usable key leaves the last good set in place and is logged once
 //! per version of the file.
 //!
-//! Usable JWKS keys: RSA (≥ 2048 bits, `alg` absent or `RS256`) and EC P-256
+//! A PEM public key is read once, at start-up. Usable JWKS keys: RSA (≥ 2048 bits, `alg` absent or `RS256`) and EC P-256
 //! (`alg` absent or `ES256`), with a `kid`, and `use` absent or `sig`. Other
 //! keys (encryption keys, other curves and algorithms) are skipped; a
 //! malformed key, or a `kid` given twice, makes the whole file unusable.
@@ -125,6 +125,15 @@ impl Keys {
                 (set, Some(watch))
             }
         };
+        match (source, &set) {
+            (JwtKeys::PublicKeyFile(path), KeySet::One(key)) => {
+                tracing::info!(path = %path.display(), alg = ?key.alg, "shopper tokens: public key");
+            }
+            (JwtKeys::JwksFile(path), KeySet::ByKid(keys)) => {
+                tracing::info!(path = %path.display(), kids = %kids(keys), "shopper tokens: JWKS file");
+            }
+            _ => tracing::info!("shopper tokens: HS256 secret"),
+        }
         Ok(Keys {
             current: ArcSwap::from_pointee(Loaded { generation: 0, set }),
             watch,
@@ -173,9 +182,7 @@ impl Keys {
         *seen = Some(fp);
         match load_jwks(&w.path) {
             Ok(keys) => {
-                let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
-                kids.sort_unstable();
-                let kids = kids.join(",");
+                let kids = kids(&keys);
                 let generation = self.current.load().generation + 1;
                 self.current.store(Arc::new(Loaded {
                     generation,
@@ -188,6 +195,13 @@ impl Keys {
             }
         }
     }
+}
+
+/// The key ids of a set, sorted, comma-separated (for the log).
+fn kids(keys: &HashMap<String, Key>) -> String {
+    let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
+    kids.sort_unstable();
+    kids.join(",")
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
