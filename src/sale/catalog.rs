@@ -28,7 +28,7 @@ use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleAudit, Sale
 
 /// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit`
 /// shows them: the Function's audit, flattened, plus what follows from it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Audit {
     #[serde(flatten)]
     pub counts: SaleAudit,

@@ -16,7 +16,7 @@ use crate::redis::Keys;
 
 /// An order as the API shows it: `{order_id, sku, user_id, qty, status,
 /// created_at}`, plus `confirmed_at` once the worker confirmed it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Order {
     pub order_id: String,
     pub sku: String,

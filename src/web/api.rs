@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::{Admin, Shopper};
-use super::error::ApiError;
+use super::error::{ApiError, Problem};
 use crate::sale::{
     self, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
     valid_sku,
@@ -36,7 +36,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
 }
 
 /// A product as the API shows it: `{sku, name, …, state}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Product)]
 pub struct ProductJson<'a> {
     sku: &'a str,
     name: &'a str,
@@ -47,7 +48,9 @@ pub struct ProductJson<'a> {
     per_user_limit: i64,
     starts_at: &'a str,
     ends_at: &'a str,
+    /// `upcoming`, `live`, `sold_out` or `ended`.
     state: &'static str,
+    /// The server's clock (RFC 3339), on a single product only.
     #[serde(skip_serializing_if = "Option::is_none")]
     server_time: Option<String>,
 }
@@ -78,6 +81,10 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
+/// Every sale, by start time.
+#[utoipa::path(get, path = "/api/products", tag = "catalog",
+    responses((status = 200, description = "Every sale", body = Vec<ProductJson>),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     let now = now_ms();
@@ -88,6 +95,12 @@ pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError>
     Ok(no_store(Json(body).into_response()))
 }
 
+/// One sale, with the server's time (for countdowns).
+#[utoipa::path(get, path = "/api/products/{sku}", tag = "catalog",
+    params(("sku" = String, Path, description = "1–64 of [A-Za-z0-9_-]")),
+    responses((status = 200, description = "The sale", body = ProductJson),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn product(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
@@ -99,8 +112,10 @@ pub async fn product(
     ))
 }
 
-#[derive(Deserialize)]
+/// The purchase body.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PurchaseBody {
+    /// 1 ≤ qty ≤ the per-shopper limit and the units left.
     qty: i64,
 }
 
@@ -203,7 +218,7 @@ impl PurchaseOutcomes {
 }
 
 /// The 202 body of a purchase.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Accepted<'a> {
     order_id: &'a str,
     status: &'static str,
@@ -211,6 +226,26 @@ struct Accepted<'a> {
     stock_left: Option<i64>,
 }
 
+/// Buys units of a sale. 202 and 409 are promises: the order is held by the
+/// replicas and reaches `confirmed`. Retrying with the same
+/// `Idempotency-Key` never makes another order.
+#[utoipa::path(post, path = "/api/sales/{sku}/purchase", tag = "purchase",
+    params(("sku" = String, Path, description = "The sale"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–128 of [A-Za-z0-9_.:-]")),
+    request_body(content = PurchaseBody, content_type = "application/json"),
+    security(("shopper" = [])),
+    responses((status = 202, description = "Queued: the order exists and will be confirmed", body = Accepted),
+        (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`cross_site`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`already_purchased`, with the shopper's `order_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`sold_out` or `ended`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_qty`, `invalid_idempotency_key`", body = Problem, content_type = "application/problem+json"),
+        (status = 425, description = "`not_started`, with `starts_at`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited` (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` (`Retry-After`): retry with the same key", body = Problem, content_type = "application/problem+json")))]
 pub async fn purchase(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
@@ -249,6 +284,14 @@ pub async fn purchase(
     Ok(no_store((StatusCode::ACCEPTED, Json(body)).into_response()))
 }
 
+/// One of the shopper's orders.
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders",
+    params(("order_id" = String, Path, description = "<sku>.<32 hex>")),
+    security(("shopper" = [])),
+    responses((status = 200, description = "The order", body = crate::sale::Order),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found` (also another shopper's order)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn order(
     State(app): State<AppState>,
     Shopper(user): Shopper,
@@ -258,18 +301,37 @@ pub async fn order(
     Ok(no_store(Json(o).into_response()))
 }
 
+/// The shopper's orders.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MyOrders {
+    orders: Vec<crate::sale::Order>,
+}
+
+/// Every order of the shopper.
+#[utoipa::path(get, path = "/api/me/orders", tag = "orders",
+    security(("shopper" = [])),
+    responses((status = 200, description = "The shopper's orders", body = MyOrders),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn my_orders(
     State(app): State<AppState>,
     Shopper(user): Shopper,
 ) -> Result<Response, ApiError> {
     let orders = app.shop.orders_of(&user).await?;
-    Ok(no_store(Json(json!({ "orders": orders })).into_response()))
+    Ok(no_store(Json(MyOrders { orders }).into_response()))
 }
 
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
 pub async fn healthz() -> Response {
     no_store(Json(json!({"status": "ok"})).into_response())
 }
 
+/// 200 when the current master answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.shop.redis.ping_master().await {
         no_store(Json(json!({"status": "ready"})).into_response())
@@ -278,6 +340,9 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     metrics::gauge!("flashsale_required_replica_acks").set(app.shop.redis.required_acks() as f64);
     (
@@ -287,7 +352,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+/// A new sale (RFC 3339 times).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSaleJson {
     sku: String,
@@ -343,6 +409,16 @@ fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
     })
 }
 
+/// Creates a sale. The same request again answers 201 with the same body.
+#[utoipa::path(post, path = "/admin/sales", tag = "admin",
+    request_body(content = NewSaleJson, content_type = "application/json"),
+    security(("admin" = [])),
+    responses((status = 201, description = "The sale", body = ProductJson),
+        (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_exists` (another sale under this sku)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_sale`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -358,6 +434,14 @@ pub async fn create_sale(
     Ok(no_store((StatusCode::CREATED, Json(v)).into_response()))
 }
 
+/// A sale's counters and consistency.
+#[utoipa::path(get, path = "/admin/sales/{sku}/audit", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The audit", body = crate::sale::catalog::Audit),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
 pub async fn audit(
     State(app): State<AppState>,
     _admin: Admin,

@@ -139,20 +139,62 @@ impl ApiError {
 /// The media type of every error the service makes (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// `{"error","message"}` plus the RFC 9457 members (`type`, `title`,
-/// `status`) and the fields some errors carry.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error: `{"error","message"}` plus the RFC 9457 members (`type`,
+/// `title`, `status`) and the fields some errors carry.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:flashsale:error:<error>`.
     #[serde(rename = "type")]
     kind: String,
+    /// The error code in words.
     title: String,
+    /// The HTTP status.
     status: u16,
+    /// The stable code to branch on.
+    #[schema(value_type = ErrorCode)]
     error: &'a str,
+    /// For people; never carries internal detail.
+    #[schema(value_type = String)]
     message: Cow<'a, str>,
+    /// With `already_purchased`: the shopper's order.
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<&'a str>,
+    /// With `not_started`: when the sale opens (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     starts_at: Option<String>,
+}
+
+/// Every error code the service answers with (the `error` member), as the
+/// API description lists them; a unit test keeps it equal to what
+/// [`ApiError::code`] and the fallbacks produce.
+#[derive(Serialize, utoipa::ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    NotFound,
+    UnknownSku,
+    InvalidQty,
+    InvalidSale,
+    InvalidUser,
+    InvalidSku,
+    InvalidIdempotencyKey,
+    InvalidJson,
+    NotStarted,
+    SoldOut,
+    Ended,
+    AlreadyPurchased,
+    SaleExists,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    CrossSite,
+    Internal,
+    BadRequest,
+    MethodNotAllowed,
+    RequestTimeout,
+    UnsupportedMediaType,
+    RangeNotSatisfiable,
+    HeadersTooLarge,
 }
 
 /// The RFC 9457 `type` of an error code: one URI per code, stable.
@@ -173,7 +215,7 @@ pub fn problem_title(code: &str) -> String {
 /// The body of an error the service makes outside the handlers
 /// (unrouted paths, refused methods, shed load), in the same shape.
 pub fn problem_body(status: StatusCode, code: &str, message: &str) -> String {
-    let body = ErrorBody {
+    let body = Problem {
         kind: problem_type(code),
         title: problem_title(code),
         status: status.as_u16(),
@@ -187,7 +229,7 @@ pub fn problem_body(status: StatusCode, code: &str, message: &str) -> String {
 
 fn body_of(e: &ApiError) -> Vec<u8> {
     let code = e.code();
-    let body = ErrorBody {
+    let body = Problem {
         kind: problem_type(code),
         title: problem_title(code),
         status: e.status().as_u16(),

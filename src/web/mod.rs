@@ -19,6 +19,7 @@ pub mod cors;
 pub mod error;
 pub mod keys;
 mod middleware;
+pub mod openapi;
 pub mod pages;
 pub mod ratelimit;
 
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/me/orders", get(api::my_orders))
         .route("/admin/sales", post(api::create_sale))
         .route("/admin/sales/{sku}/audit", get(api::audit))
+        .route("/api/openapi.json", get(openapi::serve))
         .route("/readyz", get(api::readyz));
     // Liveness and metrics answer however loaded the service is: they sit
     // outside the concurrency limit (the API promises /healthz is 200 while

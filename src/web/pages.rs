@@ -263,6 +263,9 @@ fn respond(r: Rendered, headers: &HeaderMap) -> Response {
         .into_response()
 }
 
+/// The shop: every sale (HTML, the same for every shopper, cacheable).
+#[utoipa::path(get, path = "/", tag = "pages",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
 pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     if let Some(r) = app.pages.get("/", &sales) {
@@ -274,6 +277,11 @@ pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Re
     Ok(respond(r, &headers))
 }
 
+/// A product page (HTML, the same for every shopper, cacheable).
+#[utoipa::path(get, path = "/p/{sku}", tag = "pages",
+    params(("sku" = String, Path, description = "The sale")),
+    responses((status = 200, description = "HTML", content_type = "text/html"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json")))]
 pub async fn product(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
@@ -295,6 +303,9 @@ pub async fn product(
     Ok(respond(r, &headers))
 }
 
+/// The shopper's orders page (HTML; filled in by the page script).
+#[utoipa::path(get, path = "/orders", tag = "pages",
+    responses((status = 200, description = "HTML", content_type = "text/html")))]
 pub async fn orders(State(app): State<AppState>) -> OrdersPage {
     OrdersPage {
         v: app.pages.asset_version(&app.settings.static_dir).to_owned(),

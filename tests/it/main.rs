@@ -7,6 +7,7 @@ mod failover;
 mod healing;
 mod hostile;
 mod identity;
+mod openapi;
 mod operator;
 mod settings;
 mod support;

@@ -228,7 +228,7 @@ pub enum AuditReply {
 }
 
 /// A sale's counters and consistency as `fs_audit` computed them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SaleAudit {
     pub stock_total: i64,
     pub stock_left: i64,
