@@ -8,7 +8,9 @@ Every key of a sale carries the `{sku}` hash tag, so a sale's keys share a
 slot. Key layout (prefix P is configurable, `fs` by default):
   P:{sku}:sale            hash: name, description, price_cents, stock_total,
                           stock_left, sold, orders, confirmed, starts_ms,
-                          ends_ms, per_user_limit, created_ms
+                          ends_ms, per_user_limit, created_ms, paused
+                          (1 while paused, 0 or absent otherwise; from
+                          version 9)
   P:{sku}:units           hash: user id -> units held
   P:{sku}:first           hash: user id -> the user's first order id
   P:{sku}:uorders:<user>  list: the user's later order ids, oldest first (from
@@ -35,7 +37,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '8'
+local VERSION = '9'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -69,6 +71,10 @@ Returns one of:
   {'already', order_id}         -- idempotency key reused, or user at the limit
   {'unknown_sku'} {'invalid_qty', limit, stock_left} {'not_started', starts_ms}
   {'ended'} {'sold_out'}
+  {'paused'}                    -- from version 9: the sale is paused
+An ended sale answers 'ended' even while paused; a paused sale answers
+'paused' before it opens and before the stock checks, but after the
+idempotency and limit checks, so a retry still gets its order id.
 ]]
 local function fs_purchase(keys, args)
   local sale_k, units_k, first_k, uorders_k, order_k, stream_k, idem_k =
@@ -87,7 +93,7 @@ local function fs_purchase(keys, args)
   end
 
   local sale = redis.call('HMGET', sale_k, 'stock_left', 'starts_ms', 'ends_ms', 'per_user_limit',
-    'sold', 'orders')
+    'sold', 'orders', 'paused')
   if not sale[1] then
     return {'unknown_sku'}
   end
@@ -115,11 +121,14 @@ local function fs_purchase(keys, args)
   end
 
   local now = now_ms()
-  if now < starts then
-    return {'not_started', starts}
-  end
   if now >= ends then
     return {'ended'}
+  end
+  if sale[7] == '1' then
+    return {'paused'}
+  end
+  if now < starts then
+    return {'not_started', starts}
   end
   if stock_left <= 0 then
     return {'sold_out'}
@@ -201,6 +210,50 @@ local function fs_create_sale(keys, args)
     'starts_ms', starts, 'ends_ms', ends, 'per_user_limit', limit, 'created_ms', now_ms())
   redis.call('ZADD', index_k, starts, sku)
   return {'created'}
+end
+
+--[[
+Lifecycle of a sale (from version 9): pause, resume, end. Each is one
+atomic step on the master, so every instance's next purchase sees it.
+KEYS: sale
+ARGV: (none)
+Returns {'ok'} (done now, or pausing a paused sale again),
+{'unknown_sku'}, or {'conflict', reason}: reason 'ended' (the sale has
+ended: nothing to pause, resume or end) or 'not_paused' (resume of a sale
+that is not paused).
+fs_end_sale sets ends_ms to the server's now and clears `paused`.
+]]
+local function lifecycle_of(sale_k)
+  local s = redis.call('HMGET', sale_k, 'ends_ms', 'paused')
+  if not s[1] then
+    return nil
+  end
+  return {ended = now_ms() >= tonumber(s[1]), paused = s[2] == '1'}
+end
+
+local function fs_pause_sale(keys, args)
+  local st = lifecycle_of(keys[1])
+  if not st then return {'unknown_sku'} end
+  if st.ended then return {'conflict', 'ended'} end
+  redis.call('HSET', keys[1], 'paused', 1)
+  return {'ok'}
+end
+
+local function fs_resume_sale(keys, args)
+  local st = lifecycle_of(keys[1])
+  if not st then return {'unknown_sku'} end
+  if st.ended then return {'conflict', 'ended'} end
+  if not st.paused then return {'conflict', 'not_paused'} end
+  redis.call('HSET', keys[1], 'paused', 0)
+  return {'ok'}
+end
+
+local function fs_end_sale(keys, args)
+  local st = lifecycle_of(keys[1])
+  if not st then return {'unknown_sku'} end
+  if st.ended then return {'conflict', 'ended'} end
+  redis.call('HSET', keys[1], 'ends_ms', now_ms(), 'paused', 0)
+  return {'ok'}
 end
 
 --[[
@@ -588,6 +641,9 @@ redis.register_function('fs_rate', fs_rate)
 redis.register_function{function_name = 'fs_version', callback = fs_version, flags = {'no-writes'}}
 redis.register_function('fs_purchase', fs_purchase)
 redis.register_function('fs_create_sale', fs_create_sale)
+redis.register_function('fs_pause_sale', fs_pause_sale)
+redis.register_function('fs_resume_sale', fs_resume_sale)
+redis.register_function('fs_end_sale', fs_end_sale)
 redis.register_function('fs_confirm', fs_confirm)
 redis.register_function('fs_confirm_batch', fs_confirm_batch)
 redis.register_function('fs_dead_letter', fs_dead_letter)

@@ -11,6 +11,11 @@
 //! next request refresh; a refresh that fails while a previous catalog is
 //! served is logged once per streak of failures, not once per request.
 //!
+//! Pausing, resuming and ending a sale are one Function each on the master,
+//! acknowledged by the replicas; they drop this instance's cache, and other
+//! instances see the new state within the staleness bound (their purchases
+//! are decided by the Function, which sees it at once).
+//!
 //! Creating a sale is idempotent: the same sale created again (an admin's
 //! retry after a lost answer, say across a master switch) is answered like
 //! the first creation; another sale under an existing sku is a conflict.
@@ -24,7 +29,9 @@ use serde::Serialize;
 
 use super::{Error, Sale, valid_sku};
 use crate::redis::Redis;
-use crate::redis::functions::{self, AuditReply, CreateSaleReply, SaleAudit, SaleFields};
+use crate::redis::functions::{
+    self, AuditReply, CreateSaleReply, Lifecycle, LifecycleReply, SaleAudit, SaleFields,
+};
 
 /// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit`
 /// shows them: the Function's audit, flattened, plus what follows from it.
@@ -109,6 +116,7 @@ fn sale_from(m: &HashMap<String, String>) -> Option<Sale> {
             starts_ms: num(m, "starts_ms"),
             ends_ms: num(m, "ends_ms"),
             per_user_limit: num(m, "per_user_limit"),
+            paused: field(m, "paused") == "1",
             sku,
             starts_at: String::new(),
             ends_at: String::new(),
@@ -276,6 +284,7 @@ impl Catalog {
                 starts_ms: s.starts_ms,
                 ends_ms: s.ends_ms,
                 per_user_limit: s.per_user_limit,
+                paused: false,
                 starts_at: String::new(),
                 ends_at: String::new(),
             }
@@ -284,6 +293,48 @@ impl Catalog {
             CreateSaleReply::Invalid(field) => {
                 Err(Error::invalid("invalid_sale", format!("invalid {field}")))
             }
+        }
+    }
+
+    /// One sale read from the master now (no cache): what an operator's
+    /// change left.
+    pub async fn get_fresh(&self, sku: &str) -> Result<Sale, Error> {
+        if !valid_sku(sku) {
+            return Err(Error::UnknownSku);
+        }
+        let cmd = {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(self.redis.keys().sale(sku));
+            c
+        };
+        let m: HashMap<String, String> = self.redis.read_master(&cmd).await?;
+        sale_from(&m).ok_or(Error::UnknownSku)
+    }
+
+    /// Pauses, resumes or ends a sale on the master (acknowledged by the
+    /// replicas) and answers with the sale as it is now. Pausing a paused
+    /// sale again is answered like the first pause; resuming a sale that is
+    /// not paused, or changing an ended one, is a conflict.
+    pub async fn change(&self, sku: &str, change: Lifecycle) -> Result<Sale, Error> {
+        if !valid_sku(sku) {
+            return Err(Error::UnknownSku);
+        }
+        let cmd = functions::lifecycle_call(self.redis.keys(), sku, change);
+        let reply: LifecycleReply = self.redis.write_acked(&cmd).await?;
+        self.invalidate();
+        match reply {
+            LifecycleReply::Done => self.get_fresh(sku).await,
+            LifecycleReply::UnknownSku => Err(Error::UnknownSku),
+            LifecycleReply::Conflict(reason) if reason == "not_paused" => {
+                Err(Error::StateConflict {
+                    code: "not_paused",
+                    message: "the sale is not paused".into(),
+                })
+            }
+            LifecycleReply::Conflict(_) => Err(Error::StateConflict {
+                code: "sale_ended",
+                message: "the sale has ended".into(),
+            }),
         }
     }
 

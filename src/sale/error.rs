@@ -28,6 +28,13 @@ pub enum Error {
     SoldOut,
     #[error("the sale has ended")]
     Ended,
+    /// An operator paused the sale.
+    #[error("the sale is paused")]
+    Paused,
+    /// An operator's change that makes no sense in the sale's state:
+    /// `code` is its error code (`sale_ended`, `not_paused`, `sale_open`).
+    #[error("{message}")]
+    StateConflict { code: &'static str, message: String },
     /// The shopper holds the limit already; `order_id` is their order.
     #[error("already purchased")]
     AlreadyPurchased { order_id: String },

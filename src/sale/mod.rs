@@ -78,6 +78,31 @@ impl SaleState {
     }
 }
 
+/// Where a sale stands for its operators (`GET /admin/sales`): the
+/// shoppers' states plus `paused`. An ended sale is `ended` whether or not
+/// it was paused; a paused one is `paused` before it opens and when sold out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Scheduled,
+    Open,
+    Paused,
+    SoldOut,
+    Ended,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Scheduled => "scheduled",
+            AdminState::Open => "open",
+            AdminState::Paused => "paused",
+            AdminState::SoldOut => "sold_out",
+            AdminState::Ended => "ended",
+        }
+    }
+}
+
 /// One sale as stored in Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sale {
@@ -90,6 +115,8 @@ pub struct Sale {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
+    /// Paused by an operator (purchases answer 423 `paused`).
+    pub paused: bool,
     /// `starts_ms` and `ends_ms` as RFC 3339, formatted once per load.
     pub starts_at: String,
     pub ends_at: String,
@@ -112,6 +139,21 @@ impl Sale {
             SaleState::Upcoming
         } else {
             SaleState::Live
+        }
+    }
+
+    /// The operators' state (see [`AdminState`]).
+    pub fn admin_state_at(&self, now_ms: i64) -> AdminState {
+        if now_ms >= self.ends_ms {
+            AdminState::Ended
+        } else if self.paused {
+            AdminState::Paused
+        } else if self.stock_left <= 0 {
+            AdminState::SoldOut
+        } else if now_ms < self.starts_ms {
+            AdminState::Scheduled
+        } else {
+            AdminState::Open
         }
     }
 }
@@ -190,6 +232,7 @@ mod tests {
             starts_ms: 100,
             ends_ms: 200,
             per_user_limit: 1,
+            paused: false,
             starts_at: String::new(),
             ends_at: String::new(),
         }
@@ -203,6 +246,17 @@ mod tests {
             ..s.clone()
         };
         assert_eq!(gone.state_at(150), SaleState::SoldOut);
+        assert_eq!(s.admin_state_at(50), AdminState::Scheduled);
+        assert_eq!(s.admin_state_at(150), AdminState::Open);
+        assert_eq!(gone.admin_state_at(150), AdminState::SoldOut);
+        assert_eq!(s.admin_state_at(200), AdminState::Ended);
+        let paused = Sale {
+            paused: true,
+            ..gone.clone()
+        };
+        assert_eq!(paused.admin_state_at(50), AdminState::Paused);
+        assert_eq!(paused.admin_state_at(150), AdminState::Paused);
+        assert_eq!(paused.admin_state_at(200), AdminState::Ended);
     }
 
     #[test]

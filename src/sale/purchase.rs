@@ -12,6 +12,22 @@
 //! acknowledged — is remembered in the [`SoldOutIndex`]: later purchases are
 //! answered without a Redis call (410, or 409 with the order id of a shopper
 //! who holds the limit).
+//!
+//! The rule for that local answer, given that an operator may pause, resume
+//! or end a sale on any instance: the index is consulted together with this
+//! instance's catalog snapshot of the sale (at most the catalog's staleness
+//! bound old, refreshed by the very lookup the local answer makes, so well
+//! under a second):
+//! - snapshot says paused: no local answer; the Function decides (423
+//!   `paused`, or 409 for a retry), so a pause wins on every instance
+//!   within the staleness bound, and a paused sold-out sale answers 423;
+//! - snapshot says ended (this clock at or past `ends_at`, which an
+//!   operator's end sets to the server's now): 410 `ended` (409 for a
+//!   shopper who holds the limit);
+//! - otherwise the sold-out answer above. Nothing returns units to a sale,
+//!   and a resumed sale is exactly as sold out as before its pause, so 410
+//!   `sold_out` stays true after a resume.
+//! - no snapshot (the catalog cannot be read): no local answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +108,27 @@ fn outcome(reply: PurchaseReply) -> Result<Option<i64>, Error> {
         ))),
         PurchaseReply::NotStarted { starts_ms } => Err(Error::NotStarted { starts_ms }),
         PurchaseReply::Ended => Err(Error::Ended),
+        PurchaseReply::Paused => Err(Error::Paused),
+    }
+}
+
+/// What the local answer of a sold-out sale may be, by the catalog
+/// snapshot's view of it.
+#[derive(Debug)]
+enum LocalRule {
+    /// The Function decides (a paused sale).
+    AskRedis,
+    /// Refuse with this error (shoppers holding the limit get their 409).
+    Refuse(Error),
+}
+
+fn local_rule(paused: bool, ended: bool) -> LocalRule {
+    if ended {
+        LocalRule::Refuse(Error::Ended)
+    } else if paused {
+        LocalRule::AskRedis
+    } else {
+        LocalRule::Refuse(Error::SoldOut)
     }
 }
 
@@ -153,14 +190,20 @@ impl Shop {
 
     /// The answer for a sale this process knows is sold out, without Redis:
     /// 410, or 409 with the order id of a shopper who holds the limit. `None`
-    /// when Redis must decide.
-    pub fn answer_locally(
+    /// when Redis must decide (see the module doc for the rule with paused
+    /// and ended sales).
+    pub async fn answer_locally(
         &self,
         sku: &str,
         user: &str,
         idempotency_key: Option<&str>,
     ) -> Option<Error> {
         let gone = self.sold_out.get(sku)?;
+        let sale = self.catalog.get(sku).await.ok()?;
+        let refusal = match local_rule(sale.paused, super::now_ms() >= sale.ends_ms) {
+            LocalRule::AskRedis => return None,
+            LocalRule::Refuse(e) => e,
+        };
         match gone.buyers.get(user) {
             Some((units, order_id)) if *units >= gone.per_user_limit => {
                 Some(Error::AlreadyPurchased {
@@ -169,7 +212,7 @@ impl Shop {
             }
             // A buyer's retry with a key may map to an order: ask Redis.
             Some(_) if idempotency_key.is_some() => None,
-            _ => Some(Error::SoldOut),
+            _ => Some(refusal),
         }
     }
 
@@ -210,5 +253,27 @@ impl Shop {
                 tracing::warn!(sku, error = %e, "could not load the buyers of a sold-out sale")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_rule() {
+        assert!(matches!(
+            local_rule(false, false),
+            LocalRule::Refuse(Error::SoldOut)
+        ));
+        assert!(matches!(local_rule(true, false), LocalRule::AskRedis));
+        assert!(matches!(
+            local_rule(false, true),
+            LocalRule::Refuse(Error::Ended)
+        ));
+        assert!(matches!(
+            local_rule(true, true),
+            LocalRule::Refuse(Error::Ended)
+        ));
     }
 }

@@ -178,12 +178,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 pub struct PurchaseOutcomes(Vec<(&'static str, metrics::Counter)>);
 
 impl PurchaseOutcomes {
-    const KNOWN: [&'static str; 12] = [
+    const KNOWN: [&'static str; 13] = [
         "accepted",
         "sold_out",
         "already_purchased",
         "not_started",
         "ended",
+        "paused",
         "invalid_qty",
         "unknown_sku",
         "rate_limited",
@@ -240,6 +241,7 @@ struct Accepted<'a> {
         (status = 403, description = "`cross_site`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`already_purchased`, with the shopper's `order_id`", body = Problem, content_type = "application/problem+json"),
+        (status = 423, description = "`paused`: an operator paused the sale", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`sold_out` or `ended`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_qty`, `invalid_idempotency_key`", body = Problem, content_type = "application/problem+json"),
@@ -260,7 +262,7 @@ pub async fn purchase(
     let qty = parse_qty(&body)?;
     let key = key?;
     let key = key.as_str();
-    let result = match app.shop.answer_locally(&sku, &user, key) {
+    let result = match app.shop.answer_locally(&sku, &user, key).await {
         Some(answer) => Err(ApiError::from(answer)),
         None => {
             app.limiter.check_shopper(&user).await?;
@@ -449,6 +451,142 @@ pub async fn audit(
 ) -> Result<Response, ApiError> {
     let a = app.shop.catalog.audit(&sku).await?;
     Ok(no_store(Json(a).into_response()))
+}
+
+/// A sale as operators see it (`GET /admin/sales/{sku}`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AdminSale)]
+pub struct AdminSaleJson<'a> {
+    sku: &'a str,
+    name: &'a str,
+    description: &'a str,
+    price_cents: i64,
+    stock_total: i64,
+    stock_left: i64,
+    /// Units held by orders (`stock_total - stock_left`).
+    sold: i64,
+    per_user_limit: i64,
+    starts_at: &'a str,
+    ends_at: &'a str,
+    paused: bool,
+    state: crate::sale::AdminState,
+}
+
+impl<'a> AdminSaleJson<'a> {
+    pub fn new(s: &'a Sale, now: i64) -> Self {
+        Self {
+            sku: &s.sku,
+            name: &s.name,
+            description: &s.description,
+            price_cents: s.price_cents,
+            stock_total: s.stock_total,
+            stock_left: s.stock_left.max(0),
+            sold: s.stock_total - s.stock_left.max(0),
+            per_user_limit: s.per_user_limit,
+            starts_at: &s.starts_at,
+            ends_at: &s.ends_at,
+            paused: s.paused,
+            state: s.admin_state_at(now),
+        }
+    }
+}
+
+/// Every sale with its state, read from the master, by start time.
+#[utoipa::path(get, path = "/admin/sales", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, description = "Every sale; `state` is `scheduled`, `open`, `paused`, `sold_out` or `ended`", body = Vec<AdminSaleJson>),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn admin_sales(State(app): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+    let sales = app.shop.catalog.load_all(true).await?;
+    let now = now_ms();
+    let body: Vec<AdminSaleJson> = sales.iter().map(|s| AdminSaleJson::new(s, now)).collect();
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// One sale with its state, read from the master.
+#[utoipa::path(get, path = "/admin/sales/{sku}", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The sale", body = AdminSaleJson),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn admin_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+) -> Result<Response, ApiError> {
+    let sale = app.shop.catalog.get_fresh(&sku).await?;
+    Ok(no_store(
+        Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
+    ))
+}
+
+async fn change_sale(
+    app: &AppState,
+    sku: &str,
+    change: crate::redis::functions::Lifecycle,
+) -> Result<Response, ApiError> {
+    let sale = app.shop.catalog.change(sku, change).await?;
+    app.pages.invalidate();
+    Ok(no_store(
+        Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
+    ))
+}
+
+/// Pauses a sale on every instance: purchases answer 423 `paused` (a
+/// retry of a purchase already made still gets its 409). Pausing a paused
+/// sale again answers 200.
+#[utoipa::path(post, path = "/admin/sales/{sku}/pause", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The sale, `paused`", body = AdminSaleJson),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_ended`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn pause_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+) -> Result<Response, ApiError> {
+    change_sale(&app, &sku, crate::redis::functions::Lifecycle::Pause).await
+}
+
+/// Resumes a paused sale on every instance.
+#[utoipa::path(post, path = "/admin/sales/{sku}/resume", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The sale", body = AdminSaleJson),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_paused`, `sale_ended`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn resume_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+) -> Result<Response, ApiError> {
+    change_sale(&app, &sku, crate::redis::functions::Lifecycle::Resume).await
+}
+
+/// Ends a sale now (its `ends_at` becomes the server's now) on every
+/// instance: purchases answer 410 `ended`.
+#[utoipa::path(post, path = "/admin/sales/{sku}/end", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    security(("admin" = [])),
+    responses((status = 200, description = "The sale, `ended`", body = AdminSaleJson),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_ended` (already ended)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn end_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+) -> Result<Response, ApiError> {
+    change_sale(&app, &sku, crate::redis::functions::Lifecycle::End).await
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ impl ApiError {
                 E::NotStarted { .. } => "not_started",
                 E::SoldOut => "sold_out",
                 E::Ended => "ended",
+                E::Paused => "paused",
+                E::StateConflict { code, .. } => code,
                 E::AlreadyPurchased { .. } => "already_purchased",
                 E::SaleExists => "sale_exists",
                 E::Unavailable(_) => "unavailable",
@@ -100,7 +102,10 @@ impl ApiError {
                 E::InvalidQty(_) | E::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 E::NotStarted { .. } => StatusCode::TOO_EARLY,
                 E::SoldOut | E::Ended => StatusCode::GONE,
-                E::AlreadyPurchased { .. } | E::SaleExists => StatusCode::CONFLICT,
+                E::Paused => StatusCode::LOCKED,
+                E::AlreadyPurchased { .. } | E::SaleExists | E::StateConflict { .. } => {
+                    StatusCode::CONFLICT
+                }
                 E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -121,7 +126,11 @@ impl ApiError {
             }
             ApiError::Sale(E::Internal(_)) => Cow::Borrowed("internal error"),
             ApiError::Sale(E::NotFound) => Cow::Borrowed("no such resource"),
-            ApiError::Sale(E::InvalidQty(m) | E::Invalid { message: m, .. }) => Cow::Borrowed(m),
+            ApiError::Sale(
+                E::InvalidQty(m)
+                | E::Invalid { message: m, .. }
+                | E::StateConflict { message: m, .. },
+            ) => Cow::Borrowed(m),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -182,8 +191,11 @@ pub enum ErrorCode {
     NotStarted,
     SoldOut,
     Ended,
+    Paused,
     AlreadyPurchased,
     SaleExists,
+    SaleEnded,
+    NotPaused,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -337,6 +349,16 @@ mod tests {
                 "already_purchased",
             ),
             (E::SaleExists.into(), 409, "sale_exists"),
+            (E::Paused.into(), 423, "paused"),
+            (
+                E::StateConflict {
+                    code: "not_paused",
+                    message: "m".into(),
+                }
+                .into(),
+                409,
+                "not_paused",
+            ),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (
                 ApiError::RateLimited { retry_after_s: 3 },
@@ -370,6 +392,8 @@ mod tests {
                 E::NotStarted { .. } => "NotStarted",
                 E::SoldOut => "SoldOut",
                 E::Ended => "Ended",
+                E::Paused => "Paused",
+                E::StateConflict { .. } => "StateConflict",
                 E::AlreadyPurchased { .. } => "AlreadyPurchased",
                 E::SaleExists => "SaleExists",
                 E::Unavailable(_) => "Unavailable",
@@ -390,7 +414,7 @@ mod tests {
         let mut seen: Vec<&str> = cases.iter().map(|(e, _, _)| variant_of(e)).collect();
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 17, "one case per variant: {seen:?}");
+        assert_eq!(seen.len(), 19, "one case per variant: {seen:?}");
         for (e, status, code) in &cases {
             assert_eq!(e.status(), *status, "{e:?}");
             assert_eq!(e.code(), *code, "{e:?}");

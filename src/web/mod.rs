@@ -101,7 +101,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sales/{sku}/purchase", post(api::purchase))
         .route("/api/orders/{order_id}", get(api::order))
         .route("/api/me/orders", get(api::my_orders))
-        .route("/admin/sales", post(api::create_sale))
+        .route("/admin/sales", post(api::create_sale).get(api::admin_sales))
+        .route("/admin/sales/{sku}", get(api::admin_sale))
+        .route("/admin/sales/{sku}/pause", post(api::pause_sale))
+        .route("/admin/sales/{sku}/resume", post(api::resume_sale))
+        .route("/admin/sales/{sku}/end", post(api::end_sale))
         .route("/admin/sales/{sku}/audit", get(api::audit))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/readyz", get(api::readyz));

@@ -30,6 +30,11 @@ use super::{api, error, pages};
         api::order,
         api::my_orders,
         api::create_sale,
+        api::admin_sales,
+        api::admin_sale,
+        api::pause_sale,
+        api::resume_sale,
+        api::end_sale,
         api::audit,
         api::healthz,
         api::readyz,
@@ -120,6 +125,9 @@ mod tests {
             "sale_exists",
             "not_found",
             "cross_site",
+            "paused",
+            "sale_ended",
+            "not_paused",
         ] {
             assert!(codes.iter().any(|c| c == code), "{code} missing");
         }

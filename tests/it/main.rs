@@ -7,6 +7,7 @@ mod failover;
 mod healing;
 mod hostile;
 mod identity;
+mod lifecycle;
 mod openapi;
 mod operator;
 mod settings;

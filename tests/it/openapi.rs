@@ -100,6 +100,11 @@ async fn the_description_matches_the_router() {
         "GET /api/orders/{order_id}",
         "GET /api/me/orders",
         "POST /admin/sales",
+        "GET /admin/sales",
+        "GET /admin/sales/{sku}",
+        "POST /admin/sales/{sku}/pause",
+        "POST /admin/sales/{sku}/resume",
+        "POST /admin/sales/{sku}/end",
         "GET /admin/sales/{sku}/audit",
         "GET /healthz",
         "GET /readyz",
@@ -133,6 +138,9 @@ async fn the_description_matches_the_router() {
         "rate_limited",
         "unavailable",
         "cross_site",
+        "paused",
+        "sale_ended",
+        "not_paused",
     ] {
         assert!(codes.contains(&code), "{code} is not in the description");
     }

@@ -107,6 +107,8 @@ pub enum PurchaseReply {
         starts_ms: i64,
     },
     Ended,
+    /// The sale is paused (library version 9).
+    Paused,
 }
 
 impl PurchaseReply {
@@ -145,6 +147,7 @@ impl FromRedisValue for PurchaseReply {
                 starts_ms: int_at(items, 1),
             },
             Some("ended") => PurchaseReply::Ended,
+            Some("paused") => PurchaseReply::Paused,
             _ => return Err(bad("fs_purchase", &v)),
         })
     }
@@ -207,6 +210,59 @@ impl FromRedisValue for CreateSaleReply {
                 CreateSaleReply::Invalid(word_at(items, 1).unwrap_or_else(|| "field".into()))
             }
             _ => return Err(bad("fs_create_sale", &v)),
+        })
+    }
+}
+
+// --------------------------------------------------- pause, resume, end
+
+/// A change of a sale's lifecycle, one Function each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// `fs_pause_sale`
+    Pause,
+    /// `fs_resume_sale`
+    Resume,
+    /// `fs_end_sale`: `ends_ms` becomes the server's now.
+    End,
+}
+
+impl Lifecycle {
+    fn function(self) -> &'static str {
+        match self {
+            Lifecycle::Pause => "fs_pause_sale",
+            Lifecycle::Resume => "fs_resume_sale",
+            Lifecycle::End => "fs_end_sale",
+        }
+    }
+}
+
+/// `FCALL fs_pause_sale` / `fs_resume_sale` / `fs_end_sale`.
+pub fn lifecycle_call(keys: &Keys, sku: &str, change: Lifecycle) -> redis::Cmd {
+    let mut cmd = fcall(change.function(), 1);
+    cmd.arg(keys.sale(sku));
+    cmd
+}
+
+/// What a lifecycle Function answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleReply {
+    Done,
+    UnknownSku,
+    /// The change makes no sense now: `ended` or `not_paused`.
+    Conflict(String),
+}
+
+impl FromRedisValue for LifecycleReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items = items("fs_*_sale", &v)?;
+        Ok(match word_at(items, 0).as_deref() {
+            Some("ok") => LifecycleReply::Done,
+            Some("unknown_sku") => LifecycleReply::UnknownSku,
+            Some("conflict") => {
+                LifecycleReply::Conflict(word_at(items, 1).ok_or_else(|| bad("fs_*_sale", &v))?)
+            }
+            _ => return Err(bad("fs_*_sale", &v)),
         })
     }
 }
@@ -484,6 +540,23 @@ mod tests {
         );
         assert!(parse::<CreateSaleReply>(vec![]).is_err());
         assert!(parse::<CreateSaleReply>(vec![bulk("what")]).is_err());
+    }
+
+    #[test]
+    fn lifecycle_replies() {
+        let p = |items| parse::<LifecycleReply>(items).expect("parses");
+        assert_eq!(p(vec![bulk("ok")]), LifecycleReply::Done);
+        assert_eq!(p(vec![bulk("unknown_sku")]), LifecycleReply::UnknownSku);
+        assert_eq!(
+            p(vec![bulk("conflict"), bulk("not_paused")]),
+            LifecycleReply::Conflict("not_paused".into())
+        );
+        assert!(parse::<LifecycleReply>(vec![bulk("conflict")]).is_err());
+        assert!(parse::<LifecycleReply>(vec![]).is_err());
+        assert_eq!(
+            parse::<PurchaseReply>(vec![bulk("paused")]).expect("parses"),
+            PurchaseReply::Paused
+        );
     }
 
     #[test]

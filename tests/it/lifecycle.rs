@@ -1,0 +1,265 @@
+//! Pause, resume and end of a sale, and the operators' view of sales, on
+//! two app instances sharing one key prefix on the shared Sentinel group: a
+//! change made through one instance holds on the other within a second,
+//! including where that instance answers a sold-out sale locally.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::app::{ADMIN_TOKEN, AppOptions, TestApp, shared_group, unique};
+
+/// Two instances on one prefix, with the shipped catalog cache.
+async fn two_apps() -> (TestApp, TestApp) {
+    let prefix = unique("lc");
+    let opts = AppOptions {
+        catalog_cache: Duration::from_millis(200),
+        ..AppOptions::default()
+    };
+    let a = TestApp::spawn_with(shared_group(), &prefix, opts.clone()).await;
+    let b = TestApp::spawn_with(shared_group(), &prefix, opts).await;
+    (a, b)
+}
+
+async fn admin_get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("admin get");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Purchases by fresh shoppers on `app` until one answers `status` (and
+/// `code`, when given); panics after `within`. Returns how long it took.
+async fn until_answer(
+    app: &TestApp,
+    sku: &str,
+    status: u16,
+    code: Option<&str>,
+    within: Duration,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let (s, body) = app.purchase(&unique("u"), sku, 1, None).await;
+        if s == status && code.is_none_or(|c| body["error"] == c) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "no {status} {code:?} within {within:?}; last {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_consistent(audit: &Value) {
+    assert_eq!(audit["consistent"], true, "{audit}");
+    assert_eq!(
+        audit["stock_left"].as_i64().unwrap() + audit["sold"].as_i64().unwrap(),
+        audit["stock_total"].as_i64().unwrap(),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_end_hold_on_every_instance() {
+    let (a, b) = two_apps().await;
+    let sku = unique("lcs");
+    a.create_sale(&sku, 100, 1, -5, 3600).await;
+
+    let (s, first) = b.purchase("keeper", &sku, 1, Some("k1")).await;
+    assert_eq!(s, 202, "{first}");
+    let order_id = first["order_id"].as_str().expect("order id").to_owned();
+
+    let (s, sale) = a
+        .admin_post(&format!("/admin/sales/{sku}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["state"], "paused");
+    assert_eq!(sale["paused"], true);
+    assert_eq!(sale["sku"], sku.as_str());
+
+    // The other instance refuses at once (the Function decides), and keeps
+    // refusing.
+    let took = until_answer(&b, &sku, 423, Some("paused"), Duration::from_secs(1)).await;
+    assert!(took < Duration::from_secs(1));
+    let (s, body) = b.purchase("someone", &sku, 1, None).await;
+    assert_eq!((s, &body["error"]), (423, &json!("paused")), "{body}");
+    // A retry of a purchase that was made still gets its 409.
+    let (s, body) = b.purchase("keeper", &sku, 1, Some("k1")).await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(body["order_id"], order_id.as_str());
+
+    // Pausing again is answered like the first pause; both see the state.
+    let (s, _) = b
+        .admin_post(&format!("/admin/sales/{sku}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    for app in [&a, &b] {
+        let (s, one) = admin_get(app, &format!("/admin/sales/{sku}"), ADMIN_TOKEN).await;
+        assert_eq!((s, &one["state"]), (200, &json!("paused")), "{one}");
+    }
+
+    let (s, sale) = b
+        .admin_post(&format!("/admin/sales/{sku}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["state"], "open");
+    until_answer(&a, &sku, 202, None, Duration::from_secs(1)).await;
+    let (s, body) = a.purchase("after-resume", &sku, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    // Resuming a sale that is not paused makes no sense.
+    let (s, body) = a
+        .admin_post(&format!("/admin/sales/{sku}/resume"), json!({}))
+        .await;
+    assert_eq!((s, &body["error"]), (409, &json!("not_paused")), "{body}");
+
+    let (s, sale) = a
+        .admin_post(&format!("/admin/sales/{sku}/end"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["state"], "ended");
+    for app in [&a, &b] {
+        until_answer(app, &sku, 410, Some("ended"), Duration::from_secs(1)).await;
+    }
+    for path in ["end", "pause", "resume"] {
+        let (s, body) = b
+            .admin_post(&format!("/admin/sales/{sku}/{path}"), json!({}))
+            .await;
+        assert_eq!(
+            (s, &body["error"]),
+            (409, &json!("sale_ended")),
+            "{path}: {body}"
+        );
+    }
+
+    let audit = a.audit(&sku).await;
+    assert_consistent(&audit);
+    assert_eq!(audit["orders"], 3, "{audit}");
+    assert_eq!(audit["sold"], 3, "{audit}");
+
+    // Unknown sales and missing tokens, as on the other admin routes.
+    let (s, _) = a
+        .admin_post("/admin/sales/no-such-sale/pause", json!({}))
+        .await;
+    assert_eq!(s, 404);
+    let r = a
+        .http
+        .post(a.url(&format!("/admin/sales/{sku}/pause")))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let (s, _) = admin_get(&a, &format!("/admin/sales/{sku}"), "wrong").await;
+    assert_eq!(s, 401);
+    let (s, _) = admin_get(&a, "/admin/sales/no-such-sale", ADMIN_TOKEN).await;
+    assert_eq!(s, 404);
+
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sold_out_sale_answers_paused_everywhere() {
+    let (a, b) = two_apps().await;
+    let sku = unique("lcso");
+    a.create_sale(&sku, 1, 1, -5, 3600).await;
+    let (s, body) = b.purchase("only-buyer", &sku, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    // B learns it is sold out and then answers locally.
+    until_answer(&b, &sku, 410, Some("sold_out"), Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_answer(&b, &sku, 410, Some("sold_out"), Duration::from_secs(1)).await;
+
+    let (s, sale) = a
+        .admin_post(&format!("/admin/sales/{sku}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["state"], "paused");
+    let took = until_answer(&b, &sku, 423, Some("paused"), Duration::from_secs(1)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // And stays so: never the local 410 again while paused.
+    for _ in 0..20 {
+        let (s, body) = b.purchase(&unique("u"), &sku, 1, None).await;
+        assert_eq!((s, &body["error"]), (423, &json!("paused")), "{body}");
+    }
+    // The buyer's retry is still their 409.
+    let (s, body) = b.purchase("only-buyer", &sku, 1, None).await;
+    assert_eq!(s, 409, "{body}");
+
+    // Resumed: sold out again (it is), locally or not.
+    let (s, _) = a
+        .admin_post(&format!("/admin/sales/{sku}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    until_answer(&b, &sku, 410, Some("sold_out"), Duration::from_secs(1)).await;
+    let (s, one) = admin_get(&b, &format!("/admin/sales/{sku}"), ADMIN_TOKEN).await;
+    assert_eq!((s, &one["state"]), (200, &json!("sold_out")), "{one}");
+
+    // Ended: 410 `ended` on both, also where B answered sold out locally.
+    let (s, _) = b
+        .admin_post(&format!("/admin/sales/{sku}/end"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    for app in [&a, &b] {
+        until_answer(app, &sku, 410, Some("ended"), Duration::from_secs(1)).await;
+    }
+    assert_consistent(&a.audit(&sku).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_list_shows_every_state() {
+    let (a, b) = two_apps().await;
+    let open = unique("lco");
+    let later = unique("lcl");
+    let paused = unique("lcp");
+    let gone = unique("lcg");
+    a.create_sale(&open, 5, 1, -5, 3600).await;
+    a.create_sale(&later, 5, 1, 3600, 3600).await;
+    a.create_sale(&paused, 5, 1, -5, 3600).await;
+    a.create_sale(&gone, 1, 1, -5, 3600).await;
+    let (s, _) = a.purchase("x", &gone, 1, None).await;
+    assert_eq!(s, 202);
+    let (s, _) = a
+        .admin_post(&format!("/admin/sales/{paused}/pause"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+
+    let (s, list) = admin_get(&b, "/admin/sales", ADMIN_TOKEN).await;
+    assert_eq!(s, 200, "{list}");
+    let state_of = |sku: &str| {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .find(|s| s["sku"] == sku)
+            .map(|s| s["state"].clone())
+    };
+    assert_eq!(state_of(&open), Some(json!("open")));
+    assert_eq!(state_of(&later), Some(json!("scheduled")));
+    assert_eq!(state_of(&paused), Some(json!("paused")));
+    assert_eq!(state_of(&gone), Some(json!("sold_out")));
+    let (s, _) = b
+        .admin_post(&format!("/admin/sales/{open}/end"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (_, list) = admin_get(&a, "/admin/sales", ADMIN_TOKEN).await;
+    let ended = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|s| s["sku"] == open.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(ended["state"], "ended");
+    assert_eq!(ended["sold"], 0);
+    let (s, _) = admin_get(&a, "/admin/sales", "wrong").await;
+    assert_eq!(s, 401);
+    a.stop().await;
+    b.stop().await;
+}
