@@ -37,7 +37,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '9'
+local VERSION = '10'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -254,6 +254,88 @@ local function fs_end_sale(keys, args)
   if st.ended then return {'conflict', 'ended'} end
   redis.call('HSET', keys[1], 'ends_ms', now_ms(), 'paused', 0)
   return {'ok'}
+end
+
+--[[
+fs_update_sale (from version 10): changes a sale that has not opened yet.
+KEYS: sale, index
+ARGV: field, value, field, value, ... with fields among name, description,
+      price_cents, stock, starts_ms, ends_ms, per_user_limit (each at most once)
+Returns {'updated'}, {'unknown_sku'}, {'invalid', field} (also ends_at when
+the resulting window is empty), or {'conflict', reason}: 'ended' (the sale
+has ended), 'open' (it has opened, by the server's clock), 'sold' (units
+are held: stock cannot change).
+Every check comes before the first write. A new stock sets stock_total and
+stock_left; a new start moves the sale in the index.
+]]
+local UPDATABLE = {name = true, description = true, price_cents = true, stock = true,
+  starts_ms = true, ends_ms = true, per_user_limit = true}
+
+local function fs_update_sale(keys, args)
+  local sale_k, index_k = keys[1], keys[2]
+  if #args % 2 ~= 0 then
+    return {'invalid', 'arguments'}
+  end
+  local want = {}
+  for i = 1, #args, 2 do
+    local f = args[i]
+    if not UPDATABLE[f] or want[f] ~= nil then
+      return {'invalid', tostring(f)}
+    end
+    want[f] = args[i + 1]
+  end
+  local s = redis.call('HMGET', sale_k, 'sku', 'starts_ms', 'ends_ms', 'sold', 'orders')
+  if not s[1] then
+    return {'unknown_sku'}
+  end
+  local now = now_ms()
+  local starts, ends = tonumber(s[2]), tonumber(s[3])
+  if now >= ends then return {'conflict', 'ended'} end
+  if now >= starts then return {'conflict', 'open'} end
+
+  local set = {}
+  if want.name ~= nil then
+    if #want.name == 0 or #want.name > 200 then return {'invalid', 'name'} end
+    set[#set + 1] = 'name'; set[#set + 1] = want.name
+  end
+  if want.description ~= nil then
+    if #want.description > 10000 then return {'invalid', 'description'} end
+    set[#set + 1] = 'description'; set[#set + 1] = want.description
+  end
+  if want.price_cents ~= nil then
+    local v = int_arg(want.price_cents, 0, 100000000000)
+    if v == nil then return {'invalid', 'price_cents'} end
+    set[#set + 1] = 'price_cents'; set[#set + 1] = v
+  end
+  if want.per_user_limit ~= nil then
+    local v = int_arg(want.per_user_limit, 1, MAX_QTY)
+    if v == nil then return {'invalid', 'per_user_limit'} end
+    set[#set + 1] = 'per_user_limit'; set[#set + 1] = v
+  end
+  local new_starts, new_ends = starts, ends
+  if want.starts_ms ~= nil then
+    new_starts = int_arg(want.starts_ms, 0, 253402300799999)
+    if new_starts == nil then return {'invalid', 'starts_at'} end
+  end
+  if want.ends_ms ~= nil then
+    new_ends = int_arg(want.ends_ms, 0, 253402300799999)
+    if new_ends == nil then return {'invalid', 'ends_at'} end
+  end
+  if new_ends <= new_starts then return {'invalid', 'ends_at'} end
+  if want.stock ~= nil then
+    local v = int_arg(want.stock, 1, 100000000)
+    if v == nil then return {'invalid', 'stock'} end
+    if (tonumber(s[4]) or 0) ~= 0 or (tonumber(s[5]) or 0) ~= 0 then
+      return {'conflict', 'sold'}
+    end
+    set[#set + 1] = 'stock_total'; set[#set + 1] = v
+    set[#set + 1] = 'stock_left'; set[#set + 1] = v
+  end
+  set[#set + 1] = 'starts_ms'; set[#set + 1] = new_starts
+  set[#set + 1] = 'ends_ms'; set[#set + 1] = new_ends
+  redis.call('HSET', sale_k, unpack(set))
+  redis.call('ZADD', index_k, new_starts, s[1])
+  return {'updated'}
 end
 
 --[[
@@ -644,6 +726,7 @@ redis.register_function('fs_create_sale', fs_create_sale)
 redis.register_function('fs_pause_sale', fs_pause_sale)
 redis.register_function('fs_resume_sale', fs_resume_sale)
 redis.register_function('fs_end_sale', fs_end_sale)
+redis.register_function('fs_update_sale', fs_update_sale)
 redis.register_function('fs_confirm', fs_confirm)
 redis.register_function('fs_confirm_batch', fs_confirm_batch)
 redis.register_function('fs_dead_letter', fs_dead_letter)

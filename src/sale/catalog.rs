@@ -16,6 +16,10 @@
 //! instances see the new state within the staleness bound (their purchases
 //! are decided by the Function, which sees it at once).
 //!
+//! A sale that has not opened can be changed (`update`): the Function
+//! decides, by the server's clock, whether it is still before the opening,
+//! and writes every change at once.
+//!
 //! Creating a sale is idempotent: the same sale created again (an admin's
 //! retry after a lost answer, say across a master switch) is answered like
 //! the first creation; another sale under an existing sku is a conflict.
@@ -31,6 +35,7 @@ use super::{Error, Sale, valid_sku};
 use crate::redis::Redis;
 use crate::redis::functions::{
     self, AuditReply, CreateSaleReply, Lifecycle, LifecycleReply, SaleAudit, SaleFields,
+    SaleUpdate, UpdateSaleReply,
 };
 
 /// A sale's counters and consistency, as `GET /admin/sales/{sku}/audit`
@@ -334,6 +339,34 @@ impl Catalog {
             LifecycleReply::Conflict(_) => Err(Error::StateConflict {
                 code: "sale_ended",
                 message: "the sale has ended".into(),
+            }),
+        }
+    }
+
+    /// Changes a sale that has not opened yet (acknowledged by the replicas)
+    /// and answers with the sale as it is now. After the opening: 409
+    /// `sale_open`; after the end: 409 `sale_ended`; a value the Function
+    /// refuses (an empty window): 422 `invalid_sale`.
+    pub async fn update(&self, sku: &str, u: &SaleUpdate) -> Result<Sale, Error> {
+        if !valid_sku(sku) {
+            return Err(Error::UnknownSku);
+        }
+        let cmd = functions::update_sale_call(self.redis.keys(), sku, u);
+        let reply: UpdateSaleReply = self.redis.write_acked(&cmd).await?;
+        self.invalidate();
+        match reply {
+            UpdateSaleReply::Updated => self.get_fresh(sku).await,
+            UpdateSaleReply::UnknownSku => Err(Error::UnknownSku),
+            UpdateSaleReply::Invalid(field) => {
+                Err(Error::invalid("invalid_sale", format!("invalid {field}")))
+            }
+            UpdateSaleReply::Conflict(reason) if reason == "ended" => Err(Error::StateConflict {
+                code: "sale_ended",
+                message: "the sale has ended".into(),
+            }),
+            UpdateSaleReply::Conflict(_) => Err(Error::StateConflict {
+                code: "sale_open",
+                message: "the sale has opened; it can no longer be changed".into(),
             }),
         }
     }

@@ -523,6 +523,100 @@ pub async fn admin_sale(
     ))
 }
 
+/// The fields to change in a sale that has not opened (RFC 3339 times);
+/// those left out stay as they are.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SalePatchJson {
+    name: Option<String>,
+    description: Option<String>,
+    price_cents: Option<i64>,
+    /// Only while nothing is sold (before the opening nothing can be).
+    stock: Option<i64>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    per_user_limit: Option<i64>,
+}
+
+fn validate_patch(body: &[u8]) -> Result<crate::redis::functions::SaleUpdate, ApiError> {
+    let j: SalePatchJson = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("invalid_sale", format!("invalid change: {e}")))?;
+    let bad = |m: &str| ApiError::invalid("invalid_sale", m.to_owned());
+    if let Some(n) = &j.name
+        && (n.trim().is_empty() || n.len() > 200)
+    {
+        return Err(bad("name must be 1-200 bytes"));
+    }
+    if j.description.as_ref().is_some_and(|d| d.len() > 10_000) {
+        return Err(bad("description must be at most 10000 bytes"));
+    }
+    if j.price_cents
+        .is_some_and(|p| !(0..=100_000_000_000).contains(&p))
+    {
+        return Err(bad("price_cents must be between 0 and 100000000000"));
+    }
+    if j.stock.is_some_and(|v| !(1..=100_000_000).contains(&v)) {
+        return Err(bad("stock must be between 1 and 100000000"));
+    }
+    if j.per_user_limit
+        .is_some_and(|v| !(1..=MAX_QTY).contains(&v))
+    {
+        return Err(bad("per_user_limit must be at least 1"));
+    }
+    let time = |t: &Option<String>, what: &str| -> Result<Option<i64>, ApiError> {
+        match t {
+            None => Ok(None),
+            Some(t) => match parse_rfc3339(t) {
+                Some(ms) if ms >= 0 => Ok(Some(ms)),
+                _ => Err(bad(&format!("{what} must be RFC 3339, after 1970"))),
+            },
+        }
+    };
+    let starts_ms = time(&j.starts_at, "starts_at")?;
+    let ends_ms = time(&j.ends_at, "ends_at")?;
+    if let (Some(s), Some(e)) = (starts_ms, ends_ms)
+        && e <= s
+    {
+        return Err(bad("ends_at must be after starts_at"));
+    }
+    Ok(crate::redis::functions::SaleUpdate {
+        name: j.name,
+        description: j.description,
+        price_cents: j.price_cents,
+        stock: j.stock,
+        starts_ms,
+        ends_ms,
+        per_user_limit: j.per_user_limit,
+    })
+}
+
+/// Changes a sale before it opens. The window is checked as a whole (a new
+/// `ends_at` must follow the new or the stored `starts_at`).
+#[utoipa::path(patch, path = "/admin/sales/{sku}", tag = "admin",
+    params(("sku" = String, Path, description = "The sale")),
+    request_body(content = SalePatchJson, content_type = "application/json"),
+    security(("admin" = [])),
+    responses((status = 200, description = "The sale", body = AdminSaleJson),
+        (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_open` (it has opened), `sale_ended`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_sale` (also `ends_at <= starts_at`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+pub async fn update_sale(
+    State(app): State<AppState>,
+    _admin: Admin,
+    PathParam(sku): PathParam,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let change = validate_patch(&body?)?;
+    let sale = app.shop.catalog.update(&sku, &change).await?;
+    app.pages.invalidate();
+    Ok(no_store(
+        Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
+    ))
+}
+
 async fn change_sale(
     app: &AppState,
     sku: &str,
@@ -625,5 +719,29 @@ mod tests {
         assert_eq!(validate_sale(backwards).unwrap_err().status(), 422);
         let bad_sku = br#"{"sku":"a b","name":"n","price_cents":1,"stock":1,"starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z","per_user_limit":1}"#;
         assert_eq!(validate_sale(bad_sku).unwrap_err().status(), 422);
+    }
+
+    #[test]
+    fn patch_validation() {
+        let u = validate_patch(br#"{"name":"m","stock":3,"starts_at":"2030-01-01T00:00:00Z"}"#)
+            .expect("valid");
+        assert_eq!(u.name.as_deref(), Some("m"));
+        assert_eq!(u.stock, Some(3));
+        assert!(u.starts_ms.is_some() && u.ends_ms.is_none());
+        for bad in [
+            &br#"{"starts_at":"2030-01-02T00:00:00Z","ends_at":"2030-01-01T00:00:00Z"}"#[..],
+            br#"{"stock":0}"#,
+            br#"{"name":" "}"#,
+            br#"{"per_user_limit":0}"#,
+            br#"{"ends_at":"tomorrow"}"#,
+            br#"{"sku":"other"}"#,
+        ] {
+            assert_eq!(
+                validate_patch(bad).unwrap_err().status(),
+                422,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

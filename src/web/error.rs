@@ -196,6 +196,7 @@ pub enum ErrorCode {
     SaleExists,
     SaleEnded,
     NotPaused,
+    SaleOpen,
     PayloadTooLarge,
     RateLimited,
     Unavailable,

@@ -102,7 +102,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders/{order_id}", get(api::order))
         .route("/api/me/orders", get(api::my_orders))
         .route("/admin/sales", post(api::create_sale).get(api::admin_sales))
-        .route("/admin/sales/{sku}", get(api::admin_sale))
+        .route(
+            "/admin/sales/{sku}",
+            get(api::admin_sale).patch(api::update_sale),
+        )
         .route("/admin/sales/{sku}/pause", post(api::pause_sale))
         .route("/admin/sales/{sku}/resume", post(api::resume_sale))
         .route("/admin/sales/{sku}/end", post(api::end_sale))

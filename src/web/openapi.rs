@@ -32,6 +32,7 @@ use super::{api, error, pages};
         api::create_sale,
         api::admin_sales,
         api::admin_sale,
+        api::update_sale,
         api::pause_sale,
         api::resume_sale,
         api::end_sale,
@@ -128,6 +129,7 @@ mod tests {
             "paused",
             "sale_ended",
             "not_paused",
+            "sale_open",
         ] {
             assert!(codes.iter().any(|c| c == code), "{code} missing");
         }

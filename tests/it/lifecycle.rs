@@ -1,4 +1,5 @@
-//! Pause, resume and end of a sale, and the operators' view of sales, on
+//! Pause, resume and end of a sale, changes before the opening (PATCH),
+//! and the operators' view of sales, on
 //! two app instances sharing one key prefix on the shared Sentinel group: a
 //! change made through one instance holds on the other within a second,
 //! including where that instance answers a sold-out sale locally.
@@ -260,6 +261,91 @@ async fn the_operators_list_shows_every_state() {
     assert_eq!(ended["sold"], 0);
     let (s, _) = admin_get(&a, "/admin/sales", "wrong").await;
     assert_eq!(s, 401);
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn admin_patch(app: &TestApp, sku: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .http
+        .patch(app.url(&format!("/admin/sales/{sku}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("patch");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn at(from_now_s: i64) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::seconds(from_now_s))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("fmt")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_changes_only_before_it_opens() {
+    let (a, b) = two_apps().await;
+    let sku = unique("lcu");
+    a.create_sale(&sku, 5, 1, 3600, 3600).await;
+
+    let (s, sale) = admin_patch(
+        &a,
+        &sku,
+        json!({"name": "Renamed", "description": "new", "price_cents": 42, "stock": 2,
+               "per_user_limit": 2, "ends_at": at(7200 + 60)}),
+    )
+    .await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["name"], "Renamed");
+    assert_eq!(sale["price_cents"], 42);
+    assert_eq!(
+        (&sale["stock_total"], &sale["stock_left"]),
+        (&json!(2), &json!(2))
+    );
+    assert_eq!(sale["per_user_limit"], 2);
+    assert_eq!(sale["state"], "scheduled");
+    let (_, seen) = admin_get(&b, &format!("/admin/sales/{sku}"), ADMIN_TOKEN).await;
+    assert_eq!(seen["name"], "Renamed");
+    assert_consistent(&a.audit(&sku).await);
+
+    // An empty window, given whole or against the stored start: 422.
+    let (s, body) = admin_patch(&a, &sku, json!({"starts_at": at(100), "ends_at": at(50)})).await;
+    assert_eq!((s, &body["error"]), (422, &json!("invalid_sale")), "{body}");
+    let (s, body) = admin_patch(&a, &sku, json!({"ends_at": at(60)})).await;
+    assert_eq!((s, &body["error"]), (422, &json!("invalid_sale")), "{body}");
+    let (s, _) = admin_patch(&a, &sku, json!({"stock": 0})).await;
+    assert_eq!(s, 422);
+    let (s, _) = admin_patch(&a, "no-such-sale", json!({"name": "x"})).await;
+    assert_eq!(s, 404);
+
+    // Moved to open now: the new window holds on the other instance.
+    let (s, sale) = admin_patch(&b, &sku, json!({"starts_at": at(-1)})).await;
+    assert_eq!(s, 200, "{sale}");
+    assert_eq!(sale["state"], "open");
+    let (s, body) = a.purchase("buyer", &sku, 2, None).await;
+    assert_eq!(s, 202, "{body}");
+    // Open: too late to change anything.
+    for change in [
+        json!({"name": "late"}),
+        json!({"stock": 9}),
+        json!({"ends_at": at(99999)}),
+    ] {
+        let (s, body) = admin_patch(&a, &sku, change).await;
+        assert_eq!((s, &body["error"]), (409, &json!("sale_open")), "{body}");
+    }
+    let r = a
+        .http
+        .patch(a.url(&format!("/admin/sales/{sku}")))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status().as_u16(), 401);
+    let audit = a.audit(&sku).await;
+    assert_consistent(&audit);
+    assert_eq!(audit["sold"], 2, "{audit}");
     a.stop().await;
     b.stop().await;
 }

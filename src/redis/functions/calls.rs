@@ -267,6 +267,70 @@ impl FromRedisValue for LifecycleReply {
     }
 }
 
+// ------------------------------------------------------------- update sale
+
+/// The fields an operator changes in a sale that has not opened (`None`:
+/// unchanged), as `fs_update_sale` takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaleUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price_cents: Option<i64>,
+    pub stock: Option<i64>,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub per_user_limit: Option<i64>,
+}
+
+/// `FCALL fs_update_sale`: the given fields, as field/value pairs.
+pub fn update_sale_call(keys: &Keys, sku: &str, u: &SaleUpdate) -> redis::Cmd {
+    let mut cmd = fcall("fs_update_sale", 2);
+    cmd.arg(keys.sale(sku)).arg(keys.sales_index());
+    if let Some(v) = &u.name {
+        cmd.arg("name").arg(v);
+    }
+    if let Some(v) = &u.description {
+        cmd.arg("description").arg(v);
+    }
+    for (field, v) in [
+        ("price_cents", u.price_cents),
+        ("stock", u.stock),
+        ("starts_ms", u.starts_ms),
+        ("ends_ms", u.ends_ms),
+        ("per_user_limit", u.per_user_limit),
+    ] {
+        if let Some(v) = v {
+            cmd.arg(field).arg(v);
+        }
+    }
+    cmd
+}
+
+/// What `fs_update_sale` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateSaleReply {
+    Updated,
+    UnknownSku,
+    /// The Function refused this field.
+    Invalid(String),
+    /// Too late: `ended`, `open`, or `sold` (units held; stock is fixed).
+    Conflict(String),
+}
+
+impl FromRedisValue for UpdateSaleReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items = items("fs_update_sale", &v)?;
+        let second = || word_at(items, 1).ok_or_else(|| bad("fs_update_sale", &v));
+        Ok(match word_at(items, 0).as_deref() {
+            Some("updated") => UpdateSaleReply::Updated,
+            Some("unknown_sku") => UpdateSaleReply::UnknownSku,
+            Some("invalid") => UpdateSaleReply::Invalid(second()?),
+            Some("conflict") => UpdateSaleReply::Conflict(second()?),
+            _ => return Err(bad("fs_update_sale", &v)),
+        })
+    }
+}
+
 // ------------------------------------------------------------------- audit
 
 /// `FCALL_RO fs_audit`.
@@ -540,6 +604,52 @@ mod tests {
         );
         assert!(parse::<CreateSaleReply>(vec![]).is_err());
         assert!(parse::<CreateSaleReply>(vec![bulk("what")]).is_err());
+    }
+
+    #[test]
+    fn update_sale_replies_and_call() {
+        let p = |items| parse::<UpdateSaleReply>(items).expect("parses");
+        assert_eq!(p(vec![bulk("updated")]), UpdateSaleReply::Updated);
+        assert_eq!(p(vec![bulk("unknown_sku")]), UpdateSaleReply::UnknownSku);
+        assert_eq!(
+            p(vec![bulk("invalid"), bulk("ends_at")]),
+            UpdateSaleReply::Invalid("ends_at".into())
+        );
+        assert_eq!(
+            p(vec![bulk("conflict"), bulk("open")]),
+            UpdateSaleReply::Conflict("open".into())
+        );
+        assert!(parse::<UpdateSaleReply>(vec![bulk("invalid")]).is_err());
+        let cmd = update_sale_call(
+            &Keys::new("fs"),
+            "a",
+            &SaleUpdate {
+                name: Some("n".into()),
+                stock: Some(5),
+                ..SaleUpdate::default()
+            },
+        );
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "FCALL",
+                "fs_update_sale",
+                "2",
+                "fs:{a}:sale",
+                "fs:sales",
+                "name",
+                "n",
+                "stock",
+                "5"
+            ]
+        );
     }
 
     #[test]
