@@ -22,8 +22,9 @@
 #    changes nothing; a SENTINEL FAILOVER completes; a third run keeps the
 #    Sentinels' learned state and follows the new master.
 # 5. docker compose: `docker-compose config` accepts the file (and rejects a
-#    broken one); the topology is complete. (`docker build` needs a Docker
-#    engine, which this machine does not have.)
+#    broken one); the topology is complete, nginx at the fixed address the
+#    apps trust as their proxy. (`docker build` needs a Docker engine,
+#    which this machine does not have.)
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
 # Every process it starts is killed by PID on exit. Last line:
@@ -618,6 +619,8 @@ check_files() {
     expect_eq "$(cat "$P/app1/etc/flashsale/credentials/jwt_secret")" "$JWT"
     ! grep -q "$REDIS_PW" "$P/app1/etc/flashsale/flashsale.env"
     grep -qx "FLASHSALE_REDIS_SENTINELS=127.0.0.1:$SP1,127.0.0.1:$SP2,127.0.0.1:$SP3" "$P/app1/etc/flashsale/flashsale.env"
+    # nginx on the same host: the app believes the X-Forwarded-For of loopback peers.
+    grep -qx "FLASHSALE_TRUSTED_PROXIES=127.0.0.0/8,::1/128" "$P/app1/etc/flashsale/flashsale.env"
     for i in 1 2 3; do
         expect_eq "$(mode "$P/redis$i/etc/flashsale-redis/redis.conf")" 640 "redis$i redis.conf"
         expect_eq "$(mode "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf")" 600 "redis$i sentinel.conf"
@@ -789,6 +792,17 @@ check_topology() {
     local cfg; cfg=$(cd "$C" && docker-compose -f docker-compose.yml config)
     expect_has "$cfg" 'FLASHSALE_REDIS_SENTINELS: sentinel1:26379,sentinel2:26379,sentinel3:26379'
     expect_has "$cfg" 'REDIS_REPLICAOF: redis1 6379'
+    # The apps trust nginx's fixed address, inside the declared subnet and
+    # outside the range the other containers get theirs from.
+    local nginx_ip; nginx_ip=$(grep -oE 'ipv4_address: [0-9.]+' <<<"$cfg" | awk '{print $2}')
+    expect_eq "$(grep -c 'ipv4_address:' <<<"$cfg")" 1 "one fixed address"
+    expect_eq "$(grep -c "FLASHSALE_TRUSTED_PROXIES: $nginx_ip/32\$" <<<"$cfg")" 2 "app1 and app2 trust nginx"
+    python3 - "$nginx_ip" "$(grep -oE 'subnet: [0-9./]+' <<<"$cfg" | awk '{print $2}')" \
+        "$(grep -oE 'ip_range: [0-9./]+' <<<"$cfg" | awk '{print $2}')" <<'EOF'
+import ipaddress, sys
+ip, subnet, pool = ipaddress.ip_address(sys.argv[1]), ipaddress.ip_network(sys.argv[2]), ipaddress.ip_network(sys.argv[3])
+assert ip in subnet and pool.subnet_of(subnet) and ip not in pool, (ip, subnet, pool)
+EOF
     grep -q '^sentinel resolve-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q '^sentinel announce-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q 'replica-announce-ip' "$C/redis/start-redis.sh"
@@ -798,7 +812,7 @@ check_topology() {
     grep -q '^USER flashsale' "$C/Dockerfile"
     sh -n "$C/redis/start-redis.sh" && sh -n "$C/redis/start-sentinel.sh" && sh -n "$C/nginx-render.sh"
 }
-check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx; hostnames for Sentinel" check_topology
+check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx (at the fixed address the apps trust); hostnames for Sentinel" check_topology
 check_compose_rejects() {
     sed 's/^    stop_grace_period: 15s$/    stop_grace_perod: 15s/' "$C/docker-compose.yml" >"$C/.broken-compose.yml"
     local rc=0

@@ -1,8 +1,9 @@
 //! The settings of `flashsale serve`: listen address, how shopper tokens are
 //! verified (exactly one key source: the HS256 secret, a PEM public key or a
 //! JWKS file; optional `iss`/`aud` checks), the browser origins allowed to
-//! call `/api`, the admin secret, rate limits, connection and concurrency
-//! caps, page assets.
+//! call `/api`, the admin secret, rate limits, the proxies whose forwarded
+//! client addresses are believed, connection and concurrency caps, page
+//! assets.
 //!
 //! A key file is loaded once here, so a missing or unusable one is a
 //! configuration error that names its variable; the key file paths are not
@@ -15,6 +16,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{ConfigError, RedisArgs, RedisSettings, Secret, invalid, secret};
+use crate::web::proxies::TrustedProxies;
 
 /// Settings of `flashsale serve`.
 #[derive(Args, Debug, Clone)]
@@ -67,9 +69,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Connections open at once from one client address (0 = no cap);
-    /// loopback peers (a proxy on this host) are exempt.
+    /// peers in FLASHSALE_TRUSTED_PROXIES (the proxies in front) are exempt.
     #[arg(long, env = "FLASHSALE_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
+    /// The proxies in front: CIDRs, comma-separated (a bare address is one
+    /// host; `none`: no peer). A peer in them is believed about the client
+    /// it forwards for (X-Forwarded-For, read from the right; else
+    /// X-Real-IP), which the per-address limits and logs then use, and is
+    /// exempt from the per-address connection cap.
+    #[arg(long, env = "FLASHSALE_TRUSTED_PROXIES", default_value = crate::web::proxies::DEFAULT)]
+    pub trusted_proxies: String,
     /// Directory of the page assets (CSS, JS, images).
     #[arg(long, env = "FLASHSALE_STATIC_DIR", default_value = "static")]
     pub static_dir: String,
@@ -141,6 +150,9 @@ pub struct ServeSettings {
     pub max_in_flight: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Peers whose forwarded client address is believed, and which are
+    /// exempt from the per-address connection cap.
+    pub trusted_proxies: TrustedProxies,
     pub static_dir: String,
     pub catalog_cache: Duration,
     pub dev_login: bool,
@@ -179,6 +191,13 @@ impl ServeArgs {
             "FLASHSALE_ADMIN_TOKEN_FILE",
             self.admin_token_file.clone(),
         )?;
+        // Empty counts as unset (a compose file passing an unset variable on).
+        let trusted_proxies = match self.trusted_proxies.trim() {
+            "" => TrustedProxies::default(),
+            list => {
+                TrustedProxies::parse(list).map_err(|e| invalid("FLASHSALE_TRUSTED_PROXIES", e))?
+            }
+        };
         if self.max_in_flight == 0 {
             return Err(invalid("FLASHSALE_MAX_IN_FLIGHT", "must be at least 1"));
         }
@@ -196,6 +215,7 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            trusted_proxies,
             static_dir: self.static_dir.clone(),
             catalog_cache: Duration::from_millis(self.catalog_cache_ms.min(10_000)),
             dev_login: self.dev_login,
@@ -577,6 +597,37 @@ ZpwMcO0l6+ro5GMsrkImOCvZUh+yzEx3kdeFS0LXGSxzMp2iXGoalwCbwZgEB6HA
                 "FLASHSALE_CORS_ORIGINS",
             );
             assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_checked() {
+        let s = serve(&["--jwt-secret", SECRET]).unwrap();
+        assert_eq!(s.trusted_proxies, TrustedProxies::default());
+        assert_eq!(s.trusted_proxies.to_string(), "127.0.0.0/8,::1/128");
+        // Empty counts as unset.
+        let s = serve(&["--jwt-secret", SECRET, "--trusted-proxies", " "]).unwrap();
+        assert_eq!(s.trusted_proxies, TrustedProxies::default());
+        let s = serve(&[
+            "--jwt-secret",
+            SECRET,
+            "--trusted-proxies",
+            "172.28.5.10, 10.0.0.0/8,fd00::/8",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.trusted_proxies.to_string(),
+            "172.28.5.10/32,10.0.0.0/8,fd00::/8"
+        );
+        assert!(!s.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+        let s = serve(&["--jwt-secret", SECRET, "--trusted-proxies", "none"]).unwrap();
+        assert_eq!(s.trusted_proxies, TrustedProxies::none());
+        for bad in ["10.0.0.0/33", "nginx", "10.0.0.1,fd00::/200", ","] {
+            let e = names(
+                serve(&["--jwt-secret", SECRET, "--trusted-proxies", bad]).unwrap_err(),
+                "FLASHSALE_TRUSTED_PROXIES",
+            );
+            assert!(e.lines().count() == 1, "{e}");
         }
     }
 }

@@ -17,8 +17,9 @@
 //! - request heads are capped in size (431 beyond);
 //! - open connections are capped in total (beyond it new ones wait in the
 //!   listen backlog, as mini-redis does) and per peer address (beyond it a
-//!   new connection gets a 503 and is closed); a proxy on this host
-//!   (loopback) is exempt from the per-address cap.
+//!   new connection gets a 503 and is closed); the proxies in front
+//!   (`FLASHSALE_TRUSTED_PROXIES`, loopback by default) are exempt from the
+//!   per-address cap, since they carry every shopper's connections.
 //!
 //! Why one file of this size: the accept loop, the per-address caps and
 //! the head deadline are one mechanism (each needs the others' state), and
@@ -44,6 +45,8 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+use super::proxies::TrustedProxies;
+
 /// What one connection, or one client address, may hold.
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
@@ -62,8 +65,8 @@ pub struct ConnLimits {
     /// Connections open at once from one peer address (0: no cap); beyond
     /// it a new connection is answered 503 and closed.
     pub max_connections_per_ip: usize,
-    /// Loopback peers are a proxy on this host (nginx): no per-address cap.
-    pub exempt_loopback: bool,
+    /// Peers that are proxies (nginx, a load balancer): no per-address cap.
+    pub trusted: TrustedProxies,
 }
 
 impl Default for ConnLimits {
@@ -74,7 +77,7 @@ impl Default for ConnLimits {
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 256,
-            exempt_loopback: true,
+            trusted: TrustedProxies::default(),
         }
     }
 }
@@ -342,7 +345,8 @@ struct Held(Option<(Arc<PerIp>, IpAddr)>);
 
 impl PerIp {
     fn admit(self: &Arc<Self>, ip: IpAddr, limits: &ConnLimits) -> Option<Held> {
-        if limits.max_connections_per_ip == 0 || (limits.exempt_loopback && ip.is_loopback()) {
+        let ip = ip.to_canonical();
+        if limits.max_connections_per_ip == 0 || limits.trusted.contains(ip) {
             return Some(Held(None));
         }
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -408,7 +412,7 @@ mod tests {
     fn per_address_cap_and_release() {
         let limits = ConnLimits {
             max_connections_per_ip: 2,
-            exempt_loopback: true,
+            trusted: TrustedProxies::parse("127.0.0.0/8,10.9.0.0/16").expect("list"),
             ..ConnLimits::default()
         };
         let per_ip = Arc::new(PerIp::default());
@@ -420,8 +424,22 @@ mod tests {
         assert!(admitted(&per_ip, "10.0.0.1", &limits).is_some());
         let proxy: Vec<Held> = (0..10)
             .map(|_| admitted(&per_ip, "127.0.0.1", &limits).expect("loopback is exempt"))
+            .chain((0..10).map(|_| admitted(&per_ip, "10.9.3.4", &limits).expect("trusted")))
             .collect();
-        assert_eq!(proxy.len(), 10);
+        assert_eq!(proxy.len(), 20);
+        // An IPv4 peer on a dual-stack listener is the same address.
+        let _c = admitted(&per_ip, "::ffff:10.0.0.3", &limits).expect("first");
+        let _d = admitted(&per_ip, "10.0.0.3", &limits).expect("second");
+        assert!(admitted(&per_ip, "10.0.0.3", &limits).is_none());
+        assert!(admitted(&per_ip, "::ffff:10.9.0.1", &limits).is_some());
+        // No trusted peers: loopback is capped like any address.
+        let limits = ConnLimits {
+            trusted: TrustedProxies::none(),
+            ..limits
+        };
+        let _e = admitted(&per_ip, "127.0.0.1", &limits).expect("first");
+        let _f = admitted(&per_ip, "127.0.0.1", &limits).expect("second");
+        assert!(admitted(&per_ip, "127.0.0.1", &limits).is_none());
     }
 
     const LIMIT: Duration = Duration::from_millis(300);

@@ -1,7 +1,8 @@
-//! Middleware: one outer layer ([`front`]) for the cross-site guard of
-//! state-changing requests, request metrics, the one log line of a 500 and
-//! the security headers; the per-address rate limit on `/api` (layered only
-//! when it is on); the JSON 404/405 fallbacks; and the API's
+//! Middleware: one outer layer ([`front`]) that resolves the client address
+//! ([`ClientAddr`]), and handles the cross-site guard of state-changing
+//! requests, request metrics, the one log line of a 500 and the security
+//! headers; the per-address rate limit on `/api` (layered only when it is
+//! on); the JSON 404/405 fallbacks; and the API's
 //! `{"error","message"}` JSON for error responses made outside our handlers
 //! (the static-file service's 404/405/416, framework rejections). Its own
 //! refusals are [`ApiError`]s; the detail of a 500 arrives in the response's
@@ -22,6 +23,7 @@ use metrics::{Counter, Histogram};
 
 use super::AppState;
 use super::error::{ApiError, InternalDetail, PROBLEM_JSON, problem_body};
+use super::proxies::TrustedProxies;
 
 /// Route labels of the request metrics; the last one is every path no
 /// route matched.
@@ -130,17 +132,21 @@ fn cross_site(req: &Request, allowed: &[String]) -> bool {
 /// request by route and status, records latency, logs a 500's detail once
 /// (and strips it), gives errors made outside our handlers the API's error
 /// JSON, and adds the security headers.
-pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let route = route_index(
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
     let started = Instant::now();
+    let client = client_addr(&req, &app.settings.trusted_proxies);
     let (mut resp, method) = if cross_site(&req, &app.settings.cors_origins) {
         (ApiError::CrossSite.into_response(), None)
     } else {
         let method = req.method().clone();
+        if let Some(ip) = client {
+            req.extensions_mut().insert(ClientAddr(ip));
+        }
         (next.run(req).await, Some(method))
     };
     let status = resp.status();
@@ -149,7 +155,8 @@ pub async fn front(State(app): State<AppState>, req: Request, next: Next) -> Res
     }
     if let Some(InternalDetail(detail)) = resp.extensions_mut().remove::<InternalDetail>() {
         let method = method.as_ref().map(Method::as_str).unwrap_or("-");
-        tracing::error!(method, route = ROUTES[route], detail = %detail, "internal error");
+        let client = client.map(tracing::field::display);
+        tracing::error!(method, route = ROUTES[route], client, detail = %detail, "internal error");
     }
     app.http_metrics
         .record(route, status, started.elapsed().as_secs_f64());
@@ -222,26 +229,24 @@ fn contract_error(resp: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-/// The client address: the peer, or `X-Real-IP` when the peer is a proxy on
-/// this host (nginx in front).
-fn client_ip(req: &Request) -> Option<IpAddr> {
+/// The client of a request, as [`front`] resolved it (a request extension):
+/// the peer, or the address a trusted proxy forwarded for
+/// ([`TrustedProxies::client`]). The per-address rate limit keys on it and
+/// log lines name it `client`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClientAddr(pub IpAddr);
+
+/// The client address of a request that came in through our accept loop
+/// (which attaches the peer as [`ConnectInfo`]).
+fn client_addr(req: &Request, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    if peer.is_loopback()
-        && let Some(ip) = req
-            .headers()
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
-    }
-    Some(peer)
+    Some(trusted.client(peer, req.headers()))
 }
 
 /// The per-address limit on `/api` (only layered when it is on).
 pub async fn ip_limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/api/")
-        && let Some(ip) = client_ip(&req)
+        && let Some(ClientAddr(ip)) = req.extensions().get::<ClientAddr>().copied()
         && let Err(e) = app.limiter.check_ip(ip).await
     {
         return e.into_response();

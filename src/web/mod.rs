@@ -21,6 +21,7 @@ pub mod keys;
 mod middleware;
 pub mod openapi;
 pub mod pages;
+pub mod proxies;
 pub mod ratelimit;
 
 use std::future::Future;
@@ -192,7 +193,20 @@ impl Application {
             .map_err(|e| StartError(format!("shopper token keys: {e}")))?;
         let cors = (!settings.cors_origins.is_empty()).then(|| cors::layer(&settings.cors_origins));
         let shop = Shop::new(redis.clone(), settings.catalog_cache);
-        let settings_limits = (settings.max_connections, settings.max_connections_per_ip);
+        let limits = ConnLimits {
+            max_connections: settings.max_connections,
+            max_connections_per_ip: settings.max_connections_per_ip,
+            trusted: settings.trusted_proxies.clone(),
+            ..ConnLimits::default()
+        };
+        if settings.trusted_proxies.trusts_everyone() {
+            tracing::warn!(
+                trusted_proxies = %settings.trusted_proxies,
+                "every peer is a trusted proxy: any client can choose the address it is limited and logged as"
+            );
+        } else {
+            tracing::info!(trusted_proxies = %settings.trusted_proxies, "client addresses forwarded by these peers are believed");
+        }
         let state = AppState(Arc::new(AppInner {
             tokens,
             cors,
@@ -213,11 +227,7 @@ impl Application {
             listener,
             router: router(state),
             addr,
-            limits: ConnLimits {
-                max_connections: settings_limits.0,
-                max_connections_per_ip: settings_limits.1,
-                ..ConnLimits::default()
-            },
+            limits,
         })
     }
 

@@ -885,6 +885,7 @@ async fn a_plain_node_url_works_for_development() {
         max_in_flight: 64,
         max_connections: 10_000,
         max_connections_per_ip: 256,
+        trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: std::time::Duration::from_millis(100),
         dev_login: false,

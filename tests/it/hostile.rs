@@ -1283,6 +1283,7 @@ async fn serve_with(limits: ConnLimits) -> Served {
         max_in_flight: 64,
         max_connections: 10_000,
         max_connections_per_ip: 256,
+        trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: Duration::from_millis(100),
         dev_login: false,
@@ -1344,7 +1345,7 @@ async fn slowloris_holds_only_its_share_and_is_cut_off() {
         idle_timeout: idle,
         max_connections: 256,
         max_connections_per_ip: PER_IP,
-        exempt_loopback: false,
+        trusted: flashsale::web::proxies::TrustedProxies::none(),
         ..ConnLimits::default()
     })
     .await;

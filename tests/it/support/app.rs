@@ -438,6 +438,7 @@ pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Se
         max_in_flight: opts.max_in_flight,
         max_connections: 10_000,
         max_connections_per_ip: 256,
+        trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: opts.catalog_cache,
         dev_login: true,
