@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
 use flashsale::redis::Redis;
-use flashsale::sale::{Shop, dead_letters};
+use flashsale::sale::{Shop, dead_letters, now_ms};
 use flashsale::web::Application;
 
 /// mimalloc: glibc's malloc/free were 12–16 % of the server's CPU under
@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "flashsale",
     version,
     about = "Flash-sale backend on a Redis Sentinel group",
-    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O); 2 usage error; 3 `audit` found an inconsistent sale; 78 configuration error."
+    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O, an unknown sale, a change `sale` refuses); 2 usage error; 3 `audit` found an inconsistent sale; 78 configuration error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +40,47 @@ enum Command {
     Audit(AuditArgs),
     /// List or replay the dead letters of a sale's order stream.
     DeadLetters(DeadLetterArgs),
+    /// Show sales with their state, or pause, resume or end one, on every
+    /// instance at once (through Redis, as the admin API does).
+    Sale(SaleArgs),
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended), Redis unreachable; 2 usage error; 78 configuration error."
+)]
+struct SaleArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(subcommand)]
+    action: SaleAction,
+}
+
+#[derive(Subcommand)]
+enum SaleAction {
+    /// Every sale with its state, by start time (read from the master).
+    List,
+    /// One sale with its state.
+    Show {
+        #[arg(long)]
+        sku: String,
+    },
+    /// Pause a sale: purchases answer 423 `paused` on every instance until
+    /// it is resumed. Pausing a paused sale again succeeds.
+    Pause {
+        #[arg(long)]
+        sku: String,
+    },
+    /// Resume a paused sale.
+    Resume {
+        #[arg(long)]
+        sku: String,
+    },
+    /// End a sale now: purchases answer 410 `ended`.
+    End {
+        #[arg(long)]
+        sku: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -217,6 +258,51 @@ async fn dead_letters_command(d: DeadLetterArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
+    use flashsale::redis::functions::Lifecycle;
+    use flashsale::web::api::AdminSaleJson;
+
+    let shop = Shop::new(connect(&a.redis).await?, std::time::Duration::ZERO);
+    let print = |sale: &flashsale::sale::Sale| {
+        println!(
+            "{}",
+            serde_json::to_string(&AdminSaleJson::new(sale, now_ms())).unwrap_or_default()
+        );
+    };
+    let (sku, change) = match a.action {
+        SaleAction::List => {
+            for sale in shop.catalog.load_all(true).await? {
+                print(&sale);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        SaleAction::Show { sku } => {
+            let sale = shop
+                .catalog
+                .get_fresh(&sku)
+                .await
+                .map_err(|e| format!("{sku}: {e}"))?;
+            print(&sale);
+            return Ok(ExitCode::SUCCESS);
+        }
+        SaleAction::Pause { sku } => (sku, Lifecycle::Pause),
+        SaleAction::Resume { sku } => (sku, Lifecycle::Resume),
+        SaleAction::End { sku } => (sku, Lifecycle::End),
+    };
+    let sale = shop
+        .catalog
+        .change(&sku, change)
+        .await
+        .map_err(|e| match e {
+            flashsale::sale::Error::StateConflict { code, message } => {
+                format!("{sku}: {code}: {message}")
+            }
+            e => format!("{sku}: {e}"),
+        })?;
+    print(&sale);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     flashsale::telemetry::init_tracing();
@@ -226,6 +312,7 @@ async fn main() -> ExitCode {
         Command::Render(r) => render(r).await,
         Command::Audit(a) => audit(a).await,
         Command::DeadLetters(d) => dead_letters_command(d).await,
+        Command::Sale(a) => sale_command(a).await,
     };
     exit("flashsale", result)
 }

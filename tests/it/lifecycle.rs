@@ -1,5 +1,5 @@
 //! Pause, resume and end of a sale, changes before the opening (PATCH),
-//! and the operators' view of sales, on
+//! the operators' view of sales, and the `flashsale sale` commands, on
 //! two app instances sharing one key prefix on the shared Sentinel group: a
 //! change made through one instance holds on the other within a second,
 //! including where that instance answers a sold-out sale locally.
@@ -346,6 +346,103 @@ async fn a_sale_changes_only_before_it_opens() {
     let audit = a.audit(&sku).await;
     assert_consistent(&audit);
     assert_eq!(audit["sold"], 2, "{audit}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `flashsale sale ARGS` on `prefix` of the shared group: exit code, the
+/// JSON lines it printed, and its stderr.
+fn sale_cmd(prefix: &str, args: &[&str]) -> (Option<i32>, Vec<Value>, String) {
+    let group = shared_group();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("sale")
+        .args(args)
+        .env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
+        .env("FLASHSALE_REDIS_PASSWORD", group.password())
+        .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
+        .env("FLASHSALE_KEY_PREFIX", prefix)
+        .env_remove("FLASHSALE_REDIS_URL")
+        .env_remove("FLASHSALE_REDIS_CLUSTER")
+        .output()
+        .expect("flashsale sale");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect();
+    (
+        out.status.code(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sale_commands_act_on_every_instance() {
+    let (a, b) = two_apps().await;
+    let prefix = a.prefix.clone();
+    let sku = unique("lcc");
+    let later = unique("lccl");
+    a.create_sale(&sku, 10, 1, -5, 3600).await;
+    a.create_sale(&later, 10, 1, 3600, 3600).await;
+
+    let (code, lines, err) = sale_cmd(&prefix, &["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let states: Vec<(Value, Value)> = lines
+        .iter()
+        .map(|l| (l["sku"].clone(), l["state"].clone()))
+        .collect();
+    assert!(states.contains(&(json!(sku), json!("open"))), "{states:?}");
+    assert!(
+        states.contains(&(json!(later), json!("scheduled"))),
+        "{states:?}"
+    );
+
+    let (code, lines, err) = sale_cmd(&prefix, &["pause", "--sku", &sku]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines[0]["state"], "paused");
+    for app in [&a, &b] {
+        until_answer(app, &sku, 423, Some("paused"), Duration::from_secs(1)).await;
+    }
+    let (code, lines, _) = sale_cmd(&prefix, &["show", "--sku", &sku]);
+    assert_eq!((code, &lines[0]["state"]), (Some(0), &json!("paused")));
+
+    let (code, lines, err) = sale_cmd(&prefix, &["resume", "--sku", &sku]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines[0]["state"], "open");
+    until_answer(&b, &sku, 202, None, Duration::from_secs(1)).await;
+    let (code, _, err) = sale_cmd(&prefix, &["resume", "--sku", &sku]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not_paused"), "{err}");
+
+    let (code, lines, err) = sale_cmd(&prefix, &["end", "--sku", &sku]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines[0]["state"], "ended");
+    until_answer(&a, &sku, 410, Some("ended"), Duration::from_secs(1)).await;
+    let (code, _, err) = sale_cmd(&prefix, &["end", "--sku", &sku]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("sale_ended"), "{err}");
+
+    let (code, _, err) = sale_cmd(&prefix, &["show", "--sku", "no-such-sale"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unknown sku"), "{err}");
+    let (code, _, _) = sale_cmd(&prefix, &["pause"]);
+    assert_eq!(code, Some(2), "--sku is required");
+
+    // No Redis configured at all: a configuration error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["sale", "list"])
+        .env_remove("FLASHSALE_REDIS_SENTINELS")
+        .env_remove("FLASHSALE_REDIS_URL")
+        .env_remove("FLASHSALE_REDIS_CLUSTER")
+        .output()
+        .expect("flashsale sale list");
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_consistent(&a.audit(&sku).await);
     a.stop().await;
     b.stop().await;
 }
