@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
 use flashsale::redis::Redis;
+use flashsale::redis::functions::SaleUpdate;
 use flashsale::sale::{Shop, dead_letters, now_ms};
 use flashsale::web::Application;
 
@@ -40,14 +41,15 @@ enum Command {
     Audit(AuditArgs),
     /// List or replay the dead letters of a sale's order stream.
     DeadLetters(DeadLetterArgs),
-    /// Show sales with their state, or pause, resume or end one, on every
-    /// instance at once (through Redis, as the admin API does).
+    /// Show sales with their state, change one before it opens, or pause,
+    /// resume or end one, on every instance at once (through Redis, as the
+    /// admin API does).
     Sale(SaleArgs),
 }
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended), Redis unreachable; 2 usage error; 78 configuration error."
+    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open), an invalid value, Redis unreachable; 2 usage error; 78 configuration error."
 )]
 struct SaleArgs {
     #[command(flatten)]
@@ -81,6 +83,56 @@ enum SaleAction {
         #[arg(long)]
         sku: String,
     },
+    /// Change a sale before it opens (only the fields given); after the
+    /// opening it is refused (sale_open).
+    Update(UpdateArgs),
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    #[arg(long)]
+    sku: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    price_cents: Option<i64>,
+    /// Units for sale (only while nothing is sold).
+    #[arg(long)]
+    stock: Option<i64>,
+    /// RFC 3339.
+    #[arg(long)]
+    starts_at: Option<String>,
+    /// RFC 3339, after the (new or stored) start.
+    #[arg(long)]
+    ends_at: Option<String>,
+    #[arg(long)]
+    per_user_limit: Option<i64>,
+}
+
+/// The change `update` asks for, its times parsed.
+fn sale_update(u: UpdateArgs) -> Result<(String, SaleUpdate), Failure> {
+    let time = |t: Option<String>, flag: &str| -> Result<Option<i64>, Failure> {
+        t.map(|t| {
+            flashsale::sale::parse_rfc3339(&t)
+                .ok_or_else(|| Failure::from(format!("--{flag}: not RFC 3339: {t}")))
+        })
+        .transpose()
+    };
+    let change = SaleUpdate {
+        starts_ms: time(u.starts_at, "starts-at")?,
+        ends_ms: time(u.ends_at, "ends-at")?,
+        name: u.name,
+        description: u.description,
+        price_cents: u.price_cents,
+        stock: u.stock,
+        per_user_limit: u.per_user_limit,
+    };
+    if change == SaleUpdate::default() {
+        return Err("nothing to change: give at least one field".into());
+    }
+    Ok((u.sku, change))
 }
 
 #[derive(clap::Args)]
@@ -262,6 +314,13 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
     use flashsale::redis::functions::Lifecycle;
     use flashsale::web::api::AdminSaleJson;
 
+    let refused = |sku: &str, e: flashsale::sale::Error| match e {
+        flashsale::sale::Error::StateConflict { code, message } => {
+            format!("{sku}: {code}: {message}")
+        }
+        e => format!("{sku}: {e}"),
+    };
+
     let shop = Shop::new(connect(&a.redis).await?, std::time::Duration::ZERO);
     let print = |sale: &flashsale::sale::Sale| {
         println!(
@@ -288,17 +347,22 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
         SaleAction::Pause { sku } => (sku, Lifecycle::Pause),
         SaleAction::Resume { sku } => (sku, Lifecycle::Resume),
         SaleAction::End { sku } => (sku, Lifecycle::End),
+        SaleAction::Update(u) => {
+            let (sku, change) = sale_update(u)?;
+            let sale = shop
+                .catalog
+                .update(&sku, &change)
+                .await
+                .map_err(|e| refused(&sku, e))?;
+            print(&sale);
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let sale = shop
         .catalog
         .change(&sku, change)
         .await
-        .map_err(|e| match e {
-            flashsale::sale::Error::StateConflict { code, message } => {
-                format!("{sku}: {code}: {message}")
-            }
-            e => format!("{sku}: {e}"),
-        })?;
+        .map_err(|e| refused(&sku, e))?;
     print(&sale);
     Ok(ExitCode::SUCCESS)
 }

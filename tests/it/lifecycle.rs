@@ -397,6 +397,31 @@ async fn the_sale_commands_act_on_every_instance() {
         "{states:?}"
     );
 
+    let (code, lines, err) = sale_cmd(
+        &prefix,
+        &["update", "--sku", &later, "--name", "Later", "--stock", "3"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        (&lines[0]["name"], &lines[0]["stock_total"]),
+        (&json!("Later"), &json!(3))
+    );
+    let (code, _, err) = sale_cmd(&prefix, &["update", "--sku", &sku, "--name", "x"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("sale_open"), "{err}");
+    let (code, _, err) = sale_cmd(
+        &prefix,
+        &[
+            "update",
+            "--sku",
+            &later,
+            "--ends-at",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("invalid ends_at"), "{err}");
+
     let (code, lines, err) = sale_cmd(&prefix, &["pause", "--sku", &sku]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(lines[0]["state"], "paused");
