@@ -20,7 +20,9 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::app::{AppOptions, JWT_SECRET, TestApp, serve_settings, shared_group, unique};
+use crate::support::app::{
+    AppOptions, JWT_SECRET, TestApp, assert_config_error, serve_settings, shared_group, unique,
+};
 
 const ISSUER: &str = "https://login.shop.example";
 const AUDIENCE: &str = "flashsale";
@@ -683,22 +685,7 @@ async fn bad_identity_settings_exit_78_naming_the_variable() {
         ),
     ];
     for (env, var) in cases {
-        let out = tokio::process::Command::new(bin)
-            .arg("serve")
-            .env_clear()
-            .envs(env.iter().copied())
-            .output()
-            .await
-            .expect("run");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.status.code(), Some(78), "{env:?}: {text}");
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "one line: {text}");
-        assert!(lines[0].contains(var), "names {var}: {text}");
+        let text = assert_config_error(bin, &["serve"], &env, var).await;
         assert!(!text.contains(secret.1), "no secret: {text}");
     }
     let out = tokio::process::Command::new(bin)

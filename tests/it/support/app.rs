@@ -445,3 +445,33 @@ pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Se
         cookie_secure: false,
     }
 }
+
+/// Runs a flashsale binary with only `env` set (and `PATH`) and asserts a
+/// configuration error: exit status 78 and one line that names `var`.
+/// Returns what it printed.
+pub async fn assert_config_error(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    var: &str,
+) -> String {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run the binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(78), "{args:?} {env:?}: {text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line: {text}");
+    assert!(lines[0].contains(var), "{args:?}: names {var}: {text}");
+    text
+}
