@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::{Admin, Shopper};
+use super::error::responses::{Unauthorized, Unavailable, UnknownSku};
 use super::error::{ApiError, Problem};
 use crate::sale::{
     self, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
@@ -84,7 +85,7 @@ fn no_store(mut r: Response) -> Response {
 /// Every sale, by start time.
 #[utoipa::path(get, path = "/api/products", tag = "catalog",
     responses((status = 200, description = "Every sale", body = Vec<ProductJson>),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     let now = now_ms();
@@ -99,8 +100,8 @@ pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError>
 #[utoipa::path(get, path = "/api/products/{sku}", tag = "catalog",
     params(("sku" = String, Path, description = "1–64 of [A-Za-z0-9_-]")),
     responses((status = 200, description = "The sale", body = ProductJson),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        UnknownSku,
+        Unavailable))]
 pub async fn product(
     State(app): State<AppState>,
     PathParam(sku): PathParam,
@@ -237,9 +238,9 @@ struct Accepted<'a> {
     security(("shopper" = [])),
     responses((status = 202, description = "Queued: the order exists and will be confirmed", body = Accepted),
         (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 403, description = "`cross_site`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        UnknownSku,
         (status = 409, description = "`already_purchased`, with the shopper's `order_id`", body = Problem, content_type = "application/problem+json"),
         (status = 423, description = "`paused`: an operator paused the sale", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`sold_out` or `ended`", body = Problem, content_type = "application/problem+json"),
@@ -291,9 +292,9 @@ pub async fn purchase(
     params(("order_id" = String, Path, description = "<sku>.<32 hex>")),
     security(("shopper" = [])),
     responses((status = 200, description = "The order", body = crate::sale::Order),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 404, description = "`not_found` (also another shopper's order)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn order(
     State(app): State<AppState>,
     Shopper(user): Shopper,
@@ -313,8 +314,8 @@ struct MyOrders {
 #[utoipa::path(get, path = "/api/me/orders", tag = "orders",
     security(("shopper" = [])),
     responses((status = 200, description = "The shopper's orders", body = MyOrders),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unauthorized,
+        Unavailable))]
 pub async fn my_orders(
     State(app): State<AppState>,
     Shopper(user): Shopper,
@@ -333,7 +334,7 @@ pub async fn healthz() -> Response {
 /// 200 when the current master answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "`{\"status\": \"ready\"}`"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if app.shop.redis.ping_master().await {
         no_store(Json(json!({"status": "ready"})).into_response())
@@ -417,10 +418,10 @@ fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
     security(("admin" = [])),
     responses((status = 201, description = "The sale", body = ProductJson),
         (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
         (status = 409, description = "`sale_exists` (another sale under this sku)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_sale`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn create_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -441,9 +442,9 @@ pub async fn create_sale(
     params(("sku" = String, Path, description = "The sale")),
     security(("admin" = [])),
     responses((status = 200, description = "The audit", body = crate::sale::catalog::Audit),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unauthorized,
+        UnknownSku,
+        Unavailable))]
 pub async fn audit(
     State(app): State<AppState>,
     _admin: Admin,
@@ -495,8 +496,8 @@ impl<'a> AdminSaleJson<'a> {
 #[utoipa::path(get, path = "/admin/sales", tag = "admin",
     security(("admin" = [])),
     responses((status = 200, description = "Every sale; `state` is `scheduled`, `open`, `paused`, `sold_out` or `ended`", body = Vec<AdminSaleJson>),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unauthorized,
+        Unavailable))]
 pub async fn admin_sales(State(app): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.load_all(true).await?;
     let now = now_ms();
@@ -509,9 +510,9 @@ pub async fn admin_sales(State(app): State<AppState>, _admin: Admin) -> Result<R
     params(("sku" = String, Path, description = "The sale")),
     security(("admin" = [])),
     responses((status = 200, description = "The sale", body = AdminSaleJson),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unauthorized,
+        UnknownSku,
+        Unavailable))]
 pub async fn admin_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -598,11 +599,11 @@ fn validate_patch(body: &[u8]) -> Result<crate::redis::functions::SaleUpdate, Ap
     security(("admin" = [])),
     responses((status = 200, description = "The sale", body = AdminSaleJson),
         (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        UnknownSku,
         (status = 409, description = "`sale_open` (it has opened), `sale_ended`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_sale` (also `ends_at <= starts_at`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn update_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -636,10 +637,10 @@ async fn change_sale(
     params(("sku" = String, Path, description = "The sale")),
     security(("admin" = [])),
     responses((status = 200, description = "The sale, `paused`", body = AdminSaleJson),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        UnknownSku,
         (status = 409, description = "`sale_ended`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn pause_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -653,10 +654,10 @@ pub async fn pause_sale(
     params(("sku" = String, Path, description = "The sale")),
     security(("admin" = [])),
     responses((status = 200, description = "The sale", body = AdminSaleJson),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        UnknownSku,
         (status = 409, description = "`not_paused`, `sale_ended`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn resume_sale(
     State(app): State<AppState>,
     _admin: Admin,
@@ -671,10 +672,10 @@ pub async fn resume_sale(
     params(("sku" = String, Path, description = "The sale")),
     security(("admin" = [])),
     responses((status = 200, description = "The sale, `ended`", body = AdminSaleJson),
-        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        Unauthorized,
+        UnknownSku,
         (status = 409, description = "`sale_ended` (already ended)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json")))]
+        Unavailable))]
 pub async fn end_sale(
     State(app): State<AppState>,
     _admin: Admin,

@@ -210,6 +210,30 @@ pub enum ErrorCode {
     HeadersTooLarge,
 }
 
+/// The error answers most operations share, as the API description lists
+/// them (never built: they only describe responses, see `openapi.rs`).
+pub mod responses {
+    #![allow(dead_code)]
+    use super::Problem;
+
+    /// `unauthorized`: a missing, forged or expired token (with
+    /// `WWW-Authenticate: Bearer`).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 401, content_type = "application/problem+json")]
+    pub struct Unauthorized(Problem<'static>);
+
+    /// `unknown_sku`: no such sale.
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 404, content_type = "application/problem+json")]
+    pub struct UnknownSku(Problem<'static>);
+
+    /// `unavailable`: the store is switching servers or busy; retry after
+    /// `Retry-After` (with the same `Idempotency-Key` for a purchase).
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 503, content_type = "application/problem+json")]
+    pub struct Unavailable(Problem<'static>);
+}
+
 /// The RFC 9457 `type` of an error code: one URI per code, stable.
 pub fn problem_type(code: &str) -> String {
     format!("urn:flashsale:error:{code}")
