@@ -16,14 +16,13 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::app::{AppOptions, TestApp, shared_group, unique, worker_command};
+use crate::support::app::{AppOptions, TestApp, shared_group, temp_dir, unique, worker_command};
 use crate::support::redis_group::RedisGroup;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -42,19 +41,6 @@ fn artifacts(name: &str) -> PathBuf {
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("artifacts dir");
-    dir
-}
-
-/// A new empty directory under the system temp dir (removed by its owner).
-fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "flashsale-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
 

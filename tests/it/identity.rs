@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flashsale::config::{JwtKeys, JwtSettings, Secret};
@@ -21,7 +20,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::support::app::{
-    AppOptions, JWT_SECRET, TestApp, assert_config_error, serve_settings, shared_group, unique,
+    AppOptions, JWT_SECRET, TestApp, assert_config_error, serve_settings, shared_group, temp_dir,
+    unique,
 };
 
 const ISSUER: &str = "https://login.shop.example";
@@ -41,15 +41,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "flashsale-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
+        TempDir(temp_dir(tag))
     }
 
     fn join(&self, name: &str) -> PathBuf {

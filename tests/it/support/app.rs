@@ -475,3 +475,16 @@ pub async fn assert_config_error(
     assert!(lines[0].contains(var), "{args:?}: names {var}: {text}");
     text
 }
+
+/// A new empty directory under the system temp dir (removed by its owner).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "flashsale-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
