@@ -71,12 +71,37 @@
     if (a) { a.textContent = text; }
   }
 
-  var STATE_TEXT = { upcoming: "Opens soon", live: "On sale now", sold_out: "Sold out", ended: "Ended" };
+  var STATE_TEXT = { upcoming: "Opens soon", live: "On sale now", paused: "Paused", sold_out: "Sold out", ended: "Ended" };
+
+  // Prices in the shopper's locale and the sale's currency: the page says
+  // `299.00 EUR` (the same for everyone, so it can be cached); this makes it
+  // `299,00 €` in German, `€299.00` in English. Amounts are integers in the
+  // currency's minor units (data-minor-digits: 2 for EUR, 0 for JPY).
+  // The shopper's languages, most preferred first (Intl's own default is the
+  // engine's, which headless and embedded browsers do not always align).
+  function locales() {
+    return navigator.languages && navigator.languages.length ? navigator.languages : undefined;
+  }
+
+  function localPrices() {
+    document.querySelectorAll("data.money[data-currency]").forEach(function (d) {
+      var minor = Number(d.getAttribute("value"));
+      var digits = Number(d.getAttribute("data-minor-digits"));
+      var currency = d.getAttribute("data-currency");
+      if (!isFinite(minor) || !(digits >= 0 && digits <= 4)) { return; }
+      try {
+        d.textContent = new Intl.NumberFormat(locales(), {
+          style: "currency", currency: currency,
+          minimumFractionDigits: digits, maximumFractionDigits: digits
+        }).format(minor / Math.pow(10, digits));
+      } catch (e) { /* an engine without Intl: the plain price stays */ }
+    });
+  }
 
   function localTimes() {
     var fmt = null;
     try {
-      fmt = new Intl.DateTimeFormat(undefined, { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
+      fmt = new Intl.DateTimeFormat(locales(), { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
     } catch (e) { fmt = null; }
     document.querySelectorAll("time[datetime]").forEach(function (t) {
       var d = new Date(t.getAttribute("datetime"));
@@ -103,6 +128,7 @@
       var t = now();
       var s = product ? product.state : null;
       if (t >= ends || s === "ended") { return "ended"; }
+      if (s === "paused") { return "paused"; }
       if (s === "sold_out") { return "sold_out"; }
       if (t < starts) { return "upcoming"; }
       return "live";
@@ -127,13 +153,15 @@
         countdown.textContent = "On sale now — closes in " + fmtDuration(ends - t);
       } else if (st === "sold_out") {
         countdown.textContent = "Sold out";
+      } else if (st === "paused") {
+        countdown.textContent = "Sales are paused for the moment — this page follows when they resume";
       } else {
         countdown.textContent = "This sale has ended";
       }
       countdown.setAttribute("data-state", st);
       if (st !== shownState) {
         if (shownState !== null || st !== "upcoming") {
-          announce({ upcoming: "The sale has not opened yet.", live: "The sale is open: you can buy now.", sold_out: "Sold out.", ended: "This sale has ended." }[st]);
+          announce({ upcoming: "The sale has not opened yet.", live: "The sale is open: you can buy now.", paused: "The sale is paused.", sold_out: "Sold out.", ended: "This sale has ended." }[st]);
         }
         shownState = st;
       }
@@ -222,6 +250,9 @@
             if (product) { product.state = "sold_out"; product.stock_left = 0; }
           } else if (r.status === 425) {
             say("The sale has not opened yet — wait for the countdown.", "error");
+          } else if (r.status === 423) {
+            say("Sales are paused for the moment. Press Buy again when they resume.", "error");
+            if (product) { product.state = "paused"; }
           } else if (r.status === 429) {
             say("Too many attempts — please wait " + Math.max(1, r.retryAfter) + " s and try again.", "error");
           } else if (r.status === 401) {
@@ -332,6 +363,7 @@
 
   function start() {
     localTimes();
+    localPrices();
     var p = document.querySelector('[data-page="product"]');
     if (p) { productPage(p); }
     var i = document.querySelector('[data-page="index"]');

@@ -109,6 +109,12 @@ struct UpdateArgs {
     ends_at: Option<String>,
     #[arg(long)]
     per_user_limit: Option<i64>,
+    /// ISO 4217 code of the price (EUR, JPY, ...).
+    #[arg(long)]
+    currency: Option<String>,
+    /// The product's picture: an http(s) URL or a path on this site; "" removes it.
+    #[arg(long)]
+    image_url: Option<String>,
 }
 
 /// The change `update` asks for, its times parsed.
@@ -128,6 +134,30 @@ fn sale_update(u: UpdateArgs) -> Result<(String, SaleUpdate), Failure> {
         price_cents: u.price_cents,
         stock: u.stock,
         per_user_limit: u.per_user_limit,
+        currency: u
+            .currency
+            .map(|c| {
+                flashsale::sale::Currency::parse(&c)
+                    .map(|c| c.code().to_owned())
+                    .ok_or_else(|| {
+                        Failure::from(format!(
+                            "--currency: not an ISO 4217 code with minor units: {c}"
+                        ))
+                    })
+            })
+            .transpose()?,
+        image_url: u
+            .image_url
+            .map(|i| {
+                if i.is_empty() || flashsale::sale::money::valid_image_url(&i) {
+                    Ok(i)
+                } else {
+                    Err(Failure::from(
+                        "--image-url: not an http(s) URL or a path on this site".to_owned(),
+                    ))
+                }
+            })
+            .transpose()?,
     };
     if change == SaleUpdate::default() {
         return Err("nothing to change: give at least one field".into());

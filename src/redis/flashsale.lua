@@ -10,7 +10,8 @@ slot. Key layout (prefix P is configurable, `fs` by default):
                           stock_left, sold, orders, confirmed, starts_ms,
                           ends_ms, per_user_limit, created_ms, paused
                           (1 while paused, 0 or absent otherwise; from
-                          version 9)
+                          version 9), currency (ISO 4217 code; absent:
+                          USD) and image_url (absent: none) from version 11
   P:{sku}:units           hash: user id -> units held
   P:{sku}:first           hash: user id -> the user's first order id
   P:{sku}:uorders:<user>  list: the user's later order ids, oldest first (from
@@ -37,7 +38,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '10'
+local VERSION = '11'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -163,10 +164,24 @@ local function fs_purchase(keys, args)
   return {'created', order_id, stock_left - qty}
 end
 
+-- Three upper-case letters (the caller checks the ISO 4217 table).
+local function valid_currency(s)
+  return type(s) == 'string' and string.match(s, '^%u%u%u$') ~= nil
+end
+
+-- '' (none) or at most 2048 bytes without spaces or control characters
+-- (the caller checks it is an http(s) URL or a site path).
+local function valid_image(s)
+  return type(s) == 'string' and #s <= 2048 and not string.find(s, '[%s%c]')
+end
+
 --[[
 fs_create_sale
 KEYS: sale, index
 ARGV: sku, name, description, price_cents, stock, starts_ms, ends_ms, per_user_limit
+      [, currency, image_url] (from version 11; currency absent or '' is USD,
+      image_url absent or '' is none; the caller validates both, the
+      Function only bounds them)
 Returns {'created'} or {'invalid', field} or {'exists', same}: same is 1
 when the stored sale has exactly these fields (a retried create, e.g. after
 a failover lost the reply: the caller answers as for 'created'), else 0.
@@ -185,12 +200,18 @@ local function fs_create_sale(keys, args)
   if starts == nil then return {'invalid', 'starts_at'} end
   if ends == nil or ends <= starts then return {'invalid', 'ends_at'} end
   if limit == nil then return {'invalid', 'per_user_limit'} end
+  local currency, image = args[9] or '', args[10] or ''
+  if currency == '' then currency = 'USD' end
+  if not valid_currency(currency) then return {'invalid', 'currency'} end
+  if not valid_image(image) then return {'invalid', 'image_url'} end
   if redis.call('EXISTS', sale_k) == 1 then
     local had = redis.call('HMGET', sale_k, 'name', 'description', 'price_cents', 'stock_total',
-      'starts_ms', 'ends_ms', 'per_user_limit')
+      'starts_ms', 'ends_ms', 'per_user_limit', 'currency', 'image_url')
+    had[8] = had[8] or 'USD'
+    had[9] = had[9] or ''
     -- Numbers compared as numbers: tostring() would print large ones in
     -- exponent form, which never equals the stored digits.
-    local want = {name, description, price, stock, starts, ends, limit}
+    local want = {name, description, price, stock, starts, ends, limit, currency, image}
     for i = 1, #want do
       local same
       if type(want[i]) == 'number' then
@@ -207,7 +228,11 @@ local function fs_create_sale(keys, args)
   redis.call('HSET', sale_k,
     'sku', sku, 'name', name, 'description', description, 'price_cents', price,
     'stock_total', stock, 'stock_left', stock, 'sold', 0, 'orders', 0, 'confirmed', 0,
-    'starts_ms', starts, 'ends_ms', ends, 'per_user_limit', limit, 'created_ms', now_ms())
+    'starts_ms', starts, 'ends_ms', ends, 'per_user_limit', limit, 'created_ms', now_ms(),
+    'currency', currency)
+  if image ~= '' then
+    redis.call('HSET', sale_k, 'image_url', image)
+  end
   redis.call('ZADD', index_k, starts, sku)
   return {'created'}
 end
@@ -260,7 +285,9 @@ end
 fs_update_sale (from version 10): changes a sale that has not opened yet.
 KEYS: sale, index
 ARGV: field, value, field, value, ... with fields among name, description,
-      price_cents, stock, starts_ms, ends_ms, per_user_limit (each at most once)
+      price_cents, stock, starts_ms, ends_ms, per_user_limit, and from
+      version 11 currency and image_url ('' removes the image); each at most
+      once
 Returns {'updated'}, {'unknown_sku'}, {'invalid', field} (also ends_at when
 the resulting window is empty), or {'conflict', reason}: 'ended' (the sale
 has ended), 'open' (it has opened, by the server's clock), 'sold' (units
@@ -269,7 +296,7 @@ Every check comes before the first write. A new stock sets stock_total and
 stock_left; a new start moves the sale in the index.
 ]]
 local UPDATABLE = {name = true, description = true, price_cents = true, stock = true,
-  starts_ms = true, ends_ms = true, per_user_limit = true}
+  starts_ms = true, ends_ms = true, per_user_limit = true, currency = true, image_url = true}
 
 local function fs_update_sale(keys, args)
   local sale_k, index_k = keys[1], keys[2]
@@ -307,6 +334,19 @@ local function fs_update_sale(keys, args)
     if v == nil then return {'invalid', 'price_cents'} end
     set[#set + 1] = 'price_cents'; set[#set + 1] = v
   end
+  if want.currency ~= nil then
+    if not valid_currency(want.currency) then return {'invalid', 'currency'} end
+    set[#set + 1] = 'currency'; set[#set + 1] = want.currency
+  end
+  local drop_image = false
+  if want.image_url ~= nil then
+    if not valid_image(want.image_url) then return {'invalid', 'image_url'} end
+    if want.image_url == '' then
+      drop_image = true
+    else
+      set[#set + 1] = 'image_url'; set[#set + 1] = want.image_url
+    end
+  end
   if want.per_user_limit ~= nil then
     local v = int_arg(want.per_user_limit, 1, MAX_QTY)
     if v == nil then return {'invalid', 'per_user_limit'} end
@@ -334,6 +374,9 @@ local function fs_update_sale(keys, args)
   set[#set + 1] = 'starts_ms'; set[#set + 1] = new_starts
   set[#set + 1] = 'ends_ms'; set[#set + 1] = new_ends
   redis.call('HSET', sale_k, unpack(set))
+  if drop_image then
+    redis.call('HDEL', sale_k, 'image_url')
+  end
   redis.call('ZADD', index_k, new_starts, s[1])
   return {'updated'}
 end

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Error, Sale, valid_sku};
+use super::{Currency, Error, Sale, valid_sku};
 use crate::redis::Redis;
 use crate::redis::functions::{
     self, AuditReply, CreateSaleReply, Lifecycle, LifecycleReply, SaleAudit, SaleFields,
@@ -61,6 +61,8 @@ pub struct NewSale {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
+    pub currency: Currency,
+    pub image_url: Option<String>,
 }
 
 pub struct Catalog {
@@ -116,6 +118,8 @@ fn sale_from(m: &HashMap<String, String>) -> Option<Sale> {
             name: field(m, "name").to_owned(),
             description: field(m, "description").to_owned(),
             price_cents: num(m, "price_cents"),
+            currency: Currency::stored(m.get("currency").map(String::as_str)),
+            image_url: m.get("image_url").filter(|u| !u.is_empty()).cloned(),
             stock_total: num(m, "stock_total"),
             stock_left: num(m, "stock_left"),
             starts_ms: num(m, "starts_ms"),
@@ -274,6 +278,8 @@ impl Catalog {
                 starts_ms: s.starts_ms,
                 ends_ms: s.ends_ms,
                 per_user_limit: s.per_user_limit,
+                currency: s.currency.code(),
+                image_url: s.image_url.as_deref().unwrap_or(""),
             },
         );
         let reply: CreateSaleReply = self.redis.write_acked(&cmd).await?;
@@ -284,6 +290,8 @@ impl Catalog {
                 name: s.name.clone(),
                 description: s.description.clone(),
                 price_cents: s.price_cents,
+                currency: s.currency,
+                image_url: s.image_url.clone(),
                 stock_total: s.stock,
                 stock_left: s.stock,
                 starts_ms: s.starts_ms,

@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod dead_letters;
 mod error;
+pub mod money;
 mod orders;
 mod purchase;
 
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 
 pub use catalog::Catalog;
 pub use error::Error;
+pub use money::Currency;
 pub use orders::Order;
 pub use purchase::{Purchased, SoldOutIndex};
 
@@ -63,6 +65,8 @@ pub fn sku_of_order(order_id: &str) -> Option<&str> {
 pub enum SaleState {
     Upcoming,
     Live,
+    /// Paused by an operator: purchases are refused (423) until resumed.
+    Paused,
     SoldOut,
     Ended,
 }
@@ -72,6 +76,7 @@ impl SaleState {
         match self {
             SaleState::Upcoming => "upcoming",
             SaleState::Live => "live",
+            SaleState::Paused => "paused",
             SaleState::SoldOut => "sold_out",
             SaleState::Ended => "ended",
         }
@@ -109,7 +114,11 @@ pub struct Sale {
     pub sku: String,
     pub name: String,
     pub description: String,
+    /// In minor units of `currency` (cents, yen, fils).
     pub price_cents: i64,
+    pub currency: Currency,
+    /// The product's picture, when the sale has one ([`money::valid_image_url`]).
+    pub image_url: Option<String>,
     pub stock_total: i64,
     pub stock_left: i64,
     pub starts_ms: i64,
@@ -130,9 +139,13 @@ impl Sale {
         self
     }
 
+    /// The shoppers' state: like [`Sale::admin_state_at`], with `upcoming`
+    /// and `live` for `scheduled` and `open`.
     pub fn state_at(&self, now_ms: i64) -> SaleState {
         if now_ms >= self.ends_ms {
             SaleState::Ended
+        } else if self.paused {
+            SaleState::Paused
         } else if self.stock_left <= 0 {
             SaleState::SoldOut
         } else if now_ms < self.starts_ms {
@@ -227,6 +240,8 @@ mod tests {
             name: "n".into(),
             description: String::new(),
             price_cents: 1,
+            currency: Currency::DEFAULT,
+            image_url: None,
             stock_total: 2,
             stock_left: 2,
             starts_ms: 100,
@@ -257,6 +272,9 @@ mod tests {
         assert_eq!(paused.admin_state_at(50), AdminState::Paused);
         assert_eq!(paused.admin_state_at(150), AdminState::Paused);
         assert_eq!(paused.admin_state_at(200), AdminState::Ended);
+        assert_eq!(paused.state_at(50), SaleState::Paused);
+        assert_eq!(paused.state_at(150), SaleState::Paused);
+        assert_eq!(paused.state_at(200), SaleState::Ended);
     }
 
     #[test]

@@ -15,9 +15,10 @@ use super::AppState;
 use super::auth::{Admin, Shopper};
 use super::error::responses::{Unauthorized, Unavailable, UnknownSku};
 use super::error::{ApiError, Problem};
+use crate::sale::money::valid_image_url;
 use crate::sale::{
-    self, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339, valid_idempotency_key,
-    valid_sku,
+    self, Currency, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339,
+    valid_idempotency_key, valid_sku,
 };
 
 /// A path parameter whose rejection is the API's 404 JSON.
@@ -43,13 +44,20 @@ pub struct ProductJson<'a> {
     sku: &'a str,
     name: &'a str,
     description: &'a str,
+    /// In minor units of `currency` (cents of EUR, yen of JPY, fils of BHD).
     price_cents: i64,
+    /// ISO 4217 code of the price.
+    currency: &'static str,
+    /// Digits after the decimal point in `currency` (2 for EUR, 0 for JPY).
+    currency_minor_digits: u32,
+    /// The product's picture (an http(s) URL or a path on this site), or null.
+    image_url: Option<&'a str>,
     stock_total: i64,
     stock_left: i64,
     per_user_limit: i64,
     starts_at: &'a str,
     ends_at: &'a str,
-    /// `upcoming`, `live`, `sold_out` or `ended`.
+    /// `upcoming`, `live`, `paused`, `sold_out` or `ended`.
     state: &'static str,
     /// The server's clock (RFC 3339), on a single product only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +71,9 @@ impl<'a> ProductJson<'a> {
             name: &s.name,
             description: &s.description,
             price_cents: s.price_cents,
+            currency: s.currency.code(),
+            currency_minor_digits: s.currency.minor_digits(),
+            image_url: s.image_url.as_deref(),
             stock_total: s.stock_total,
             stock_left: s.stock_left.max(0),
             per_user_limit: s.per_user_limit,
@@ -363,11 +374,39 @@ struct NewSaleJson {
     name: String,
     #[serde(default)]
     description: String,
+    /// In minor units of `currency`.
     price_cents: i64,
+    /// ISO 4217 code with defined minor units (`EUR`, `JPY`, …); default `USD`.
+    currency: Option<String>,
+    /// An `https://` or `http://` URL, or a path on this site (`/static/…`).
+    image_url: Option<String>,
     stock: i64,
     starts_at: String,
     ends_at: String,
     per_user_limit: i64,
+}
+
+/// The currency of a new or changed sale, or the 422 that names it.
+fn currency_of(code: &str) -> Result<Currency, ApiError> {
+    Currency::parse(code).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_sale",
+            "currency must be an ISO 4217 code with minor units, in capitals (EUR, JPY, ...)"
+                .to_owned(),
+        )
+    })
+}
+
+fn image_url_of(url: &str) -> Result<(), ApiError> {
+    if valid_image_url(url) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_sale",
+            "image_url must be an http(s) URL or a path on this site, at most 2048 bytes"
+                .to_owned(),
+        ))
+    }
 }
 
 fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
@@ -400,11 +439,20 @@ fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
     if starts_ms < 0 {
         return Err(bad("starts_at must be after 1970"));
     }
+    let currency = match &j.currency {
+        Some(c) => currency_of(c)?,
+        None => Currency::DEFAULT,
+    };
+    if let Some(u) = &j.image_url {
+        image_url_of(u)?;
+    }
     Ok(NewSale {
         sku: j.sku,
         name: j.name,
         description: j.description,
         price_cents: j.price_cents,
+        currency,
+        image_url: j.image_url,
         stock: j.stock,
         starts_ms,
         ends_ms,
@@ -461,7 +509,10 @@ pub struct AdminSaleJson<'a> {
     sku: &'a str,
     name: &'a str,
     description: &'a str,
+    /// In minor units of `currency`.
     price_cents: i64,
+    currency: &'static str,
+    image_url: Option<&'a str>,
     stock_total: i64,
     stock_left: i64,
     /// Units held by orders (`stock_total - stock_left`).
@@ -480,6 +531,8 @@ impl<'a> AdminSaleJson<'a> {
             name: &s.name,
             description: &s.description,
             price_cents: s.price_cents,
+            currency: s.currency.code(),
+            image_url: s.image_url.as_deref(),
             stock_total: s.stock_total,
             stock_left: s.stock_left.max(0),
             sold: s.stock_total - s.stock_left.max(0),
@@ -532,6 +585,10 @@ struct SalePatchJson {
     name: Option<String>,
     description: Option<String>,
     price_cents: Option<i64>,
+    /// ISO 4217 code with minor units.
+    currency: Option<String>,
+    /// A new picture; `""` removes it.
+    image_url: Option<String>,
     /// Only while nothing is sold (before the opening nothing can be).
     stock: Option<i64>,
     starts_at: Option<String>,
@@ -573,6 +630,12 @@ fn validate_patch(body: &[u8]) -> Result<crate::redis::functions::SaleUpdate, Ap
             },
         }
     };
+    if let Some(c) = &j.currency {
+        currency_of(c)?;
+    }
+    if let Some(u) = j.image_url.as_deref().filter(|u| !u.is_empty()) {
+        image_url_of(u)?;
+    }
     let starts_ms = time(&j.starts_at, "starts_at")?;
     let ends_ms = time(&j.ends_at, "ends_at")?;
     if let (Some(s), Some(e)) = (starts_ms, ends_ms)
@@ -588,6 +651,8 @@ fn validate_patch(body: &[u8]) -> Result<crate::redis::functions::SaleUpdate, Ap
         starts_ms,
         ends_ms,
         per_user_limit: j.per_user_limit,
+        currency: j.currency,
+        image_url: j.image_url,
     })
 }
 

@@ -34,7 +34,14 @@ pub struct SaleView {
     pub sku: String,
     pub name: String,
     pub description: String,
+    /// `299.00 EUR`: the price before the page script formats it in the
+    /// shopper's locale from the three fields below.
     pub price: String,
+    pub price_minor: i64,
+    pub currency: &'static str,
+    pub minor_digits: u32,
+    /// The product's picture, else the placeholder.
+    pub image: String,
     pub stock_total: i64,
     pub per_user_limit: i64,
     pub starts_at: String,
@@ -42,10 +49,6 @@ pub struct SaleView {
     /// `starts_at` for people, in UTC (the page script shows it in local time).
     pub starts_label: String,
     pub ends_label: String,
-}
-
-fn price(cents: i64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 /// `22 Nov 2026, 01:26:05 UTC`: a time as the page shows it before
@@ -67,7 +70,11 @@ impl From<&Sale> for SaleView {
             sku: s.sku.clone(),
             name: s.name.clone(),
             description: s.description.clone(),
-            price: price(s.price_cents),
+            price: s.currency.plain(s.price_cents),
+            price_minor: s.price_cents,
+            currency: s.currency.code(),
+            minor_digits: s.currency.minor_digits(),
+            image: s.image_url.clone().unwrap_or_default(),
             stock_total: s.stock_total,
             per_user_limit: s.per_user_limit,
             starts_at: s.starts_at.clone(),
@@ -177,6 +184,8 @@ fn same_page_data(a: &[Sale], b: &[Sale]) -> bool {
                 && x.name == y.name
                 && x.description == y.description
                 && x.price_cents == y.price_cents
+                && x.currency == y.currency
+                && x.image_url == y.image_url
                 && x.stock_total == y.stock_total
                 && x.starts_ms == y.starts_ms
                 && x.ends_ms == y.ends_ms
@@ -399,7 +408,5 @@ mod tests {
     #[test]
     fn time_labels_are_utc_and_readable() {
         assert_eq!(time_label(1_795_311_509_334), "22 Nov 2026, 01:38:29 UTC");
-        assert_eq!(price(123_456), "1234.56");
-        assert_eq!(price(5), "0.05");
     }
 }

@@ -564,6 +564,8 @@ async fn catalog_refresh_survives_a_dropped_caller() {
         starts_ms: 1_900_000_000_000,
         ends_ms: 1_900_000_001_000,
         per_user_limit: 1,
+        currency: flashsale::sale::Currency::DEFAULT,
+        image_url: None,
     };
     let has = |list: &[flashsale::sale::Sale], sku: &str| list.iter().any(|s| s.sku == sku);
     let old = sku();

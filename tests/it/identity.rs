@@ -23,6 +23,7 @@ use crate::support::app::{
     AppOptions, JWT_SECRET, TestApp, assert_config_error, serve_settings, shared_group, temp_dir,
     unique,
 };
+use crate::support::chromium::chromium_dom;
 
 const ISSUER: &str = "https://login.shop.example";
 const AUDIENCE: &str = "flashsale";
@@ -751,56 +752,6 @@ const SHOP_PAGE: &str = r#"<!doctype html><html><body><pre id="out">pending</pre
 })();
 </script></body></html>"#;
 
-/// Loads `url` in headless Chromium and returns the DOM once the page's
-/// script is done. Chromium runs in a process group of its own, killed
-/// afterwards (also when this times out).
-async fn chromium_dom(url: &str) -> String {
-    use std::os::unix::process::CommandExt;
-    let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    assert!(
-        Path::new(&bin).is_file(),
-        "chromium ({bin}) is not installed; install it with `scripts/setup.sh chromium` (Debian's chromium)"
-    );
-    let profile = TempDir::new("chromium");
-    let mut cmd = StdCommand::new(&bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-extensions",
-        "--virtual-time-budget=15000",
-        "--dump-dom",
-    ])
-    .arg(format!("--user-data-dir={}", profile.0.display()))
-    .arg(url)
-    .process_group(0)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn chromium");
-    let pgid = child.id().expect("chromium pid");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let read = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v).await;
-        v
-    });
-    let waited = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
-    // Chromium's helper processes too, by the group's id.
-    let _ = StdCommand::new("kill")
-        .args(["-s", "KILL", "--", &format!("-{pgid}")])
-        .stderr(std::process::Stdio::null())
-        .status();
-    assert!(waited.is_ok(), "chromium did not finish loading {url}");
-    String::from_utf8_lossy(&read.await.expect("stdout")).into_owned()
-}
-
 /// A real cross-origin purchase in headless Chromium: a page on an allowed
 /// origin buys (the browser's preflight passes, the answer is readable);
 /// the same page on another origin is blocked by the browser and makes no
@@ -827,9 +778,9 @@ async fn chromium_buys_cross_origin_from_an_allowed_origin_only() {
         )
     };
 
-    let dom = chromium_dom(&page(allowed_port, "browser1")).await;
+    let dom = chromium_dom(&page(allowed_port, "browser1"), &[]).await;
     assert!(dom.contains("RESULT 202 queued"), "allowed origin: {dom}");
-    let dom = chromium_dom(&page(other_port, "browser2")).await;
+    let dom = chromium_dom(&page(other_port, "browser2"), &[]).await;
     assert!(
         dom.contains("RESULT error TypeError"),
         "other origin: {dom}"

@@ -10,6 +10,7 @@ mod identity;
 mod lifecycle;
 mod openapi;
 mod operator;
+mod prices;
 mod proxies;
 mod settings;
 mod support;

@@ -83,6 +83,8 @@ async fn run(args: Args) -> Result<(), String> {
                 starts_ms: now - 60_000,
                 ends_ms: now + 6 * 3_600_000,
                 per_user_limit: 1_000_000,
+                currency: "USD",
+                image_url: "",
             };
             let r: CreateSaleReply = create_sale_call(&keys, &fields)
                 .query_async(&mut c)

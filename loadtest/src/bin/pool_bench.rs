@@ -186,6 +186,8 @@ async fn main() -> std::process::ExitCode {
             starts_ms: 0,
             ends_ms: 253_402_300_799_999,
             per_user_limit: 1,
+            currency: "USD",
+            image_url: "",
         };
         create_sale_call(&keys, &fields)
             .query_async::<redis::Value>(&mut c)

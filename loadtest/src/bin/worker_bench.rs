@@ -81,6 +81,8 @@ async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, stoc
         starts_ms: now - 1000,
         ends_ms: now + 86_400_000,
         per_user_limit: 1,
+        currency: "USD",
+        image_url: "",
     };
     let r: CreateSaleReply = create_sale_call(keys, &fields)
         .query_async(c)

@@ -166,6 +166,10 @@ pub struct SaleFields<'a> {
     pub starts_ms: i64,
     pub ends_ms: i64,
     pub per_user_limit: i64,
+    /// ISO 4217 code (library version 11).
+    pub currency: &'a str,
+    /// `""`: none.
+    pub image_url: &'a str,
 }
 
 /// `FCALL fs_create_sale`.
@@ -180,7 +184,9 @@ pub fn create_sale_call(keys: &Keys, s: &SaleFields<'_>) -> redis::Cmd {
         .arg(s.stock)
         .arg(s.starts_ms)
         .arg(s.ends_ms)
-        .arg(s.per_user_limit);
+        .arg(s.per_user_limit)
+        .arg(s.currency)
+        .arg(s.image_url);
     cmd
 }
 
@@ -280,6 +286,10 @@ pub struct SaleUpdate {
     pub starts_ms: Option<i64>,
     pub ends_ms: Option<i64>,
     pub per_user_limit: Option<i64>,
+    /// ISO 4217 code (library version 11).
+    pub currency: Option<String>,
+    /// `Some("")` removes the image.
+    pub image_url: Option<String>,
 }
 
 /// `FCALL fs_update_sale`: the given fields, as field/value pairs.
@@ -291,6 +301,12 @@ pub fn update_sale_call(keys: &Keys, sku: &str, u: &SaleUpdate) -> redis::Cmd {
     }
     if let Some(v) = &u.description {
         cmd.arg("description").arg(v);
+    }
+    if let Some(v) = &u.currency {
+        cmd.arg("currency").arg(v);
+    }
+    if let Some(v) = &u.image_url {
+        cmd.arg("image_url").arg(v);
     }
     for (field, v) in [
         ("price_cents", u.price_cents),
