@@ -41,15 +41,15 @@ enum Command {
     Audit(AuditArgs),
     /// List or replay the dead letters of a sale's order stream.
     DeadLetters(DeadLetterArgs),
-    /// Show sales with their state, change one before it opens, or pause,
-    /// resume or end one, on every instance at once (through Redis, as the
-    /// admin API does).
+    /// Show sales with their state, change one before it opens, pause,
+    /// resume or end one on every instance at once (through Redis, as the
+    /// admin API does), or purge an ended one from Redis.
     Sale(SaleArgs),
 }
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open), an invalid value, Redis unreachable; 2 usage error; 78 configuration error."
+    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open; purge refused: not_ended, orders_pending, dead_letters), an invalid value, Redis unreachable; 2 usage error (also purge without --yes); 78 configuration error."
 )]
 struct SaleArgs {
     #[command(flatten)]
@@ -86,6 +86,23 @@ enum SaleAction {
     /// Change a sale before it opens (only the fields given); after the
     /// opening it is refused (sale_open).
     Update(UpdateArgs),
+    /// Remove every key of an ended sale from Redis (sale, buyers, orders,
+    /// stream, dead letters) and print what was removed. Refused while the
+    /// sale ended less than --min-ended-s ago (not_ended), while an order is
+    /// not confirmed (orders_pending) or while dead letters wait
+    /// (dead_letters). Order records are deleted: export them first when
+    /// Redis is their only copy. An interrupted purge is finished by running
+    /// it again.
+    Purge {
+        #[arg(long)]
+        sku: String,
+        /// Seconds since the end before a purge is allowed.
+        #[arg(long, default_value_t = 3600)]
+        min_ended_s: u64,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -225,6 +242,10 @@ struct RenderArgs {
     /// Directory of the page assets (fingerprinted into the pages).
     #[arg(long, env = "FLASHSALE_STATIC_DIR", default_value = "static")]
     static_dir: String,
+    /// Seconds an ended sale stays on the index page after its end (its own
+    /// page is written as long as the sale exists).
+    #[arg(long, env = "FLASHSALE_ENDED_LISTED_S", default_value_t = 3600)]
+    ended_listed_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -280,7 +301,8 @@ fn token(t: TokenArgs) -> Result<ExitCode, Failure> {
 async fn render(r: RenderArgs) -> Result<ExitCode, Failure> {
     let shop = Shop::new(connect(&r.redis).await?, std::time::Duration::ZERO);
     let sales = shop.catalog.load_all(false).await?;
-    let n = flashsale::web::pages::render_all(&sales, &r.static_dir, &r.out)
+    let listed = std::time::Duration::from_secs(r.ended_listed_s);
+    let n = flashsale::web::pages::render_all(&sales, listed, &r.static_dir, &r.out)
         .await
         .map_err(|e| e.to_string())?;
     println!("wrote {n} pages to {}", r.out.display());
@@ -377,6 +399,23 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
         SaleAction::Pause { sku } => (sku, Lifecycle::Pause),
         SaleAction::Resume { sku } => (sku, Lifecycle::Resume),
         SaleAction::End { sku } => (sku, Lifecycle::End),
+        SaleAction::Purge {
+            sku,
+            min_ended_s,
+            yes,
+        } => {
+            if !yes {
+                eprintln!("flashsale sale purge: purging cannot be undone; add --yes");
+                return Ok(ExitCode::from(2));
+            }
+            let purged = shop
+                .catalog
+                .purge(&sku, std::time::Duration::from_secs(min_ended_s))
+                .await
+                .map_err(|e| refused(&sku, e))?;
+            println!("{}", serde_json::to_string(&purged).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
+        }
         SaleAction::Update(u) => {
             let (sku, change) = sale_update(u)?;
             let sale = shop

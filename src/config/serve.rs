@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// How long catalog reads may be served from the in-process cache, in milliseconds.
     #[arg(long, env = "FLASHSALE_CATALOG_CACHE_MS", default_value_t = 200)]
     pub catalog_cache_ms: u64,
+    /// Seconds an ended sale stays in the public listing (`GET /api/products`,
+    /// the index page) after its end (0–31536000); its own page and
+    /// `GET /api/products/{sku}` answer until it is purged.
+    #[arg(long, env = "FLASHSALE_ENDED_LISTED_S", default_value_t = 3600)]
+    pub ended_listed_s: u64,
     /// Adds /dev/login, a page that sets a shopper cookie for a typed-in name (development only).
     #[arg(long, env = "FLASHSALE_DEV_LOGIN", default_value_t = false)]
     pub dev_login: bool,
@@ -155,6 +160,8 @@ pub struct ServeSettings {
     pub trusted_proxies: TrustedProxies,
     pub static_dir: String,
     pub catalog_cache: Duration,
+    /// How long an ended sale stays in the public listing.
+    pub ended_listed: Duration,
     pub dev_login: bool,
     pub cookie_secure: bool,
 }
@@ -162,6 +169,12 @@ pub struct ServeSettings {
 impl ServeArgs {
     pub fn settings(&self) -> Result<ServeSettings, ConfigError> {
         let redis = self.redis.settings()?;
+        if self.ended_listed_s > 31_536_000 {
+            return Err(invalid(
+                "FLASHSALE_ENDED_LISTED_S",
+                "must be 0-31536000 seconds",
+            ));
+        }
         let listen = self.listen.parse().map_err(|_| {
             invalid(
                 "FLASHSALE_LISTEN",
@@ -218,6 +231,7 @@ impl ServeArgs {
             trusted_proxies,
             static_dir: self.static_dir.clone(),
             catalog_cache: Duration::from_millis(self.catalog_cache_ms.min(10_000)),
+            ended_listed: Duration::from_secs(self.ended_listed_s),
             dev_login: self.dev_login,
             cookie_secure: self.cookie_secure,
         })

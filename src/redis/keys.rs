@@ -34,6 +34,11 @@ impl Keys {
     pub fn sale(&self, sku: &str) -> String {
         self.sale_key(sku, "sale")
     }
+    /// `SCAN` pattern of every key of one sale (skus hold no glob
+    /// characters: they are `[A-Za-z0-9_-]`).
+    pub fn sale_pattern(&self, sku: &str) -> String {
+        self.sale_key(sku, "*")
+    }
     pub fn units(&self, sku: &str) -> String {
         self.sale_key(sku, "units")
     }

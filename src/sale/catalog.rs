@@ -159,6 +159,10 @@ impl Catalog {
         }
     }
 
+    pub(super) fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
     /// The cached catalog and whether it is still fresh.
     fn cached(&self) -> Option<(Arc<Vec<Sale>>, bool)> {
         let guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -14,6 +14,7 @@ mod error;
 pub mod money;
 mod orders;
 mod purchase;
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -155,6 +156,12 @@ impl Sale {
         }
     }
 
+    /// Whether the public listing shows the sale at `now_ms`: until
+    /// `listed_after_end_ms` after its end (its own page stays).
+    pub fn listed_at(&self, now_ms: i64, listed_after_end_ms: i64) -> bool {
+        now_ms < self.ends_ms.saturating_add(listed_after_end_ms)
+    }
+
     /// The operators' state (see [`AdminState`]).
     pub fn admin_state_at(&self, now_ms: i64) -> AdminState {
         if now_ms >= self.ends_ms {
@@ -275,6 +282,10 @@ mod tests {
         assert_eq!(paused.state_at(50), SaleState::Paused);
         assert_eq!(paused.state_at(150), SaleState::Paused);
         assert_eq!(paused.state_at(200), SaleState::Ended);
+        assert!(s.listed_at(150, 0));
+        assert!(!s.listed_at(200, 0));
+        assert!(s.listed_at(259, 60));
+        assert!(!s.listed_at(260, 60));
     }
 
     #[test]

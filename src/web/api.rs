@@ -93,15 +93,18 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
-/// Every sale, by start time.
+/// Every sale, by start time; a sale that ended more than
+/// `FLASHSALE_ENDED_LISTED_S` (default an hour) ago is left out.
 #[utoipa::path(get, path = "/api/products", tag = "catalog",
-    responses((status = 200, description = "Every sale", body = Vec<ProductJson>),
+    responses((status = 200, description = "Every sale but those that ended more than FLASHSALE_ENDED_LISTED_S ago", body = Vec<ProductJson>),
         Unavailable))]
 pub async fn products(State(app): State<AppState>) -> Result<Response, ApiError> {
     let sales = app.shop.catalog.list().await?;
     let now = now_ms();
+    let listed = app.settings.ended_listed.as_millis() as i64;
     let body: Vec<ProductJson> = sales
         .iter()
+        .filter(|s| s.listed_at(now, listed))
         .map(|s| ProductJson::new(s, now, false))
         .collect();
     Ok(no_store(Json(body).into_response()))

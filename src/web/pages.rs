@@ -276,13 +276,20 @@ fn respond(r: Rendered, headers: &HeaderMap) -> Response {
 #[utoipa::path(get, path = "/", tag = "pages",
     responses((status = 200, description = "HTML", content_type = "text/html")))]
 pub async fn index(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let sales = app.shop.catalog.list().await?;
+    let all = app.shop.catalog.list().await?;
+    let now = sale::now_ms();
+    let listed = app.settings.ended_listed.as_millis() as i64;
+    let sales: Vec<Sale> = all
+        .iter()
+        .filter(|s| s.listed_at(now, listed))
+        .cloned()
+        .collect();
     if let Some(r) = app.pages.get("/", &sales) {
         return Ok(respond(r, &headers));
     }
     let v = app.pages.asset_version(&app.settings.static_dir);
     let r = rendered(render_index(&sales, v)?);
-    app.pages.put("/", sales.to_vec(), r.clone());
+    app.pages.put("/", sales, r.clone());
     Ok(respond(r, &headers))
 }
 
@@ -368,7 +375,21 @@ pub fn static_files(dir: &str) -> SetResponseHeader<ServeDir, HeaderValue> {
 }
 
 /// Writes every page into `out` (`index.html`, `p/<sku>.html`) for nginx.
-pub async fn render_all(sales: &[Sale], static_dir: &str, out: &Path) -> Result<usize, String> {
+/// The index leaves out sales that ended more than `listed_after_end` ago,
+/// as the app's own index does.
+pub async fn render_all(
+    sales: &[Sale],
+    listed_after_end: std::time::Duration,
+    static_dir: &str,
+    out: &Path,
+) -> Result<usize, String> {
+    let now = sale::now_ms();
+    let listed_ms = listed_after_end.as_millis() as i64;
+    let listed: Vec<Sale> = sales
+        .iter()
+        .filter(|s| s.listed_at(now, listed_ms))
+        .cloned()
+        .collect();
     let v = asset_version(Path::new(static_dir));
     std::fs::create_dir_all(out.join("p")).map_err(|e| format!("{}: {e}", out.display()))?;
     let write = |path: std::path::PathBuf, html: String| {
@@ -379,7 +400,7 @@ pub async fn render_all(sales: &[Sale], static_dir: &str, out: &Path) -> Result<
     };
     write(
         out.join("index.html"),
-        render_index(sales, &v).map_err(|e| e.to_string())?,
+        render_index(&listed, &v).map_err(|e| e.to_string())?,
     )?;
     for s in sales {
         write(

@@ -28,6 +28,18 @@ impl Worker {
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(keys.sales_index()).arg(0).arg(-1);
         let skus: Vec<String> = self.redis.on_link(link, &cmd).await?;
+        // A sale purged (gone from the index) leaves this worker's work: its
+        // stream is being removed, and reading it would create it again.
+        let before = self.streams.len();
+        let indexed: std::collections::HashSet<&str> = skus.iter().map(String::as_str).collect();
+        self.streams
+            .retain(|(sku, _)| indexed.contains(sku.as_str()));
+        if self.streams.len() < before {
+            tracing::info!(
+                left = before - self.streams.len(),
+                "purged sales left the worker's streams"
+            );
+        }
         for sku in skus.into_iter().filter(|s| valid_sku(s)) {
             if self.streams.iter().any(|(s, _)| *s == sku) {
                 continue;

@@ -890,6 +890,7 @@ async fn a_plain_node_url_works_for_development() {
         trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: std::time::Duration::from_millis(100),
+        ended_listed: std::time::Duration::from_secs(3600),
         dev_login: false,
         cookie_secure: true,
     };

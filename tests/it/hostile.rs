@@ -1286,6 +1286,7 @@ async fn serve_with(limits: ConnLimits) -> Served {
         trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: Duration::from_millis(100),
+        ended_listed: Duration::from_secs(3600),
         dev_login: false,
         cookie_secure: false,
     };

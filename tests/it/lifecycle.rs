@@ -471,3 +471,153 @@ async fn the_sale_commands_act_on_every_instance() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Every key of one sale on the current master.
+async fn sale_keys(prefix: &str, sku: &str) -> Vec<String> {
+    let group = shared_group();
+    let mut c = group.client(group.master_port().await).await;
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:{{{sku}}}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .expect("scan");
+        keys.extend(found);
+        cursor = next;
+        if cursor == 0 {
+            return keys;
+        }
+    }
+}
+
+/// An ended sale leaves the public listing after FLASHSALE_ENDED_LISTED_S
+/// (its own page stays), and `flashsale sale purge` removes every key of it
+/// once its orders are confirmed — refused before, and without `--yes`; a
+/// running worker lets go of the purged stream instead of creating it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sales_leave_the_listing_and_are_purged() {
+    let group = shared_group();
+    let prefix = unique("lcp");
+    let mut settings = crate::support::app::serve_settings(group, &prefix, &AppOptions::default());
+    settings.ended_listed = Duration::from_secs(2);
+    let app = TestApp::spawn_settings(&prefix, settings).await;
+    let sku = unique("gone");
+    let keep = unique("keep");
+    app.create_sale(&sku, 10, 1, -5, 7).await;
+    app.create_sale(&keep, 10, 1, -5, 3600).await;
+    for user in ["p1", "p2"] {
+        let (s, body) = app.purchase(user, &sku, 1, None).await;
+        assert_eq!(s, 202, "{body}");
+    }
+    let listed = |list: &Value, sku: &str| {
+        list.as_array()
+            .expect("list")
+            .iter()
+            .find(|p| p["sku"] == sku)
+            .map(|p| p["state"].clone())
+    };
+
+    // Ended: listed as ended for the grace period, then left out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, list) = app.get("/api/products", None).await;
+    assert_eq!(listed(&list, &sku), Some(json!("ended")), "{list}");
+    // Orders not confirmed yet (no worker): purge is refused.
+    let (code, _, err) = sale_cmd(
+        &prefix,
+        &["purge", "--sku", &sku, "--min-ended-s", "0", "--yes"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("orders_pending"), "{err}");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, list) = app.get("/api/products", None).await;
+        if listed(&list, &sku).is_none() {
+            assert!(listed(&list, &keep).is_some(), "{list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let index = app
+        .http
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("index")
+        .text()
+        .await
+        .expect("html");
+    assert!(!index.contains(&format!("/p/{sku}\"")), "{index}");
+    assert!(index.contains(&format!("/p/{keep}\"")));
+    let (s, p) = app.get(&format!("/api/products/{sku}"), None).await;
+    assert_eq!(
+        (s, &p["state"]),
+        (200, &json!("ended")),
+        "its own page stays"
+    );
+
+    let mut worker = crate::support::app::worker_command(group, &prefix)
+        .spawn()
+        .expect("worker");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.audit(&sku).await["pending"] != 0 {
+        assert!(Instant::now() < deadline, "orders not confirmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, _, err) = sale_cmd(&prefix, &["purge", "--sku", &sku, "--min-ended-s", "0"]);
+    assert_eq!(code, Some(2), "without --yes: {err}");
+    let (code, _, err) = sale_cmd(&prefix, &["purge", "--sku", &sku, "--yes"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the default waits an hour after the end: {err}"
+    );
+    assert!(err.contains("not_ended"), "{err}");
+    assert!(!sale_keys(&prefix, &sku).await.is_empty());
+
+    let (code, lines, err) = sale_cmd(
+        &prefix,
+        &["purge", "--sku", &sku, "--min-ended-s", "0", "--yes"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines[0]["orders"], 2, "{lines:?}");
+    assert!(lines[0]["keys"].as_u64().unwrap_or(0) >= 5, "{lines:?}");
+    // The worker (discovering every 200 ms here) does not bring the stream back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sale_keys(&prefix, &sku).await, Vec::<String>::new());
+    assert!(
+        !sale_keys(&prefix, &keep).await.is_empty(),
+        "other sales untouched"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, _) = app.get(&format!("/api/products/{sku}"), None).await;
+    assert_eq!(s, 404);
+    let (code, _, err) = sale_cmd(
+        &prefix,
+        &["purge", "--sku", &sku, "--min-ended-s", "0", "--yes"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unknown sku"), "{err}");
+
+    // The other sale still sells and its orders are confirmed.
+    let (s, body) = app.purchase("p3", &keep, 1, None).await;
+    assert_eq!(s, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.audit(&keep).await["pending"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the other sale's order not confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = worker.kill().await;
+    app.stop().await;
+}

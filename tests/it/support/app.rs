@@ -441,6 +441,7 @@ pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Se
         trusted_proxies: Default::default(),
         static_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_owned(),
         catalog_cache: opts.catalog_cache,
+        ended_listed: Duration::from_secs(3600),
         dev_login: true,
         cookie_secure: false,
     }
