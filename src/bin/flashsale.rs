@@ -183,6 +183,9 @@ fn sale_update(u: UpdateArgs) -> Result<(String, SaleUpdate), Failure> {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 done; 1 unknown sale or entry, Redis unreachable; 2 usage error; 78 configuration error."
+)]
 struct DeadLetterArgs {
     #[command(flatten)]
     redis: RedisArgs,
@@ -208,6 +211,9 @@ enum DeadLetterAction {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 tokens written; 1 the output file could not be written; 2 usage error; 78 configuration error (no FLASHSALE_JWT_SECRET)."
+)]
 struct TokenArgs {
     /// One user id.
     #[arg(long, conflicts_with = "users")]
@@ -233,6 +239,9 @@ struct TokenArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 pages written; 1 Redis unreachable or a page could not be written; 2 usage error; 78 configuration error."
+)]
 struct RenderArgs {
     #[command(flatten)]
     redis: RedisArgs,
@@ -279,7 +288,12 @@ fn token(t: TokenArgs) -> Result<ExitCode, Failure> {
         "FLASHSALE_JWT_SECRET_FILE",
         t.jwt_secret_file,
     )?
-    .ok_or("FLASHSALE_JWT_SECRET: required to mint tokens")?;
+    .ok_or_else(|| {
+        Failure::Config(flashsale::config::ConfigError::Invalid {
+            var: "FLASHSALE_JWT_SECRET",
+            msg: "required to mint tokens".into(),
+        })
+    })?;
     let users: Vec<String> = match (t.user, t.users) {
         (Some(u), _) => vec![u],
         (None, Some(n)) => (0..n).map(|i| format!("{}{i}", t.prefix)).collect(),

@@ -20,6 +20,9 @@ use crate::web::proxies::TrustedProxies;
 
 /// Settings of `flashsale serve`.
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, in-flight requests finished); 1 Redis out of reach at start-up, the address taken; 78 configuration error (one line naming the variable; the systemd unit does not restart on it)."
+)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,

@@ -3,6 +3,7 @@
 mod api;
 mod browser;
 mod deploy;
+mod docs;
 mod failover;
 mod healing;
 mod hostile;
