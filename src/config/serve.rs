@@ -59,6 +59,18 @@ pub struct ServeArgs {
     /// File holding the bearer token of the /admin API.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<String>,
+    /// Seconds an order may wait for its payment before it expires and its
+    /// units return to the sale (0 = no payment step: `confirmed` is final;
+    /// at most 604800). Needs FLASHSALE_PAYMENT_TOKEN.
+    #[arg(long, env = "FLASHSALE_PAYMENT_WINDOW_S", default_value_t = 0)]
+    pub payment_window_s: u64,
+    /// Bearer secret of the payment provider's callback
+    /// (POST /api/orders/{id}/payment; off, 404, when unset).
+    #[arg(long, env = "FLASHSALE_PAYMENT_TOKEN", hide_env_values = true)]
+    pub payment_token: Option<String>,
+    /// File holding the payment provider's bearer secret.
+    #[arg(long, env = "FLASHSALE_PAYMENT_TOKEN_FILE")]
+    pub payment_token_file: Option<String>,
     /// Purchase attempts per second per shopper, shared by all instances (0 = off).
     #[arg(long, env = "FLASHSALE_RATE_LIMIT_PER_SHOPPER", default_value_t = 10)]
     pub rate_limit_per_shopper: u32,
@@ -153,6 +165,10 @@ pub struct ServeSettings {
     /// origin only.
     pub cors_origins: Vec<String>,
     pub admin_token: Option<Secret>,
+    /// How long an order may wait for its payment; zero: no payment step.
+    pub payment_window: Duration,
+    /// The payment provider's bearer secret (set exactly when a window is).
+    pub payment_token: Option<Secret>,
     pub rate_limit_per_shopper: u32,
     pub rate_limit_per_ip: u32,
     pub max_in_flight: usize,
@@ -207,6 +223,33 @@ impl ServeArgs {
             "FLASHSALE_ADMIN_TOKEN_FILE",
             self.admin_token_file.clone(),
         )?;
+        let payment_token = secret(
+            "FLASHSALE_PAYMENT_TOKEN",
+            self.payment_token.clone(),
+            "FLASHSALE_PAYMENT_TOKEN_FILE",
+            self.payment_token_file.clone(),
+        )?;
+        if self.payment_window_s > 604_800 {
+            return Err(invalid(
+                "FLASHSALE_PAYMENT_WINDOW_S",
+                "must be 0-604800 seconds",
+            ));
+        }
+        match (self.payment_window_s, &payment_token) {
+            (0, Some(_)) => {
+                return Err(invalid(
+                    "FLASHSALE_PAYMENT_WINDOW_S",
+                    "must be above 0 when FLASHSALE_PAYMENT_TOKEN is set (the payment step is off at 0)",
+                ));
+            }
+            (w, None) if w > 0 => {
+                return Err(invalid(
+                    "FLASHSALE_PAYMENT_TOKEN",
+                    "required with a payment window: without it no order could be paid and every one would expire",
+                ));
+            }
+            _ => {}
+        }
         // Empty counts as unset (a compose file passing an unset variable on).
         let trusted_proxies = match self.trusted_proxies.trim() {
             "" => TrustedProxies::default(),
@@ -226,6 +269,8 @@ impl ServeArgs {
             jwt,
             cors_origins,
             admin_token,
+            payment_window: Duration::from_secs(self.payment_window_s),
+            payment_token,
             rate_limit_per_shopper: self.rate_limit_per_shopper,
             rate_limit_per_ip: self.rate_limit_per_ip,
             max_in_flight: self.max_in_flight,

@@ -11,7 +11,10 @@ slot. Key layout (prefix P is configurable, `fs` by default):
                           ends_ms, per_user_limit, created_ms, paused
                           (1 while paused, 0 or absent otherwise; from
                           version 9), currency (ISO 4217 code; absent:
-                          USD) and image_url (absent: none) from version 11
+                          USD) and image_url (absent: none) from version 11;
+                          paid, expired, cancelled (orders) and returned
+                          (units back in stock) from version 12; `sold` is
+                          the units of live orders (not expired or cancelled)
   P:{sku}:units           hash: user id -> units held
   P:{sku}:first           hash: user id -> the user's first order id
   P:{sku}:uorders:<user>  list: the user's later order ids, oldest first (from
@@ -20,7 +23,15 @@ slot. Key layout (prefix P is configurable, `fs` by default):
   P:{sku}:idem:<user>:<k> string: order id created under Idempotency-Key k
   P:{sku}:order:<id>      hash: order_id, sku, user_id, qty, status,
                           created_ms, confirmed_ms, entry (the id of its
-                          stream entry; from version 8), requeued_ms
+                          stream entry; from version 8), requeued_ms; from
+                          version 12 amount_cents (price x qty at purchase),
+                          pay_by_ms (with a payment window), paid_ms,
+                          payment_id, expired_ms, cancelled_ms. status is
+                          queued, confirmed, paid, expired or cancelled;
+                          confirmed_ms is set once the worker recorded the
+                          order (whatever its status by then)
+  P:{sku}:payby           sorted set (version 12): order id -> pay_by_ms of
+                          each order still waiting for its payment
   P:{sku}:stream          the sale's order stream (consumed by the worker)
   P:{sku}:dead            dead letters of that stream (original fields as f:<name>)
   P:sales                 sorted set of skus by start time (catalog index)
@@ -38,7 +49,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '11'
+local VERSION = '12'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -65,7 +76,9 @@ end
 --[[
 fs_purchase
 KEYS: sale, units, first, uorders, order, stream, idem ('' when no key)
-ARGV: user_id, qty, order_id
+      [, payby] (from version 12, with a payment window)
+ARGV: user_id, qty, order_id [, payment window in ms] (from version 12;
+      absent or 0: no payment step)
 Returns one of:
   {'created', order_id, stock_left}
   {'exists', order_id}          -- this very order id exists (a retry of ours)
@@ -94,7 +107,7 @@ local function fs_purchase(keys, args)
   end
 
   local sale = redis.call('HMGET', sale_k, 'stock_left', 'starts_ms', 'ends_ms', 'per_user_limit',
-    'sold', 'orders', 'paused')
+    'sold', 'orders', 'paused', 'price_cents')
   if not sale[1] then
     return {'unknown_sku'}
   end
@@ -148,16 +161,33 @@ local function fs_purchase(keys, args)
   -- Most shoppers buy once (a limit of 1 is the usual flash sale): their
   -- order id goes to `first` only, and a list key is made for a second order.
   if held == 0 then
-    redis.call('HSETNX', first_k, user, order_id)
+    -- A shopper whose earlier orders all expired or were cancelled buys
+    -- again: the new order becomes `first` (the one a 409 names), the old
+    -- one moves to the list, so their orders stay listed.
+    local before = redis.call('HGET', first_k, user)
+    if before then
+      redis.call('RPUSH', uorders_k, before)
+    end
+    redis.call('HSET', first_k, user, order_id)
   else
     redis.call('RPUSH', uorders_k, order_id)
   end
   -- The entry first, so the order records where it stands in the stream:
   -- the sweep (fs_requeue) needs that to tell a lost entry from a late one.
   local entry = redis.call('XADD', stream_k, '*', 'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty)
-  redis.call('HSET', order_k,
-    'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty,
-    'status', 'queued', 'created_ms', now, 'entry', entry)
+  local amount = (tonumber(sale[8]) or 0) * qty
+  local window = int_arg(args[4] or '0', 0, 31536000000) or 0
+  if window > 0 and keys[8] then
+    redis.call('HSET', order_k,
+      'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty,
+      'status', 'queued', 'created_ms', now, 'entry', entry, 'amount_cents', amount,
+      'pay_by_ms', now + window)
+    redis.call('ZADD', keys[8], now + window, order_id)
+  else
+    redis.call('HSET', order_k,
+      'order_id', order_id, 'sku', sku, 'user_id', user, 'qty', qty,
+      'status', 'queued', 'created_ms', now, 'entry', entry, 'amount_cents', amount)
+  end
   if idem_k ~= '' then
     redis.call('SET', idem_k, order_id)
   end
@@ -410,7 +440,7 @@ local function confirm_orders(sale_k, stream_k, group, order_keys, order_ids, en
   end
   local order_base = base .. 'order:'
   local results, flip, ack = {}, {}, {}
-  local seen = {}
+  local seen, flip_status = {}, {}
   for i = 1, n do
     local order_k, order_id, entry_id = order_keys[i], order_ids[i], entry_ids[i]
     if string.sub(order_k, 1, #order_base) ~= order_base then
@@ -419,13 +449,17 @@ local function confirm_orders(sale_k, stream_k, group, order_keys, order_ids, en
     if type(entry_id) ~= 'string' or not string.match(entry_id, '^%d+%-%d+$') then
       return redis.error_reply('ERR fs_confirm_batch: bad entry id at ' .. i)
     end
-    local o = redis.call('HMGET', order_k, 'status', 'order_id')
+    local o = redis.call('HMGET', order_k, 'status', 'order_id', 'confirmed_ms')
     if not o[1] or o[2] ~= order_id then
       results[i] = -1
     else
-      if o[1] == 'queued' and not seen[order_k] then
+      if not seen[order_k] and (o[1] == 'queued' or
+          ((o[1] == 'paid' or o[1] == 'expired' or o[1] == 'cancelled') and not o[3])) then
+        -- Queued: confirmed now. Paid, expired or cancelled before the
+        -- worker got to it (version 12): recorded now, status kept.
         results[i] = 1
         flip[#flip + 1] = order_k
+        flip_status[order_k] = o[1]
       else
         results[i] = 0
       end
@@ -442,7 +476,11 @@ local function confirm_orders(sale_k, stream_k, group, order_keys, order_ids, en
     redis.call('XACK', stream_k, group, unpack(ack))
   end
   for _, order_k in ipairs(flip) do
-    redis.call('HSET', order_k, 'status', 'confirmed', 'confirmed_ms', now)
+    if flip_status[order_k] == 'queued' then
+      redis.call('HSET', order_k, 'status', 'confirmed', 'confirmed_ms', now)
+    else
+      redis.call('HSET', order_k, 'confirmed_ms', now)
+    end
   end
   return results
 end
@@ -545,7 +583,8 @@ end
 fs_trim (used by the worker): trims a sale's stream on THIS node, below
 the oldest entry that any consumer group here still needs (its oldest
 pending entry, or the first it has not read) and below the oldest entry
-whose order is still `queued` here. Every decision and the trim itself are
+whose order is not recorded by a worker yet here (`queued`, or from
+version 12 paid, expired or cancelled without confirmed_ms). Every decision and the trim itself are
 one atomic step on one node, so a worker can never decide on one master and
 trim on another. Scans at most `max_scan` entries (1..100000).
 KEYS: stream
@@ -598,7 +637,8 @@ local function fs_trim(keys, args)
     for j = 1, #f, 2 do
       if f[j] == 'order_id' then order_id = f[j + 1] end
     end
-    if order_id and redis.call('HGET', base .. 'order:' .. order_id, 'status') == 'queued' then
+    local o = order_id and redis.call('HMGET', base .. 'order:' .. order_id, 'status', 'confirmed_ms')
+    if o and o[1] and (o[1] == 'queued' or (o[1] ~= 'confirmed' and not o[2])) then
       cut = e[1]
       break
     end
@@ -684,9 +724,13 @@ local function fs_requeue(keys, args)
     if string.sub(order_k, 1, #order_base) ~= order_base then
       return redis.error_reply('ERR fs_requeue: order key ' .. (i - 2) .. ' is not of this sale')
     end
-    local o = redis.call('HMGET', order_k, 'status', 'created_ms', 'entry', 'order_id', 'sku', 'user_id', 'qty')
+    local o = redis.call('HMGET', order_k, 'status', 'created_ms', 'entry', 'order_id', 'sku', 'user_id', 'qty',
+      'confirmed_ms')
     local created = tonumber(o[2])
-    if o[1] == 'queued' and created and created <= now - older and o[4] then
+    -- Not recorded by a worker yet: queued, or (version 12) paid, expired
+    -- or cancelled before a worker got to it.
+    local unrecorded = o[1] == 'queued' or (o[1] and o[1] ~= 'confirmed' and not o[8])
+    if unrecorded and created and created <= now - older and o[4] then
       local gone = true
       local e = parse_id(o[3])
       if e and #redis.call('XRANGE', stream_k, o[3], o[3]) > 0 then
@@ -705,19 +749,188 @@ local function fs_requeue(keys, args)
 end
 
 --[[
+Payment, cancellation and expiry (from version 12). An order waiting for
+its payment is in P:{sku}:payby, scored by its deadline. Of a payment, a
+cancellation and an expiry of one order exactly one wins: each is one
+atomic step here, and each first applies the deadline itself (an order past
+its pay_by is expired by whichever call sees it first, so the deadline does
+not depend on when a worker gets to it).
+
+Returning an order's units (expiry or cancellation): stock_left += qty,
+sold -= qty, returned += qty, the buyer's units -= qty, expired or
+cancelled += 1, the order leaves payby, and an event entry (kind = expired
+or cancelled) goes to the sale's stream, so the worker carries the change to
+the ledger. A payment adds paid += 1 and an entry of kind paid.
+]]
+local function order_event(stream_k, kind, order_k, o)
+  return redis.call('XADD', stream_k, '*', 'order_id', o.id, 'sku', o.sku, 'user_id', o.user,
+    'qty', o.qty, 'kind', kind)
+end
+
+local function read_order(order_k)
+  local f = redis.call('HMGET', order_k, 'status', 'order_id', 'sku', 'user_id', 'qty',
+    'pay_by_ms', 'amount_cents', 'payment_id')
+  if not f[1] then
+    return nil
+  end
+  return {status = f[1], id = f[2], sku = f[3], user = f[4], qty = tonumber(f[5]) or 0,
+    pay_by = tonumber(f[6]), amount = tonumber(f[7]) or 0, payment_id = f[8]}
+end
+
+local function return_units(sale_k, units_k, payby_k, stream_k, order_k, o, kind, now)
+  redis.call('HINCRBY', sale_k, 'stock_left', o.qty)
+  redis.call('HINCRBY', sale_k, 'sold', -o.qty)
+  redis.call('HINCRBY', sale_k, 'returned', o.qty)
+  redis.call('HINCRBY', sale_k, kind, 1)
+  if redis.call('HINCRBY', units_k, o.user, -o.qty) <= 0 then
+    redis.call('HDEL', units_k, o.user)
+  end
+  redis.call('ZREM', payby_k, o.id)
+  redis.call('HSET', order_k, 'status', kind, kind .. '_ms', now)
+  order_event(stream_k, kind, order_k, o)
+  o.status = kind
+end
+
+-- Expires `o` when its deadline has passed and it is still unpaid.
+local function lapse(sale_k, units_k, payby_k, stream_k, order_k, o, now)
+  if o.pay_by and now >= o.pay_by and (o.status == 'queued' or o.status == 'confirmed') then
+    return_units(sale_k, units_k, payby_k, stream_k, order_k, o, 'expired', now)
+    return true
+  end
+  return false
+end
+
+local function keys_match(sale_k, order_k, units_k, payby_k, stream_k)
+  local base = string.match(sale_k, '^(.*:)sale$')
+  return base ~= nil and string.sub(order_k, 1, #base + 6) == base .. 'order:'
+    and units_k == base .. 'units' and payby_k == base .. 'payby' and stream_k == base .. 'stream'
+end
+
+--[[
+fs_pay: the payment provider's callback.
+KEYS: sale, order, units, payby, stream
+ARGV: payment_id, amount_cents
+Returns {'paid', again} (again = 1 when this payment_id had already paid it),
+{'unknown'}, {'late', status} (expired or cancelled: the shop refunds),
+{'mismatch', amount_cents} (the order's amount), {'other_payment'} (paid by
+another payment_id).
+]]
+local function fs_pay(keys, args)
+  local sale_k, order_k, units_k, payby_k, stream_k = keys[1], keys[2], keys[3], keys[4], keys[5]
+  if not keys_match(sale_k, order_k, units_k, payby_k, stream_k) then
+    return redis.error_reply('ERR fs_pay: keys of different sales')
+  end
+  local payment_id, amount = args[1], int_arg(args[2], 0, 100000000000000)
+  if type(payment_id) ~= 'string' or #payment_id == 0 or #payment_id > 128 then
+    return redis.error_reply('ERR fs_pay: bad payment id')
+  end
+  local o = read_order(order_k)
+  if not o then
+    return {'unknown'}
+  end
+  if o.status == 'paid' then
+    if o.payment_id == payment_id then
+      return {'paid', 1}
+    end
+    return {'other_payment'}
+  end
+  local now = now_ms()
+  lapse(sale_k, units_k, payby_k, stream_k, order_k, o, now)
+  if o.status == 'expired' or o.status == 'cancelled' then
+    return {'late', o.status}
+  end
+  if amount == nil or amount ~= o.amount then
+    return {'mismatch', o.amount}
+  end
+  redis.call('HSET', order_k, 'status', 'paid', 'paid_ms', now, 'payment_id', payment_id)
+  redis.call('HINCRBY', sale_k, 'paid', 1)
+  redis.call('ZREM', payby_k, o.id)
+  order_event(stream_k, 'paid', order_k, o)
+  return {'paid', 0}
+end
+
+--[[
+fs_cancel: the shopper cancels their order.
+KEYS: sale, order, units, payby, stream
+ARGV: user_id (the caller: only the order's own shopper may cancel it)
+Returns {'cancelled', again} (again = 1 when it was cancelled before),
+{'unknown'} (no such order, or another shopper's), {'not_cancellable', status}.
+]]
+local function fs_cancel(keys, args)
+  local sale_k, order_k, units_k, payby_k, stream_k = keys[1], keys[2], keys[3], keys[4], keys[5]
+  if not keys_match(sale_k, order_k, units_k, payby_k, stream_k) then
+    return redis.error_reply('ERR fs_cancel: keys of different sales')
+  end
+  local o = read_order(order_k)
+  if not o or o.user ~= args[1] then
+    return {'unknown'}
+  end
+  if o.status == 'cancelled' then
+    return {'cancelled', 1}
+  end
+  local now = now_ms()
+  lapse(sale_k, units_k, payby_k, stream_k, order_k, o, now)
+  if o.status ~= 'queued' and o.status ~= 'confirmed' then
+    return {'not_cancellable', o.status}
+  end
+  return_units(sale_k, units_k, payby_k, stream_k, order_k, o, 'cancelled', now)
+  return {'cancelled', 0}
+end
+
+--[[
+fs_expire (used by the worker): expires the given orders whose deadline has
+passed and that are still unpaid; skips the others (paid, cancelled, already
+expired, or not due), removing from payby those no longer waiting.
+KEYS: sale, units, payby, stream, order_1 .. order_n (n <= 512)
+ARGV: order_id_1 .. order_id_n
+Returns {expired, units_returned}.
+]]
+local function fs_expire(keys, args)
+  local sale_k, units_k, payby_k, stream_k = keys[1], keys[2], keys[3], keys[4]
+  local n = #keys - 4
+  if n < 0 or n > MAX_CONFIRM_BATCH or #args ~= n then
+    return redis.error_reply('ERR fs_expire: want KEYS sale, units, payby, stream, orders and one id per order')
+  end
+  local now = now_ms()
+  local expired, returned = 0, 0
+  for i = 1, n do
+    local order_k = keys[i + 4]
+    if not keys_match(sale_k, order_k, units_k, payby_k, stream_k) then
+      return redis.error_reply('ERR fs_expire: order key ' .. i .. ' is not of this sale')
+    end
+    local o = read_order(order_k)
+    if not o or o.id ~= args[i] then
+      redis.call('ZREM', payby_k, args[i])
+    elseif lapse(sale_k, units_k, payby_k, stream_k, order_k, o, now) then
+      expired = expired + 1
+      returned = returned + o.qty
+    elseif o.status ~= 'queued' and o.status ~= 'confirmed' then
+      redis.call('ZREM', payby_k, o.id)
+    end
+  end
+  return {expired, returned}
+end
+
+--[[
 fs_audit (read-only): the sale's counters and a full consistency check.
 KEYS: sale, units
-Returns {stock_total, stock_left, sold, orders, buyers, confirmed, consistent(0/1), per_user_max}
-or {} for an unknown sale.
+Returns {stock_total, stock_left, sold, orders, buyers, confirmed, consistent(0/1), per_user_max,
+paid, expired, cancelled, returned} (the last four from version 12) or {} for an unknown sale.
+`sold` counts units of live orders; an expired or cancelled order's units are
+back in stock_left and counted in `returned`.
 ]]
 local function fs_audit(keys, args)
   local sale_k, units_k = keys[1], keys[2]
-  local s = redis.call('HMGET', sale_k, 'stock_total', 'stock_left', 'sold', 'orders', 'confirmed', 'per_user_limit')
+  local s = redis.call('HMGET', sale_k, 'stock_total', 'stock_left', 'sold', 'orders', 'confirmed', 'per_user_limit',
+    'paid', 'expired', 'cancelled', 'returned')
   if not s[1] then
     return {}
   end
   local total, left, sold, orders, confirmed, limit =
     tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]), tonumber(s[5]), tonumber(s[6])
+  local paid, expired, cancelled, returned =
+    tonumber(s[7]) or 0, tonumber(s[8]) or 0, tonumber(s[9]) or 0, tonumber(s[10]) or 0
+  local live = orders - expired - cancelled
   local flat = redis.call('HGETALL', units_k)
   local units_sum, buyers, max_held = 0, 0, 0
   for i = 2, #flat, 2 do
@@ -727,8 +940,10 @@ local function fs_audit(keys, args)
     if u > max_held then max_held = u end
   end
   local ok = left >= 0 and sold <= total and left + sold == total and units_sum == sold
-    and max_held <= limit and confirmed <= orders and orders <= sold
-  return {total, left, sold, orders, buyers, confirmed, ok and 1 or 0, max_held}
+    and max_held <= limit and confirmed <= orders and live <= sold
+    and paid + expired + cancelled <= orders and returned >= expired + cancelled
+  return {total, left, sold, orders, buyers, confirmed, ok and 1 or 0, max_held,
+    paid, expired, cancelled, returned}
 end
 
 --[[
@@ -775,5 +990,8 @@ redis.register_function('fs_confirm_batch', fs_confirm_batch)
 redis.register_function('fs_dead_letter', fs_dead_letter)
 redis.register_function{function_name = 'fs_audit', callback = fs_audit, flags = {'no-writes'}}
 redis.register_function('fs_trim', fs_trim)
+redis.register_function('fs_pay', fs_pay)
+redis.register_function('fs_cancel', fs_cancel)
+redis.register_function('fs_expire', fs_expire)
 redis.register_function('fs_requeue', fs_requeue)
 redis.register_function{function_name = 'fs_lost', callback = fs_lost, flags = {'no-writes'}}

@@ -48,6 +48,10 @@ impl Keys {
     pub fn stream(&self, sku: &str) -> String {
         self.sale_key(sku, "stream")
     }
+    /// Orders waiting for their payment, scored by their deadline.
+    pub fn pay_by(&self, sku: &str) -> String {
+        self.sale_key(sku, "payby")
+    }
     pub fn dead_letters(&self, sku: &str) -> String {
         self.sale_key(sku, "dead")
     }

@@ -126,6 +126,7 @@ fn sale_from(m: &HashMap<String, String>) -> Option<Sale> {
             ends_ms: num(m, "ends_ms"),
             per_user_limit: num(m, "per_user_limit"),
             paused: field(m, "paused") == "1",
+            returned: num(m, "returned"),
             sku,
             starts_at: String::new(),
             ends_at: String::new(),
@@ -302,6 +303,7 @@ impl Catalog {
                 ends_ms: s.ends_ms,
                 per_user_limit: s.per_user_limit,
                 paused: false,
+                returned: 0,
                 starts_at: String::new(),
                 ends_at: String::new(),
             }

@@ -13,6 +13,7 @@ pub mod dead_letters;
 mod error;
 pub mod money;
 mod orders;
+mod payment;
 mod purchase;
 pub mod purge;
 
@@ -127,6 +128,8 @@ pub struct Sale {
     pub per_user_limit: i64,
     /// Paused by an operator (purchases answer 423 `paused`).
     pub paused: bool,
+    /// Units that came back from expired and cancelled orders, ever.
+    pub returned: i64,
     /// `starts_ms` and `ends_ms` as RFC 3339, formatted once per load.
     pub starts_at: String,
     pub ends_at: String,
@@ -206,6 +209,9 @@ pub struct Shop {
     pub redis: Redis,
     pub catalog: Arc<Catalog>,
     pub sold_out: Arc<SoldOutIndex>,
+    /// How long an order may wait for its payment before it expires
+    /// (`FLASHSALE_PAYMENT_WINDOW_S`); zero: no payment step.
+    pub pay_within: std::time::Duration,
 }
 
 impl Shop {
@@ -214,7 +220,14 @@ impl Shop {
             catalog: Arc::new(Catalog::new(redis.clone(), catalog_ttl)),
             sold_out: Arc::new(SoldOutIndex::default()),
             redis,
+            pay_within: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same shop with a payment window (see [`Shop::pay_within`]).
+    pub fn with_payment_window(mut self, pay_within: std::time::Duration) -> Self {
+        self.pay_within = pay_within;
+        self
     }
 }
 
@@ -255,6 +268,7 @@ mod tests {
             ends_ms: 200,
             per_user_limit: 1,
             paused: false,
+            returned: 0,
             starts_at: String::new(),
             ends_at: String::new(),
         }

@@ -15,29 +15,52 @@ use super::{Error, Shop, rfc3339, sku_of_order, valid_user};
 use crate::redis::Keys;
 
 /// An order as the API shows it: `{order_id, sku, user_id, qty, status,
-/// created_at}`, plus `confirmed_at` once the worker confirmed it.
+/// created_at}`, plus `confirmed_at` once the worker recorded it, `pay_by`
+/// while it waits for its payment, and the time of its end (`paid_at`,
+/// `expired_at`, `cancelled_at`).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Order {
     pub order_id: String,
     pub sku: String,
     pub user_id: String,
     pub qty: i64,
+    /// `queued` → `confirmed` → `paid` | `expired` | `cancelled`.
     pub status: String,
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirmed_at: Option<String>,
+    /// Price × quantity at the purchase, in minor units of the sale's
+    /// currency (orders made before payments existed: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<i64>,
+    /// The payment deadline, while the order waits for its payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
 }
 
-fn order_from(m: &HashMap<String, String>) -> Option<Order> {
+pub(super) fn order_from(m: &HashMap<String, String>) -> Option<Order> {
     let ms = |k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
+    let status = m.get("status")?;
+    let waiting = status == "queued" || status == "confirmed";
     Some(Order {
         order_id: m.get("order_id")?.clone(),
         sku: m.get("sku")?.clone(),
         user_id: m.get("user_id")?.clone(),
         qty: ms("qty").unwrap_or(0),
-        status: m.get("status")?.clone(),
+        status: status.clone(),
         created_at: ms("created_ms").map(rfc3339).unwrap_or_default(),
         confirmed_at: ms("confirmed_ms").map(rfc3339),
+        amount_cents: ms("amount_cents"),
+        pay_by: ms("pay_by_ms").filter(|_| waiting).map(rfc3339),
+        paid_at: ms("paid_ms").map(rfc3339),
+        expired_at: ms("expired_ms").map(rfc3339),
+        cancelled_at: ms("cancelled_ms").map(rfc3339),
     })
 }
 

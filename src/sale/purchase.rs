@@ -24,9 +24,13 @@
 //! - snapshot says ended (this clock at or past `ends_at`, which an
 //!   operator's end sets to the server's now): 410 `ended` (409 for a
 //!   shopper who holds the limit);
-//! - otherwise the sold-out answer above. Nothing returns units to a sale,
-//!   and a resumed sale is exactly as sold out as before its pause, so 410
-//!   `sold_out` stays true after a resume.
+//! - otherwise the sold-out answer above. A resumed sale is exactly as
+//!   sold out as before its pause, so 410 `sold_out` stays true after a
+//!   resume. Units come back only when an order expires or is cancelled,
+//!   which raises the sale's `returned` counter: a snapshot whose
+//!   `returned` is above the one seen when the sale was learned sold out
+//!   withdraws the local answer (on this instance at once after its own
+//!   cancel, on the others within the staleness bound).
 //! - no snapshot (the catalog cannot be read): no local answer.
 
 use std::collections::HashMap;
@@ -56,6 +60,8 @@ pub struct SoldOutIndex {
 pub struct SoldOutSale {
     per_user_limit: i64,
     buyers: HashMap<String, (i64, String)>,
+    /// The sale's `returned` when it was learned sold out.
+    returned: i64,
 }
 
 impl SoldOutIndex {
@@ -74,6 +80,18 @@ impl SoldOutIndex {
 
     pub fn contains(&self, sku: &str) -> bool {
         self.sales.load().contains_key(sku)
+    }
+
+    /// Withdraws the local answer of `sku` (units came back to it).
+    pub fn forget(&self, sku: &str) {
+        if self.contains(sku) {
+            self.sales.rcu(|m| {
+                let mut m = HashMap::clone(m);
+                m.remove(sku);
+                m
+            });
+            tracing::info!(sku, "units back in a sold-out sale; asking Redis again");
+        }
     }
 
     /// True for the one caller that should load the sale's buyers.
@@ -156,13 +174,14 @@ impl Shop {
                 .into_uuid()
                 .simple()
         );
-        let cmd = crate::redis::functions::purchase_call(
+        let cmd = crate::redis::functions::purchase_call_within(
             keys,
             sku,
             user,
             qty,
             &order_id,
             idempotency_key,
+            self.pay_within,
         );
 
         let deadline = Instant::now() + self.redis.failover_wait();
@@ -200,6 +219,10 @@ impl Shop {
     ) -> Option<Error> {
         let gone = self.sold_out.get(sku)?;
         let sale = self.catalog.get(sku).await.ok()?;
+        if sale.returned > gone.returned {
+            self.sold_out.forget(sku);
+            return None;
+        }
         let refusal = match local_rule(sale.paused, super::now_ms() >= sale.ends_ms) {
             LocalRule::AskRedis => return None,
             LocalRule::Refuse(e) => e,
@@ -222,17 +245,26 @@ impl Shop {
     async fn remember_sold_out(&self, sku: &str) {
         let keys = self.redis.keys();
         let mut pipe = redis::pipe();
-        pipe.cmd("HGET")
+        pipe.cmd("HMGET")
             .arg(keys.sale(sku))
             .arg("per_user_limit")
+            .arg("stock_left")
+            .arg("returned")
             .cmd("HGETALL")
             .arg(keys.units(sku))
             .cmd("HGETALL")
             .arg(keys.first(sku));
-        type Buyers = (i64, HashMap<String, i64>, HashMap<String, String>);
+        type Buyers = (
+            (i64, i64, Option<i64>),
+            HashMap<String, i64>,
+            HashMap<String, String>,
+        );
         let loaded: Result<Buyers, _> = self.redis.read_master(&pipe).await;
         match loaded {
-            Ok((limit, units, mut first)) => {
+            Ok(((_, stock_left, _), _, _)) if stock_left > 0 => {
+                // Units came back between the sold-out answer and this read.
+            }
+            Ok(((limit, _, returned), units, mut first)) => {
                 let buyers = units
                     .into_iter()
                     .map(|(u, n)| {
@@ -245,6 +277,7 @@ impl Shop {
                     SoldOutSale {
                         per_user_limit: limit,
                         buyers,
+                        returned: returned.unwrap_or(0),
                     },
                 );
                 tracing::info!(sku, "sale sold out; answering locally from now on");

@@ -881,6 +881,8 @@ async fn a_plain_node_url_works_for_development() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         jwt: flashsale::config::JwtSettings::hs256(Secret::new(crate::support::app::JWT_SECRET)),
         cors_origins: Vec::new(),
+        payment_window: std::time::Duration::ZERO,
+        payment_token: None,
         admin_token: Some(Secret::new(crate::support::app::ADMIN_TOKEN)),
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,

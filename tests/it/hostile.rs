@@ -1277,6 +1277,8 @@ async fn serve_with(limits: ConnLimits) -> Served {
         listen: "127.0.0.1:0".parse().expect("addr"),
         jwt: flashsale::config::JwtSettings::hs256(Secret::new(JWT_SECRET)),
         cors_origins: Vec::new(),
+        payment_window: std::time::Duration::ZERO,
+        payment_token: None,
         admin_token: None,
         rate_limit_per_shopper: 0,
         rate_limit_per_ip: 0,

@@ -67,7 +67,31 @@ pub fn purchase_call(
     order_id: &str,
     idempotency_key: Option<&str>,
 ) -> redis::Cmd {
-    let mut cmd = fcall("fs_purchase", 7);
+    purchase_call_within(
+        keys,
+        sku,
+        user,
+        qty,
+        order_id,
+        idempotency_key,
+        Duration::ZERO,
+    )
+}
+
+/// [`purchase_call`] of a shop with a payment window: the order must be
+/// paid within `pay_within` of its purchase or it expires (library version
+/// 12). `Duration::ZERO`: no payment step.
+pub fn purchase_call_within(
+    keys: &Keys,
+    sku: &str,
+    user: &str,
+    qty: i64,
+    order_id: &str,
+    idempotency_key: Option<&str>,
+    pay_within: Duration,
+) -> redis::Cmd {
+    let paid = !pay_within.is_zero();
+    let mut cmd = fcall("fs_purchase", if paid { 8 } else { 7 });
     cmd.arg(keys.sale(sku))
         .arg(keys.units(sku))
         .arg(keys.first(sku))
@@ -77,10 +101,14 @@ pub fn purchase_call(
         .arg(match idempotency_key {
             Some(k) => keys.idempotency(sku, user, k),
             None => String::new(),
-        })
-        .arg(user)
-        .arg(qty)
-        .arg(order_id);
+        });
+    if paid {
+        cmd.arg(keys.pay_by(sku));
+    }
+    cmd.arg(user).arg(qty).arg(order_id);
+    if paid {
+        cmd.arg(pay_within.as_millis() as u64);
+    }
     cmd
 }
 
@@ -374,6 +402,14 @@ pub struct SaleAudit {
     pub confirmed: i64,
     pub consistent: bool,
     pub max_units_per_buyer: i64,
+    /// Orders paid (library version 12; 0 before).
+    pub paid: i64,
+    /// Orders expired unpaid.
+    pub expired: i64,
+    /// Orders cancelled by their shopper.
+    pub cancelled: i64,
+    /// Units back in stock from expired and cancelled orders.
+    pub returned: i64,
 }
 
 impl FromRedisValue for AuditReply {
@@ -395,8 +431,130 @@ impl FromRedisValue for AuditReply {
             confirmed: n(5),
             consistent: n(6) == 1,
             max_units_per_buyer: n(7),
+            paid: n(8),
+            expired: n(9),
+            cancelled: n(10),
+            returned: n(11),
         }))
     }
+}
+
+// ---------------------------------------------- payment, cancel, expiry
+
+/// The keys `fs_pay` and `fs_cancel` take: sale, order, units, payby, stream.
+fn order_change_call(name: &str, keys: &Keys, sku: &str, order_id: &str) -> redis::Cmd {
+    let mut cmd = fcall(name, 5);
+    cmd.arg(keys.sale(sku))
+        .arg(keys.order(sku, order_id))
+        .arg(keys.units(sku))
+        .arg(keys.pay_by(sku))
+        .arg(keys.stream(sku));
+    cmd
+}
+
+/// `FCALL fs_pay`: the payment provider's callback for one order.
+pub fn pay_call(
+    keys: &Keys,
+    sku: &str,
+    order_id: &str,
+    payment_id: &str,
+    amount_cents: i64,
+) -> redis::Cmd {
+    let mut cmd = order_change_call("fs_pay", keys, sku, order_id);
+    cmd.arg(payment_id).arg(amount_cents);
+    cmd
+}
+
+/// What `fs_pay` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayReply {
+    /// Paid now, or (`again`) by this same payment before.
+    Paid {
+        again: bool,
+    },
+    UnknownOrder,
+    /// The order expired or was cancelled first: the shop refunds.
+    Late {
+        status: String,
+    },
+    /// The amount is not the order's (`expected`).
+    Mismatch {
+        expected: i64,
+    },
+    /// Paid already, by another payment.
+    OtherPayment,
+}
+
+impl FromRedisValue for PayReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items = items("fs_pay", &v)?;
+        Ok(match word_at(items, 0).as_deref() {
+            Some("paid") => PayReply::Paid {
+                again: int_at(items, 1) == 1,
+            },
+            Some("unknown") => PayReply::UnknownOrder,
+            Some("late") => PayReply::Late {
+                status: word_at(items, 1).unwrap_or_default(),
+            },
+            Some("mismatch") => PayReply::Mismatch {
+                expected: int_at(items, 1),
+            },
+            Some("other_payment") => PayReply::OtherPayment,
+            _ => return Err(bad("fs_pay", &v)),
+        })
+    }
+}
+
+/// `FCALL fs_cancel`: `user` cancels their order.
+pub fn cancel_call(keys: &Keys, sku: &str, order_id: &str, user: &str) -> redis::Cmd {
+    let mut cmd = order_change_call("fs_cancel", keys, sku, order_id);
+    cmd.arg(user);
+    cmd
+}
+
+/// What `fs_cancel` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelReply {
+    /// Cancelled now, or (`again`) before.
+    Cancelled { again: bool },
+    /// No such order, or another shopper's.
+    UnknownOrder,
+    /// Paid or expired: it stays as it is.
+    NotCancellable { status: String },
+}
+
+impl FromRedisValue for CancelReply {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items = items("fs_cancel", &v)?;
+        Ok(match word_at(items, 0).as_deref() {
+            Some("cancelled") => CancelReply::Cancelled {
+                again: int_at(items, 1) == 1,
+            },
+            Some("unknown") => CancelReply::UnknownOrder,
+            Some("not_cancellable") => CancelReply::NotCancellable {
+                status: word_at(items, 1).unwrap_or_default(),
+            },
+            _ => return Err(bad("fs_cancel", &v)),
+        })
+    }
+}
+
+/// `FCALL fs_expire` of some orders of one sale (at most
+/// [`CONFIRM_BATCH_MAX`]): those past their deadline and unpaid expire.
+/// Replies `(orders expired, units returned)`.
+pub fn expire_call(keys: &Keys, sku: &str, order_ids: &[String]) -> redis::Cmd {
+    let mut cmd = fcall("fs_expire", 4 + order_ids.len());
+    cmd.arg(keys.sale(sku))
+        .arg(keys.units(sku))
+        .arg(keys.pay_by(sku))
+        .arg(keys.stream(sku));
+    for id in order_ids {
+        cmd.arg(keys.order(sku, id));
+    }
+    for id in order_ids {
+        cmd.arg(id);
+    }
+    cmd
 }
 
 // -------------------------------------------------------------- rate limit

@@ -432,6 +432,8 @@ pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Se
         listen: "127.0.0.1:0".parse().expect("addr"),
         jwt: JwtSettings::hs256(Secret::new(JWT_SECRET)),
         cors_origins: Vec::new(),
+        payment_window: std::time::Duration::ZERO,
+        payment_token: None,
         admin_token: opts.admin.then(|| Secret::new(ADMIN_TOKEN)),
         rate_limit_per_shopper: opts.rate_limit_per_shopper,
         rate_limit_per_ip: opts.rate_limit_per_ip,
