@@ -7,14 +7,20 @@
 # 1. nginx: render the template, `nginx -t`, then run it for real on a free
 #    loopback port in front of a small fake upstream and check with curl:
 #    pages and assets from disk with their Cache-Control, proxying with
-#    X-Forwarded-*/X-Real-IP over upstream keepalive, 413/429/503 JSON bodies.
+#    X-Forwarded-*/X-Real-IP over upstream keepalive, 413/429/503 JSON bodies
+#    (with CORS headers for a listed origin on /api only), /admin only from
+#    the allowed addresses (403 problem JSON for the others).
 # 2. systemd: `systemd-analyze verify` of every unit in a temp root (with stub
 #    executables where ExecStart points), `systemd-analyze security` exposure
 #    threshold, and proof that a broken unit fails the same check.
 # 3. ansible: --syntax-check, ansible-lint (production profile), an encrypted
 #    vault, a --check run and a REAL run of site.yml into a throw-away prefix
 #    (deploy_manage_system=false), the rendered files and their modes, the
-#    nginx site as ansible renders it == as render.sh renders it.
+#    nginx site as ansible renders it == as render.sh renders it (with an
+#    /admin allow-list and CORS origins of its own); the flashsale role's
+#    shopper-token key sources: none or two stop the run at its assert, a PEM
+#    public key and then a JWKS from the controller are installed and named,
+#    the HS256 credential gone and unset by a drop-in systemd accepts.
 # 4. Redis group: the redis.conf/sentinel.conf that ansible rendered are
 #    started for real (3 data nodes + 3 Sentinels on free loopback ports, as
 #    user nobody): the Sentinels agree on the master and see 2 replicas and
@@ -23,7 +29,8 @@
 #    Sentinels' learned state and follows the new master.
 # 5. docker compose: `docker-compose config` accepts the file (and rejects a
 #    broken one); the topology is complete, nginx at the fixed address the
-#    apps trust as their proxy. (`docker build` needs a Docker engine,
+#    apps trust as their proxy, /admin open to the network's gateway (the
+#    host) only, nginx given the apps' CORS origins. (`docker build` needs a Docker engine,
 #    which this machine does not have.)
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
@@ -248,6 +255,7 @@ render_test_site() {
     FLASHSALE_NGINX_LISTEN="127.0.0.1:$NGX" FLASHSALE_UPSTREAMS="127.0.0.1:$UP1,127.0.0.1:$UP2" \
     FLASHSALE_PAGES_DIR="$N/pages" FLASHSALE_STATIC_DIR="$N/static" \
     FLASHSALE_PURCHASE_RATE=1r/s FLASHSALE_PURCHASE_BURST=3 FLASHSALE_MAX_BODY=16k \
+    FLASHSALE_CORS_ORIGINS=https://shop.example \
         "$DEPLOY/nginx/render.sh" "$@"
 }
 write_nginx_conf() { # $1 = the site file to include
@@ -386,6 +394,24 @@ check_proxy() {
     done
 }
 check "/api, /admin, /healthz, /readyz proxied over HTTP/1.1 with X-Forwarded-For/-Proto, X-Real-IP" check_proxy
+check_admin_denied() {
+    # render.sh's default allow-list is 127.0.0.1/32 and ::1/128: another
+    # loopback address is someone else.
+    local r u
+    for u in /admin/sales /admin '/%61dmin/sales' /api/../admin/sales; do
+        r=$(fetch "$u" --path-as-is --interface 127.0.0.2 -H 'Origin: https://shop.example')
+        expect_has "$r" '^HTTP/1.1 403'
+        expect_has "$r" '^content-type: application/problem\+json'
+        expect_has "$r" '"type":"urn:flashsale:error:forbidden","title":"Forbidden","status":403,"error":"forbidden","message":"[^"]+"'
+        expect_not "$r" '^x-upstream:'
+        expect_not "$r" '^access-control-allow-origin:'
+    done
+    r=$(fetch /api/products --interface 127.0.0.2)
+    expect_has "$r" '^x-upstream: fake'
+    r=$(fetch /admin/sales)
+    expect_has "$r" '^x-upstream: fake'
+}
+check "/admin from an address not allowed: 403 problem JSON, never proxied (also /admin, %-escaped, dot segments); /api unaffected" check_admin_denied
 check_keepalive() {
     local i ports=""
     for i in 1 2 3 4 5 6 7 8; do
@@ -425,13 +451,24 @@ check_429() {
     expect_has "$r" '^retry-after: 1'
     expect_has "$r" '^content-type: application/problem\+json'
     expect_has "$r" '"error":"rate_limited","message":"[^"]+"'
+    expect_not "$r" '^access-control-allow-origin:'
+    # A listed origin can read it (and Retry-After); another cannot.
+    r=$(fetch /api/sales/SKU1/purchase -X POST --data '{"qty":1}' -H 'Origin: https://shop.example')
+    expect_has "$r" '^HTTP/1.1 429'
+    expect_has "$r" '^access-control-allow-origin: https://shop.example'
+    expect_has "$r" '^access-control-allow-credentials: true'
+    expect_has "$r" '^access-control-expose-headers: Retry-After'
+    expect_has "$r" '^vary: Origin'
+    r=$(fetch /api/sales/SKU1/purchase -X POST --data '{"qty":1}' -H 'Origin: https://evil.example')
+    expect_has "$r" '^HTTP/1.1 429'
+    expect_not "$r" '^access-control-'
     # Only POST purchases are limited.
     r=$(fetch /api/sales/SKU1/purchase)
     expect_has "$r" '^x-upstream: fake'
     r=$(fetch /api/products)
     expect_has "$r" '^HTTP/1.1 200'
 }
-check "a burst of purchases is limited per address: 429 JSON with Retry-After: 1" check_429
+check "a burst of purchases is limited per address: 429 JSON with Retry-After: 1, CORS headers for a listed origin only" check_429
 
 kill "$UPSTREAM_PID"; wait "$UPSTREAM_PID" 2>/dev/null || true
 wait_until 5 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$UP1) 2>/dev/null"
@@ -441,13 +478,21 @@ check_503() {
     expect_has "$r" '^content-type: application/problem\+json'
     expect_has "$r" '^retry-after: [0-9]'
     expect_has "$r" '"error":"unavailable","message":"[^"]+"'
+    expect_not "$r" '^access-control-allow-origin:'
+    r=$(fetch /api/products -H 'Origin: https://SHOP.example')
+    expect_has "$r" '^HTTP/1.1 503'
+    expect_has "$r" '^access-control-allow-origin: https://SHOP.example'
+    expect_has "$r" '^access-control-expose-headers: Retry-After'
+    r=$(fetch /p/NOT-RENDERED -H 'Origin: https://shop.example')
+    expect_has "$r" '^HTTP/1.1 503'
+    expect_not "$r" '^access-control-'
     r=$(fetch /readyz)
     expect_has "$r" '"error":"unavailable"'
     r=$(fetch /)
     expect_has "$r" '^HTTP/1.1 200'
     expect_has "$r" 'index-from-disk'
 }
-check "no instance reachable: /api answers 503 JSON with Retry-After, pages still served" check_503
+check "no instance reachable: /api answers 503 JSON with Retry-After (CORS for a listed origin, on /api only), pages still served" check_503
 check "nginx logged no [emerg]/[alert]" bash -c "! grep -E '\[(emerg|alert|crit)\]' '$N/error.log'"
 
 # ---------------------------------------------------------------------------
@@ -522,6 +567,10 @@ echo '<html>{{ title }}</html>' >"$AT/templates/index.html"
 REDIS_PW=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 JWT=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ADMIN=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# The app's CORS origins as an operator may write them (case, a default
+# port, a trailing slash): the env file passes them on, both nginx renderers
+# read them alike.
+CORS_ORIGINS='https://Shop.example:443/,http://localhost:3000'
 # write_inventory NAME PREFIX
 write_inventory() {
     local p=$2
@@ -542,7 +591,7 @@ app1 deploy_prefix=$p/app1 flashsale_serve_ports="[18081, 18082]"
 app1 flashsale_worker_ports="[19101, 19102]"
 
 [web]
-app1 nginx_listen=127.0.0.1:18080
+app1 nginx_listen=127.0.0.1:18080 nginx_admin_allow="['10.1.2.0/24', '192.0.2.7', '::1']"
 
 [all:vars]
 ansible_connection=local
@@ -552,6 +601,7 @@ deploy_manage_system=false
 flashsale_binary_dir=$AT/bin
 flashsale_static_src=$AT/static/
 flashsale_templates_src=$AT/templates/
+flashsale_cors_origins=$CORS_ORIGINS
 EOF
 }
 write_inventory real "$AT/root"
@@ -621,6 +671,12 @@ check_files() {
     grep -qx "FLASHSALE_REDIS_SENTINELS=127.0.0.1:$SP1,127.0.0.1:$SP2,127.0.0.1:$SP3" "$P/app1/etc/flashsale/flashsale.env"
     # nginx on the same host: the app believes the X-Forwarded-For of loopback peers.
     grep -qx "FLASHSALE_TRUSTED_PROXIES=127.0.0.0/8,::1/128" "$P/app1/etc/flashsale/flashsale.env"
+    grep -qx "FLASHSALE_CORS_ORIGINS=$CORS_ORIGINS" "$P/app1/etc/flashsale/flashsale.env"
+    # The HS256 secret is the key source: the unit's credential, no key file,
+    # a drop-in that changes nothing.
+    ! grep -q '^FLASHSALE_JWT_' "$P/app1/etc/flashsale/flashsale.env"
+    expect_eq "$(mode "$P/app1/etc/systemd/system/flashsale@.service.d/jwt-key.conf")" 644 jwt-key.conf
+    expect_eq "$(grep -v '^#' "$P/app1/etc/systemd/system/flashsale@.service.d/jwt-key.conf")" '[Service]' jwt-key.conf
     for i in 1 2 3; do
         expect_eq "$(mode "$P/redis$i/etc/flashsale-redis/redis.conf")" 640 "redis$i redis.conf"
         expect_eq "$(mode "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf")" 600 "redis$i sentinel.conf"
@@ -645,12 +701,97 @@ check "rendered files: modes (env/credentials 0600), secrets only in credentials
 check_nginx_same() {
     FLASHSALE_NGINX_LISTEN=127.0.0.1:18080 FLASHSALE_UPSTREAMS=127.0.0.1:18081,127.0.0.1:18082 \
     FLASHSALE_PAGES_DIR="$P/app1/var/lib/flashsale/pages" FLASHSALE_STATIC_DIR="$P/app1/usr/share/flashsale/static" \
+    FLASHSALE_ADMIN_ALLOW='10.1.2.0/24,192.0.2.7,::1' FLASHSALE_CORS_ORIGINS="$CORS_ORIGINS" \
         "$DEPLOY/nginx/render.sh" --out "$T/nginx-by-render-sh.conf"
     diff "$T/nginx-by-render-sh.conf" "$P/app1/etc/nginx/sites-available/flashsale.conf"
+    grep -qx '        allow 192.0.2.7;' "$T/nginx-by-render-sh.conf"
+    grep -qx '    "https://shop.example" $http_origin;' "$T/nginx-by-render-sh.conf"
     write_nginx_conf "$P/app1/etc/nginx/sites-available/flashsale.conf" >"$T/nginx-ansible.conf"
     nginx -t -q -p "$N/" -e "$N/error.log" -c "$T/nginx-ansible.conf"
 }
-check "the nginx site rendered by ansible == render.sh's, and nginx -t accepts it" check_nginx_same
+check "the nginx site rendered by ansible == render.sh's (allow-list, CORS origins too), and nginx -t accepts it" check_nginx_same
+
+# Shopper-token keys from the controller, into a prefix of their own (app1
+# only): the role's assert first (check mode, nothing written), then a PEM
+# public key, then a JWKS in its place.
+K=$AT/keys
+KP=$AT/keyroot/app1
+mkdir -p "$K" "$KP/etc" "$KP/var/lib"
+printf -- '-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEcheck-sh-test-key\n-----END PUBLIC KEY-----\n' >"$K/jwt-public.pem"
+printf '{"keys":[{"kty":"EC","crv":"P-256","kid":"check-sh","x":"AA","y":"AA"}]}\n' >"$K/jwks.json"
+# Without the web group: the nginx role has nothing to do with the keys.
+write_inventory keys "$AT/keyroot"
+sed -i '/^\[web\]$/,/^$/d' "$AT/inv/keys.ini"
+chmod -R a+rX "$AT/keys" "$AT/inv"
+check_key_asserts() {
+    local rc1=0 rc2=0 rc3=0
+    run_playbook nokey dry --check --limit app1 -e flashsale_jwt_secret= >"$AT/nokey.out" 2>&1 &
+    local p1=$!
+    run_playbook twokeys dry --check --limit app1 -e flashsale_jwt_public_key_src="$K/jwt-public.pem" >"$AT/twokeys.out" 2>&1 &
+    local p2=$!
+    run_playbook extraenv dry --check --limit app1 \
+        -e '{"flashsale_extra_env": {"FLASHSALE_JWT_AUDIENCE": "x", "FLASHSALE_WAIT_TIMEOUT_MS": 250}}' >"$AT/extraenv.out" 2>&1 &
+    local p3=$!
+    wait "$p1" || rc1=$?
+    wait "$p2" || rc2=$?
+    wait "$p3" || rc3=$?
+    cat "$AT/nokey.out" "$AT/twokeys.out" "$AT/extraenv.out"
+    [ "$rc1" != 0 ] && [ "$rc2" != 0 ] && [ "$rc3" != 0 ]
+    grep -q 'Choose exactly one source of shopper-token keys: .*set now: none of them\.' "$AT/nokey.log"
+    grep -q 'set now: flashsale_jwt_secret and flashsale_jwt_public_key_src\.' "$AT/twokeys.log"
+    grep -q 'Set FLASHSALE_JWT_AUDIENCE with the role' "$AT/extraenv.log"
+    # Each stopped at its assert, on the first task of the role.
+    local f
+    for f in nokey twokeys extraenv; do
+        expect_eq "$(grep -cE '^(ok|changed): \[app1\]' "$AT/$f.log" || true)" "$([ $f = extraenv ] && echo 1 || echo 0)" \
+            "$f: tasks run before the assert"
+    done
+    [ -z "$(find "$AT/dryroot" -mindepth 1 -print -quit)" ]
+}
+check "the flashsale role's assert stops a run with no key source, two, or a key setting in flashsale_extra_env" check_key_asserts
+# A PEM public key, then a JWKS in its place: two real runs, in the
+# background beside the Redis group's section (mostly waiting), checked
+# after it; the state after the first is kept in key-pem/.
+key_runs() {
+    run_playbook pem keys --limit app1 -e flashsale_jwt_secret= -e flashsale_jwt_public_key_src="$K/jwt-public.pem" \
+        -e flashsale_jwt_issuer=https://login.shop.example -e flashsale_jwt_audience=flashsale || return 1
+    mkdir -p "$AT/key-pem" && cp -a "$KP/etc" "$AT/key-pem/"
+    run_playbook jwks keys --limit app1 -e flashsale_jwt_secret= -e flashsale_jwt_jwks_src="$K/jwks.json"
+}
+key_runs >"$AT/key-runs.out" 2>&1 &
+KEYS_PID=$!
+PIDS+=("$KEYS_PID")
+check_key_files() {
+    cat "$AT/key-runs.out"
+    [ "$KEYS_RC" = 0 ]
+    local at=$AT/key-pem env drop
+    env=$at/etc/flashsale/flashsale.env drop=$at/etc/systemd/system/flashsale@.service.d/jwt-key.conf
+    cmp "$K/jwt-public.pem" "$at/etc/flashsale/jwt-public.pem"
+    expect_eq "$(stat -c '%a %U' "$at/etc/flashsale/jwt-public.pem")" "644 $(id -un)" jwt-public.pem
+    grep -qx 'FLASHSALE_JWT_PUBLIC_KEY_FILE=/etc/flashsale/jwt-public.pem' "$env"
+    grep -qx 'FLASHSALE_JWT_ISSUER=https://login.shop.example' "$env"
+    grep -qx 'FLASHSALE_JWT_AUDIENCE=flashsale' "$env"
+    ! grep -q '^FLASHSALE_JWT_JWKS_FILE=' "$env"
+    # No HS256 credential, and the unit's variable for it unset.
+    [ ! -e "$at/etc/flashsale/credentials/jwt_secret" ]
+    [ -s "$at/etc/flashsale/credentials/redis_password" ] && [ -s "$at/etc/flashsale/credentials/admin_token" ]
+    grep -qx 'UnsetEnvironment=FLASHSALE_JWT_SECRET_FILE' "$drop"
+    grep -qx 'SetCredential=jwt_secret:unused' "$drop"
+    # systemd takes the unit with that drop-in without a word.
+    mkdir -p "$R/etc/systemd/system/flashsale@.service.d"
+    cp "$drop" "$R/etc/systemd/system/flashsale@.service.d/"
+    verify_unit flashsale@8081.service
+    rm -rf "$R/etc/systemd/system/flashsale@.service.d"
+    # A JWKS in place of the key: the key file and its settings go.
+    env=$KP/etc/flashsale/flashsale.env drop=$KP/etc/systemd/system/flashsale@.service.d/jwt-key.conf
+    cmp "$K/jwks.json" "$KP/etc/flashsale/jwks.json"
+    expect_eq "$(stat -c '%a' "$KP/etc/flashsale/jwks.json")" 644 jwks.json
+    grep -qx 'FLASHSALE_JWT_JWKS_FILE=/etc/flashsale/jwks.json' "$env"
+    ! grep -qE '^FLASHSALE_JWT_(PUBLIC_KEY_FILE|ISSUER|AUDIENCE)=' "$env"
+    [ ! -e "$KP/etc/flashsale/jwt-public.pem" ]
+    [ ! -e "$KP/etc/flashsale/credentials/jwt_secret" ]
+    grep -qx 'UnsetEnvironment=FLASHSALE_JWT_SECRET_FILE' "$drop"
+}
 
 # ---------------------------------------------------------------------------
 section "redis group from the rendered configs"
@@ -779,6 +920,8 @@ check_third_run() {
     echo "sentinel.conf before/after: $before / $(cat "$P"/redis*/var/lib/flashsale-sentinel/sentinel.conf | md5sum)"
 }
 check "ansible run after the failover keeps the Sentinels' state, SETs a changed tunable, follows the master" check_third_run
+KEYS_RC=0; wait "$KEYS_PID" || KEYS_RC=$?
+check "a PEM public key, then a JWKS, from the controller: installed 0644 root, named in flashsale.env, no HS256 credential, unset by a drop-in systemd accepts" check_key_files
 
 # ---------------------------------------------------------------------------
 section "docker compose"
@@ -797,12 +940,22 @@ check_topology() {
     local nginx_ip; nginx_ip=$(grep -oE 'ipv4_address: [0-9.]+' <<<"$cfg" | awk '{print $2}')
     expect_eq "$(grep -c 'ipv4_address:' <<<"$cfg")" 1 "one fixed address"
     expect_eq "$(grep -c "FLASHSALE_TRUSTED_PROXIES: $nginx_ip/32\$" <<<"$cfg")" 2 "app1 and app2 trust nginx"
+    # /admin through nginx: only from the declared gateway (the Docker host).
+    local gw; gw=$(grep -oE 'gateway: [0-9.]+' <<<"$cfg" | awk '{print $2}')
+    expect_eq "$(grep -c 'FLASHSALE_ADMIN_ALLOW:' <<<"$cfg")" 1 "nginx alone has an allow-list"
+    expect_has "$cfg" "FLASHSALE_ADMIN_ALLOW: $gw/32\$"
     python3 - "$nginx_ip" "$(grep -oE 'subnet: [0-9./]+' <<<"$cfg" | awk '{print $2}')" \
-        "$(grep -oE 'ip_range: [0-9./]+' <<<"$cfg" | awk '{print $2}')" <<'EOF'
+        "$(grep -oE 'ip_range: [0-9./]+' <<<"$cfg" | awk '{print $2}')" "$gw" <<'EOF'
 import ipaddress, sys
 ip, subnet, pool = ipaddress.ip_address(sys.argv[1]), ipaddress.ip_network(sys.argv[2]), ipaddress.ip_network(sys.argv[3])
+gw = ipaddress.ip_address(sys.argv[4])
 assert ip in subnet and pool.subnet_of(subnet) and ip not in pool, (ip, subnet, pool)
+assert gw in subnet and gw not in pool and gw != ip, (gw, subnet, pool, ip)
 EOF
+    # nginx reads the apps' CORS origins from the same variable.
+    expect_eq "$(grep -c 'FLASHSALE_CORS_ORIGINS: https://a.example,https://b.example$' <<<"$(cd "$C" && \
+        FLASHSALE_CORS_ORIGINS=https://a.example,https://b.example docker-compose -f docker-compose.yml config)")" 3 \
+        "app1, app2 and nginx get FLASHSALE_CORS_ORIGINS"
     grep -q '^sentinel resolve-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q '^sentinel announce-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q 'replica-announce-ip' "$C/redis/start-redis.sh"
@@ -812,7 +965,7 @@ EOF
     grep -q '^USER flashsale' "$C/Dockerfile"
     sh -n "$C/redis/start-redis.sh" && sh -n "$C/redis/start-sentinel.sh" && sh -n "$C/nginx-render.sh"
 }
-check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx (at the fixed address the apps trust); hostnames for Sentinel" check_topology
+check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx (at the fixed address the apps trust; /admin from the gateway only; the apps' CORS origins); hostnames for Sentinel" check_topology
 check_compose_rejects() {
     sed 's/^    stop_grace_period: 15s$/    stop_grace_perod: 15s/' "$C/docker-compose.yml" >"$C/.broken-compose.yml"
     local rc=0
