@@ -1,11 +1,34 @@
-//! The deployment checks of `deploy/check.sh` (nginx -t and a live nginx,
-//! systemd-analyze verify, ansible syntax-check, lint and runs into a temp
-//! prefix, the rendered Redis/Sentinel configs started as a real group that
-//! runs the shipped settings of `deploy/redis/`, docker-compose config and
-//! the compose start scripts run outside a container), run as one test so
+//! The deployment side.
+//!
+//! `deployment_checks_pass` runs `deploy/check.sh` (nginx -t and a live
+//! nginx, systemd-analyze verify, ansible syntax-check, lint and runs into a
+//! temp prefix, the rendered Redis/Sentinel configs started as a real group
+//! that runs the shipped settings of `deploy/redis/`, docker-compose config
+//! and the compose start scripts run outside a container) as one test, so
 //! the suite has one runner.
+//!
+//! `nginx_admin_allow_list_in_front_of_the_app` runs the shipped nginx site
+//! (rendered by `deploy/nginx/render.sh`, which `check.sh` holds identical to
+//! the ansible role's rendering) in front of a real `flashsale serve` of the
+//! test kit, with an /admin allow-list of 127.0.0.1 only, and talks to it
+//! from 127.0.0.1 and from 127.0.0.2. nginx is started in its own process
+//! group, stopped by that group's id on drop (also when the test panics) and
+//! by a watchdog if this test process dies first.
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::net::{IpAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::app::{
+    ADMIN_TOKEN, AppOptions, TestApp, serve_settings, shared_group, temp_dir, unique,
+};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn deployment_checks_pass() {
@@ -25,5 +48,472 @@ fn deployment_checks_pass() {
         out.status.success() && last.ends_with(" 0 failed"),
         "deploy/check.sh failed ({}):\n{stdout}\n{stderr}",
         out.status
+    );
+}
+
+// ------------------------------------------------------------------ nginx --
+
+/// The address the allow-list admits, and one it does not (both loopback).
+const ALLOWED: &str = "127.0.0.1";
+const DENIED: &str = "127.0.0.2";
+/// The app's (and so nginx's) one CORS origin.
+const SHOP: &str = "https://shop.example";
+
+fn nginx_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is not installed (as root: apt-get install nginx, or bash deploy/check.sh)")
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Sends `sig` to every process of group `pgid`; whether one was there.
+fn signal_group(pgid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args(["-s", sig, "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// nginx in the foreground (`daemon off`) on a free loopback port, with the
+/// site `deploy/nginx/render.sh` renders from `env` (its FLASHSALE_*
+/// variables) in a temp dir that also holds the pid file, logs and temp
+/// paths.
+struct Nginx {
+    pgid: u32,
+    child: std::process::Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(env: &[(&str, &str)]) -> Nginx {
+        let bin = nginx_bin();
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let dir = temp_dir("nginx-admin");
+            let port = free_port();
+            let out = Command::new("bash")
+                .arg(Path::new(REPO).join("deploy/nginx/render.sh"))
+                .arg("--out")
+                .arg(dir.join("flashsale.conf"))
+                .env("FLASHSALE_NGINX_LISTEN", format!("127.0.0.1:{port}"))
+                .env("FLASHSALE_PAGES_DIR", dir.join("pages"))
+                .env("FLASHSALE_STATIC_DIR", Path::new(REPO).join("static"))
+                .envs(env.iter().copied())
+                .output()
+                .expect("deploy/nginx/render.sh");
+            assert!(
+                out.status.success(),
+                "render.sh: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let d = dir.display();
+            // As root, the workers would run as `nobody`, which cannot read
+            // the temp dir; the test's own user is fine.
+            let user = if is_root() { "user root;\n" } else { "" };
+            let mime = ["/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types"]
+                .into_iter()
+                .find(|p| Path::new(p).is_file())
+                .expect("nginx's mime.types");
+            let conf = format!(
+                "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  include {mime};\n  default_type application/octet-stream;\n\
+                 \x20 access_log {d}/access.log;\n\
+                 \x20 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 \x20 include {d}/flashsale.conf;\n}}\n"
+            );
+            std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+            let args = |extra: &[&str]| {
+                let mut c = Command::new(&bin);
+                c.arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(dir.join("nginx.conf"))
+                    .args(extra);
+                c
+            };
+            let t = args(&["-t", "-q"]).output().expect("nginx -t");
+            assert!(
+                t.status.success(),
+                "nginx -t failed for the site rendered from deploy/nginx:\n{}",
+                String::from_utf8_lossy(&t.stderr)
+            );
+            let child = args(&["-g", "daemon off; master_process on;"])
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nginx");
+            let pgid = child.id();
+            watchdog(pgid);
+            let mut n = Nginx {
+                pgid,
+                child,
+                dir,
+                port,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return n;
+                }
+                if n.child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            last = n.error_log();
+            drop(n);
+            if !last.contains("in use") {
+                break;
+            }
+        }
+        panic!("nginx did not start:\n{last}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn site(&self) -> String {
+        std::fs::read_to_string(self.dir.join("flashsale.conf")).unwrap_or_default()
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        signal_group(self.pgid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while signal_group(self.pgid, "0") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal_group(self.pgid, "KILL");
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills process group `pgid` if this test process dies before it does.
+fn watchdog(pgid: u32) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 -{pgid} 2>/dev/null; do sleep 1; done; \
+         kill -0 {me} 2>/dev/null || kill -KILL -{pgid} 2>/dev/null",
+        me = std::process::id()
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog");
+    // Not waited for: it ends by itself once the group or this process is gone.
+    std::mem::forget(child);
+}
+
+/// An HTTP client whose connections come from `local`.
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(local.parse::<IpAddr>().expect("ip")))
+        .timeout(Duration::from_secs(20))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// What came back: status, headers (lowercase names), body.
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    async fn of(req: reqwest::RequestBuilder) -> Answer {
+        let r = req.send().await.expect("request through nginx");
+        let status = r.status().as_u16();
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = r.text().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// A problem JSON answer with `status` and error code `code`: the API's
+    /// error shape (docs/API.md).
+    fn assert_problem(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert!(
+            self.header("content-type")
+                .is_some_and(|c| c.starts_with("application/problem+json")),
+            "{what}: {:?}",
+            self.headers
+        );
+        let v = self.json();
+        assert_eq!(v["error"], code, "{what}: {v}");
+        assert_eq!(v["status"], status, "{what}: {v}");
+        assert_eq!(
+            v["type"],
+            format!("urn:flashsale:error:{code}"),
+            "{what}: {v}"
+        );
+        assert!(
+            v["title"].as_str().is_some_and(|t| !t.is_empty())
+                && v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
+    }
+
+    /// No CORS header at all.
+    fn assert_no_cors(&self, what: &str) {
+        let cors: Vec<_> = self
+            .headers
+            .keys()
+            .filter(|k| k.starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "{what}: {cors:?}");
+    }
+
+    /// The CORS headers the app puts on its own /api answers, for `origin`.
+    fn assert_cors_for(&self, origin: &str, what: &str) {
+        assert_eq!(
+            self.header("access-control-allow-origin"),
+            Some(origin),
+            "{what}: {:?}",
+            self.headers
+        );
+        assert_eq!(
+            self.header("access-control-allow-credentials"),
+            Some("true"),
+            "{what}"
+        );
+        assert!(
+            self.header("access-control-expose-headers")
+                .is_some_and(|h| h.to_ascii_lowercase().contains("retry-after")),
+            "{what}: {:?}",
+            self.headers
+        );
+    }
+}
+
+/// The shipped nginx site with an /admin allow-list of 127.0.0.1 in front
+/// of a real `flashsale serve` (CORS origin [`SHOP`]): from 127.0.0.1 the
+/// admin API answers as the app does (401 without the token, 200 and 201
+/// with it); from 127.0.0.2 every /admin path is nginx's 403 problem JSON
+/// and never reaches the app, while /api serves it as usual. The errors
+/// nginx makes itself on /api (429, 503) carry CORS headers for the app's
+/// origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_admin_allow_list_in_front_of_the_app() {
+    let prefix = unique("ngadm");
+    let mut settings = serve_settings(shared_group(), &prefix, &AppOptions::default());
+    settings.cors_origins = vec![SHOP.to_owned()];
+    let app = TestApp::spawn_settings(&prefix, settings).await;
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&[
+        ("FLASHSALE_UPSTREAMS", &upstream),
+        ("FLASHSALE_ADMIN_ALLOW", "127.0.0.1/32"),
+        ("FLASHSALE_CORS_ORIGINS", SHOP),
+        ("FLASHSALE_PURCHASE_RATE", "1r/s"),
+        ("FLASHSALE_PURCHASE_BURST", "1"),
+    ]);
+    let site = nginx.site();
+    assert!(
+        site.contains("        allow 127.0.0.1/32;\n        deny all;\n"),
+        "the rendered allow-list:\n{site}"
+    );
+    let allowed = client_from(ALLOWED);
+    let denied = client_from(DENIED);
+
+    // From the allowed address: the app's own answers.
+    let a = Answer::of(allowed.get(nginx.url("/admin/sales"))).await;
+    a.assert_problem(401, "unauthorized", "allowed, no token");
+    let sku = unique("ngadm");
+    let now = time::OffsetDateTime::now_utc();
+    let at = |s: i64| {
+        (now + time::Duration::seconds(s))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("time")
+    };
+    let sale = json!({
+        "sku": sku, "name": "Admin through nginx", "description": "Created from an allowed address",
+        "price_cents": 1999, "stock": 50, "per_user_limit": 1,
+        "starts_at": at(-5), "ends_at": at(3600),
+    });
+    let a = Answer::of(
+        allowed
+            .post(nginx.url("/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&sale),
+    )
+    .await;
+    assert_eq!(a.status, 201, "allowed, create a sale: {}", a.body);
+    let a = Answer::of(
+        allowed
+            .get(nginx.url("/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(a.status, 200, "allowed, list: {}", a.body);
+    assert!(a.body.contains(&sku), "the sale is listed: {}", a.body);
+
+    // From the other address: nginx's 403 whatever the path looks like,
+    // token or not; nothing reaches the app.
+    let other = unique("ngadm");
+    for path in [
+        "/admin/sales".to_owned(),
+        "/admin".to_owned(),
+        format!("/admin/sales/{sku}"),
+        format!("/admin/sales/{sku}/audit"),
+        "/%61dmin/sales".to_owned(),
+        "//admin/sales".to_owned(),
+    ] {
+        let a = Answer::of(
+            denied
+                .get(nginx.url(&path))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("origin", SHOP),
+        )
+        .await;
+        a.assert_problem(403, "forbidden", &format!("denied GET {path}"));
+        // /admin is not /api: no CORS headers, from nginx or the app.
+        a.assert_no_cors(&format!("denied GET {path}"));
+    }
+    let mut attempt = sale.clone();
+    attempt["sku"] = json!(other);
+    let a = Answer::of(
+        denied
+            .post(nginx.url("/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&attempt),
+    )
+    .await;
+    a.assert_problem(403, "forbidden", "denied, create a sale");
+    let (s, _) = app.get(&format!("/api/products/{other}"), None).await;
+    assert_eq!(s, 404, "the refused sale was not created");
+
+    // /api from the other address: the app, as usual.
+    let a = Answer::of(denied.get(nginx.url(&format!("/api/products/{sku}")))).await;
+    assert_eq!(a.status, 200, "denied address, /api: {}", a.body);
+    assert_eq!(a.json()["sku"], sku.as_str());
+    let a = Answer::of(
+        denied
+            .post(nginx.url(&format!("/api/sales/{sku}/purchase")))
+            .bearer_auth(app.token("nina"))
+            .header("origin", SHOP)
+            .header("idempotency-key", "k-nina")
+            .json(&json!({"qty": 1})),
+    )
+    .await;
+    assert_eq!(
+        a.status, 202,
+        "a purchase from the denied address: {}",
+        a.body
+    );
+    a.assert_cors_for(SHOP, "the app's own /api answer");
+
+    // nginx's own 429 on /api: readable by the app's origin, by no other.
+    let mut limited = None;
+    for i in 0..10 {
+        let a = Answer::of(
+            denied
+                .post(nginx.url(&format!("/api/sales/{sku}/purchase")))
+                .bearer_auth(app.token("nina"))
+                .header("origin", SHOP)
+                .header("idempotency-key", format!("k-nina-{i}"))
+                .json(&json!({"qty": 1})),
+        )
+        .await;
+        if a.status == 429 {
+            limited = Some(a);
+            break;
+        }
+    }
+    let a = limited.expect("nginx limits a burst of purchases");
+    a.assert_problem(429, "rate_limited", "nginx's 429");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    a.assert_cors_for(SHOP, "nginx's 429, listed origin");
+    let a = Answer::of(
+        denied
+            .post(nginx.url(&format!("/api/sales/{sku}/purchase")))
+            .bearer_auth(app.token("nina"))
+            .header("origin", "https://evil.example")
+            .json(&json!({"qty": 1})),
+    )
+    .await;
+    a.assert_problem(429, "rate_limited", "nginx's 429, other origin");
+    a.assert_no_cors("nginx's 429, other origin");
+
+    // nginx's own 503 with the app gone: CORS on /api only.
+    app.stop().await;
+    let a = Answer::of(
+        denied
+            .get(nginx.url(&format!("/api/products/{sku}")))
+            .header("origin", SHOP),
+    )
+    .await;
+    a.assert_problem(503, "unavailable", "nginx's 503 on /api");
+    a.assert_cors_for(SHOP, "nginx's 503 on /api");
+    let a = Answer::of(
+        allowed
+            .get(nginx.url("/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("origin", SHOP),
+    )
+    .await;
+    a.assert_problem(503, "unavailable", "nginx's 503 on /admin");
+    a.assert_no_cors("nginx's 503 on /admin");
+    let a = Answer::of(
+        denied
+            .get(nginx.url("/admin/sales"))
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
+    a.assert_problem(403, "forbidden", "denied, the app gone");
+
+    let log = nginx.error_log();
+    assert!(
+        !log.contains("[emerg]") && !log.contains("[alert]") && !log.contains("[crit]"),
+        "{log}"
     );
 }
