@@ -2,6 +2,15 @@
 //! Every handler, extractor and middleware fails with an [`ApiError`], whose
 //! mapping to statuses, error codes and headers lives in [`error`].
 //!
+//! This module owns the list of routes. The documented ones are built in one
+//! place, `documented_routes`, with `utoipa-axum`: each `routes!` call
+//! routes its handlers and adds their `#[utoipa::path]` operations to the
+//! description, so a route there cannot exist without being described.
+//! [`router`] takes the routers from that build and adds only what the
+//! description does not cover: the development sign-in page, `/static`, the
+//! fallbacks and the layers. [`openapi`] serves the description of the same
+//! build.
+//!
 //! [`Application::build`] connects to Redis and binds the listener (port 0
 //! in tests); [`Application::run_until`] serves until the given future
 //! completes, then drains in-flight requests. Overload is shed, not queued:
@@ -33,12 +42,15 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::error::ApiError;
 use crate::config::{Secret, ServeSettings};
@@ -90,37 +102,69 @@ async fn overloaded(err: tower::BoxError) -> axum::response::Response {
     }
 }
 
-/// The router with every route and layer.
-pub fn router(state: AppState) -> Router {
-    let request_timeout = state.shop.redis.failover_wait() + Duration::from_secs(5);
-    let mut app = Router::new()
-        .route("/", get(pages::index))
-        .route("/p/{sku}", get(pages::product))
-        .route("/orders", get(pages::orders))
-        .route("/api/products", get(api::products))
-        .route("/api/products/{sku}", get(api::product))
-        .route("/api/sales/{sku}/purchase", post(api::purchase))
-        .route("/api/orders/{order_id}", get(api::order))
-        .route("/api/me/orders", get(api::my_orders))
-        .route("/admin/sales", post(api::create_sale).get(api::admin_sales))
-        .route(
-            "/admin/sales/{sku}",
-            get(api::admin_sale).patch(api::update_sale),
-        )
-        .route("/admin/sales/{sku}/pause", post(api::pause_sale))
-        .route("/admin/sales/{sku}/resume", post(api::resume_sale))
-        .route("/admin/sales/{sku}/end", post(api::end_sale))
-        .route("/admin/sales/{sku}/audit", get(api::audit))
-        .route("/api/openapi.json", get(openapi::serve))
-        .route("/readyz", get(api::readyz));
+/// The documented routes and their description, from one list.
+pub(crate) struct DocumentedRoutes {
+    /// Routes behind the concurrency limit and the request timeout.
+    pub limited: Router<AppState>,
+    /// Routes outside them: liveness and metrics answer however loaded the
+    /// service is.
+    pub ops: Router<AppState>,
+    /// The OpenAPI description of exactly these routes (plus what
+    /// [`openapi::ApiDoc`] holds: info, tags, components).
+    pub description: utoipa::openapi::OpenApi,
+}
+
+/// Every documented route, built once per call: each `routes!` routes its
+/// handlers at the path of their `#[utoipa::path]` and adds their operations
+/// to the description. Handlers that share a path go in one `routes!`: it
+/// routes every handler it is given at every path it names, so two paths in
+/// one call would answer each other's methods (the integration test's 405
+/// check would fail).
+pub(crate) fn documented_routes() -> DocumentedRoutes {
+    let (limited, description) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(pages::index))
+        .routes(routes!(pages::product))
+        .routes(routes!(pages::orders))
+        .routes(routes!(api::products))
+        .routes(routes!(api::product))
+        .routes(routes!(api::purchase))
+        .routes(routes!(api::order))
+        .routes(routes!(api::my_orders))
+        .routes(routes!(api::create_sale, api::admin_sales))
+        .routes(routes!(api::admin_sale, api::update_sale))
+        .routes(routes!(api::pause_sale))
+        .routes(routes!(api::resume_sale))
+        .routes(routes!(api::end_sale))
+        .routes(routes!(api::audit))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(api::readyz))
+        .split_for_parts();
     // Liveness and metrics answer however loaded the service is: they sit
     // outside the concurrency limit (the API promises /healthz is 200 while
     // the process runs). /readyz is shed like the rest: an instance past its
     // limit is not ready for more.
-    let ops = Router::new()
-        .route("/healthz", get(api::healthz))
-        .route("/metrics", get(api::metrics))
-        .method_not_allowed_fallback(middleware::method_not_allowed);
+    let (ops, description) = OpenApiRouter::with_openapi(description)
+        .routes(routes!(api::healthz))
+        .routes(routes!(api::metrics))
+        .split_for_parts();
+    DocumentedRoutes {
+        limited,
+        ops,
+        description,
+    }
+}
+
+/// The router with every route and layer.
+pub fn router(state: AppState) -> Router {
+    let request_timeout = state.shop.redis.failover_wait() + Duration::from_secs(5);
+    // The description these routes come with is the one `openapi::serve`
+    // answers with (built by the same function, once per process).
+    let DocumentedRoutes { limited, ops, .. } = documented_routes();
+    let mut app = limited;
+    let ops = ops.method_not_allowed_fallback(middleware::method_not_allowed);
+    // The development sign-in page is deliberately not in the description:
+    // it exists only with `--dev-login`, is no part of the API, and the
+    // description is the same for every instance.
     if state.settings.dev_login {
         app = app.route(
             "/dev/login",

@@ -1,8 +1,30 @@
-//! The OpenAPI 3.1 description of the HTTP API, generated at build time
-//! from the handlers' `#[utoipa::path]` annotations and the types they
-//! answer with, and served at `GET /api/openapi.json`. The test suite
-//! checks it against the running router (every listed operation answers,
-//! every route is listed, every error code appears).
+//! The OpenAPI 3.1 description of the HTTP API, served at
+//! `GET /api/openapi.json`.
+//!
+//! This module owns what the description says beyond its operations: the
+//! info, the tags, the shared components (the error codes, the security
+//! schemes) in [`ApiDoc`]; and serving it. It owns no list of operations:
+//! [`ApiDoc`] has no `paths(...)`. The operations are added by
+//! `web::documented_routes`, the router's own list, where each
+//! `routes!` call both routes a handler and adds its `#[utoipa::path]`
+//! operation, so every documented route is described by construction.
+//!
+//! The served document is the `description` of that same build, computed
+//! once per process (`JSON`) rather than carried from [`super::router`]
+//! into the handler: the annotations are static, so the description does
+//! not depend on the state or the settings a router is built with, and a
+//! process serves one document however many routers it builds (the tests
+//! build many). Routes added outside that list (the development sign-in
+//! page, `/static`, the fallbacks) are deliberately not described.
+//!
+//! [`ApiDoc`]'s modifiers run in `ApiDoc::openapi()`, before any operation
+//! is added: a modifier may add components, not look at paths.
+//!
+//! What construction cannot give is checked by tests: below, that the
+//! description has no operation the router list did not add; in
+//! `tests/it/openapi.rs`, against a running server, that every described
+//! operation answers, that the other methods of a described path get 405,
+//! and that every error code is listed.
 
 use std::sync::LazyLock;
 
@@ -11,36 +33,16 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{api, error, pages};
+use super::error;
 
-/// The description, as Rust data.
+/// Everything of the description but its operations, which
+/// `web::documented_routes` adds (keep `paths(...)` out of here: a path
+/// listed here would be described without being routed).
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "flashsale",
         description = "A flash-sale backend: purchases answered 202/409 only once the replicas hold them. Errors are RFC 9457 problem JSON with a stable `error` code."
-    ),
-    paths(
-        pages::index,
-        pages::product,
-        pages::orders,
-        api::products,
-        api::product,
-        api::purchase,
-        api::order,
-        api::my_orders,
-        api::create_sale,
-        api::admin_sales,
-        api::admin_sale,
-        api::update_sale,
-        api::pause_sale,
-        api::resume_sale,
-        api::end_sale,
-        api::audit,
-        api::healthz,
-        api::readyz,
-        api::metrics,
-        serve,
     ),
     components(schemas(error::ErrorCode)),
     modifiers(&Security),
@@ -78,8 +80,14 @@ impl Modify for Security {
     }
 }
 
-static JSON: LazyLock<String> =
-    LazyLock::new(|| ApiDoc::openapi().to_pretty_json().unwrap_or_default());
+/// The served document: the description of [`super::documented_routes`],
+/// the build [`super::router`] takes its routes from.
+static JSON: LazyLock<String> = LazyLock::new(|| {
+    super::documented_routes()
+        .description
+        .to_pretty_json()
+        .unwrap_or_default()
+});
 
 /// This description.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
@@ -98,6 +106,44 @@ pub async fn serve() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The description's paths are exactly those the router list added:
+    /// [`ApiDoc`] lists none of its own (one there would be described but
+    /// not routed), and the served document is the one of the router's
+    /// build, not [`ApiDoc`] alone or another list.
+    #[test]
+    fn the_description_is_the_one_of_the_router_list() {
+        let base = ApiDoc::openapi();
+        assert!(
+            base.paths.paths.is_empty(),
+            "ApiDoc describes paths the router list does not route: {:?}",
+            base.paths.paths.keys().collect::<Vec<_>>()
+        );
+        let served: serde_json::Value = serde_json::from_str(&JSON).expect("json");
+        let built = serde_json::to_value(super::super::documented_routes().description)
+            .expect("description");
+        assert_eq!(served, built);
+        let paths = served["paths"].as_object().expect("paths");
+        // Every operation's tag is one the description declares.
+        let tags: Vec<&str> = served["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().expect("operations") {
+                let op_tags = op["tags"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                assert!(!op_tags.is_empty(), "{method} {path} has no tag");
+                for t in op_tags {
+                    assert!(
+                        t.as_str().is_some_and(|t| tags.contains(&t)),
+                        "{method} {path}: tag {t} is not declared in ApiDoc"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_description_is_openapi_3_1_and_lists_every_error_code() {
