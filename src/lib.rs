@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod ledger;
 pub mod redis;
 pub mod sale;
 pub mod telemetry;
