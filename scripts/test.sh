@@ -7,10 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh chromium node pip
+scripts/setup.sh chromium node pip postgresql
 for tool in redis-server redis-sentinel redis-cli nginx chromium node npm; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing" >&2; exit 1; }
 done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+  || { echo "test.sh: PostgreSQL's server (initdb, postgres) is missing" >&2; exit 1; }
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

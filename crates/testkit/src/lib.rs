@@ -12,9 +12,11 @@
 //!   `confirmed`.
 //! - [`switch`]: when the Sentinels announced a switch.
 //! - [`metrics`]: reading `/metrics`.
+//! - [`postgres`]: a throw-away PostgreSQL server (the order ledger's).
 
 pub mod metrics;
 pub mod orders;
+pub mod postgres;
 pub mod procs;
 pub mod redis_group;
 pub mod switch;
