@@ -1,7 +1,10 @@
 //! `flashsale-worker`: consumes the order streams (see `flashsale::worker`).
+//! With `FLASHSALE_LEDGER_URL` it applies the ledger's migrations at
+//! start-up and records every order there before confirming it.
 //! Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, the batch in hand
-//! finished); 1 Redis unreachable at start, or the graceful stop timed out;
-//! 78 a configuration error; 130/143 a second signal during the stop.
+//! finished); 1 Redis or the ledger unreachable at start (or a migration
+//! failed), or the graceful stop timed out; 78 a configuration error;
+//! 130/143 a second signal during the stop.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use std::sync::Arc;
 use clap::Parser;
 use flashsale::cli::{Failure, exit, shutdown_signal};
 use flashsale::config::WorkerArgs;
+use flashsale::ledger::Ledger;
 use flashsale::redis::Redis;
 use flashsale::worker::{Worker, run};
 use tokio::sync::Notify;
@@ -23,7 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "flashsale-worker",
     version,
     about = "Consumes the flashsale order streams",
-    after_help = "Exit codes: 0 stopped cleanly; 1 Redis unreachable at start or the graceful stop timed out; 78 configuration error; 130/143 a second signal during the stop."
+    after_help = "Exit codes: 0 stopped cleanly; 1 Redis or the ledger unreachable at start (or a ledger migration failed), or the graceful stop timed out; 78 configuration error; 130/143 a second signal during the stop."
 )]
 struct Cli {
     #[command(flatten)]
@@ -48,8 +52,32 @@ async fn main_inner() -> Result<ExitCode, Failure> {
             let _ = axum::serve(listener, app).await;
         });
     }
+    // The ledger first: its schema must be in place before anything is
+    // confirmed, and an unreachable ledger at start is an error (exit 1,
+    // the unit restarts); an outage later only delays confirmation.
+    let ledger = match &settings.ledger {
+        None => None,
+        Some(s) => {
+            let ledger = Ledger::connect(s, "flashsale-worker")
+                .await
+                .map_err(|e| format!("{} ({}): {e}", flashsale::ledger::VAR, s.describe()))?;
+            let version = ledger
+                .migrate()
+                .await
+                .map_err(|e| format!("{} ({}): {e}", flashsale::ledger::VAR, s.describe()))?;
+            tracing::info!(
+                ledger = ledger.describe(),
+                schema = version,
+                "order ledger ready"
+            );
+            Some(ledger)
+        }
+    };
     let redis = Redis::connect(settings.redis).await?;
-    let worker = Worker::new(redis, settings.tuning);
+    let mut worker = Worker::new(redis, settings.tuning);
+    if let Some(ledger) = ledger {
+        worker = worker.with_ledger(ledger);
+    }
     let stop = Arc::new(Notify::new());
     let stopped = {
         let stop = stop.clone();

@@ -1,8 +1,9 @@
 //! The settings of `flashsale-worker`: its consumer name, how much it holds
 //! and how long it blocks, when it reclaims, dead-letters, sweeps and
-//! rediscovers, where it serves metrics and how long it may take to stop.
-//! Out-of-range values are refused (one line naming the variable), never
-//! clamped.
+//! rediscovers, the order ledger it records orders in (the ledger's own
+//! flags, shared with `flashsale ledger`), where it serves metrics and how
+//! long it may take to stop. Out-of-range values are refused (one line
+//! naming the variable), never clamped.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,11 +11,14 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{ConfigError, RedisArgs, RedisSettings, invalid, ms};
+use crate::ledger::{LedgerArgs, LedgerSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     /// Consumer name (default: host-pid-random).
     #[arg(long, env = "FLASHSALE_WORKER_NAME")]
     pub consumer: Option<String>,
@@ -83,6 +87,9 @@ pub struct WorkerTuning {
 pub struct WorkerSettings {
     pub redis: RedisSettings,
     pub tuning: WorkerTuning,
+    /// The order ledger (`FLASHSALE_LEDGER_URL`); `None`: orders are
+    /// confirmed in Redis alone, as without one.
+    pub ledger: Option<LedgerSettings>,
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
 }
@@ -107,6 +114,7 @@ fn count(var: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize, Con
 impl WorkerArgs {
     pub fn settings(&self) -> Result<WorkerSettings, ConfigError> {
         let redis = self.redis.settings()?;
+        let ledger = self.ledger.settings()?;
         let consumer = match &self.consumer {
             None => default_consumer(),
             Some(c) if c.is_empty() || c.len() > 128 || c.chars().any(char::is_whitespace) => {
@@ -160,6 +168,7 @@ impl WorkerArgs {
                     86_400_000,
                 )?,
             },
+            ledger,
             metrics_addr,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
         })
@@ -206,6 +215,28 @@ mod tests {
         ] {
             let e = parse(args).expect_err("refused").to_string();
             assert!(e.starts_with(var), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_ledger_is_optional_and_its_url_checked_without_showing_it() {
+        assert!(parse(&[]).expect("defaults").ledger.is_none());
+        let s = parse(&[
+            "--ledger-url",
+            "postgres://fs:hunter2@127.0.0.1:5432/ledger",
+        ])
+        .expect("valid");
+        let ledger = s.ledger.expect("configured");
+        assert_eq!(ledger.describe(), "127.0.0.1:5432/ledger");
+        assert!(!format!("{ledger:?}").contains("hunter2"));
+        for bad in [
+            "http://fs:hunter2@h/db",
+            "postgres://fs:hunter2@h:99999/db",
+            "",
+        ] {
+            let e = parse(&["--ledger-url", bad]).expect_err(bad).to_string();
+            assert!(e.starts_with("FLASHSALE_LEDGER_URL"), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
         }
     }
 }

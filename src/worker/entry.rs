@@ -1,10 +1,13 @@
 //! An order stream entry as the worker reads it: its fields checked before
 //! anything is done with it (a malformed entry is poison: left pending,
-//! retried, then dead-lettered).
+//! retried, then dead-lettered); and, with a ledger, the order record the
+//! entry names, as the ledger gets it.
 
 use redis::Value;
 use redis::streams::StreamId;
+use time::OffsetDateTime;
 
+use crate::ledger::NewOrder;
 use crate::sale::{sku_of_order, valid_sku, valid_user};
 
 /// One parsed order entry.
@@ -42,4 +45,95 @@ pub(super) fn parse_entry(stream_sku: &str, e: &StreamId) -> Result<Entry, Strin
         id: e.id.clone(),
         order_id,
     })
+}
+
+/// The fields of an order record the ledger is given, in `HMGET` order.
+pub(super) const ORDER_FIELDS: [&str; 5] = ["status", "order_id", "user_id", "qty", "created_ms"];
+
+/// The ledger's new order for an entry, from the `HMGET` of its order
+/// record ([`ORDER_FIELDS`]); `None` when the record is missing, names
+/// another order, or is malformed — such an entry is treated as
+/// `fs_confirm_batch` treats it (-1: left pending, so retried and
+/// eventually dead-lettered), and never reaches the ledger.
+pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Option<NewOrder> {
+    let [status, order_id, user, qty, created_ms] = fields else {
+        return None;
+    };
+    status.as_ref()?;
+    if order_id.as_deref() != Some(e.order_id.as_str()) {
+        return None;
+    }
+    let user = user.clone().filter(|u| valid_user(u))?;
+    let qty: i32 = qty.as_deref()?.parse().ok().filter(|q| *q >= 1)?;
+    let ms: i64 = created_ms.as_deref()?.parse().ok()?;
+    let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    Some(NewOrder {
+        order_id: e.order_id.clone(),
+        sku: sku.to_owned(),
+        user_id: user,
+        qty,
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            id: "1-0".into(),
+            order_id: "s1.abc".into(),
+        }
+    }
+
+    fn fields(v: [Option<&str>; 5]) -> Vec<Option<String>> {
+        v.iter().map(|f| f.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn an_existing_order_becomes_a_new_ledger_order() {
+        let f = fields([
+            Some("queued"),
+            Some("s1.abc"),
+            Some("u7"),
+            Some("2"),
+            Some("1700000000123"),
+        ]);
+        let o = new_order("s1", &entry(), &f).expect("order");
+        assert_eq!((o.sku.as_str(), o.user_id.as_str(), o.qty), ("s1", "u7", 2));
+        assert_eq!(o.created_at.unix_timestamp(), 1_700_000_000);
+        assert_eq!(o.created_at.millisecond(), 123);
+    }
+
+    #[test]
+    fn missing_or_mismatched_records_never_reach_the_ledger() {
+        let ok = [
+            Some("confirmed"),
+            Some("s1.abc"),
+            Some("u7"),
+            Some("1"),
+            Some("1700000000123"),
+        ];
+        assert!(new_order("s1", &entry(), &fields(ok)).is_some());
+        for (i, bad) in [
+            None,
+            Some("s1.other"),
+            Some("bad user"),
+            Some("0"),
+            Some("x"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut f = ok;
+            f[i] = bad;
+            assert!(
+                new_order("s1", &entry(), &fields(f)).is_none(),
+                "field {i}: {bad:?}"
+            );
+        }
+        assert!(new_order("s1", &entry(), &fields([None; 5])).is_none());
+        assert!(new_order("s1", &entry(), &[]).is_none());
+    }
 }

@@ -53,8 +53,49 @@
 //! holds those entries (unread, or pending for this consumer) and delivers
 //! or hands them over again there. Nothing here may read from one link and
 //! write through another, or through a call that picks the master anew.
+//!
+//! **The ledger** (`--ledger-url`, `FLASHSALE_LEDGER_URL`). With one, an
+//! order is confirmed only once it is in the ledger, and the ledger never
+//! holds an order Redis does not have as confirmed or about to be:
+//! - Before `fs_confirm_batch`, the step reads each entry's order record
+//!   on its link (one `HMGET` pipeline). An entry whose order is missing or
+//!   does not match (what `fs_confirm_batch` answers -1) is neither
+//!   recorded nor confirmed: it stays pending and goes the poison way
+//!   (retried, dead-lettered). Recording first and deciding later would
+//!   leave such orders in the ledger for good.
+//! - Then one acknowledgement round on that link (`WAIT`, as for a 202):
+//!   the replicas hold those orders, so a failover cannot lose one the
+//!   ledger already has (a purchase still waiting for its own `WAIT` when
+//!   the worker read its entry would otherwise reach the ledger and then,
+//!   its master lost, be made again under a new order id).
+//! - Then one idempotent write of the batch (`Ledger::record`), then
+//!   `fs_confirm_batch` on the same link. A crash, a signal or a switch
+//!   between the two leaves entries pending whose orders are already in the
+//!   ledger; their next delivery writes nothing new and confirms them.
+//!
+//! When the ledger does not answer, the batch stays in hand: the worker
+//! retries with backoff (100 ms doubling to 2 s), reads nothing new,
+//! reclaims and dead-letters nothing, and skips trimming and the sweep; it
+//! logs once per outage, counts `flashsale_ledger_errors_total` and sets
+//! `flashsale_ledger_up` to 0. Purchases go on (they never touch
+//! PostgreSQL) and the streams buffer. Delivery counts do not grow with
+//! an outage, so an outage never dead-letters an entry:
+//! - the holder claims its held entries again every `--claim-idle-ms / 3`
+//!   with `XCLAIM … JUSTID`, which resets their idle time without
+//!   counting a delivery, so no other worker ever sees them idle while
+//!   their holder lives — entries do not bounce between workers;
+//! - a worker reclaims (`XAUTOCLAIM`, which counts a delivery) and
+//!   dead-letters only while the ledger answers (a success within the last
+//!   second, or a `SELECT 1` just before), so entries whose holder died
+//!   wait, pending and uncounted, until the ledger is back, and are then
+//!   taken over once, as after any worker's death.
+//!
+//! A batch held across a master switch is dropped like any batch of a
+//! retired link (the new master delivers it again); a stop (SIGTERM)
+//! while holding leaves it pending for the others.
 
 mod entry;
+mod ledger;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -64,8 +105,10 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamId, StreamReadReply};
 
 use crate::config::WorkerTuning;
+use crate::ledger::Ledger;
 use crate::redis::{DbError, MasterLink, Redis, functions};
 use entry::{Entry, parse_entry};
+use ledger::{ByStream, Held, LedgerState};
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "flashsale";
@@ -85,11 +128,18 @@ pub struct StepReport {
     pub dead_lettered: usize,
     /// Orders queued again by the sweep.
     pub requeued: usize,
+    /// Entries in hand, read but not confirmed: the ledger did not take
+    /// them yet.
+    pub held: usize,
 }
 
 impl StepReport {
     pub fn is_empty(&self) -> bool {
-        self.read == 0 && self.reclaimed == 0 && self.dead_lettered == 0 && self.requeued == 0
+        self.read == 0
+            && self.reclaimed == 0
+            && self.dead_lettered == 0
+            && self.requeued == 0
+            && self.held == 0
     }
 }
 
@@ -111,6 +161,10 @@ pub struct Worker {
     /// On a new link, first read back this consumer's own pending entries
     /// there (what it held when the old link went), then new ones.
     own_pending: bool,
+    /// The order ledger, when one is configured.
+    ledger: Option<LedgerState>,
+    /// A batch the ledger has not taken yet (see "The ledger" above).
+    held: Option<Held>,
 }
 
 /// Most stream entries one `fs_trim` call looks at.
@@ -132,7 +186,16 @@ impl Worker {
             groups_epoch: 0,
             claim_cursor: HashMap::new(),
             own_pending: false,
+            ledger: None,
+            held: None,
         }
+    }
+
+    /// Records every order in `ledger` before confirming it (see "The
+    /// ledger" in the module doc). The schema must be in place.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        self.ledger = Some(LedgerState::new(ledger));
+        self
     }
 
     pub fn consumer(&self) -> &str {
@@ -164,8 +227,10 @@ impl Worker {
     /// the node they were read from: when the link is retired midway the
     /// step stops with [`DbError::LinkChanged`] and its batch is dropped
     /// (the new master still holds those entries, unread or pending, and
-    /// delivers them again). Returns what it did; an empty report means the
-    /// streams had nothing for this worker.
+    /// delivers them again). With a batch held for the ledger, the step is
+    /// only a retry of it (no reading, no reclaiming, no upkeep). Returns
+    /// what it did; an empty report means the streams had nothing for this
+    /// worker.
     pub async fn step(&mut self) -> Result<StepReport, DbError> {
         let mut report = StepReport::default();
         let link = self
@@ -182,6 +247,14 @@ impl Worker {
             self.groups_epoch = link.epoch;
             self.own_pending = true;
         }
+        // A batch in hand that the ledger has not taken comes first, alone.
+        if self.held.is_some() {
+            self.retry_held(&link, &mut report).await?;
+            if self.held.is_some() {
+                report.held = self.holding();
+                return Ok(report);
+            }
+        }
         self.discover(&link, false).await?;
         if self.streams.is_empty() {
             tokio::time::sleep(self.cfg.block.min(self.cfg.discover_every)).await;
@@ -191,12 +264,21 @@ impl Worker {
             .last_claim
             .is_none_or(|t| t.elapsed() >= self.cfg.claim_idle / 2)
         {
-            self.reclaim(&link, &mut report).await?;
+            // Reclaiming (and dead-lettering) only while the ledger answers.
+            if self.ledger_answers().await {
+                self.reclaim(&link, &mut report).await?;
+            }
             self.last_claim = Some(Instant::now());
         }
-        let entries = self.read_batch(&link).await?;
-        report.read = entries.len();
-        self.process(&link, entries, &mut report).await?;
+        if self.held.is_none() {
+            let entries = self.read_batch(&link).await?;
+            report.read = entries.len();
+            self.process(&link, entries, &mut report).await?;
+        }
+        if self.held.is_some() {
+            report.held = self.holding();
+            return Ok(report);
+        }
         if self
             .last_trim
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
@@ -270,7 +352,9 @@ impl Worker {
         Ok(out)
     }
 
-    /// Confirms a batch read on `link`: its entries grouped by stream, one
+    /// Confirms a batch read on `link`: its entries grouped by stream and,
+    /// with a ledger, recorded there first ([`Worker::record_in_ledger`]; a
+    /// batch the ledger does not take is held, not confirmed); then one
     /// `fs_confirm_batch` call per stream and chunk of at most
     /// [`CONFIRM_CHUNK`] entries, all calls in one pipeline on that link.
     async fn process(
@@ -283,9 +367,8 @@ impl Worker {
             return Ok(());
         }
         let started = Instant::now();
-        let keys = self.redis.keys().clone();
         // Valid entries per stream, in stream order.
-        let mut by_stream: Vec<(usize, Vec<Entry>)> = Vec::new();
+        let mut by_stream: ByStream = Vec::new();
         for (i, raw) in &entries {
             let (sku, stream) = &self.streams[*i];
             match parse_entry(sku, raw) {
@@ -304,9 +387,36 @@ impl Worker {
         if by_stream.is_empty() {
             return Ok(());
         }
+        if self.ledger.is_some() {
+            match self.record_in_ledger(link, by_stream, report).await? {
+                Some(recorded) => by_stream = recorded,
+                None => {
+                    report.held = self.holding();
+                    return Ok(());
+                }
+            }
+        }
+        self.confirm(link, &by_stream, report).await?;
+        metrics::histogram!("flashsale_worker_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// `fs_confirm_batch` for entries read on `link` (and, with a ledger,
+    /// recorded there), on that link.
+    async fn confirm(
+        &mut self,
+        link: &MasterLink,
+        by_stream: &ByStream,
+        report: &mut StepReport,
+    ) -> Result<(), DbError> {
+        if by_stream.is_empty() {
+            return Ok(());
+        }
+        let keys = self.redis.keys().clone();
         let mut pipe = redis::pipe();
         let mut sent: Vec<&[Entry]> = Vec::new();
-        for (i, list) in &by_stream {
+        for (i, list) in by_stream {
             let (sku, _) = &self.streams[*i];
             for chunk in list.chunks(CONFIRM_CHUNK) {
                 functions::confirm_batch_into(
@@ -353,8 +463,6 @@ impl Worker {
         }
         report.confirmed += confirmed;
         metrics::counter!("flashsale_worker_processed_total").increment(confirmed as u64);
-        metrics::histogram!("flashsale_worker_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -380,6 +488,8 @@ pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
             }
         };
         let pause = match result {
+            // A batch held for the ledger: the step paces its own retries.
+            Ok(r) if r.held > 0 => Duration::ZERO,
             // Caught up: let the next batch gather instead of confirming
             // orders a few at a time; every call has the same fixed cost (a
             // round trip, an FCALL, and an XACK and a HINCRBY that every
@@ -397,6 +507,15 @@ pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
                 () = &mut shutdown => stopping = true,
             }
         }
+    }
+    let held = worker.holding();
+    if held > 0 {
+        tracing::warn!(
+            consumer = worker.consumer(),
+            held,
+            "stopping with entries the ledger has not taken: they stay pending, and another \
+             worker takes them over once they are idle for --claim-idle-ms and the ledger answers"
+        );
     }
     tracing::info!(consumer = worker.consumer(), "worker stopped");
 }
