@@ -45,6 +45,8 @@ enum Command {
     /// resume or end one on every instance at once (through Redis, as the
     /// admin API does), or purge an ended one from Redis.
     Sale(SaleArgs),
+    /// The order ledger in PostgreSQL (FLASHSALE_LEDGER_URL): apply its schema.
+    Ledger(LedgerCommandArgs),
 }
 
 #[derive(clap::Args)]
@@ -450,6 +452,50 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 the schema is up to date; 1 the ledger is unreachable or a migration failed; 2 usage error; 78 configuration error (FLASHSALE_LEDGER_URL missing or malformed; the URL is never shown)."
+)]
+struct LedgerCommandArgs {
+    #[command(flatten)]
+    ledger: flashsale::ledger::LedgerArgs,
+    #[command(subcommand)]
+    action: LedgerAction,
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Apply the migrations not applied yet (`flashsale-worker` also does
+    /// at start-up); safe to run again and beside running workers.
+    Migrate,
+}
+
+async fn ledger_command(a: LedgerCommandArgs) -> Result<ExitCode, Failure> {
+    use flashsale::ledger::{Ledger, VAR};
+    let settings = a.ledger.settings()?.ok_or_else(|| {
+        Failure::Config(flashsale::config::ConfigError::Invalid {
+            var: VAR,
+            msg: "not set (the order ledger's postgres:// URL)".into(),
+        })
+    })?;
+    let failed =
+        |e: flashsale::ledger::LedgerError| format!("{VAR} ({}): {e}", settings.describe());
+    match a.action {
+        LedgerAction::Migrate => {
+            let ledger = Ledger::connect(&settings, "flashsale ledger")
+                .await
+                .map_err(failed)?;
+            let version = ledger.migrate().await.map_err(failed)?;
+            ledger.close().await;
+            println!(
+                "order ledger at {}: schema version {version}",
+                settings.describe()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     flashsale::telemetry::init_tracing();
@@ -460,6 +506,7 @@ async fn main() -> ExitCode {
         Command::Audit(a) => audit(a).await,
         Command::DeadLetters(d) => dead_letters_command(d).await,
         Command::Sale(a) => sale_command(a).await,
+        Command::Ledger(l) => ledger_command(l).await,
     };
     exit("flashsale", result)
 }
