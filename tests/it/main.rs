@@ -8,6 +8,7 @@ mod failover;
 mod healing;
 mod hostile;
 mod identity;
+mod ledger;
 mod lifecycle;
 mod openapi;
 mod operator;
