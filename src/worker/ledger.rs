@@ -36,7 +36,9 @@ pub(super) struct LedgerState {
 pub(super) struct Held {
     /// The link it was read on: it is confirmed there or not at all.
     epoch: u64,
-    batch: ByStream,
+    /// Entries by sale (by sku, not by index into `Worker::streams`: the
+    /// batch outlives the step, and the streams may change between steps).
+    batch: Vec<(String, Vec<Entry>)>,
     records: Vec<Record>,
     next_try: Instant,
     backoff: Duration,
@@ -141,6 +143,10 @@ impl Worker {
 
     fn hold(&mut self, epoch: u64, batch: ByStream, records: Vec<Record>) {
         let now = Instant::now();
+        let batch: Vec<(String, Vec<Entry>)> = batch
+            .into_iter()
+            .map(|(i, list)| (self.streams[i].0.clone(), list))
+            .collect();
         match &mut self.held {
             Some(h) => {
                 h.batch.extend(batch);
@@ -294,13 +300,15 @@ impl Worker {
         let Some(state) = self.ledger.as_mut() else {
             // No ledger (never happens: only a ledger holds): confirm.
             let held = self.held.take().expect("held");
-            return self.confirm(link, &held.batch, report).await;
+            let batch = self.by_stream(held.batch);
+            return self.confirm(link, &batch, report).await;
         };
         match state.ledger.record(&held.records).await {
             Ok(_) => {
                 state.up();
                 let held = self.held.take().expect("held");
-                self.confirm(link, &held.batch, report).await
+                let batch = self.by_stream(held.batch);
+                self.confirm(link, &batch, report).await
             }
             Err(e) => {
                 let n = held.entries();
@@ -315,6 +323,24 @@ impl Worker {
         }
     }
 
+    /// A held batch by index into `streams` again; entries of a sale no
+    /// longer there (never expected: a sale with pending entries is not
+    /// purged) are left pending.
+    fn by_stream(&self, batch: Vec<(String, Vec<Entry>)>) -> ByStream {
+        let mut out = Vec::with_capacity(batch.len());
+        for (sku, list) in batch {
+            match self.streams.iter().position(|(s, _)| *s == sku) {
+                Some(i) => out.push((i, list)),
+                None => tracing::warn!(
+                    sku,
+                    entries = list.len(),
+                    "a held batch's sale is no longer among the streams; its entries stay pending"
+                ),
+            }
+        }
+        out
+    }
+
     /// Claims the held entries again for this consumer with `JUSTID`, which
     /// resets their idle time without counting a delivery: while this
     /// worker lives, no other takes them over (and raises their delivery
@@ -323,14 +349,15 @@ impl Worker {
         let Some(held) = &self.held else {
             return Ok(());
         };
+        let keys = self.redis.keys();
         let mut pipe = redis::pipe();
-        for (i, list) in &held.batch {
+        for (sku, list) in &held.batch {
             if list.is_empty() {
                 continue;
             }
             let cmd = pipe
                 .cmd("XCLAIM")
-                .arg(&self.streams[*i].1)
+                .arg(keys.stream(sku))
                 .arg(GROUP)
                 .arg(&self.cfg.consumer)
                 .arg(0);
