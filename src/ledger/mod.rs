@@ -23,7 +23,8 @@
 //! ledger"), UNNEST is the faster at the worker's batch sizes — one round
 //! trip and one statement against three (COPY, INSERT, and the truncation
 //! of the stage) plus a transaction around them — and needs no per-connection
-//! temporary table. COPY wins on bulk loads far larger than a batch.
+//! temporary table. What COPY saves, cheap row encoding, matters only for
+//! loads far larger than a batch (not measured here).
 //!
 //! Pool: at most [`POOL_SIZE`] connections (one worker writes one batch at
 //! a time), opened within [`ACQUIRE_TIMEOUT`]; every statement is bounded by
