@@ -260,6 +260,9 @@ struct RenderArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 every sale audited is consistent; 1 unknown sale, Redis unreachable; 2 usage error; 3 a sale is inconsistent (its audit says which counters disagree); 78 configuration error."
+)]
 struct AuditArgs {
     #[command(flatten)]
     redis: RedisArgs,

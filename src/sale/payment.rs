@@ -78,8 +78,20 @@ impl Shop {
 
     /// `user` cancels their order: its units return to the sale. Again
     /// answers like the first; a paid or expired order is `not_cancellable`.
+    /// Without a payment step (`FLASHSALE_PAYMENT_WINDOW_S=0`) an order is
+    /// final: `not_cancellable`.
     pub async fn cancel(&self, user: &str, order_id: &str) -> Result<Order, Error> {
         let sku = sku_of_order(order_id).ok_or(Error::NotFound)?;
+        if self.pay_within.is_zero() {
+            let o = self.order(user, order_id).await?;
+            return Err(Error::StateConflict {
+                code: "not_cancellable",
+                message: format!(
+                    "the order is {}; orders are final in this shop (no payment step)",
+                    o.status
+                ),
+            });
+        }
         let cmd = functions::cancel_call(self.redis.keys(), sku, order_id, user);
         let reply: CancelReply = self.redis.write_acked(&cmd).await?;
         match reply {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AppState;
-use super::auth::{Admin, Shopper};
+use super::auth::{Admin, PaymentProvider, Shopper};
 use super::error::responses::{Unauthorized, Unavailable, UnknownSku};
 use super::error::{ApiError, Problem};
 use crate::sale::money::valid_image_url;
@@ -315,6 +315,67 @@ pub async fn order(
     PathParam(order_id): PathParam,
 ) -> Result<Response, ApiError> {
     let o = app.shop.order(&user, &order_id).await?;
+    Ok(no_store(Json(o).into_response()))
+}
+
+/// The shopper cancels their order: its units return to the sale. Again:
+/// 200 with the cancelled order.
+#[utoipa::path(post, path = "/api/orders/{order_id}/cancel", tag = "orders",
+    params(("order_id" = String, Path, description = "<sku>.<32 hex>")),
+    security(("shopper" = [])),
+    responses((status = 200, description = "The order, `cancelled`", body = crate::sale::Order),
+        Unauthorized,
+        (status = 404, description = "`not_found` (also another shopper's order)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not_cancellable`: paid or expired", body = Problem, content_type = "application/problem+json"),
+        Unavailable))]
+pub async fn cancel_order(
+    State(app): State<AppState>,
+    Shopper(user): Shopper,
+    PathParam(order_id): PathParam,
+) -> Result<Response, ApiError> {
+    let o = app.shop.cancel(&user, &order_id).await?;
+    Ok(no_store(Json(o).into_response()))
+}
+
+/// The payment provider's callback body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PaymentBody {
+    /// The provider's id of the payment (1–128 of `[A-Za-z0-9_.:-]`): the
+    /// same id again is answered like the first time.
+    payment_id: String,
+    /// What was paid, in minor units of the sale's currency: must be the
+    /// order's amount.
+    amount_cents: i64,
+}
+
+/// The payment provider reports that an order was paid (bearer
+/// `FLASHSALE_PAYMENT_TOKEN`; 404 when it is unset). Answered once the
+/// replicas hold it.
+#[utoipa::path(post, path = "/api/orders/{order_id}/payment", tag = "orders",
+    params(("order_id" = String, Path, description = "<sku>.<32 hex>")),
+    request_body(content = PaymentBody, content_type = "application/json"),
+    security(("payment" = [])),
+    responses((status = 200, description = "The order, `paid` (also for the same `payment_id` again)", body = crate::sale::Order),
+        (status = 400, description = "`invalid_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: not the payment provider's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`; also every request while the payment step is off", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`payment_late` (expired or cancelled: refund), `already_paid` (paid by another payment: refund this one)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`amount_mismatch`, `invalid_payment`", body = Problem, content_type = "application/problem+json"),
+        Unavailable))]
+pub async fn pay_order(
+    State(app): State<AppState>,
+    _provider: PaymentProvider,
+    PathParam(order_id): PathParam,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let p: PaymentBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))?;
+    let o = app
+        .shop
+        .pay(&order_id, &p.payment_id, p.amount_cents)
+        .await?;
     Ok(no_store(Json(o).into_response()))
 }
 

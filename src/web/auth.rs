@@ -268,6 +268,32 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// The payment provider's callback: `Authorization: Bearer
+/// <FLASHSALE_PAYMENT_TOKEN>`. Without that setting the callback is off
+/// (404), like the admin API without its token.
+pub struct PaymentProvider;
+
+impl FromRequestParts<AppState> for PaymentProvider {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = &state.settings.payment_token else {
+            return Err(ApiError::not_found());
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+            Ok(PaymentProvider)
+        } else {
+            Err(ApiError::PaymentUnauthorized)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

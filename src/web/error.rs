@@ -35,6 +35,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("missing or wrong admin token")]
     AdminUnauthorized,
+    #[error("missing or wrong payment provider token")]
+    PaymentUnauthorized,
     #[error("malformed JSON body: {0}")]
     BadJson(String),
     #[error("request body too large")]
@@ -85,7 +87,9 @@ impl ApiError {
                 E::Unavailable(_) => "unavailable",
                 E::Internal(_) => "internal",
             },
-            ApiError::Unauthorized | ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::Unauthorized
+            | ApiError::AdminUnauthorized
+            | ApiError::PaymentUnauthorized => "unauthorized",
             ApiError::BadJson(_) => "invalid_json",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -109,7 +113,9 @@ impl ApiError {
                 E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::Unauthorized | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized
+            | ApiError::AdminUnauthorized
+            | ApiError::PaymentUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadJson(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -197,6 +203,11 @@ pub enum ErrorCode {
     SaleEnded,
     NotPaused,
     SaleOpen,
+    PaymentLate,
+    AlreadyPaid,
+    NotCancellable,
+    AmountMismatch,
+    InvalidPayment,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -317,6 +328,12 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"flashsale-admin\""),
                 );
             }
+            ApiError::PaymentUnauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"flashsale-payment\""),
+                );
+            }
             _ => {}
         }
         if let Some(s) = self.retry_after() {
@@ -357,6 +374,7 @@ mod tests {
         vec![
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::AdminUnauthorized, 401, "unauthorized"),
+            (ApiError::PaymentUnauthorized, 401, "unauthorized"),
             (E::NotFound.into(), 404, "not_found"),
             (E::UnknownSku.into(), 404, "unknown_sku"),
             (E::InvalidQty("q".into()).into(), 422, "invalid_qty"),
@@ -426,6 +444,7 @@ mod tests {
             },
             ApiError::Unauthorized => "Unauthorized",
             ApiError::AdminUnauthorized => "AdminUnauthorized",
+            ApiError::PaymentUnauthorized => "PaymentUnauthorized",
             ApiError::BadJson(_) => "BadJson",
             ApiError::PayloadTooLarge => "PayloadTooLarge",
             ApiError::RateLimited { .. } => "RateLimited",
@@ -439,7 +458,7 @@ mod tests {
         let mut seen: Vec<&str> = cases.iter().map(|(e, _, _)| variant_of(e)).collect();
         seen.sort_unstable();
         seen.dedup();
-        assert_eq!(seen.len(), 19, "one case per variant: {seen:?}");
+        assert_eq!(seen.len(), 20, "one case per variant: {seen:?}");
         for (e, status, code) in &cases {
             assert_eq!(e.status(), *status, "{e:?}");
             assert_eq!(e.code(), *code, "{e:?}");

@@ -129,6 +129,8 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(api::product))
         .routes(routes!(api::purchase))
         .routes(routes!(api::order))
+        .routes(routes!(api::cancel_order))
+        .routes(routes!(api::pay_order))
         .routes(routes!(api::my_orders))
         .routes(routes!(api::create_sale, api::admin_sales))
         .routes(routes!(api::admin_sale, api::update_sale))
@@ -236,7 +238,8 @@ impl Application {
         let tokens = auth::TokenVerifier::new(&settings.jwt)
             .map_err(|e| StartError(format!("shopper token keys: {e}")))?;
         let cors = (!settings.cors_origins.is_empty()).then(|| cors::layer(&settings.cors_origins));
-        let shop = Shop::new(redis.clone(), settings.catalog_cache);
+        let shop = Shop::new(redis.clone(), settings.catalog_cache)
+            .with_payment_window(settings.payment_window);
         let limits = ConnLimits {
             max_connections: settings.max_connections,
             max_connections_per_ip: settings.max_connections_per_ip,

@@ -77,6 +77,17 @@ impl Modify for Security {
             "admin",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        components.add_security_scheme(
+            "payment",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The payment provider's secret, FLASHSALE_PAYMENT_TOKEN",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 

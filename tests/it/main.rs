@@ -12,6 +12,7 @@ mod ledger;
 mod lifecycle;
 mod openapi;
 mod operator;
+mod payment;
 mod prices;
 mod proxies;
 mod settings;
