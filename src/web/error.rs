@@ -180,8 +180,8 @@ pub struct Problem<'a> {
 }
 
 /// Every error code the service answers with (the `error` member), as the
-/// API description lists them; a unit test keeps it equal to what
-/// [`ApiError::code`] and the fallbacks produce.
+/// API description lists them; a unit test checks that every code the web
+/// layer and the domain write in the source is listed here.
 #[derive(Serialize, utoipa::ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -219,6 +219,46 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     RangeNotSatisfiable,
     HeadersTooLarge,
+}
+
+impl ErrorCode {
+    /// Every code, in the order above.
+    pub const ALL: [ErrorCode; 34] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::UnknownSku,
+        ErrorCode::InvalidQty,
+        ErrorCode::InvalidSale,
+        ErrorCode::InvalidUser,
+        ErrorCode::InvalidSku,
+        ErrorCode::InvalidIdempotencyKey,
+        ErrorCode::InvalidJson,
+        ErrorCode::NotStarted,
+        ErrorCode::SoldOut,
+        ErrorCode::Ended,
+        ErrorCode::Paused,
+        ErrorCode::AlreadyPurchased,
+        ErrorCode::SaleExists,
+        ErrorCode::SaleEnded,
+        ErrorCode::NotPaused,
+        ErrorCode::SaleOpen,
+        ErrorCode::PaymentLate,
+        ErrorCode::AlreadyPaid,
+        ErrorCode::NotCancellable,
+        ErrorCode::AmountMismatch,
+        ErrorCode::InvalidPayment,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::CrossSite,
+        ErrorCode::Internal,
+        ErrorCode::BadRequest,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RangeNotSatisfiable,
+        ErrorCode::HeadersTooLarge,
+    ];
 }
 
 /// The error answers most operations share, as the API description lists
@@ -548,5 +588,60 @@ mod tests {
             problem_body(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "m"),
             r#"{"type":"urn:flashsale:error:method_not_allowed","title":"Method not allowed","status":405,"error":"method_not_allowed","message":"m"}"#
         );
+    }
+
+    /// Every error code written in the source of the web layer and the
+    /// domain (`code: "…"`, `invalid("…"`) is in [`ErrorCode`], so the API
+    /// description lists every code a client can get. Codes only the
+    /// operator commands print (the purge's) are not HTTP answers.
+    #[test]
+    fn every_code_in_the_source_is_listed() {
+        let listed: Vec<String> = serde_json::to_value(ErrorCode::ALL.to_vec())
+            .expect("codes")
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut files = Vec::new();
+        for dir in ["web", "sale"] {
+            for e in std::fs::read_dir(format!("{root}/{dir}"))
+                .expect("dir")
+                .flatten()
+            {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("purge.rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut found = 0;
+        for f in files {
+            let text: String = std::fs::read_to_string(&f)
+                .expect("source")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            for marker in ["code: \"", "invalid( \"", "invalid(\""] {
+                for (i, _) in text.match_indices(marker) {
+                    let rest = &text[i + marker.len()..];
+                    let code: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if code.is_empty() || !rest[code.len()..].starts_with('"') {
+                        continue;
+                    }
+                    found += 1;
+                    assert!(
+                        listed.contains(&code),
+                        "{code} (in {}) is not in ErrorCode",
+                        f.display()
+                    );
+                }
+            }
+        }
+        assert!(found >= 10, "the scan found only {found} codes");
     }
 }

@@ -25,38 +25,34 @@ use super::AppState;
 use super::error::{ApiError, InternalDetail, PROBLEM_JSON, problem_body};
 use super::proxies::TrustedProxies;
 
-/// Route labels of the request metrics; the last one is every path no
-/// route matched.
-const ROUTES: [&str; 16] = [
-    "/",
-    "/p/{sku}",
-    "/orders",
-    "/api/products",
-    "/api/products/{sku}",
-    "/api/sales/{sku}/purchase",
-    "/api/orders/{order_id}",
-    "/api/me/orders",
-    "/admin/sales",
-    "/admin/sales/{sku}/audit",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/dev/login",
-    "/static",
-    "unmatched",
-];
+/// Route labels of the request metrics besides the described paths: the
+/// purchase first (the busiest, found first), then the development page,
+/// the assets, and every path no route matched.
+const PURCHASE: &str = "/api/sales/{sku}/purchase";
+const STATIC: &str = "/static";
+const UNMATCHED: &str = "unmatched";
+
+/// Every route label: the purchase, the other paths of the API description
+/// (so a new route is labelled without a list to keep up), `/dev/login`,
+/// `/static`, `unmatched` (always last).
+fn route_labels() -> Vec<&'static str> {
+    let mut labels = vec![PURCHASE];
+    labels.extend(super::openapi::documented_paths().filter(|p| *p != PURCHASE));
+    labels.extend(["/dev/login", STATIC, UNMATCHED]);
+    labels
+}
 
 /// Status labels of the request metrics; the last one is any other status.
 const STATUSES: [u16; 17] = [
     200, 201, 202, 304, 400, 401, 403, 404, 405, 409, 410, 413, 422, 425, 429, 500, 503,
 ];
 
-/// The index in [`ROUTES`] of a matched route.
-fn route_index(path: Option<&str>) -> usize {
-    let unmatched = ROUTES.len() - 1;
+/// The index in `routes` of a matched route.
+fn route_index(routes: &[&'static str], path: Option<&str>) -> usize {
+    let unmatched = routes.len() - 1;
     match path {
-        Some(p) if p.starts_with("/static") => unmatched - 1,
-        Some(p) => ROUTES[..unmatched - 1]
+        Some(p) if p.starts_with(STATIC) => unmatched - 1,
+        Some(p) => routes[..unmatched - 1]
             .iter()
             .position(|r| *r == p)
             .unwrap_or(unmatched),
@@ -75,6 +71,7 @@ fn status_index(s: StatusCode) -> usize {
 /// route and status and `flashsale_http_request_duration_seconds` by route,
 /// so a request costs no registry lookup.
 pub struct HttpMetrics {
+    routes: Vec<&'static str>,
     requests: Vec<Counter>,
     latency: Vec<Histogram>,
 }
@@ -82,9 +79,10 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     /// Registers every series with the installed recorder.
     pub fn register() -> Self {
-        let mut requests = Vec::with_capacity(ROUTES.len() * (STATUSES.len() + 1));
-        let mut latency = Vec::with_capacity(ROUTES.len());
-        for route in ROUTES {
+        let routes = route_labels();
+        let mut requests = Vec::with_capacity(routes.len() * (STATUSES.len() + 1));
+        let mut latency = Vec::with_capacity(routes.len());
+        for &route in &routes {
             let statuses = STATUSES.iter().map(|s| s.to_string());
             for status in statuses.chain(std::iter::once("other".to_owned())) {
                 requests.push(metrics::counter!(
@@ -95,7 +93,11 @@ impl HttpMetrics {
                 "flashsale_http_request_duration_seconds", "route" => route
             ));
         }
-        Self { requests, latency }
+        Self {
+            routes,
+            requests,
+            latency,
+        }
     }
 
     fn record(&self, route: usize, status: StatusCode, seconds: f64) {
@@ -133,7 +135,9 @@ fn cross_site(req: &Request, allowed: &[String]) -> bool {
 /// (and strips it), gives errors made outside our handlers the API's error
 /// JSON, and adds the security headers.
 pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let routes = &app.http_metrics.routes;
     let route = route_index(
+        routes,
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
@@ -156,7 +160,7 @@ pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) ->
     if let Some(InternalDetail(detail)) = resp.extensions_mut().remove::<InternalDetail>() {
         let method = method.as_ref().map(Method::as_str).unwrap_or("-");
         let client = client.map(tracing::field::display);
-        tracing::error!(method, route = ROUTES[route], client, detail = %detail, "internal error");
+        tracing::error!(method, route = routes[route], client, detail = %detail, "internal error");
     }
     app.http_metrics
         .record(route, status, started.elapsed().as_secs_f64());
@@ -301,14 +305,27 @@ mod tests {
 
     #[test]
     fn metric_labels() {
-        assert_eq!(route_index(Some("/")), 0);
-        assert_eq!(
-            ROUTES[route_index(Some("/api/sales/{sku}/purchase"))],
-            "/api/sales/{sku}/purchase"
-        );
-        assert_eq!(ROUTES[route_index(Some("/static/{*path}"))], "/static");
-        assert_eq!(ROUTES[route_index(Some("/nope"))], "unmatched");
-        assert_eq!(ROUTES[route_index(None)], "unmatched");
+        let routes = route_labels();
+        let label = |p| routes[route_index(&routes, p)];
+        assert_eq!(route_index(&routes, Some("/api/sales/{sku}/purchase")), 0);
+        // Every described route has its own label, the newer ones too.
+        for p in [
+            "/",
+            "/admin/sales/{sku}",
+            "/admin/sales/{sku}/pause",
+            "/api/openapi.json",
+            "/api/orders/{order_id}/payment",
+            "/dev/login",
+        ] {
+            assert_eq!(label(Some(p)), p);
+        }
+        assert_eq!(label(Some("/static/{*path}")), "/static");
+        assert_eq!(label(Some("/nope")), "unmatched");
+        assert_eq!(label(None), "unmatched");
+        let mut unique = routes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), routes.len(), "{routes:?}");
         assert_eq!(STATUSES[status_index(StatusCode::GONE)], 410);
         assert_eq!(status_index(StatusCode::IM_A_TEAPOT), STATUSES.len());
     }

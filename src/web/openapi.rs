@@ -93,12 +93,16 @@ impl Modify for Security {
 
 /// The served document: the description of [`super::documented_routes`],
 /// the build [`super::router`] takes its routes from.
-static JSON: LazyLock<String> = LazyLock::new(|| {
-    super::documented_routes()
-        .description
-        .to_pretty_json()
-        .unwrap_or_default()
-});
+static DESCRIPTION: LazyLock<utoipa::openapi::OpenApi> =
+    LazyLock::new(|| super::documented_routes().description);
+
+static JSON: LazyLock<String> = LazyLock::new(|| DESCRIPTION.to_pretty_json().unwrap_or_default());
+
+/// The paths of the description (`/api/products/{sku}`, …), as the router
+/// matches them: the route labels of the request metrics.
+pub(crate) fn documented_paths() -> impl Iterator<Item = &'static str> {
+    DESCRIPTION.paths.paths.keys().map(String::as_str)
+}
 
 /// This description.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::support::app::{ADMIN_TOKEN, AppOptions, TestApp, shared_group};
+use crate::support::app::{ADMIN_TOKEN, AppOptions, TestApp, serve_settings, shared_group, unique};
 
 /// The methods an OpenAPI path item can describe.
 const METHODS: [&str; 8] = [
@@ -21,7 +21,15 @@ const METHODS: [&str; 8] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_description_matches_the_router() {
-    let app = TestApp::spawn(shared_group(), AppOptions::default()).await;
+    // Every optional part on (the admin API, the payment callback), so
+    // every described route is routed.
+    let prefix = unique("oa");
+    let mut settings = serve_settings(shared_group(), &prefix, &AppOptions::default());
+    settings.payment_window = std::time::Duration::from_secs(600);
+    settings.payment_token = Some(flashsale::config::Secret::new(
+        "openapi-payment-secret-0123",
+    ));
+    let app = TestApp::spawn_settings(&prefix, settings).await;
     let sku = "oa-1";
     app.create_sale(sku, 10, 1, -5, 3600).await;
     let (s, bought) = app.purchase("oa-shopper", sku, 1, None).await;
