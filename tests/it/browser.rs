@@ -528,7 +528,8 @@ async fn pages_before_during_after_the_window() {
     sale(&app, &upcoming, "Upcoming thing", 5, 3600, 3600).await;
     sale(&app, &live, evil, 5, -5, 3600).await;
     sale(&app, &sold, "Last one", 1, -5, 3600).await;
-    sale(&app, &ended, "Yesterday's deal", 5, -7200, 3600).await;
+    // Ended 200 s ago: still listed (FLASHSALE_ENDED_LISTED_S is an hour).
+    sale(&app, &ended, "This morning's deal", 5, -7200, 7000).await;
 
     // The live page before a purchase, anonymously and as a signed-in shopper.
     let page = app.url(&format!("/p/{live}"));
