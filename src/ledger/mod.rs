@@ -33,6 +33,7 @@
 //! ([`CALL_TIMEOUT`], for a server that stopped answering).
 
 mod read;
+pub mod reconcile;
 mod records;
 mod settings;
 
