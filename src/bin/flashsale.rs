@@ -1,11 +1,15 @@
 //! `flashsale`: the HTTP service (`serve`) and the operator's tools.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
+use flashsale::ledger::reconcile::{LedgerCheck, Reconcile};
+use flashsale::ledger::{Ledger, LedgerArgs, LedgerOrder, LedgerSettings};
 use flashsale::redis::Redis;
 use flashsale::redis::functions::SaleUpdate;
 use flashsale::sale::{Shop, dead_letters, now_ms};
@@ -21,7 +25,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "flashsale",
     version,
     about = "Flash-sale backend on a Redis Sentinel group",
-    after_help = "Exit codes: 0 success; 1 failure (Redis unreachable, I/O, an unknown sale, a change `sale` refuses); 2 usage error; 3 `audit` found an inconsistent sale; 78 configuration error."
+    after_help = "Exit codes: 0 success; 1 failure (Redis or the order ledger unreachable, I/O, an unknown sale, a change `sale` refuses); 2 usage error; 3 `audit` found an inconsistent sale (with the ledger: orders Redis and the ledger disagree on); 78 configuration error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,11 +51,14 @@ enum Command {
     Sale(SaleArgs),
     /// The order ledger in PostgreSQL (FLASHSALE_LEDGER_URL): apply its schema.
     Ledger(LedgerCommandArgs),
+    /// A sale's orders from the order ledger (FLASHSALE_LEDGER_URL): export
+    /// them as CSV or JSON lines.
+    Orders(OrdersArgs),
 }
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open; purge refused: not_ended, orders_pending, dead_letters), an invalid value, Redis unreachable; 2 usage error (also purge without --yes); 78 configuration error."
+    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open; purge refused: not_ended, orders_pending, dead_letters, not_in_ledger), an invalid value, Redis unreachable; 2 usage error (also purge without --yes); 78 configuration error."
 )]
 struct SaleArgs {
     #[command(flatten)]
@@ -93,8 +100,12 @@ enum SaleAction {
     /// sale ended less than --min-ended-s ago (not_ended), while an order is
     /// not confirmed (orders_pending) or while dead letters wait
     /// (dead_letters). Order records are deleted: export them first when
-    /// Redis is their only copy. An interrupted purge is finished by running
-    /// it again.
+    /// Redis is their only copy. With the order ledger
+    /// (FLASHSALE_LEDGER_URL) it is also refused while an order is not in
+    /// the ledger as it ended (not_in_ledger: missing there, another
+    /// status, user, quantity or amount, or still waiting for its payment)
+    /// or not recorded yet (orders_pending). An interrupted purge is
+    /// finished by running it again.
     Purge {
         #[arg(long)]
         sku: String,
@@ -104,6 +115,8 @@ enum SaleAction {
         /// Required: purging cannot be undone.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
 }
 
@@ -261,7 +274,7 @@ struct RenderArgs {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Exit codes: 0 every sale audited is consistent; 1 unknown sale, Redis unreachable; 2 usage error; 3 a sale is inconsistent (its audit says which counters disagree); 78 configuration error."
+    after_help = "Output: one JSON object per sale and line, {sku, audit} (the counters of GET /admin/sales/{sku}/audit); with FLASHSALE_LEDGER_URL also `ledger`: {orders, recorded, pending, awaiting_payment, missing_in_ledger, missing_in_redis, status_differs, fields_differ, duplicated, unreadable (the first 20 order ids of each), totals (every one counted), purged, consistent}. With the ledger, a sale Redis no longer has but the ledger does is printed as purged (exit 0).\nExit codes: 0 every sale audited is consistent; 1 unknown sale, Redis or the ledger unreachable; 2 usage error; 3 a sale is inconsistent (its audit says which counters disagree, or which orders Redis and the ledger disagree on); 78 configuration error."
 )]
 struct AuditArgs {
     #[command(flatten)]
@@ -269,6 +282,60 @@ struct AuditArgs {
     /// The sale; every sale when absent.
     #[arg(long)]
     sku: Option<String>,
+    /// With the order ledger, each sale's orders are compared with it.
+    #[command(flatten)]
+    ledger: LedgerArgs,
+}
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 exported (zero orders too: a sale the ledger has no order of, noted on stderr); 1 the ledger unreachable, the output could not be written; 2 usage error; 78 configuration error (FLASHSALE_LEDGER_URL missing or malformed; the URL is never shown)."
+)]
+struct OrdersArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    #[command(subcommand)]
+    action: OrdersAction,
+}
+
+#[derive(Subcommand)]
+enum OrdersAction {
+    /// Write a sale's orders from the ledger, by purchase time, read in
+    /// pages (never all in memory). Columns, in this order: order_id, sku,
+    /// user_id, qty, status, amount_cents, created_at, confirmed_at, pay_by,
+    /// paid_at, payment_id, expired_at, cancelled_at; times RFC 3339 in UTC;
+    /// what an order does not have is empty (CSV) or null (JSONL). CSV has a
+    /// header line. A progress bar goes to stderr when it is a terminal.
+    #[command(
+        after_help = "Exit codes: 0 exported (zero orders too: a sale the ledger has no order of, noted on stderr); 1 the ledger unreachable, the output could not be written (--out FILE is then left as it was); 2 usage error; 78 configuration error (FLASHSALE_LEDGER_URL missing or malformed; the URL is never shown)."
+    )]
+    Export {
+        #[arg(long, value_parser = sku_arg)]
+        sku: String,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write to this file (replaced whole once the export is complete)
+        /// instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// Comma-separated, RFC 4180 quoting, a header line.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `--sku`: 1–64 of `[A-Za-z0-9_-]`.
+fn sku_arg(s: &str) -> Result<String, String> {
+    if flashsale::sale::valid_sku(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("not 1-64 of [A-Za-z0-9_-]".into())
+    }
 }
 
 /// Connects to Redis with the shared flags.
@@ -329,7 +396,12 @@ async fn render(r: RenderArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn audit(a: AuditArgs) -> Result<ExitCode, Failure> {
+    let ledger_settings = a.ledger.settings()?;
     let shop = Shop::new(connect(&a.redis).await?, std::time::Duration::ZERO);
+    let ledger = match &ledger_settings {
+        Some(settings) => Some(connect_ledger(settings, "flashsale audit").await?),
+        None => None,
+    };
     let skus: Vec<String> = match a.sku {
         Some(s) => vec![s],
         None => shop
@@ -342,19 +414,126 @@ async fn audit(a: AuditArgs) -> Result<ExitCode, Failure> {
     };
     let mut ok = true;
     for sku in skus {
-        let audit = shop
-            .catalog
-            .audit(&sku)
-            .await
-            .map_err(|e| format!("{sku}: {e}"))?;
+        let audit = match shop.catalog.audit(&sku).await {
+            Ok(audit) => audit,
+            Err(flashsale::sale::Error::UnknownSku) if ledger.is_some() => {
+                // Gone from Redis: purged, if the ledger has its orders.
+                let orders = ledger_orders_count(ledger.as_ref(), &sku).await?;
+                if orders == 0 {
+                    return Err(format!("{sku}: unknown sku").into());
+                }
+                let check = LedgerCheck::purged(orders);
+                println!("{}", serde_json::json!({ "sku": sku, "ledger": check }));
+                continue;
+            }
+            Err(e) => return Err(format!("{sku}: {e}").into()),
+        };
         ok &= audit.counts.consistent;
-        println!("{}", serde_json::json!({ "sku": sku, "audit": audit }));
+        let mut line = serde_json::json!({ "sku": sku, "audit": audit });
+        if let Some(ledger) = &ledger {
+            let check = check_ledger(&shop.redis, ledger, &sku).await?;
+            ok &= check.consistent;
+            line["ledger"] = serde_json::to_value(&check).map_err(|e| e.to_string())?;
+        }
+        println!("{line}");
+    }
+    if let Some(ledger) = ledger {
+        ledger.close().await;
     }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EX_INCONSISTENT)
     })
+}
+
+/// Connects to the order ledger; a failure names the variable and where
+/// (never the URL).
+async fn connect_ledger(settings: &LedgerSettings, app: &str) -> Result<Ledger, Failure> {
+    Ledger::connect(settings, app)
+        .await
+        .map_err(|e| ledger_failed(settings.describe(), e))
+}
+
+fn ledger_failed(at: impl std::fmt::Display, e: flashsale::ledger::LedgerError) -> Failure {
+    Failure::from(format!("{} ({at}): {e}", flashsale::ledger::VAR))
+}
+
+async fn ledger_orders_count(ledger: Option<&Ledger>, sku: &str) -> Result<u64, Failure> {
+    let Some(ledger) = ledger else {
+        return Ok(0);
+    };
+    let n = ledger
+        .count_of(sku)
+        .await
+        .map_err(|e| ledger_failed(ledger.describe(), e))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Order keys read per `SCAN` step, and records per `HGETALL` pipeline.
+const SCAN_BATCH: usize = 1000;
+
+/// A sale's orders in Redis compared with its rows in the ledger
+/// (`flashsale::ledger::reconcile`): every order record read on the master
+/// (`SCAN MATCH` of the sale's order keys, `HGETALL` in pipelines of up to
+/// 1000), then the ledger's rows, then the rows that did not match read
+/// from Redis again.
+async fn check_ledger(redis: &Redis, ledger: &Ledger, sku: &str) -> Result<LedgerCheck, Failure> {
+    let keys = redis.keys();
+    let key_of = |id: &str| keys.order(sku, id);
+    let key_prefix = key_of("");
+    let pattern = key_of("*");
+    let mut reconcile = Reconcile::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH);
+        let (next, found): (u64, Vec<String>) = redis.read_master(&scan).await?;
+        let ids: Vec<&str> = found
+            .iter()
+            .filter_map(|k| k.strip_prefix(key_prefix.as_str()))
+            .collect();
+        for (id, hash) in read_orders(redis, &ids, &key_of).await? {
+            reconcile.add_redis(id, &hash);
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    reconcile
+        .read_ledger(ledger, sku)
+        .await
+        .map_err(|e| ledger_failed(ledger.describe(), e))?;
+    let again = reconcile.to_recheck();
+    for chunk in again.chunks(SCAN_BATCH) {
+        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for (id, hash) in read_orders(redis, &ids, &key_of).await? {
+            reconcile.refresh(id, &hash);
+        }
+    }
+    Ok(reconcile.finish())
+}
+
+/// `HGETALL` of each order, one pipeline, on the master.
+async fn read_orders<'a>(
+    redis: &Redis,
+    ids: &[&'a str],
+    key_of: &dyn Fn(&str) -> String,
+) -> Result<Vec<(&'a str, HashMap<String, String>)>, Failure> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGETALL").arg(key_of(id));
+    }
+    let hashes: Vec<HashMap<String, String>> = redis.read_master(&pipe).await?;
+    Ok(ids.iter().copied().zip(hashes).collect())
 }
 
 async fn dead_letters_command(d: DeadLetterArgs) -> Result<ExitCode, Failure> {
@@ -422,14 +601,19 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
             sku,
             min_ended_s,
             yes,
+            ledger,
         } => {
             if !yes {
                 eprintln!("flashsale sale purge: purging cannot be undone; add --yes");
                 return Ok(ExitCode::from(2));
             }
+            let min_ended = std::time::Duration::from_secs(min_ended_s);
+            if let Some(settings) = ledger.settings()? {
+                purge_ledger_check(&shop, &settings, &sku, min_ended).await?;
+            }
             let purged = shop
                 .catalog
-                .purge(&sku, std::time::Duration::from_secs(min_ended_s))
+                .purge(&sku, min_ended)
                 .await
                 .map_err(|e| refused(&sku, e))?;
             println!("{}", serde_json::to_string(&purged).unwrap_or_default());
@@ -453,6 +637,227 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| refused(&sku, e))?;
     print(&sale);
     Ok(ExitCode::SUCCESS)
+}
+
+/// With a ledger, a purge goes ahead only when every order Redis recorded
+/// is in the ledger as it ended ([`LedgerCheck::purge_refusal`]). A sale
+/// too recent to purge is refused here as the purge would refuse it
+/// (`not_ended`), so the comparison is never skipped for a sale that
+/// becomes purgeable a moment later. Once this passes nothing of the sale
+/// changes any more: it has ended, no order waits for a worker or a
+/// payment.
+async fn purge_ledger_check(
+    shop: &Shop,
+    settings: &LedgerSettings,
+    sku: &str,
+    min_ended: std::time::Duration,
+) -> Result<(), Failure> {
+    let sale = shop
+        .catalog
+        .get_fresh(sku)
+        .await
+        .map_err(|e| format!("{sku}: {e}"))?;
+    let purgeable_from = sale.ends_ms.saturating_add(min_ended.as_millis() as i64);
+    if now_ms() < purgeable_from {
+        return Err(format!(
+            "{sku}: not_ended: the sale can be purged from {} (its end plus {} s)",
+            flashsale::sale::rfc3339(purgeable_from),
+            min_ended.as_secs()
+        )
+        .into());
+    }
+    let ledger = connect_ledger(settings, "flashsale sale purge").await?;
+    let check = check_ledger(&shop.redis, &ledger, sku).await;
+    ledger.close().await;
+    match check?.purge_refusal() {
+        None => Ok(()),
+        Some(("not_in_ledger", message)) => Err(format!(
+            "{sku}: not_in_ledger: {message}; `flashsale audit --sku {sku}` with the ledger lists them"
+        )
+        .into()),
+        Some((code, message)) => Err(format!("{sku}: {code}: {message}").into()),
+    }
+}
+
+/// `flashsale orders export`: the sale's rows streamed from the ledger
+/// into the output, one page at a time.
+async fn orders_command(a: OrdersArgs) -> Result<ExitCode, Failure> {
+    let settings = a.ledger.settings()?.ok_or_else(|| {
+        Failure::Config(flashsale::config::ConfigError::Invalid {
+            var: flashsale::ledger::VAR,
+            msg: "not set (the order ledger's postgres:// URL)".into(),
+        })
+    })?;
+    let OrdersAction::Export { sku, format, out } = a.action;
+    let ledger = connect_ledger(&settings, "flashsale orders export").await?;
+    let progress = if std::io::stderr().is_terminal() {
+        let total = ledger_orders_count(Some(&ledger), &sku).await?;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} orders [{bar:30}] {per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let target = match &out {
+        Some(path) => Output::file(path)?,
+        None => Output::Stdout,
+    };
+    let written = export(&ledger, &sku, format, target.writer()?, &progress).await;
+    progress.finish_and_clear();
+    ledger.close().await;
+    let n = match written {
+        Ok(n) => n,
+        Err(e) => {
+            target.abandon();
+            return Err(e);
+        }
+    };
+    target.commit()?;
+    if n == 0 {
+        eprintln!(
+            "flashsale orders export: the ledger holds no order of {sku} (an unknown sale, or one without orders)"
+        );
+    } else {
+        let to = out
+            .as_deref()
+            .map_or("stdout".into(), |p| p.display().to_string());
+        eprintln!("flashsale orders export: {n} orders of {sku} to {to}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes every row of `sku` in `format`; the number written.
+async fn export(
+    ledger: &Ledger,
+    sku: &str,
+    format: ExportFormat,
+    sink: Box<dyn Write>,
+    progress: &indicatif::ProgressBar,
+) -> Result<u64, Failure> {
+    use futures_util::TryStreamExt;
+    let io = |e: std::io::Error| Failure::from(format!("writing the export: {e}"));
+    let csv_err = |e: csv::Error| Failure::from(format!("writing the export: {e}"));
+    let mut rows = ledger.orders_of(sku);
+    let mut n = 0u64;
+    let mut next = async || {
+        rows.try_next()
+            .await
+            .map_err(|e| ledger_failed(ledger.describe(), e))
+    };
+    match format {
+        ExportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record(LedgerOrder::EXPORT_COLUMNS)
+                .map_err(csv_err)?;
+            while let Some(row) = next().await? {
+                w.write_record(row.csv_fields()).map_err(csv_err)?;
+                n += 1;
+                progress.inc(1);
+            }
+            w.flush().map_err(io)?;
+        }
+        ExportFormat::Jsonl => {
+            let mut w = sink;
+            while let Some(row) = next().await? {
+                w.write_all(row.json_line().as_bytes()).map_err(io)?;
+                w.write_all(b"\n").map_err(io)?;
+                n += 1;
+                progress.inc(1);
+            }
+            w.flush().map_err(io)?;
+        }
+    }
+    Ok(n)
+}
+
+/// Where an export goes. A file is written beside its final name and
+/// renamed over it once complete, so a failed export leaves no half file
+/// behind (or the old one intact); something that is not a regular file
+/// (a pipe, `/dev/stdout`) is written in place.
+enum Output {
+    Stdout,
+    File {
+        path: PathBuf,
+        partial: Option<PathBuf>,
+        file: std::fs::File,
+    },
+}
+
+impl Output {
+    fn file(path: &Path) -> Result<Output, Failure> {
+        let shown = |e: std::io::Error| Failure::from(format!("{}: {e}", path.display()));
+        let in_place = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        if in_place {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(shown)?;
+            return Ok(Output::File {
+                path: path.to_owned(),
+                partial: None,
+                file,
+            });
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Failure::from(format!("{}: not a file name", path.display())))?;
+        let mut partial_name = std::ffi::OsString::from(".");
+        partial_name.push(name);
+        partial_name.push(format!(".partial-{}", std::process::id()));
+        let partial = path.with_file_name(partial_name);
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| Failure::from(format!("{}: {e}", partial.display())))?;
+        Ok(Output::File {
+            path: path.to_owned(),
+            partial: Some(partial),
+            file,
+        })
+    }
+
+    fn writer(&self) -> Result<Box<dyn Write>, Failure> {
+        Ok(match self {
+            Output::Stdout => Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            )),
+            Output::File { file, path, .. } => Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                file.try_clone()
+                    .map_err(|e| Failure::from(format!("{}: {e}", path.display())))?,
+            )),
+        })
+    }
+
+    /// The export is complete: the file reaches the disk and takes its name.
+    fn commit(self) -> Result<(), Failure> {
+        if let Output::File {
+            path,
+            partial: Some(partial),
+            file,
+        } = self
+        {
+            let failed = |e: std::io::Error| Failure::from(format!("{}: {e}", path.display()));
+            file.sync_all().map_err(failed)?;
+            std::fs::rename(&partial, &path).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// The export failed: its partial file goes.
+    fn abandon(self) {
+        if let Output::File {
+            partial: Some(partial),
+            ..
+        } = self
+        {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -510,6 +915,7 @@ async fn main() -> ExitCode {
         Command::DeadLetters(d) => dead_letters_command(d).await,
         Command::Sale(a) => sale_command(a).await,
         Command::Ledger(l) => ledger_command(l).await,
+        Command::Orders(o) => orders_command(o).await,
     };
     exit("flashsale", result)
 }
