@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod deploy;
 mod docs;
+mod export;
 mod failover;
 mod healing;
 mod hostile;
