@@ -1,6 +1,6 @@
 //! The settings of `flashsale-worker`: its consumer name, how much it holds
-//! and how long it blocks, when it reclaims, dead-letters, sweeps and
-//! rediscovers, the order ledger it records orders in (the ledger's own
+//! and how long it blocks, when it reclaims, dead-letters, sweeps, expires
+//! unpaid orders and rediscovers, the order ledger it records orders in (the ledger's own
 //! flags, shared with `flashsale ledger`), where it serves metrics and how
 //! long it may take to stop. Out-of-range values are refused (one line
 //! naming the variable), never clamped.
@@ -42,7 +42,8 @@ pub struct WorkerArgs {
     pub max_deliveries: usize,
     /// How often the sweep for queued orders without a live stream entry
     /// runs, in milliseconds (100–3600000; a cheap count per sale, a scan
-    /// only when something is missing).
+    /// only when something is missing); also how often ended sales are
+    /// checked for retirement (retired ones every third time).
     #[arg(long, env = "FLASHSALE_WORKER_SWEEP_MS", default_value_t = 10_000)]
     pub sweep_ms: u64,
     /// The sweep queues again an order still `queued` this long after its
@@ -53,6 +54,10 @@ pub struct WorkerArgs {
         default_value_t = 10_000
     )]
     pub requeue_after_ms: u64,
+    /// How often unpaid orders past their payment deadline are expired, in
+    /// milliseconds (50–60000).
+    #[arg(long, env = "FLASHSALE_WORKER_EXPIRE_MS", default_value_t = 500)]
+    pub expire_ms: u64,
     /// How often the sales index is read for new streams, in milliseconds (50–60000).
     #[arg(long, env = "FLASHSALE_WORKER_DISCOVER_MS", default_value_t = 1000)]
     pub discover_ms: u64,
@@ -79,6 +84,7 @@ pub struct WorkerTuning {
     pub max_deliveries: usize,
     pub discover_every: Duration,
     pub sweep_every: Duration,
+    pub expire_every: Duration,
     pub requeue_after: Duration,
 }
 
@@ -161,6 +167,7 @@ impl WorkerArgs {
                 )?,
                 discover_every: ms("FLASHSALE_WORKER_DISCOVER_MS", self.discover_ms, 50, 60_000)?,
                 sweep_every: ms("FLASHSALE_WORKER_SWEEP_MS", self.sweep_ms, 100, 3_600_000)?,
+                expire_every: ms("FLASHSALE_WORKER_EXPIRE_MS", self.expire_ms, 50, 60_000)?,
                 requeue_after: ms(
                     "FLASHSALE_WORKER_REQUEUE_AFTER_MS",
                     self.requeue_after_ms,
@@ -196,6 +203,7 @@ mod tests {
     fn out_of_range_values_are_refused_by_name() {
         let ok = parse(&[]).expect("defaults are valid");
         assert_eq!(ok.tuning.batch, 128);
+        assert_eq!(ok.tuning.expire_every, Duration::from_millis(500));
         for (args, var) in [
             (&["--batch", "0"][..], "FLASHSALE_WORKER_BATCH"),
             (&["--block-ms", "5"], "FLASHSALE_WORKER_BLOCK_MS"),
@@ -206,6 +214,8 @@ mod tests {
                 "FLASHSALE_WORKER_MAX_DELIVERIES",
             ),
             (&["--sweep-ms", "1"], "FLASHSALE_WORKER_SWEEP_MS"),
+            (&["--expire-ms", "49"], "FLASHSALE_WORKER_EXPIRE_MS"),
+            (&["--expire-ms", "60001"], "FLASHSALE_WORKER_EXPIRE_MS"),
             (&["--metrics", "nowhere"], "FLASHSALE_WORKER_METRICS"),
             (&["--consumer", "a b"], "FLASHSALE_WORKER_NAME"),
             (
