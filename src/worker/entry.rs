@@ -2,18 +2,52 @@
 //! anything is done with it (a malformed entry is poison: left pending,
 //! retried, then dead-lettered); and, with a ledger, the order record the
 //! entry names, as the ledger gets it.
+//!
+//! Two kinds of entries share a stream: an order entry (`order_id`, `sku`,
+//! `user_id`, `qty`: a new order, written by the purchase), and from
+//! library version 12 an event entry, the same fields plus `kind` = `paid`,
+//! `expired` or `cancelled` (written by `fs_pay`, `fs_expire`, `fs_cancel`
+//! when the order ends). An entry with any other `kind` is poison.
 
 use redis::Value;
 use redis::streams::StreamId;
 use time::OffsetDateTime;
 
-use crate::ledger::NewOrder;
+use crate::ledger::{NewOrder, Record};
 use crate::sale::{sku_of_order, valid_sku, valid_user};
 
-/// One parsed order entry.
+/// How an order ended, as an event entry names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EventKind {
+    Paid,
+    Expired,
+    Cancelled,
+}
+
+impl EventKind {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Paid => "paid",
+            EventKind::Expired => "expired",
+            EventKind::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "paid" => EventKind::Paid,
+            "expired" => EventKind::Expired,
+            "cancelled" => EventKind::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// One parsed entry: an order entry (`kind` `None`) or an event entry.
 pub(super) struct Entry {
     pub(super) id: String,
     pub(super) order_id: String,
+    pub(super) kind: Option<EventKind>,
 }
 
 fn field(e: &StreamId, k: &str) -> Option<String> {
@@ -41,14 +75,36 @@ pub(super) fn parse_entry(stream_sku: &str, e: &StreamId) -> Result<Entry, Strin
     if !valid_user(&user) || qty < 1 {
         return Err("malformed user_id or qty".into());
     }
+    let kind = match field(e, "kind") {
+        None => None,
+        Some(k) => Some(EventKind::parse(&k).ok_or_else(|| format!("unknown kind {k:?}"))?),
+    };
     Ok(Entry {
         id: e.id.clone(),
         order_id,
+        kind,
     })
 }
 
-/// The fields of an order record the ledger is given, in `HMGET` order.
-pub(super) const ORDER_FIELDS: [&str; 5] = ["status", "order_id", "user_id", "qty", "created_ms"];
+/// The fields of an order record the ledger is given, in `HMGET` order:
+/// the order's own ([`new_order`]), then those of its end ([`order_end`]).
+pub(super) const ORDER_FIELDS: [&str; 10] = [
+    "status",
+    "order_id",
+    "user_id",
+    "qty",
+    "created_ms",
+    "paid_ms",
+    "payment_id",
+    "amount_cents",
+    "expired_ms",
+    "cancelled_ms",
+];
+
+fn time_of(ms: &Option<String>) -> Option<OffsetDateTime> {
+    let ms: i64 = ms.as_deref()?.parse().ok()?;
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
 
 /// The ledger's new order for an entry, from the `HMGET` of its order
 /// record ([`ORDER_FIELDS`]); `None` when the record is missing, names
@@ -56,7 +112,7 @@ pub(super) const ORDER_FIELDS: [&str; 5] = ["status", "order_id", "user_id", "qt
 /// `fs_confirm_batch` treats it (-1: left pending, so retried and
 /// eventually dead-lettered), and never reaches the ledger.
 pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Option<NewOrder> {
-    let [status, order_id, user, qty, created_ms] = fields else {
+    let [status, order_id, user, qty, created_ms, ..] = fields else {
         return None;
     };
     status.as_ref()?;
@@ -65,8 +121,7 @@ pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Opti
     }
     let user = user.clone().filter(|u| valid_user(u))?;
     let qty: i32 = qty.as_deref()?.parse().ok().filter(|q| *q >= 1)?;
-    let ms: i64 = created_ms.as_deref()?.parse().ok()?;
-    let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    let created_at = time_of(created_ms)?;
     Some(NewOrder {
         order_id: e.order_id.clone(),
         sku: sku.to_owned(),
@@ -74,6 +129,47 @@ pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Opti
         qty,
         created_at,
     })
+}
+
+/// The end an order record shows ([`ORDER_FIELDS`]), as the ledger gets
+/// it: `Ok(None)` for an order still waiting (queued or confirmed),
+/// `Err(())` for an ended order whose end is incomplete (a record the
+/// library never writes: the entry is treated as one whose order does not
+/// match, and never reaches the ledger).
+pub(super) fn order_end(order_id: &str, fields: &[Option<String>]) -> Result<Option<Record>, ()> {
+    let [
+        status,
+        _,
+        _,
+        _,
+        _,
+        paid_ms,
+        payment_id,
+        amount,
+        expired_ms,
+        cancelled_ms,
+    ] = fields
+    else {
+        return Err(());
+    };
+    let order_id = order_id.to_owned();
+    Ok(Some(match status.as_deref() {
+        Some("paid") => Record::Paid {
+            order_id,
+            paid_at: time_of(paid_ms).ok_or(())?,
+            payment_id: payment_id.clone().filter(|p| !p.is_empty()).ok_or(())?,
+            amount_cents: amount.as_deref().and_then(|a| a.parse().ok()).ok_or(())?,
+        },
+        Some("expired") => Record::Expired {
+            order_id,
+            at: time_of(expired_ms).ok_or(())?,
+        },
+        Some("cancelled") => Record::Cancelled {
+            order_id,
+            at: time_of(cancelled_ms).ok_or(())?,
+        },
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
@@ -84,7 +180,112 @@ mod tests {
         Entry {
             id: "1-0".into(),
             order_id: "s1.abc".into(),
+            kind: None,
         }
+    }
+
+    const ID: &str = "s1.0123456789abcdef0123456789abcdef";
+
+    fn raw(fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::BulkString(v.as_bytes().to_vec())))
+                .collect(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+        }
+    }
+
+    #[test]
+    fn event_entries_are_told_from_order_entries() {
+        let order = [
+            ("order_id", ID),
+            ("sku", "s1"),
+            ("user_id", "u7"),
+            ("qty", "1"),
+        ];
+        assert_eq!(parse_entry("s1", &raw(&order)).expect("order").kind, None);
+        for (k, want) in [
+            ("paid", EventKind::Paid),
+            ("expired", EventKind::Expired),
+            ("cancelled", EventKind::Cancelled),
+        ] {
+            let mut f = order.to_vec();
+            f.push(("kind", k));
+            let e = parse_entry("s1", &raw(&f)).expect("event");
+            assert_eq!((e.kind, e.order_id.as_str()), (Some(want), ID));
+            assert_eq!(want.as_str(), k);
+        }
+        let mut f = order.to_vec();
+        f.push(("kind", "refunded"));
+        assert!(
+            parse_entry("s1", &raw(&f)).is_err(),
+            "an unknown kind is poison"
+        );
+    }
+
+    fn full(status: &str, end: [Option<&str>; 5]) -> Vec<Option<String>> {
+        let mut f = fields([
+            Some(status),
+            Some("s1.abc"),
+            Some("u7"),
+            Some("1"),
+            Some("1700000000123"),
+        ]);
+        f.extend(end.iter().map(|v| v.map(str::to_owned)));
+        f
+    }
+
+    #[test]
+    fn an_ended_order_carries_its_end_to_the_ledger() {
+        let waiting = full("confirmed", [None; 5]);
+        assert_eq!(order_end("s1.abc", &waiting), Ok(None));
+        assert_eq!(order_end("s1.abc", &full("queued", [None; 5])), Ok(None));
+        let paid = full(
+            "paid",
+            [
+                Some("1700000001000"),
+                Some("ch_1"),
+                Some("1999"),
+                None,
+                None,
+            ],
+        );
+        match order_end("s1.abc", &paid) {
+            Ok(Some(Record::Paid {
+                order_id,
+                paid_at,
+                payment_id,
+                amount_cents,
+            })) => {
+                assert_eq!(order_id, "s1.abc");
+                assert_eq!(paid_at.unix_timestamp(), 1_700_000_001);
+                assert_eq!((payment_id.as_str(), amount_cents), ("ch_1", 1999));
+            }
+            other => panic!("{other:?}"),
+        }
+        let expired = full(
+            "expired",
+            [None, None, Some("1999"), Some("1700000002000"), None],
+        );
+        assert!(matches!(
+            order_end("s1.abc", &expired),
+            Ok(Some(Record::Expired { at, .. })) if at.unix_timestamp() == 1_700_000_002
+        ));
+        let cancelled = full("cancelled", [None, None, None, None, Some("1700000003000")]);
+        assert!(matches!(
+            order_end("s1.abc", &cancelled),
+            Ok(Some(Record::Cancelled { at, .. })) if at.unix_timestamp() == 1_700_000_003
+        ));
+        // An end without its time or payment is not the library's: refused.
+        assert_eq!(order_end("s1.abc", &full("expired", [None; 5])), Err(()));
+        let no_payment = full("paid", [Some("1700000001000"), None, Some("1"), None, None]);
+        assert_eq!(order_end("s1.abc", &no_payment), Err(()));
+        assert_eq!(order_end("s1.abc", &waiting[..5]), Err(()));
+        // The order itself still reads from the first five fields.
+        assert!(new_order("s1", &entry(), &paid).is_some());
     }
 
     fn fields(v: [Option<&str>; 5]) -> Vec<Option<String>> {

@@ -1,14 +1,16 @@
 //! The worker's side of the order ledger (see "The ledger" in `mod.rs`):
-//! before a batch is confirmed, read its orders on the step's link, wait
-//! until the replicas hold them, record them in the ledger; when the
-//! ledger does not answer, hold the batch — retry with backoff, keep its
-//! entries from looking idle, read and reclaim nothing — until it does.
+//! before a batch is confirmed, read its orders on the step's link (for
+//! order entries and event entries alike), wait until the replicas hold
+//! them, record them — and the ends of those that ended — in the ledger;
+//! when the ledger does not answer, hold the batch — retry with backoff,
+//! keep its entries from looking idle, read, reclaim and expire nothing —
+//! until it does.
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::entry::{Entry, ORDER_FIELDS, new_order};
+use super::entry::{Entry, ORDER_FIELDS, new_order, order_end};
 use super::{GROUP, StepReport, Worker};
 use crate::ledger::{Ledger, LedgerError, Record};
 use crate::redis::{AckFault, DbError, MasterLink};
@@ -56,6 +58,7 @@ impl LedgerState {
         metrics::gauge!("flashsale_ledger_up").set(1.0);
         metrics::counter!("flashsale_ledger_errors_total").increment(0);
         metrics::counter!("flashsale_ledger_recorded_total").increment(0);
+        metrics::counter!("flashsale_ledger_ended_total").increment(0);
         LedgerState {
             ledger,
             down_since: None,
@@ -198,10 +201,19 @@ impl Worker {
             let mut found = Vec::with_capacity(list.len());
             for e in list {
                 let fields = replies.next().unwrap_or_default();
-                match new_order(&sku, &e, &fields) {
-                    Some(o) => {
+                // The order as it is now: new to the ledger (nothing if it
+                // is there already), and its end if it has ended — for an
+                // order entry and an event entry alike, so whichever is
+                // recorded first leaves the row in its final state.
+                match new_order(&sku, &e, &fields).map(|o| (o, order_end(&e.order_id, &fields))) {
+                    Some((o, Ok(end))) => {
                         records.push(Record::NewOrder(o));
+                        records.extend(end);
                         found.push(e);
+                    }
+                    Some((_, Err(()))) => {
+                        report.failed += 1;
+                        tracing::warn!(order_id = %e.order_id, entry = %e.id, "order record ended without its end's fields; left pending, not recorded");
                     }
                     None => {
                         report.failed += 1;

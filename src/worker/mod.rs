@@ -38,15 +38,71 @@
 //!   order still `queued` after `--requeue-after-ms` whose entry is gone or
 //!   was acknowledged without confirming it (`flashsale_worker_requeued_total`).
 //!   Invariant 3 so does not depend on every other path being perfect.
+//! - Expiry (every `--expire-ms`, 500 ms; `expiry.rs`): on the step's link,
+//!   `TIME` (the server's clock, the one every deadline was set by), then per
+//!   sale `ZRANGEBYSCORE P:{sku}:payby -inf <now> LIMIT 0 512` (one pipeline
+//!   for all sales) and `fs_expire` of the ids found (one pipeline), again
+//!   for each sale whose chunk was full (at most 16 rounds a pass; a larger
+//!   backlog is taken over the next passes). `fs_expire` checks each order
+//!   itself — still unpaid, deadline passed — so an order paid or cancelled
+//!   meanwhile is only dropped from `payby`, and one already expired (by
+//!   another worker, or by a late payment's own call) is not expired
+//!   twice: any number of workers may run it at once. It runs before the
+//!   read, so the step reads the event entries it just made; the read
+//!   blocks no longer than until the next pass is due. Counted in
+//!   `flashsale_worker_expired_total`, logged per sale with the units
+//!   returned. Late payments never depend on it: `fs_pay` and `fs_cancel`
+//!   apply an elapsed deadline themselves; the schedule only brings the
+//!   units back on time.
+//! - Ended sales are retired (`retire.rs`): a sale that ended more than a
+//!   minute ago (server clock) with every order recorded, nothing in
+//!   `payby`, nothing pending and no lag in the group leaves the worker's
+//!   streams — it is no longer read, reclaimed, expired, trimmed or swept.
+//!   Checked every `--sweep-ms` with one `MULTI … EXEC` on the step's link;
+//!   retired sales are checked again with the same test every third sweep
+//!   (30 s), and at once after a master switch, and come back as soon as
+//!   something appears for them (an entry replayed from the dead letters or
+//!   queued again by a sweep, a late event). `flashsale_worker_sales` is the
+//!   number worked on. A purged sale (gone from the index) is dropped by
+//!   the discovery, retired or not; a blocking read whose stream is deleted
+//!   under it (`UNBLOCKED`) is not a failure: logged at debug, the next
+//!   discovery drops the sale.
 //! - SIGTERM/SIGINT: stop reading, finish and ack the batch in hand, exit 0
 //!   (bounded by `--shutdown-timeout-s`); a second signal exits at once —
 //!   what this worker held is reclaimed by the others.
+//!
+//! **Event entries.** From library version 12 an order lives on after it is
+//! recorded (`queued → confirmed → paid | expired | cancelled`), and
+//! `fs_pay`, `fs_cancel` and `fs_expire` each add an event entry to the
+//! sale's stream when an order ends: the order entry's fields plus `kind`.
+//! An event entry is not a new order. The worker acknowledges it with
+//! `XACK` on the step's link, in the pipeline of the batch's
+//! `fs_confirm_batch` calls, and never passes it to `fs_confirm_batch`
+//! (`flashsale_worker_events_total{kind}`); an entry with an unknown `kind`
+//! is poison. Why not through `fs_confirm_batch`: for an order already
+//! recorded it answers 0, so every paid order would count as a duplicate
+//! delivery; and an event can come before its order's own entry is
+//! recorded (a cancel 1 ms after the purchase, or the order's entry still
+//! pending with a dead worker): then it answers 1 and records the order
+//! from the event (sets `confirmed_ms`, counts it in `confirmed`, keeps its
+//! status), and the order entry later gets 0. The order would still be
+//! recorded exactly once — `confirm_orders` records an order only while it
+//! has no `confirmed_ms` — so that path would be sound, only its counts
+//! misleading. As it is, an order is recorded by its own entry alone,
+//! whenever that is read: `fs_trim` never trims past an entry whose order
+//! is not recorded yet, and the sweep queues again an ended order whose
+//! entry is gone unrecorded, so acknowledging an event first loses nothing.
+//! Without a ledger there is nothing else to carry: Redis already holds the
+//! end. (The sweep's `fs_lost` counts pending and unread entries as
+//! carrying orders, event entries among them, so while events wait it may
+//! see fewer lost orders than there are; it looks again next sweep.)
 //!
 //! **The one-node rule.** After a promotion the old master keeps taking
 //! writes for a moment, and both masters mint stream ids above the same
 //! last id: an entry id read on one names another order on the other. So a
 //! step takes one master link and does everything on it — read, confirm,
-//! acknowledge, reclaim, dead-letter, trim, sweep ([`Redis::on_link`]); a
+//! acknowledge, reclaim, dead-letter, expire, trim, sweep, retire
+//! ([`Redis::on_link`]); a
 //! decision and the write that depends on it are one Function where they
 //! must be atomic. When the link is retired midway the step ends with
 //! [`DbError::LinkChanged`] and its batch is dropped: the new master still
@@ -72,10 +128,26 @@
 //!   `fs_confirm_batch` on the same link. A crash, a signal or a switch
 //!   between the two leaves entries pending whose orders are already in the
 //!   ledger; their next delivery writes nothing new and confirms them.
+//! - Ends. For every entry, order or event alike, the ledger is given the
+//!   order as its record reads now: the order itself (`INSERT … ON
+//!   CONFLICT DO NOTHING`) and, if it has ended, its end — `Paid` (time,
+//!   `payment_id`, amount), `Expired` or `Cancelled` (time) — an `UPDATE`
+//!   that moves only a row still `queued` or `confirmed`; one transaction.
+//!   So the row ends present and in its final state whichever entry of the
+//!   order is recorded first, and whichever worker writes first: an order
+//!   paid before its entry was recorded is inserted and marked paid at
+//!   once; an order entry read while the order was still waiting, written
+//!   after its event, inserts nothing over the paid row; an end given again
+//!   matches no row; a paid row never becomes expired (and the schema
+//!   refuses a row with two ends). The acknowledgement round before the
+//!   write covers the ends too: an expiry the replicas do not hold yet (a
+//!   failover could undo it, and the order then be paid) never reaches the
+//!   ledger. Event entries are then acknowledged, order entries confirmed.
 //!
 //! When the ledger does not answer, the batch stays in hand: the worker
 //! retries with backoff (100 ms doubling to 2 s), reads nothing new,
-//! reclaims and dead-letters nothing, and skips trimming and the sweep; it
+//! reclaims, dead-letters and expires nothing, and skips trimming, the
+//! sweep and retirement; it
 //! logs once per outage, counts `flashsale_ledger_errors_total` and sets
 //! `flashsale_ledger_up` to 0. Purchases go on (they never touch
 //! PostgreSQL) and the streams buffer. Delivery counts do not grow with
@@ -95,7 +167,9 @@
 //! while holding leaves it pending for the others.
 
 mod entry;
+mod expiry;
 mod ledger;
+mod retire;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -109,6 +183,7 @@ use crate::ledger::Ledger;
 use crate::redis::{DbError, MasterLink, Redis, functions};
 use entry::{Entry, parse_entry};
 use ledger::{ByStream, Held, LedgerState};
+pub use retire::{RECHECK_SWEEPS, RETIRE_AFTER_END};
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "flashsale";
@@ -131,6 +206,10 @@ pub struct StepReport {
     /// Entries in hand, read but not confirmed: the ledger did not take
     /// them yet.
     pub held: usize,
+    /// Event entries (an order paid, expired or cancelled) acknowledged.
+    pub events: usize,
+    /// Unpaid orders expired by the expiry pass.
+    pub expired: usize,
 }
 
 impl StepReport {
@@ -140,6 +219,7 @@ impl StepReport {
             && self.dead_lettered == 0
             && self.requeued == 0
             && self.held == 0
+            && self.expired == 0
     }
 }
 
@@ -147,11 +227,17 @@ impl StepReport {
 pub struct Worker {
     redis: Redis,
     cfg: WorkerTuning,
-    streams: Vec<(String, String)>, // (sku, stream key)
+    /// The sales worked on: (sku, stream key).
+    streams: Vec<(String, String)>,
+    /// Retired sales (see `retire.rs`): in the index, not worked on.
+    retired: Vec<(String, String)>,
     last_discover: Option<Instant>,
     last_claim: Option<Instant>,
     last_trim: Option<Instant>,
     last_sweep: Option<Instant>,
+    last_expire: Option<Instant>,
+    last_retire_check: Option<Instant>,
+    last_recheck: Option<Instant>,
     /// The blocking connection and the epoch of the link it belongs to.
     reader: Option<(u64, redis::aio::MultiplexedConnection)>,
     /// The link epoch on which the groups of `streams` were last ensured.
@@ -174,14 +260,20 @@ const TRIM_CALLS: usize = 20;
 
 impl Worker {
     pub fn new(redis: Redis, cfg: WorkerTuning) -> Self {
+        metrics::counter!("flashsale_worker_expired_total").increment(0);
+        metrics::gauge!("flashsale_worker_sales").set(0.0);
         Self {
             redis,
             cfg,
             streams: Vec::new(),
+            retired: Vec::new(),
             last_discover: None,
             last_claim: None,
             last_trim: None,
             last_sweep: None,
+            last_expire: None,
+            last_retire_check: None,
+            last_recheck: None,
             reader: None,
             groups_epoch: 0,
             claim_cursor: HashMap::new(),
@@ -220,16 +312,19 @@ impl Worker {
         Ok(conn)
     }
 
-    /// One round, all of it on ONE master link: discover streams, reclaim
-    /// and dead-letter idle entries (every `claim_idle / 2`), read a batch
-    /// (blocking up to `block`), confirm it, trim, and sweep for lost orders.
-    /// Entries are confirmed, acknowledged, reclaimed and trimmed only on
-    /// the node they were read from: when the link is retired midway the
-    /// step stops with [`DbError::LinkChanged`] and its batch is dropped
-    /// (the new master still holds those entries, unread or pending, and
-    /// delivers them again). With a batch held for the ledger, the step is
-    /// only a retry of it (no reading, no reclaiming, no upkeep). Returns
-    /// what it did; an empty report means the streams had nothing for this
+    /// One round, all of it on ONE master link: discover streams, retire
+    /// finished sales and bring back retired ones with work, reclaim and
+    /// dead-letter idle entries (every `claim_idle / 2`), expire unpaid
+    /// orders past their deadline (every `expire_every`), read a batch
+    /// (blocking up to `block`, and no longer than until the next expiry
+    /// pass), confirm it, trim, and sweep for lost orders. Entries are
+    /// confirmed, acknowledged, reclaimed and trimmed only on the node they
+    /// were read from: when the link is retired midway the step stops with
+    /// [`DbError::LinkChanged`] and its batch is dropped (the new master
+    /// still holds those entries, unread or pending, and delivers them
+    /// again). With a batch held for the ledger, the step is only a retry
+    /// of it (no reading, no reclaiming, no expiry, no upkeep). Returns what
+    /// it did; an empty report means the streams had nothing for this
     /// worker.
     pub async fn step(&mut self) -> Result<StepReport, DbError> {
         let mut report = StepReport::default();
@@ -239,13 +334,15 @@ impl Worker {
             .await?;
         if self.groups_epoch != link.epoch {
             // A new master may lack groups the old one had (created after
-            // its last sync): ensure every one before reading there.
+            // its last sync): ensure every one before reading there. Retired
+            // sales are judged again there at once.
             for (_, stream) in &self.streams {
                 self.ensure_group(&link, stream).await?;
             }
             self.claim_cursor.clear();
             self.groups_epoch = link.epoch;
             self.own_pending = true;
+            self.last_recheck = None;
         }
         // A batch in hand that the ledger has not taken comes first, alone.
         if self.held.is_some() {
@@ -256,6 +353,7 @@ impl Worker {
             }
         }
         self.discover(&link, false).await?;
+        self.retire_pass(&link).await?;
         if self.streams.is_empty() {
             tokio::time::sleep(self.cfg.block.min(self.cfg.discover_every)).await;
             return Ok(report);
@@ -269,6 +367,12 @@ impl Worker {
                 self.reclaim(&link, &mut report).await?;
             }
             self.last_claim = Some(Instant::now());
+        }
+        // Expiry before the read, so the read takes its event entries at
+        // once; not while a batch is held (the ledger is down).
+        if self.held.is_none() && self.until_expiry().is_zero() {
+            self.expire(&link, &mut report).await?;
+            self.last_expire = Some(Instant::now());
         }
         if self.held.is_none() {
             let entries = self.read_batch(&link).await?;
@@ -307,7 +411,13 @@ impl Worker {
             .arg("COUNT")
             .arg(self.cfg.batch);
         if !own {
-            cmd.arg("BLOCK").arg(self.cfg.block.as_millis() as u64);
+            // Never past the next expiry pass (and never 0: for ever).
+            let block = self
+                .cfg
+                .block
+                .min(self.until_expiry())
+                .max(Duration::from_millis(10));
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS");
         for (_, s) in &self.streams {
@@ -321,10 +431,20 @@ impl Worker {
         let reply = match reply {
             Ok(r) => r,
             Err(e) if e.code() == Some("NOGROUP") => {
+                // A purged sale's stream is gone too: drop purged sales
+                // first, so their streams are not made again.
+                self.discover(link, true).await?;
                 tracing::warn!(master = %link.addr, "consumer group missing; recreating");
                 for (_, s) in &self.streams {
                     self.ensure_group(link, s).await?;
                 }
+                return Ok(Vec::new());
+            }
+            Err(e) if e.code() == Some("UNBLOCKED") => {
+                // A stream deleted under the blocking read: a sale being
+                // purged. Not a failure; the next step's discovery drops it.
+                tracing::debug!(master = %link.addr, error = %e, "blocking read ended by a deleted stream");
+                self.last_discover = None;
                 return Ok(Vec::new());
             }
             Err(e) => {
@@ -402,8 +522,9 @@ impl Worker {
         Ok(())
     }
 
-    /// `fs_confirm_batch` for entries read on `link` (and, with a ledger,
-    /// recorded there), on that link.
+    /// `fs_confirm_batch` for the order entries read on `link` (and, with
+    /// a ledger, recorded there), and `XACK` for its event entries, on that
+    /// link, in one pipeline.
     async fn confirm(
         &mut self,
         link: &MasterLink,
@@ -415,10 +536,13 @@ impl Worker {
         }
         let keys = self.redis.keys().clone();
         let mut pipe = redis::pipe();
-        let mut sent: Vec<&[Entry]> = Vec::new();
+        let mut sent: Vec<Vec<&Entry>> = Vec::new();
+        let mut events: Vec<&Entry> = Vec::new();
         for (i, list) in by_stream {
-            let (sku, _) = &self.streams[*i];
-            for chunk in list.chunks(CONFIRM_CHUNK) {
+            let (sku, stream) = &self.streams[*i];
+            let (orders, acks): (Vec<&Entry>, Vec<&Entry>) =
+                list.iter().partition(|e| e.kind.is_none());
+            for chunk in orders.chunks(CONFIRM_CHUNK) {
                 functions::confirm_batch_into(
                     &mut pipe,
                     &keys,
@@ -426,10 +550,27 @@ impl Worker {
                     GROUP,
                     chunk.iter().map(|e| (e.order_id.as_str(), e.id.as_str())),
                 );
-                sent.push(chunk);
+                sent.push(chunk.to_vec());
+            }
+            // Event entries are not new orders: never fs_confirm_batch,
+            // which would take the first one of an order not recorded yet
+            // for the order itself (see "Event entries" above).
+            if !acks.is_empty() {
+                let cmd = pipe.cmd("XACK").arg(stream).arg(GROUP);
+                for e in &acks {
+                    cmd.arg(&e.id);
+                }
+                cmd.ignore();
+                events.extend(acks);
             }
         }
         let results: Vec<Vec<i64>> = self.redis.on_link(link, &pipe).await?;
+        for e in &events {
+            let kind = e.kind.map_or("", |k| k.as_str());
+            metrics::counter!("flashsale_worker_events_total", "kind" => kind).increment(1);
+            tracing::debug!(order_id = %e.order_id, kind, "event entry acknowledged");
+        }
+        report.events += events.len();
         let mut confirmed = 0;
         for (chunk, rs) in sent.iter().zip(results) {
             if rs.len() != chunk.len() {

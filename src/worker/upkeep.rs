@@ -1,6 +1,8 @@
 //! The worker's upkeep, beside reading and confirming: finding new sales'
-//! streams, reclaiming idle entries and dead-lettering poison ones,
-//! trimming, and the sweep that queues lost orders again. Every call runs on
+//! streams (and dropping purged ones), reclaiming idle entries and
+//! dead-lettering poison ones, trimming, and the sweep that queues lost
+//! orders again. Expiry is in `expiry.rs`, retiring ended sales in
+//! `retire.rs`. Every call runs on
 //! the one link of the step it belongs to (see the one-node rule in
 //! `mod.rs`).
 
@@ -30,18 +32,27 @@ impl Worker {
         let skus: Vec<String> = self.redis.on_link(link, &cmd).await?;
         // A sale purged (gone from the index) leaves this worker's work: its
         // stream is being removed, and reading it would create it again.
-        let before = self.streams.len();
+        let before = self.streams.len() + self.retired.len();
         let indexed: std::collections::HashSet<&str> = skus.iter().map(String::as_str).collect();
         self.streams
             .retain(|(sku, _)| indexed.contains(sku.as_str()));
-        if self.streams.len() < before {
+        self.retired
+            .retain(|(sku, _)| indexed.contains(sku.as_str()));
+        let after = self.streams.len() + self.retired.len();
+        if after < before {
             tracing::info!(
-                left = before - self.streams.len(),
+                left = before - after,
                 "purged sales left the worker's streams"
             );
         }
         for sku in skus.into_iter().filter(|s| valid_sku(s)) {
-            if self.streams.iter().any(|(s, _)| *s == sku) {
+            // Known: worked on, or retired (judged again in its turn).
+            if self
+                .streams
+                .iter()
+                .chain(&self.retired)
+                .any(|(s, _)| *s == sku)
+            {
                 continue;
             }
             let stream = keys.stream(&sku);
@@ -49,6 +60,7 @@ impl Worker {
             self.streams.push((sku, stream));
         }
         self.last_discover = Some(Instant::now());
+        self.publish_sales();
         Ok(())
     }
 
