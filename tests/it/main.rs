@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod deploy;
 mod docs;
+mod expiry;
 mod export;
 mod failover;
 mod healing;
