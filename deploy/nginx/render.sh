@@ -14,6 +14,8 @@
 #   FLASHSALE_MAX_BODY          [16k]
 #   FLASHSALE_PURCHASE_RATE     [5r/s]          per client address
 #   FLASHSALE_PURCHASE_BURST    [10]
+#   FLASHSALE_PAYMENT_CALLBACK_RATE  [200r/s]   payment callbacks per provider address
+#   FLASHSALE_PAYMENT_CALLBACK_BURST [2000]
 #   FLASHSALE_PAGE_MAX_AGE      [5]             seconds
 #   FLASHSALE_ADMIN_ALLOW       [127.0.0.1/32,::1/128]  who may use /admin: addresses or
 #                               CIDRs, comma-separated, or `all`; `none`: nobody (nginx
@@ -29,7 +31,7 @@ out=-
 while [ $# -gt 0 ]; do
     case $1 in
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "render.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -42,13 +44,15 @@ static=${FLASHSALE_STATIC_DIR:-/usr/share/flashsale/static}
 max_body=${FLASHSALE_MAX_BODY:-16k}
 rate=${FLASHSALE_PURCHASE_RATE:-5r/s}
 burst=${FLASHSALE_PURCHASE_BURST:-10}
+pay_rate=${FLASHSALE_PAYMENT_CALLBACK_RATE:-200r/s}
+pay_burst=${FLASHSALE_PAYMENT_CALLBACK_BURST:-2000}
 max_age=${FLASHSALE_PAGE_MAX_AGE:-5}
 admin_allow=${FLASHSALE_ADMIN_ALLOW:-127.0.0.1/32,::1/128}
 cors=${FLASHSALE_CORS_ORIGINS:-}
 
 fail() { echo "render.sh: $*" >&2; exit 2; }
 # Values end up inside nginx directives: refuse anything that could break out.
-for v in "$listen" "$server_name" "$upstreams" "$pages" "$static" "$max_body" "$rate" "$burst" "$max_age"; do
+for v in "$listen" "$server_name" "$upstreams" "$pages" "$static" "$max_body" "$rate" "$burst" "$pay_rate" "$pay_burst" "$max_age"; do
     case $v in
         *[\;\{\}\'\"\\\|\&\$\#]*|*' '*|'') fail "refusing value '$v' (empty, or has a space or one of ;{}'\"\\|&\$#)" ;;
     esac
@@ -109,6 +113,8 @@ rendered=$(sed \
     -e "/^[[:space:]]*#/!s|@@MAX_BODY@@|$max_body|g" \
     -e "/^[[:space:]]*#/!s|@@PURCHASE_RATE@@|$rate|g" \
     -e "/^[[:space:]]*#/!s|@@PURCHASE_BURST@@|$burst|g" \
+    -e "/^[[:space:]]*#/!s|@@PAYMENT_CALLBACK_RATE@@|$pay_rate|g" \
+    -e "/^[[:space:]]*#/!s|@@PAYMENT_CALLBACK_BURST@@|$pay_burst|g" \
     -e "/^[[:space:]]*#/!s|@@PAGE_MAX_AGE@@|$max_age|g" \
     -e "/^[[:space:]]*#/!s|@@ADMIN_ALLOW@@|${allows%\\n}|" \
     -e "/^[[:space:]]*#/!s|@@CORS_ORIGINS@@|${origins%\\n}|" \
