@@ -25,7 +25,8 @@ pub struct WorkerArgs {
     /// Most entries read (and held) at once (1–10000).
     #[arg(long, env = "FLASHSALE_WORKER_BATCH", default_value_t = 128)]
     pub batch: usize,
-    /// XREADGROUP BLOCK time in milliseconds (10–60000).
+    /// XREADGROUP BLOCK time in milliseconds (10–60000); a read never
+    /// blocks past the next expiry pass (--expire-ms).
     #[arg(long, env = "FLASHSALE_WORKER_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
     /// After a read that was not full (the worker has caught up), wait this

@@ -476,7 +476,8 @@ impl Worker {
     /// with a ledger, recorded there first ([`Worker::record_in_ledger`]; a
     /// batch the ledger does not take is held, not confirmed); then one
     /// `fs_confirm_batch` call per stream and chunk of at most
-    /// [`CONFIRM_CHUNK`] entries, all calls in one pipeline on that link.
+    /// [`CONFIRM_CHUNK`] order entries and one `XACK` per stream of its
+    /// event entries, all in one pipeline on that link.
     async fn process(
         &mut self,
         link: &MasterLink,
