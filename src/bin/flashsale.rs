@@ -695,7 +695,7 @@ async fn orders_command(a: OrdersArgs) -> Result<ExitCode, Failure> {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {pos}/{len} orders [{bar:30}] {per_sec}, {eta} left",
+                "{spinner} {human_pos}/{human_len} orders [{bar:30}] {elapsed}, about {eta} left",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
@@ -707,7 +707,11 @@ async fn orders_command(a: OrdersArgs) -> Result<ExitCode, Failure> {
         Some(path) => Output::file(path)?,
         None => Output::Stdout,
     };
-    let written = export(&ledger, &sku, format, target.writer()?, &progress).await;
+    // Ctrl-C or SIGTERM: the partial file goes, as on any failure.
+    let written = tokio::select! {
+        written = export(&ledger, &sku, format, target.writer()?, &progress) => written,
+        () = shutdown_signal() => Err("interrupted: the export is incomplete".into()),
+    };
     progress.finish_and_clear();
     ledger.close().await;
     let n = match written {
