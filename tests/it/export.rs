@@ -586,3 +586,167 @@ async fn export_needs_the_ledger_url_and_lists_its_exit_codes() {
         );
     }
 }
+
+const PAYMENT_TOKEN: &str = "export-payment-provider-0123456789";
+
+/// Waits until the ledger holds `order_id` with `status`.
+async fn ledger_reaches(ledger: &Ledger, order_id: &str, status: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = ledger.order(order_id).await.expect("read the ledger");
+        if row.as_ref().is_some_and(|r| r.status.as_str() == status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{order_id} is not {status} in the ledger: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With a payment window: orders paid and cancelled reach the ledger with
+/// their end, and the audit with the ledger agrees (the amount compared
+/// where the ledger holds one); the export carries the payment's columns;
+/// a changed amount is named; a purge waits for the orders still waiting
+/// for their payment (`not_in_ledger`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_and_cancelled_orders_are_compared_and_exported_with_their_end() {
+    let group = shared_group();
+    let pg = Postgres::init().await;
+    let url = pg.url();
+    let prefix = crate::support::app::unique("exp");
+    let mut settings = crate::support::app::serve_settings(group, &prefix, &AppOptions::default());
+    settings.payment_window = Duration::from_secs(600);
+    settings.payment_token = Some(Secret::new(PAYMENT_TOKEN));
+    let app = Arc::new(TestApp::spawn_settings(&prefix, settings).await);
+    let sku = "ex-paid";
+    let mut worker = worker_command(group, &prefix)
+        .env("FLASHSALE_LEDGER_URL", &url)
+        .spawn()
+        .expect("spawn flashsale-worker");
+    app.create_sale(sku, 50, 2, -5, 3600).await; // 19.99 a unit
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body) = app.purchase(&format!("pp{i}"), sku, 1, None).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+    let unconfirmed = unconfirmed_after(group, &prefix, &ids, Duration::from_secs(20)).await;
+    assert!(unconfirmed.is_empty(), "not confirmed: {unconfirmed:?}");
+
+    // Two paid, one cancelled, two left waiting.
+    for (i, id) in ids.iter().enumerate().take(2) {
+        let r = app
+            .http
+            .post(app.url(&format!("/api/orders/{id}/payment")))
+            .bearer_auth(PAYMENT_TOKEN)
+            .json(&serde_json::json!({"payment_id": format!("pay-{i}"), "amount_cents": 1999}))
+            .send()
+            .await
+            .expect("payment");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let r = app
+        .http
+        .post(app.url(&format!("/api/orders/{}/cancel", ids[2])))
+        .bearer_auth(app.token("pp2"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status().as_u16(), 200);
+    let ledger = ledger(&pg).await;
+    ledger_reaches(&ledger, &ids[0], "paid").await;
+    ledger_reaches(&ledger, &ids[1], "paid").await;
+    ledger_reaches(&ledger, &ids[2], "cancelled").await;
+
+    let (code, v) = audit(&prefix, &url, sku).await;
+    assert_eq!(code, Some(0), "{v}");
+    let l = &v["ledger"];
+    assert_eq!(l["consistent"], true, "{v}");
+    assert_eq!(
+        (
+            l["orders"].as_u64(),
+            l["recorded"].as_u64(),
+            l["awaiting_payment"].as_u64()
+        ),
+        (Some(5), Some(5), Some(2)),
+        "{v}"
+    );
+
+    let run = flashsale(
+        &prefix,
+        Some(&url),
+        &["orders", "export", "--sku", sku, "--format", "jsonl"],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.err);
+    let lines: BTreeMap<String, Value> = run
+        .out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line");
+            (v["order_id"].as_str().expect("order_id").to_owned(), v)
+        })
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let paid = &lines[&ids[0]];
+    assert_eq!(
+        (&paid["status"], &paid["payment_id"], &paid["amount_cents"]),
+        (
+            &Value::from("paid"),
+            &Value::from("pay-0"),
+            &Value::from(1999)
+        ),
+        "{paid}"
+    );
+    rfc3339(paid["paid_at"].as_str().expect("paid_at"));
+    let cancelled = &lines[&ids[2]];
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    rfc3339(cancelled["cancelled_at"].as_str().expect("cancelled_at"));
+    assert!(cancelled["paid_at"].is_null(), "{cancelled}");
+    assert_eq!(lines[&ids[4]]["status"], "confirmed");
+
+    // Another amount in the ledger: named, exit 3.
+    sql(
+        &pg,
+        "UPDATE orders SET amount_cents = 1000 WHERE order_id = $1",
+        &ids[1],
+    )
+    .await;
+    let (code, v) = audit(&prefix, &url, sku).await;
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(
+        v["ledger"]["fields_differ"],
+        serde_json::json!([{"order_id": ids[1], "redis": {"amount_cents": 1999},
+                            "ledger": {"amount_cents": 1000}}]),
+        "{v}"
+    );
+    sql(
+        &pg,
+        "UPDATE orders SET amount_cents = 1999 WHERE order_id = $1",
+        &ids[1],
+    )
+    .await;
+
+    // Ended, every order in the ledger as it stands: two still wait for
+    // their payment, so their end is not known — no purge yet.
+    let (status, body) = app
+        .admin_post(&format!("/admin/sales/{sku}/end"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = flashsale(
+        &prefix,
+        Some(&url),
+        &["sale", "purge", "--sku", sku, "--min-ended-s", "0", "--yes"],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.err);
+    assert!(
+        run.err.contains("not_in_ledger") && run.err.contains("waiting for their payment"),
+        "{}",
+        run.err
+    );
+    ledger.close().await;
+    let _ = worker.kill().await;
+}
