@@ -7,7 +7,10 @@
 //! ledger row, a changed status and a row Redis does not have (exit 3);
 //! `flashsale sale purge` is refused (`not_in_ledger`) while a recorded
 //! order is missing from the ledger, goes ahead once it is back, and the
-//! audit then says the sale was purged; without the URL, exit 78.
+//! audit then says the sale was purged; with a payment window, paid and
+//! cancelled orders are compared and exported with their end, a changed
+//! amount is named and orders still waiting for their payment hold a purge
+//! back; without the URL, exit 78.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
