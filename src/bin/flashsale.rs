@@ -58,7 +58,7 @@ enum Command {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open; purge refused: not_ended, orders_pending, dead_letters, not_in_ledger), an invalid value, Redis unreachable; 2 usage error (also purge without --yes); 78 configuration error."
+    after_help = "Output: one JSON object per sale and line, as GET /admin/sales/{sku} shows it (`state`: scheduled, open, paused, sold_out, ended).\nExit codes: 0 done; 1 unknown sale, a change that makes no sense (resume of a sale not paused: not_paused; any change of an ended sale: sale_ended; update of an open sale: sale_open; purge refused: not_ended, orders_pending, payments_pending, dead_letters, not_in_ledger), an invalid value, Redis unreachable; 2 usage error (also purge without --yes); 78 configuration error."
 )]
 struct SaleArgs {
     #[command(flatten)]
@@ -98,8 +98,8 @@ enum SaleAction {
     /// Remove every key of an ended sale from Redis (sale, buyers, orders,
     /// stream, dead letters) and print what was removed. Refused while the
     /// sale ended less than --min-ended-s ago (not_ended), while an order is
-    /// not confirmed (orders_pending) or while dead letters wait
-    /// (dead_letters). Order records are deleted: export them first when
+    /// not confirmed (orders_pending), while an order waits for its payment
+    /// (payments_pending) or while dead letters wait (dead_letters). Order records are deleted: export them first when
     /// Redis is their only copy. With the order ledger
     /// (FLASHSALE_LEDGER_URL) it is also refused while an order is not in
     /// the ledger as it ended (not_in_ledger: missing there, another

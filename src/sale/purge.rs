@@ -5,7 +5,8 @@
 //!
 //! Refused, changing nothing, while the sale has not ended at least
 //! `min_ended` ago, while an order is not confirmed (the worker still has
-//! work) or while its dead-letter stream holds entries (an operator has to
+//! work), while an order waits for its payment, or while its dead-letter
+//! stream holds entries (an operator has to
 //! look at them first). The sale leaves the sales index first, so no
 //! listing, worker or render finds it any more, and its hash goes last, so
 //! a purge that was interrupted (a master switch mid-scan) is finished by
@@ -58,6 +59,17 @@ impl Catalog {
                 message: format!(
                     "{} orders are not confirmed yet; is a worker running?",
                     audit.pending
+                ),
+            });
+        }
+        let mut waiting = redis::cmd("ZCARD");
+        waiting.arg(self.redis().keys().pay_by(sku));
+        let waiting: i64 = self.redis().read_master(&waiting).await?;
+        if waiting > 0 {
+            return Err(Error::StateConflict {
+                code: "payments_pending",
+                message: format!(
+                    "{waiting} orders still wait for their payment; workers expire them at their deadline"
                 ),
             });
         }

@@ -361,6 +361,7 @@ fn sale_cmd(prefix: &str, args: &[&str]) -> (Option<i32>, Vec<Value>, String) {
         .env("FLASHSALE_REDIS_PASSWORD", group.password())
         .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
         .env("FLASHSALE_KEY_PREFIX", prefix)
+        .env_remove("FLASHSALE_LEDGER_URL")
         .env_remove("FLASHSALE_REDIS_URL")
         .env_remove("FLASHSALE_REDIS_CLUSTER")
         .output()
