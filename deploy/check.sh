@@ -9,7 +9,9 @@
 #    pages and assets from disk with their Cache-Control, proxying with
 #    X-Forwarded-*/X-Real-IP over upstream keepalive, 413/429/503 JSON bodies
 #    (with CORS headers for a listed origin on /api only), /admin only from
-#    the allowed addresses (403 problem JSON for the others).
+#    the allowed addresses (403 problem JSON for the others), the pages' CSP
+#    the app's own, a burst of payment callbacks from an address whose
+#    purchases are limited passed on (their own zone past its burst).
 # 2. systemd: `systemd-analyze verify` of every unit in a temp root (with stub
 #    executables where ExecStart points), `systemd-analyze security` exposure
 #    threshold, and proof that a broken unit fails the same check.
@@ -20,7 +22,10 @@
 #    /admin allow-list and CORS origins of its own); the flashsale role's
 #    shopper-token key sources: none or two stop the run at its assert, a PEM
 #    public key and then a JWKS from the controller are installed and named,
-#    the HS256 credential gone and unset by a drop-in systemd accepts.
+#    the HS256 credential gone and unset by a drop-in systemd accepts; the
+#    ledger URL and the payment secret as credentials (or taken away), a
+#    payment window without its secret (and the reverse, a bad ledger URL)
+#    stopped by the role's assert.
 # 4. Redis group: the redis.conf/sentinel.conf that ansible rendered are
 #    started for real (3 data nodes + 3 Sentinels on free loopback ports, as
 #    user nobody): the Sentinels agree on the master and see 2 replicas and
@@ -30,8 +35,10 @@
 # 5. docker compose: `docker-compose config` accepts the file (and rejects a
 #    broken one); the topology is complete, nginx at the fixed address the
 #    apps trust as their proxy, /admin open to the network's gateway (the
-#    host) only, nginx given the apps' CORS origins. (`docker build` needs a Docker engine,
-#    which this machine does not have.)
+#    host) only, nginx given the apps' CORS origins, the ledger for the
+#    workers and the payment settings for the apps (docker-compose.payment.yml);
+#    the ledger's start-postgres.sh run outside a container. (`docker build`
+#    needs a Docker engine, which this machine does not have.)
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
 # Every process it starts is killed by PID on exit. Last line:
@@ -104,6 +111,10 @@ check() {
 expect_eq() { [ "$1" = "$2" ] || { echo "expected [$2], got [$1] ${3:-}"; return 1; }; }
 expect_has() { grep -qiE -- "$2" <<<"$1" || { echo "expected /$2/ in:"; echo "$1"; return 1; }; }
 expect_not() { ! grep -qiE -- "$2" <<<"$1" || { echo "did not expect /$2/ in:"; echo "$1"; return 1; }; }
+# not CMD...: succeeds when CMD fails. Inside a check, write this rather than
+# `! CMD`: errexit ignores the status of a negated command, so a `! CMD`
+# that is not a check's last command could never fail it.
+not() { if "$@"; then return 1; fi; }
 # wait_until SECONDS CMD...: polls CMD every 0.3 s.
 wait_until() {
     local limit=$1; shift
@@ -186,6 +197,9 @@ command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v timeout >/dev/null || need_apt+=(coreutils)
 command -v pgrep >/dev/null || need_apt+=(procps)
+# The compose ledger's start script is run with Debian's PostgreSQL.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "installing with apt-get: ${need_apt[*]}"
     # Debian's postinst would start nginx/redis on their default ports; a
@@ -199,9 +213,11 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
         || { tail -n 20 "$T/apt.log"; die "apt-get install ${need_apt[*]} failed"; }
     [ "$made_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
 fi
-for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout pgrep python3; do
+for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout pgrep python3 psql; do
     command -v "$t" >/dev/null || die "$t is not available and could not be installed"
 done
+PG_BIN=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 | xargs -r dirname)
+[ -n "$PG_BIN" ] && [ -x "$PG_BIN/postgres" ] || die "PostgreSQL's server (initdb, postgres) is not available and could not be installed"
 
 # ansible-core and ansible-lint: those of python3 if they are in the tested
 # range, else a venv of our own (kept between runs; pip of Debian's system
@@ -255,9 +271,24 @@ render_test_site() {
     FLASHSALE_NGINX_LISTEN="127.0.0.1:$NGX" FLASHSALE_UPSTREAMS="127.0.0.1:$UP1,127.0.0.1:$UP2" \
     FLASHSALE_PAGES_DIR="$N/pages" FLASHSALE_STATIC_DIR="$N/static" \
     FLASHSALE_PURCHASE_RATE=1r/s FLASHSALE_PURCHASE_BURST=3 FLASHSALE_MAX_BODY=16k \
+    FLASHSALE_PAYMENT_CALLBACK_RATE=1r/s FLASHSALE_PAYMENT_CALLBACK_BURST=40 \
     FLASHSALE_CORS_ORIGINS=https://shop.example \
         "$DEPLOY/nginx/render.sh" "$@"
 }
+# The Content-Security-Policy the app sends with its pages (src/web/middleware.rs).
+app_csp() {
+    grep -o '"default-src [^"]*"' "$REPO/src/web/middleware.rs" | tr -d '"' | sort -u
+}
+check_csp_as_the_app() {
+    local app; app=$(app_csp)
+    [ -n "$app" ] && [ "$(wc -l <<<"$app")" = 1 ] || { echo "the app's CSP: [$app]"; return 1; }
+    expect_has "$app" "img-src 'self' data: https:;"
+    # Every CSP the template sets is the app's, word for word.
+    local ours; ours=$(grep -o 'Content-Security-Policy "[^"]*"' "$DEPLOY/nginx/flashsale.conf.tmpl")
+    expect_eq "$(wc -l <<<"$ours")" 2 "CSP lines in the template (/ and /p/)"
+    expect_eq "$(sort -u <<<"$ours")" "Content-Security-Policy \"$app\"" "the template's CSP"
+}
+check "the template's Content-Security-Policy is the app's (images: 'self' data: https:)" check_csp_as_the_app
 write_nginx_conf() { # $1 = the site file to include
     cat <<EOF
 worker_processes 1;
@@ -290,7 +321,7 @@ check "nginx -t accepts the rendered site" nginx -t -q -p "$N/" -e "$N/error.log
 check_nginx_rejects_broken() {
     sed 's/proxy_pass http:\/\/flashsale_app;/proxy_pass http:\/\/no_such_upstream;/' "$N/flashsale.conf" >"$N/broken.conf"
     write_nginx_conf "$N/broken.conf" >"$N/broken-nginx.conf"
-    ! nginx -t -q -p "$N/" -e "$N/broken-error.log" -c "$N/broken-nginx.conf"
+    not nginx -t -q -p "$N/" -e "$N/broken-error.log" -c "$N/broken-nginx.conf"
 }
 check "nginx -t rejects a broken site (the check is real)" check_nginx_rejects_broken
 
@@ -323,6 +354,9 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Bursts of concurrent requests (the payment callbacks) open new
+    # connections at once: socketserver's default backlog of 5 would drop some.
+    request_queue_size = 128
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 EOF
 "$PY" "$N/upstream.py" "$UP1" >"$N/upstream.log" 2>&1 &
@@ -343,7 +377,7 @@ check_page_index() {
     expect_has "$r" '^cache-control: public, max-age=5, must-revalidate'
     expect_has "$r" '^etag: '
     expect_not "$r" '^x-upstream:'
-    expect_has "$r" "^content-security-policy: default-src 'self'; script-src 'self'"
+    expect_eq "$(grep -i '^content-security-policy:' <<<"$r" | cut -d' ' -f2- | tr -d '\r')" "$(app_csp)" "CSP of /"
     expect_has "$r" '^x-frame-options: DENY'
     expect_has "$r" '^referrer-policy: same-origin'
 }
@@ -353,7 +387,7 @@ check_page_sku() {
     expect_has "$r" '^HTTP/1.1 200'
     expect_has "$r" 'sku1-from-disk'
     expect_has "$r" '^cache-control: public, max-age=5, must-revalidate'
-    expect_has "$r" "^content-security-policy: default-src 'self'"
+    expect_eq "$(grep -i '^content-security-policy:' <<<"$r" | cut -d' ' -f2- | tr -d '\r')" "$(app_csp)" "CSP of /p/SKU1"
     expect_has "$r" '^x-frame-options: DENY'
     local etag; etag=$(grep -i '^etag:' <<<"$r" | cut -d' ' -f2- | tr -d '\r')
     r=$(fetch /p/SKU1 -H "If-None-Match: $etag")
@@ -469,6 +503,42 @@ check_429() {
     expect_has "$r" '^HTTP/1.1 200'
 }
 check "a burst of purchases is limited per address: 429 JSON with Retry-After: 1, CORS headers for a listed origin only" check_429
+check_payment_callbacks() {
+    # The purchase limit of this address is exhausted (check above)...
+    local r codes
+    r=$(fetch /api/sales/SKU1/purchase -X POST --data '{"qty":1}')
+    expect_has "$r" '^HTTP/1.1 429'
+    # ...and a burst of 40 callbacks from the same address, 20 at once,
+    # reaches the app: the payment location has its own zone (burst 40 here).
+    codes=$(seq 40 | xargs -P 20 -I{} curl -sS -m 10 -o /dev/null -w '%{http_code}\n' -X POST \
+        -H 'Authorization: Bearer provider-secret' -H 'Content-Type: application/json' \
+        --data '{"payment_id":"pay_{}","amount_cents":1999}' "$BASE/api/orders/order{}/payment" | sort | uniq -c | tr -s ' ')
+    echo "40 callbacks at once: $codes"
+    expect_eq "$codes" " 40 200" "the burst of callbacks"
+    r=$(fetch /api/orders/order1/payment -X POST --data '{"payment_id":"pay_1","amount_cents":1999}' \
+        -H 'X-Forwarded-For: 203.0.113.9')
+    expect_has "$r" '^x-upstream: fake'
+    expect_has "$r" '"path": "/api/orders/order1/payment"'
+    expect_has "$r" '"x_forwarded_for": "203.0.113.9, 127.0.0.1"'
+    # Past its own (generous) burst, the callbacks' zone answers 429 JSON
+    # that names them; purchases are still limited by theirs alone.
+    local i got=""
+    for i in 1 2 3 4 5 6; do
+        r=$(fetch /api/orders/order1/payment -X POST --data '{}')
+        if grep -q '^HTTP/1.1 429' <<<"$r"; then got=$r; break; fi
+    done
+    [ -n "$got" ] || { echo "no 429 after the callbacks' burst"; return 1; }
+    expect_has "$got" '"error":"rate_limited","message":"too many payment callbacks from this address; retry in a second"'
+    expect_has "$got" '^retry-after: 1'
+    r=$(fetch /api/sales/SKU1/purchase -X POST --data '{"qty":1}')
+    expect_has "$r" '"message":"too many purchase attempts from this address; retry in a second"'
+    # Only POST callbacks are counted, and nothing else under /api/orders/.
+    r=$(fetch /api/orders/order1/payment)
+    expect_has "$r" '^x-upstream: fake'
+    r=$(fetch /api/orders/order1/cancel -X POST --data '{}')
+    expect_has "$r" '^x-upstream: fake'
+}
+check "payment callbacks (POST /api/orders/{id}/payment): a burst from one address passes while its purchases are limited; their own zone past its burst" check_payment_callbacks
 
 kill "$UPSTREAM_PID"; wait "$UPSTREAM_PID" 2>/dev/null || true
 wait_until 5 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$UP1) 2>/dev/null"
@@ -538,9 +608,9 @@ broken_units_fail() {
     sed 's/^LimitNOFILE=65536/LimitNOFILE=lots/' "$R/etc/systemd/system/flashsale@.service" >"$R/etc/systemd/system/broken-a@.service"
     sed 's/^Restart=on-failure/Restart=sometimes/' "$R/etc/systemd/system/flashsale-redis.service" >"$R/etc/systemd/system/broken-b.service"
     sed 's|/usr/local/bin/flashsale-worker|/usr/local/bin/flashsale-wroker|' "$R/etc/systemd/system/flashsale-worker@.service" >"$R/etc/systemd/system/broken-c@.service"
-    ! verify_unit broken-a@1.service
-    ! verify_unit broken-b.service
-    ! verify_unit broken-c@1.service
+    not verify_unit broken-a@1.service
+    not verify_unit broken-b.service
+    not verify_unit broken-c@1.service
 }
 check "a broken unit (bad value, bad key value, missing binary) fails verify (the check is real)" broken_units_fail
 
@@ -567,6 +637,8 @@ echo '<html>{{ title }}</html>' >"$AT/templates/index.html"
 REDIS_PW=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 JWT=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ADMIN=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+LEDGER_URL=postgres://flashsale:$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')@192.0.2.31:5432/flashsale
+PAYMENT_TOKEN=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # The app's CORS origins as an operator may write them (case, a default
 # port, a trailing slash): the env file passes them on, both nginx renderers
 # read them alike.
@@ -585,13 +657,13 @@ redis_initial_master=redis1
 redis_maxmemory=64mb
 
 [app]
-app1 deploy_prefix=$p/app1 flashsale_serve_ports="[18081, 18082]"
+app1 deploy_prefix=$p/app1 flashsale_serve_ports="[18081, 18082]" flashsale_ended_listed_s=600
 
 [worker]
 app1 flashsale_worker_ports="[19101, 19102]"
 
 [web]
-app1 nginx_listen=127.0.0.1:18080 nginx_admin_allow="['10.1.2.0/24', '192.0.2.7', '::1']"
+app1 nginx_listen=127.0.0.1:18080 nginx_admin_allow="['10.1.2.0/24', '192.0.2.7', '::1']" nginx_payment_callback_rate=300r/s nginx_payment_callback_burst=3000
 
 [all:vars]
 ansible_connection=local
@@ -613,12 +685,14 @@ chmod -R 0755 "$AT"
 sed -e "s/^vault_redis_password: .*/vault_redis_password: $REDIS_PW/" \
     -e "s/^vault_flashsale_jwt_secret: .*/vault_flashsale_jwt_secret: $JWT/" \
     -e "s/^vault_flashsale_admin_token: .*/vault_flashsale_admin_token: $ADMIN/" \
+    -e "s|^vault_flashsale_ledger_url: .*|vault_flashsale_ledger_url: $LEDGER_URL|" \
     "$A/group_vars/all/vault.yml.example" >"$AT/inv/group_vars/all/vault.yml"
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$AT/vault-pass"
 check_vault() {
     ansible-vault encrypt --vault-password-file "$AT/vault-pass" "$AT/inv/group_vars/all/vault.yml"
     head -1 "$AT/inv/group_vars/all/vault.yml" | grep -q '^\$ANSIBLE_VAULT;'
-    ! grep -q "$REDIS_PW" "$AT/inv/group_vars/all/vault.yml"
+    not grep -q "$REDIS_PW" "$AT/inv/group_vars/all/vault.yml"
+    not grep -q "$LEDGER_URL" "$AT/inv/group_vars/all/vault.yml"
 }
 check "vault.yml.example becomes an encrypted vault (ansible-vault)" check_vault
 cp "$AT/inv/group_vars/all/vault.yml" "$T/vault.yml.saved"
@@ -636,7 +710,7 @@ run_playbook() {
 recap_changed_zero() { # every host changed=0, failed=0
     local recap; recap=$(sed -n '/PLAY RECAP/,$p' "$AT/$1.log" | grep -E 'ok=')
     [ "$(wc -l <<<"$recap")" -eq 4 ] || { echo "recap: $recap"; return 1; }
-    ! grep -vE 'changed=0 +unreachable=0 +failed=0' <<<"$recap"
+    not grep -vE 'changed=0 +unreachable=0 +failed=0' <<<"$recap"
 }
 # The --check run (into its own empty prefix) runs beside the real run.
 run_playbook dry dry --check --limit redis1,app1 >"$AT/dry.out" 2>&1 &
@@ -661,22 +735,35 @@ P=$AT/root
 check_files() {
     mode() { stat -c '%a' "$1"; }
     expect_eq "$(mode "$P/app1/etc/flashsale/flashsale.env")" 600 flashsale.env
-    for c in redis_password jwt_secret admin_token; do
+    for c in redis_password jwt_secret admin_token ledger_url; do
         expect_eq "$(mode "$P/app1/etc/flashsale/credentials/$c")" 600 "$c"
     done
     expect_eq "$(mode "$P/app1/etc/flashsale/credentials")" 700 credentials/
     expect_eq "$(cat "$P/app1/etc/flashsale/credentials/redis_password")" "$REDIS_PW"
     expect_eq "$(cat "$P/app1/etc/flashsale/credentials/jwt_secret")" "$JWT"
-    ! grep -q "$REDIS_PW" "$P/app1/etc/flashsale/flashsale.env"
+    not grep -q "$REDIS_PW" "$P/app1/etc/flashsale/flashsale.env"
     grep -qx "FLASHSALE_REDIS_SENTINELS=127.0.0.1:$SP1,127.0.0.1:$SP2,127.0.0.1:$SP3" "$P/app1/etc/flashsale/flashsale.env"
     # nginx on the same host: the app believes the X-Forwarded-For of loopback peers.
     grep -qx "FLASHSALE_TRUSTED_PROXIES=127.0.0.0/8,::1/128" "$P/app1/etc/flashsale/flashsale.env"
     grep -qx "FLASHSALE_CORS_ORIGINS=$CORS_ORIGINS" "$P/app1/etc/flashsale/flashsale.env"
     # The HS256 secret is the key source: the unit's credential, no key file,
     # a drop-in that changes nothing.
-    ! grep -q '^FLASHSALE_JWT_' "$P/app1/etc/flashsale/flashsale.env"
+    not grep -q '^FLASHSALE_JWT_' "$P/app1/etc/flashsale/flashsale.env"
     expect_eq "$(mode "$P/app1/etc/systemd/system/flashsale@.service.d/jwt-key.conf")" 644 jwt-key.conf
     expect_eq "$(grep -v '^#' "$P/app1/etc/systemd/system/flashsale@.service.d/jwt-key.conf")" '[Service]' jwt-key.conf
+    # The ledger from the vault: the workers' credential (the unit names
+    # it), in no environment; the drop-in changes nothing.
+    expect_eq "$(cat "$P/app1/etc/flashsale/credentials/ledger_url")" "$LEDGER_URL"
+    not grep -q "$LEDGER_URL" "$P/app1/etc/flashsale/flashsale.env"
+    not grep -q '^FLASHSALE_LEDGER' "$P/app1/etc/flashsale/flashsale.env"
+    grep -qx 'LoadCredential=ledger_url:/etc/flashsale/credentials/ledger_url' "$P/app1/etc/systemd/system/flashsale-worker@.service"
+    expect_eq "$(grep -v '^#' "$P/app1/etc/systemd/system/flashsale-worker@.service.d/ledger.conf")" '[Service]' ledger.conf
+    expect_eq "$(mode "$P/app1/etc/systemd/system/flashsale-worker@.service.d/ledger.conf")" 644 ledger.conf
+    # No payment step: window 0, no secret, a drop-in that hands none over.
+    grep -qx 'FLASHSALE_PAYMENT_WINDOW_S=0' "$P/app1/etc/flashsale/flashsale.env"
+    [ ! -e "$P/app1/etc/flashsale/credentials/payment_token" ]
+    expect_eq "$(grep -v '^#' "$P/app1/etc/systemd/system/flashsale@.service.d/payment.conf")" '[Service]' payment.conf
+    grep -qx 'FLASHSALE_ENDED_LISTED_S=600' "$P/app1/etc/flashsale/flashsale.env"
     for i in 1 2 3; do
         expect_eq "$(mode "$P/redis$i/etc/flashsale-redis/redis.conf")" 640 "redis$i redis.conf"
         expect_eq "$(mode "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf")" 600 "redis$i sentinel.conf"
@@ -688,7 +775,7 @@ check_files() {
         grep -q "^sentinel monitor mymaster 127.0.0.1 $RP1 2" "$P/redis$i/var/lib/flashsale-sentinel/sentinel.conf"
         cmp "$DEPLOY/systemd/flashsale-redis.service" "$P/redis$i/etc/systemd/system/flashsale-redis.service"
     done
-    ! grep -q '^replicaof' "$P/redis1/etc/flashsale-redis/replication.conf"
+    not grep -q '^replicaof' "$P/redis1/etc/flashsale-redis/replication.conf"
     grep -qx "replicaof 127.0.0.1 $RP1" "$P/redis2/etc/flashsale-redis/replication.conf"
     for u in flashsale@.service flashsale-worker@.service flashsale.target flashsale-render.service flashsale-render.timer; do
         cmp "$DEPLOY/systemd/$u" "$P/app1/etc/systemd/system/$u"
@@ -702,10 +789,17 @@ check_nginx_same() {
     FLASHSALE_NGINX_LISTEN=127.0.0.1:18080 FLASHSALE_UPSTREAMS=127.0.0.1:18081,127.0.0.1:18082 \
     FLASHSALE_PAGES_DIR="$P/app1/var/lib/flashsale/pages" FLASHSALE_STATIC_DIR="$P/app1/usr/share/flashsale/static" \
     FLASHSALE_ADMIN_ALLOW='10.1.2.0/24,192.0.2.7,::1' FLASHSALE_CORS_ORIGINS="$CORS_ORIGINS" \
+    FLASHSALE_PAYMENT_CALLBACK_RATE=300r/s FLASHSALE_PAYMENT_CALLBACK_BURST=3000 \
         "$DEPLOY/nginx/render.sh" --out "$T/nginx-by-render-sh.conf"
     diff "$T/nginx-by-render-sh.conf" "$P/app1/etc/nginx/sites-available/flashsale.conf"
     grep -qx '        allow 192.0.2.7;' "$T/nginx-by-render-sh.conf"
     grep -qx '    "https://shop.example" $http_origin;' "$T/nginx-by-render-sh.conf"
+    # The payment callbacks' zone and location, with the role's values.
+    grep -qx 'limit_req_zone $flashsale_payment_key zone=flashsale_payment:1m rate=300r/s;' "$T/nginx-by-render-sh.conf"
+    grep -F -A1 -x '    location ~ ^/api/orders/[^/]+/payment$ {' "$T/nginx-by-render-sh.conf" \
+        | grep -qx '        limit_req zone=flashsale_payment burst=3000 nodelay;'
+    # The pages' CSP as the app's.
+    expect_eq "$(grep -Fc "add_header Content-Security-Policy \"$(app_csp)\" always;" "$T/nginx-by-render-sh.conf")" 2 "CSP lines"
     write_nginx_conf "$P/app1/etc/nginx/sites-available/flashsale.conf" >"$T/nginx-ansible.conf"
     nginx -t -q -p "$N/" -e "$N/error.log" -c "$T/nginx-ansible.conf"
 }
@@ -724,7 +818,7 @@ write_inventory keys "$AT/keyroot"
 sed -i '/^\[web\]$/,/^$/d' "$AT/inv/keys.ini"
 chmod -R a+rX "$AT/keys" "$AT/inv"
 check_key_asserts() {
-    local rc1=0 rc2=0 rc3=0
+    local rc1=0 rc2=0 rc3=0 rc4=0 rc5=0
     run_playbook nokey dry --check --limit app1 -e flashsale_jwt_secret= >"$AT/nokey.out" 2>&1 &
     local p1=$!
     run_playbook twokeys dry --check --limit app1 -e flashsale_jwt_public_key_src="$K/jwt-public.pem" >"$AT/twokeys.out" 2>&1 &
@@ -732,29 +826,48 @@ check_key_asserts() {
     run_playbook extraenv dry --check --limit app1 \
         -e '{"flashsale_extra_env": {"FLASHSALE_JWT_AUDIENCE": "x", "FLASHSALE_WAIT_TIMEOUT_MS": 250}}' >"$AT/extraenv.out" 2>&1 &
     local p3=$!
+    # A payment window without the provider's secret.
+    run_playbook window dry --check --limit app1 -e flashsale_payment_window_s=900 >"$AT/window.out" 2>&1 &
+    local p4=$!
+    # The secret without a window, a ledger URL that is not one, an
+    # ended-sale listing out of range: all named at once.
+    run_playbook settings dry --check --limit app1 -e flashsale_payment_token=provider-secret \
+        -e flashsale_ledger_url=mysql://fs:hunter2@db.example/ledger -e flashsale_ended_listed_s=99999999 >"$AT/settings.out" 2>&1 &
+    local p5=$!
     wait "$p1" || rc1=$?
     wait "$p2" || rc2=$?
     wait "$p3" || rc3=$?
-    cat "$AT/nokey.out" "$AT/twokeys.out" "$AT/extraenv.out"
-    [ "$rc1" != 0 ] && [ "$rc2" != 0 ] && [ "$rc3" != 0 ]
+    wait "$p4" || rc4=$?
+    wait "$p5" || rc5=$?
+    cat "$AT/nokey.out" "$AT/twokeys.out" "$AT/extraenv.out" "$AT/window.out" "$AT/settings.out"
+    [ "$rc1" != 0 ] && [ "$rc2" != 0 ] && [ "$rc3" != 0 ] && [ "$rc4" != 0 ] && [ "$rc5" != 0 ]
     grep -q 'Choose exactly one source of shopper-token keys: .*set now: none of them\.' "$AT/nokey.log"
     grep -q 'set now: flashsale_jwt_secret and flashsale_jwt_public_key_src\.' "$AT/twokeys.log"
     grep -q 'Set FLASHSALE_JWT_AUDIENCE with the role' "$AT/extraenv.log"
-    # Each stopped at its assert, on the first task of the role.
-    local f
-    for f in nokey twokeys extraenv; do
-        expect_eq "$(grep -cE '^(ok|changed): \[app1\]' "$AT/$f.log" || true)" "$([ $f = extraenv ] && echo 1 || echo 0)" \
-            "$f: tasks run before the assert"
+    grep -q 'flashsale_payment_window_s is set but flashsale_payment_token (vault_flashsale_payment_token) is not' "$AT/window.log"
+    grep -q 'flashsale_payment_token (vault_flashsale_payment_token) is set but flashsale_payment_window_s is 0' "$AT/settings.log"
+    grep -q 'flashsale_ledger_url (vault_flashsale_ledger_url) must be a postgres://user:password@host:port/database URL' "$AT/settings.log"
+    grep -q 'flashsale_ended_listed_s must be 0 to 31536000 seconds' "$AT/settings.log"
+    not grep -q hunter2 "$AT/settings.log"
+    # Each stopped at its assert: the key sources' is the role's first task,
+    # flashsale_extra_env's the second, the payment, ledger and listing
+    # settings' the third.
+    local f n
+    for f in nokey twokeys extraenv window settings; do
+        case $f in extraenv) n=1 ;; window | settings) n=2 ;; *) n=0 ;; esac
+        expect_eq "$(grep -cE '^(ok|changed): \[app1\]' "$AT/$f.log" || true)" "$n" "$f: tasks run before the assert"
     done
     [ -z "$(find "$AT/dryroot" -mindepth 1 -print -quit)" ]
 }
-check "the flashsale role's assert stops a run with no key source, two, or a key setting in flashsale_extra_env" check_key_asserts
+check "the flashsale role's asserts stop a run with no key source, two, a key setting in flashsale_extra_env, a payment window without its secret or the secret without a window, a bad ledger URL (not shown)" check_key_asserts
 # A PEM public key, then a JWKS in its place: two real runs, in the
 # background beside the Redis group's section (mostly waiting), checked
 # after it; the state after the first is kept in key-pem/.
 key_runs() {
+    # With it: the payment step on, no ledger.
     run_playbook pem keys --limit app1 -e flashsale_jwt_secret= -e flashsale_jwt_public_key_src="$K/jwt-public.pem" \
-        -e flashsale_jwt_issuer=https://login.shop.example -e flashsale_jwt_audience=flashsale || return 1
+        -e flashsale_jwt_issuer=https://login.shop.example -e flashsale_jwt_audience=flashsale \
+        -e flashsale_payment_window_s=900 -e flashsale_payment_token="$PAYMENT_TOKEN" -e flashsale_ledger_url= || return 1
     mkdir -p "$AT/key-pem" && cp -a "$KP/etc" "$AT/key-pem/"
     run_playbook jwks keys --limit app1 -e flashsale_jwt_secret= -e flashsale_jwt_jwks_src="$K/jwks.json"
 }
@@ -771,26 +884,49 @@ check_key_files() {
     grep -qx 'FLASHSALE_JWT_PUBLIC_KEY_FILE=/etc/flashsale/jwt-public.pem' "$env"
     grep -qx 'FLASHSALE_JWT_ISSUER=https://login.shop.example' "$env"
     grep -qx 'FLASHSALE_JWT_AUDIENCE=flashsale' "$env"
-    ! grep -q '^FLASHSALE_JWT_JWKS_FILE=' "$env"
+    not grep -q '^FLASHSALE_JWT_JWKS_FILE=' "$env"
     # No HS256 credential, and the unit's variable for it unset.
     [ ! -e "$at/etc/flashsale/credentials/jwt_secret" ]
     [ -s "$at/etc/flashsale/credentials/redis_password" ] && [ -s "$at/etc/flashsale/credentials/admin_token" ]
     grep -qx 'UnsetEnvironment=FLASHSALE_JWT_SECRET_FILE' "$drop"
     grep -qx 'SetCredential=jwt_secret:unused' "$drop"
-    # systemd takes the unit with that drop-in without a word.
-    mkdir -p "$R/etc/systemd/system/flashsale@.service.d"
-    cp "$drop" "$R/etc/systemd/system/flashsale@.service.d/"
+    # The payment step: the window in flashsale.env, the secret a credential
+    # the drop-in hands over; no ledger: no URL, the workers' drop-in takes
+    # the unit's credential away.
+    grep -qx 'FLASHSALE_PAYMENT_WINDOW_S=900' "$env"
+    expect_eq "$(cat "$at/etc/flashsale/credentials/payment_token")" "$PAYMENT_TOKEN"
+    expect_eq "$(stat -c '%a' "$at/etc/flashsale/credentials/payment_token")" 600 payment_token
+    not grep -rq "$PAYMENT_TOKEN" "$env" "$at/etc/systemd"
+    local pay=$at/etc/systemd/system/flashsale@.service.d/payment.conf
+    local led=$at/etc/systemd/system/flashsale-worker@.service.d/ledger.conf
+    grep -qx 'LoadCredential=payment_token:/etc/flashsale/credentials/payment_token' "$pay"
+    grep -qx 'Environment=FLASHSALE_PAYMENT_TOKEN_FILE=%d/payment_token' "$pay"
+    [ ! -e "$at/etc/flashsale/credentials/ledger_url" ]
+    grep -qx 'UnsetEnvironment=FLASHSALE_LEDGER_URL_FILE' "$led"
+    grep -qx 'SetCredential=ledger_url:unused' "$led"
+    # systemd takes the units with those drop-ins without a word.
+    mkdir -p "$R/etc/systemd/system/flashsale@.service.d" "$R/etc/systemd/system/flashsale-worker@.service.d"
+    cp "$drop" "$pay" "$R/etc/systemd/system/flashsale@.service.d/"
+    cp "$led" "$R/etc/systemd/system/flashsale-worker@.service.d/"
     verify_unit flashsale@8081.service
-    rm -rf "$R/etc/systemd/system/flashsale@.service.d"
+    verify_unit flashsale-worker@9101.service
+    rm -rf "$R/etc/systemd/system/flashsale@.service.d" "$R/etc/systemd/system/flashsale-worker@.service.d"
     # A JWKS in place of the key: the key file and its settings go.
     env=$KP/etc/flashsale/flashsale.env drop=$KP/etc/systemd/system/flashsale@.service.d/jwt-key.conf
     cmp "$K/jwks.json" "$KP/etc/flashsale/jwks.json"
     expect_eq "$(stat -c '%a' "$KP/etc/flashsale/jwks.json")" 644 jwks.json
     grep -qx 'FLASHSALE_JWT_JWKS_FILE=/etc/flashsale/jwks.json' "$env"
-    ! grep -qE '^FLASHSALE_JWT_(PUBLIC_KEY_FILE|ISSUER|AUDIENCE)=' "$env"
+    not grep -qE '^FLASHSALE_JWT_(PUBLIC_KEY_FILE|ISSUER|AUDIENCE)=' "$env"
     [ ! -e "$KP/etc/flashsale/jwt-public.pem" ]
     [ ! -e "$KP/etc/flashsale/credentials/jwt_secret" ]
     grep -qx 'UnsetEnvironment=FLASHSALE_JWT_SECRET_FILE' "$drop"
+    # The defaults again: no payment step (its secret removed), the ledger
+    # from the vault back.
+    grep -qx 'FLASHSALE_PAYMENT_WINDOW_S=0' "$env"
+    [ ! -e "$KP/etc/flashsale/credentials/payment_token" ]
+    expect_eq "$(grep -v '^#' "$KP/etc/systemd/system/flashsale@.service.d/payment.conf")" '[Service]' payment.conf
+    expect_eq "$(cat "$KP/etc/flashsale/credentials/ledger_url")" "$LEDGER_URL"
+    expect_eq "$(grep -v '^#' "$KP/etc/systemd/system/flashsale-worker@.service.d/ledger.conf")" '[Service]' ledger.conf
 }
 
 # ---------------------------------------------------------------------------
@@ -911,7 +1047,7 @@ check_third_run() {
     for i in 1 2 3; do
         local port; port=$(eval echo "\$RP$i")
         if [ "$port" = "$NEW" ]; then
-            ! grep -q '^replicaof' "$P/redis$i/etc/flashsale-redis/replication.conf"
+            not grep -q '^replicaof' "$P/redis$i/etc/flashsale-redis/replication.conf"
         else
             grep -qx "replicaof 127.0.0.1 $NEW" "$P/redis$i/etc/flashsale-redis/replication.conf"
         fi
@@ -921,7 +1057,7 @@ check_third_run() {
 }
 check "ansible run after the failover keeps the Sentinels' state, SETs a changed tunable, follows the master" check_third_run
 KEYS_RC=0; wait "$KEYS_PID" || KEYS_RC=$?
-check "a PEM public key, then a JWKS, from the controller: installed 0644 root, named in flashsale.env, no HS256 credential, unset by a drop-in systemd accepts" check_key_files
+check "a PEM public key, then a JWKS, from the controller: installed 0644 root, named in flashsale.env, no HS256 credential, unset by a drop-in systemd accepts; the payment secret and the ledger URL as credentials, or taken away, likewise" check_key_files
 
 # ---------------------------------------------------------------------------
 section "docker compose"
@@ -931,7 +1067,7 @@ check "docker-compose config accepts deploy/compose/docker-compose.yml" \
     bash -c "cd '$C' && docker-compose -f docker-compose.yml config -q"
 check_topology() {
     local services; services=$(cd "$C" && docker-compose -f docker-compose.yml config --services | sort | tr '\n' ' ')
-    expect_eq "$services" "app1 app2 nginx redis1 redis2 redis3 render sentinel1 sentinel2 sentinel3 worker1 worker2 "
+    expect_eq "$services" "app1 app2 nginx postgres redis1 redis2 redis3 render sentinel1 sentinel2 sentinel3 worker1 worker2 "
     local cfg; cfg=$(cd "$C" && docker-compose -f docker-compose.yml config)
     expect_has "$cfg" 'FLASHSALE_REDIS_SENTINELS: sentinel1:26379,sentinel2:26379,sentinel3:26379'
     expect_has "$cfg" 'REDIS_REPLICAOF: redis1 6379'
@@ -956,6 +1092,47 @@ EOF
     expect_eq "$(grep -c 'FLASHSALE_CORS_ORIGINS: https://a.example,https://b.example$' <<<"$(cd "$C" && \
         FLASHSALE_CORS_ORIGINS=https://a.example,https://b.example docker-compose -f docker-compose.yml config)")" 3 \
         "app1, app2 and nginx get FLASHSALE_CORS_ORIGINS"
+    # The ledger: both workers get its URL as a secret file and wait for it;
+    # it admits the declared subnet alone.
+    expect_eq "$(grep -c 'FLASHSALE_LEDGER_URL_FILE: /run/secrets/ledger_url$' <<<"$cfg")" 2 "worker1 and worker2 get the ledger"
+    expect_eq "$(grep -c 'FLASHSALE_LEDGER_URL' <<<"$cfg")" 2 "nothing else gets the ledger"
+    expect_has "$cfg" "LEDGER_ALLOW: $(grep -oE 'subnet: [0-9./]+' <<<"$cfg" | awk '{print $2}')\$"
+    # svc NAME [CONFIG]: that service's block of a `config` output.
+    svc() { sed -n "/^  $1:\$/,/^  [a-z0-9]*:\$/p" <<<"${2:-$cfg}"; }
+    local w; w=$(svc worker1)
+    expect_has "$w" '^      postgres:'
+    expect_has "$w" 'source: ledger_url'
+    local pg; pg=$(svc postgres)
+    expect_has "$pg" 'target: ledger'
+    expect_has "$pg" 'source: ledger_url'
+    expect_has "$pg" 'ledger-data:/var/lib/postgresql/data'
+    expect_has "$pg" 'pg_isready'
+    # The payment window reaches both apps (0, off, unless set) and nothing
+    # else; FLASHSALE_ENDED_LISTED_S reaches the apps and the render.
+    expect_eq "$(grep -c "FLASHSALE_PAYMENT_WINDOW_S: '0'$" <<<"$cfg")" 2 "app1 and app2 get the window"
+    expect_eq "$(grep -c 'FLASHSALE_PAYMENT' <<<"$cfg")" 2 "nothing else gets payment settings"
+    local more; more=$(cd "$C" && FLASHSALE_PAYMENT_WINDOW_S=900 FLASHSALE_ENDED_LISTED_S=60 docker-compose -f docker-compose.yml config)
+    expect_eq "$(grep -c "FLASHSALE_PAYMENT_WINDOW_S: '900'$" <<<"$more")" 2 "a window set reaches app1 and app2"
+    for w in app1 app2 render; do
+        expect_has "$(svc "$w" "$more")" "FLASHSALE_ENDED_LISTED_S: '60'\$"
+    done
+    # The payment override: refused without a window; with one, both apps
+    # get the provider's secret as a file, nothing else does.
+    if (cd "$C" && env -u FLASHSALE_PAYMENT_WINDOW_S docker-compose -f docker-compose.yml -f docker-compose.payment.yml config -q) 2>"$T/payment-compose.err"; then
+        echo "the payment override was accepted without a window"; return 1
+    fi
+    grep -q 'the payment step needs FLASHSALE_PAYMENT_WINDOW_S' "$T/payment-compose.err"
+    local pay; pay=$(cd "$C" && FLASHSALE_PAYMENT_WINDOW_S=900 docker-compose -f docker-compose.yml -f docker-compose.payment.yml config)
+    expect_eq "$(grep -c 'FLASHSALE_PAYMENT_TOKEN_FILE: /run/secrets/payment_token$' <<<"$pay")" 2 "app1 and app2 get the payment secret"
+    expect_eq "$(grep -c 'source: payment_token$' <<<"$pay")" 2 "only app1 and app2 mount it"
+    expect_eq "$(grep -c "FLASHSALE_PAYMENT_WINDOW_S: '900'$" <<<"$pay")" 2 "with its window"
+    for w in app1 app2; do
+        expect_eq "$(svc "$w" "$pay" | grep -cE 'source: (admin_token|jwt_secret|redis_password|payment_token)$')" 4 "$w keeps its secrets"
+    done
+    grep -q '^FROM debian:bookworm-slim AS ledger' "$C/Dockerfile"
+    grep -q 'postgresql-15' "$C/Dockerfile"
+    grep -q '^STOPSIGNAL SIGINT' "$C/Dockerfile"
+    sh -n "$C/ledger/start-postgres.sh"
     grep -q '^sentinel resolve-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q '^sentinel announce-hostnames yes' "$C/redis/sentinel.conf.tmpl"
     grep -q 'replica-announce-ip' "$C/redis/start-redis.sh"
@@ -965,7 +1142,7 @@ EOF
     grep -q '^USER flashsale' "$C/Dockerfile"
     sh -n "$C/redis/start-redis.sh" && sh -n "$C/redis/start-sentinel.sh" && sh -n "$C/nginx-render.sh"
 }
-check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx (at the fixed address the apps trust; /admin from the gateway only; the apps' CORS origins); hostnames for Sentinel" check_topology
+check "compose topology: 3 redis, 3 sentinels, 2 apps, 2 workers, render, nginx (at the fixed address the apps trust; /admin from the gateway only; the apps' CORS origins), the ledger for the workers, the payment settings for the apps; hostnames for Sentinel" check_topology
 check_compose_rejects() {
     sed 's/^    stop_grace_period: 15s$/    stop_grace_perod: 15s/' "$C/docker-compose.yml" >"$C/.broken-compose.yml"
     local rc=0
@@ -1008,7 +1185,7 @@ check_compose_sentinel() {
     compose_env sh "$C/redis/start-sentinel.sh"
     local f=$CR/sentinel1/sentinel.conf k v
     grep -qx 'sentinel announce-ip sentinel1' "$f"
-    ! grep -q '@@' "$f"
+    not grep -q '@@' "$f"
     while IFS=$'\t' read -r k v; do
         expect_eq "$(grep -c "^sentinel $k mymaster " "$f")" 1 "$k lines"
         grep -qx "sentinel $k mymaster $v" "$f"
@@ -1033,6 +1210,71 @@ check_compose_sentinel() {
     grep -qx 'sentinel known-replica mymaster redis2 6379' "$f"
 }
 check "compose: start-sentinel.sh writes deploy/redis/'s tunables (a Sentinel started from them reports them; a restart replaces them)" check_compose_sentinel
+# The ledger container's start script, outside a container: as the user
+# postgres (initdb and postgres refuse root; nobody without the package's
+# user), paths moved by its variables, on a loopback port. The server it
+# starts is what the workers' URL names.
+LG=$T/compose-ledger
+mkdir -p "$LG/data" "$LG/sock"
+PG_USER=postgres
+id "$PG_USER" >/dev/null 2>&1 || PG_USER=nobody
+cp "$C/ledger/start-postgres.sh" "$LG/start-postgres.sh"
+chown "$PG_USER" "$LG/data" "$LG/sock"
+chmod 0700 "$LG/data"
+read -r LGP <<<"$(free_ports 1)"
+LG_PW=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+ledger_url() { echo "postgres://flashsale:$1@127.0.0.1:$LGP/flashsale"; }
+ledger_url "$LG_PW" >"$LG/ledger_url"
+chmod 0644 "$LG/ledger_url"
+as_pg() { setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --clear-groups "$@"; }
+# exec: $! is the script, which becomes the server.
+start_ledger() {
+    exec setpriv --reuid="$PG_USER" --regid="$(id -g "$PG_USER")" --clear-groups \
+        env PGDATA="$LG/data" POSTGRES_BIN="$PG_BIN" LEDGER_SOCKET_DIR="$LG/sock" LEDGER_PORT="$LGP" \
+        LEDGER_ALLOW=127.0.0.1/32 LEDGER_URL_FILE="$LG/ledger_url" sh "$LG/start-postgres.sh"
+}
+start_ledger >"$LG/start.log" 2>&1 &
+PIDS+=("$!")
+# lq URL SQL: one query over TCP, unaligned output.
+lq() { PGCONNECT_TIMEOUT=5 timeout 10 psql "$1" -X -A -t -v ON_ERROR_STOP=1 -c "$2"; }
+check_compose_ledger() {
+    # Stopped when this check ends, however (it restarts the server).
+    trap 'as_pg "$PG_BIN/pg_ctl" -D "$LG/data" -m fast -w stop >/dev/null 2>&1 || true' EXIT
+    wait_until 30 port_open "$LGP" || { cat "$LG/start.log"; return 1; }
+    local url; url=$(cat "$LG/ledger_url")
+    # The URL's role, not a superuser, owns the URL's database and may
+    # create the schema there (as the worker's migrations do).
+    expect_eq "$(lq "$url" 'SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user')" 'flashsale|f'
+    expect_eq "$(lq "$url" 'SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()')" flashsale
+    lq "$url" 'CREATE TABLE deploy_check (id int PRIMARY KEY); INSERT INTO deploy_check VALUES (1)'
+    # Nothing else is admitted over the network: another database, the
+    # superuser, a wrong password.
+    not lq "postgres://flashsale:$LG_PW@127.0.0.1:$LGP/postgres" 'SELECT 1'
+    not lq "postgres://postgres:$LG_PW@127.0.0.1:$LGP/flashsale" 'SELECT 1'
+    not lq "$(ledger_url wrong-password)" 'SELECT 1'
+    grep -qx "host flashsale flashsale 127.0.0.1/32 scram-sha-256" "$LG/data/pg_hba.conf"
+    expect_eq "$(grep -vc '^#' "$LG/data/pg_hba.conf")" 2 "pg_hba.conf lines"
+    # A new URL in the secret and a restart: the new password, the old one
+    # refused, the data kept.
+    as_pg "$PG_BIN/pg_ctl" -D "$LG/data" -m fast -w stop >/dev/null
+    local new; new=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    ledger_url "$new" >"$LG/ledger_url"
+    start_ledger >"$LG/restart.log" 2>&1 &
+    wait_until 30 port_open "$LGP" || { cat "$LG/restart.log"; return 1; }
+    expect_eq "$(lq "$(ledger_url "$new")" 'SELECT count(*) FROM deploy_check')" 1 "rows after the restart"
+    not lq "$url" 'SELECT 1'
+    # A URL it cannot use: refused at start, without showing it.
+    as_pg "$PG_BIN/pg_ctl" -D "$LG/data" -m fast -w stop >/dev/null
+    echo "mysql://flashsale:$new@127.0.0.1:$LGP/flashsale" >"$LG/ledger_url"
+    local rc=0
+    (start_ledger) >"$LG/bad.log" 2>&1 || rc=$?
+    cat "$LG/bad.log"
+    expect_eq "$rc" 1 "exit status with a bad URL"
+    grep -q '^ledger_url: not postgres://USER:PASSWORD@HOST:PORT/DATABASE' "$LG/bad.log"
+    not grep -q "$new" "$LG/bad.log"
+    not port_open "$LGP"
+}
+check "compose: the ledger's start-postgres.sh creates what the workers' URL names (its role, owning its database; nothing else admitted), follows a new password, refuses a bad URL unshown" check_compose_ledger
 echo "note: docker build / docker compose up need a Docker engine; none runs here"
 
 # ---------------------------------------------------------------------------

@@ -11,9 +11,11 @@
 //! (rendered by `deploy/nginx/render.sh`, which `check.sh` holds identical to
 //! the ansible role's rendering) in front of a real `flashsale serve` of the
 //! test kit, with an /admin allow-list of 127.0.0.1 only, and talks to it
-//! from 127.0.0.1 and from 127.0.0.2. nginx is started in its own process
-//! group, stopped by that group's id on drop (also when the test panics) and
-//! by a watchdog if this test process dies first.
+//! from 127.0.0.1 and from 127.0.0.2. `nginx_passes_payment_callbacks_and_the_apps_csp`
+//! runs the same site, shipped limits, in front of an app with the payment
+//! step. nginx is started in its own process group, stopped by that group's
+//! id on drop (also when the test panics) and by a watchdog if this test
+//! process dies first.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, TcpListener};
@@ -22,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flashsale::config::Secret;
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::support::app::{
@@ -511,6 +515,143 @@ async fn nginx_admin_allow_list_in_front_of_the_app() {
     .await;
     a.assert_problem(403, "forbidden", "denied, the app gone");
 
+    let log = nginx.error_log();
+    assert!(
+        !log.contains("[emerg]") && !log.contains("[alert]") && !log.contains("[crit]"),
+        "{log}"
+    );
+}
+
+// ------------------------------------------------------- payment callbacks --
+
+const PAYMENT_TOKEN: &str = "deploy-payment-provider-secret";
+
+/// The shipped nginx site (render.sh's defaults but for a tight purchase
+/// limit) in front of a real `flashsale serve` with the payment step:
+/// - the pages nginx serves from disk carry the app's own
+///   Content-Security-Policy, word for word (pictures from `https:`);
+/// - from one address whose purchases nginx is refusing (429), a burst of
+///   payment callbacks, all at once (one per order, each twice), is passed
+///   on and answered by the app: every order paid, the repeats 200 too;
+/// - a callback without the provider's secret is the app's 401, not nginx's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_passes_payment_callbacks_and_the_apps_csp() {
+    let prefix = unique("ngpay");
+    let mut settings = serve_settings(shared_group(), &prefix, &AppOptions::default());
+    settings.payment_window = Duration::from_secs(600);
+    settings.payment_token = Some(Secret::new(PAYMENT_TOKEN));
+    let app = TestApp::spawn_settings(&prefix, settings).await;
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&[
+        ("FLASHSALE_UPSTREAMS", &upstream),
+        ("FLASHSALE_PURCHASE_RATE", "1r/s"),
+        ("FLASHSALE_PURCHASE_BURST", "1"),
+    ]);
+    let site = nginx.site();
+    assert!(
+        site.contains(
+            "    location ~ ^/api/orders/[^/]+/payment$ {\n        \
+             limit_req zone=flashsale_payment burst=2000 nodelay;\n"
+        ),
+        "the payment location, shipped burst:\n{site}"
+    );
+    let shopper_and_provider = client_from(DENIED);
+
+    // The page from disk: the app's CSP.
+    let from_app = Answer::of(app.http.get(app.url("/"))).await;
+    assert_eq!(from_app.status, 200, "{}", from_app.body);
+    let csp = from_app
+        .header("content-security-policy")
+        .expect("the app's page has a CSP")
+        .to_owned();
+    assert!(csp.contains("img-src 'self' data: https:;"), "{csp}");
+    let pages = nginx.dir.join("pages");
+    std::fs::create_dir_all(&pages).expect("pages dir");
+    std::fs::write(
+        pages.join("index.html"),
+        "<html><body>index-from-disk</body></html>\n",
+    )
+    .expect("index.html");
+    let from_disk = Answer::of(shopper_and_provider.get(nginx.url("/"))).await;
+    assert_eq!(from_disk.status, 200, "{}", from_disk.body);
+    assert!(
+        from_disk.body.contains("index-from-disk"),
+        "{}",
+        from_disk.body
+    );
+    assert_eq!(
+        from_disk.header("content-security-policy"),
+        Some(csp.as_str()),
+        "nginx's CSP of a page from disk is the app's"
+    );
+
+    // Orders to pay (bought at the app directly).
+    const ORDERS: usize = 20;
+    let sku = unique("ngpay");
+    app.create_sale(&sku, ORDERS as i64 + 5, 1, -5, 3600).await;
+    let mut orders = Vec::new();
+    for i in 0..ORDERS {
+        let (s, body) = app.purchase(&format!("payer{i}"), &sku, 1, None).await;
+        assert_eq!(s, 202, "{body}");
+        orders.push(body["order_id"].as_str().expect("order id").to_owned());
+    }
+
+    // This address's purchases are refused by nginx...
+    let mut limited = false;
+    for i in 0..10 {
+        let a = Answer::of(
+            shopper_and_provider
+                .post(nginx.url(&format!("/api/sales/{sku}/purchase")))
+                .bearer_auth(app.token(&format!("late{i}")))
+                .json(&json!({"qty": 1})),
+        )
+        .await;
+        if a.status == 429 {
+            a.assert_problem(429, "rate_limited", "nginx's 429 on purchases");
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "nginx limits this address's purchases");
+
+    // ...and its burst of callbacks, all at once, reaches the app.
+    let calls = orders.iter().chain(orders.iter()).map(|order| {
+        Answer::of(
+            shopper_and_provider
+                .post(nginx.url(&format!("/api/orders/{order}/payment")))
+                .bearer_auth(PAYMENT_TOKEN)
+                .json(&json!({"payment_id": format!("pay-{order}"), "amount_cents": 1999})),
+        )
+    });
+    let answers = join_all(calls).await;
+    for (a, order) in answers.iter().zip(orders.iter().chain(orders.iter())) {
+        assert_eq!(a.status, 200, "callback for {order}: {}", a.body);
+        let v = a.json();
+        assert_eq!(
+            (v["order_id"].as_str(), v["status"].as_str()),
+            (Some(order.as_str()), Some("paid")),
+            "{v}"
+        );
+    }
+    let audit = app.audit(&sku).await;
+    assert_eq!(audit["paid"], ORDERS, "{audit}");
+
+    // Without the provider's secret: the app's answer, through nginx.
+    let a = Answer::of(
+        shopper_and_provider
+            .post(nginx.url(&format!("/api/orders/{}/payment", orders[0])))
+            .json(&json!({"payment_id": "pay-x", "amount_cents": 1999})),
+    )
+    .await;
+    a.assert_problem(401, "unauthorized", "a callback without the secret");
+    assert!(
+        a.header("www-authenticate")
+            .is_some_and(|w| w.contains("flashsale-payment")),
+        "{:?}",
+        a.headers
+    );
+
+    app.stop().await;
     let log = nginx.error_log();
     assert!(
         !log.contains("[emerg]") && !log.contains("[alert]") && !log.contains("[crit]"),
