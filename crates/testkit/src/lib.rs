@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod orders;
 pub mod postgres;
 pub mod procs;
+pub mod redis_cluster;
 pub mod redis_group;
 pub mod switch;
