@@ -77,6 +77,10 @@ pub struct NewOrder {
     pub qty: i32,
     /// When the purchase Function made it (Redis' clock).
     pub created_at: OffsetDateTime,
+    /// Price × quantity at the purchase (orders of library version 12 on).
+    pub amount_cents: Option<i64>,
+    /// Its payment deadline, with a payment window.
+    pub pay_by: Option<OffsetDateTime>,
 }
 
 /// What one [`Ledger::record`] changed.
@@ -93,10 +97,13 @@ pub struct Recorded {
 /// skip the ones already there. A key given twice in one batch is written
 /// once (the second row conflicts with the first).
 const INSERT_NEW_ORDERS: &str = "\
-INSERT INTO orders (order_id, sku, user_id, qty, status, created_at, confirmed_at)
-SELECT t.order_id, t.sku, t.user_id, t.qty, 'confirmed', t.created_at, now()
-  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[])
-       AS t(order_id, sku, user_id, qty, created_at)
+INSERT INTO orders (order_id, sku, user_id, qty, status, created_at, confirmed_at,
+                    amount_cents, pay_by)
+SELECT t.order_id, t.sku, t.user_id, t.qty, 'confirmed', t.created_at, now(),
+       t.amount_cents, t.pay_by
+  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::timestamptz[],
+              $6::int8[], $7::timestamptz[])
+       AS t(order_id, sku, user_id, qty, created_at, amount_cents, pay_by)
 ON CONFLICT (order_id) DO NOTHING";
 
 /// Paid: only an order still waiting for its payment.
@@ -168,12 +175,16 @@ fn insert_new<'q>(
     let users: Vec<&str> = new.iter().map(|o| o.user_id.as_str()).collect();
     let qtys: Vec<i32> = new.iter().map(|o| o.qty).collect();
     let created: Vec<OffsetDateTime> = new.iter().map(|o| o.created_at).collect();
+    let amounts: Vec<Option<i64>> = new.iter().map(|o| o.amount_cents).collect();
+    let pay_by: Vec<Option<OffsetDateTime>> = new.iter().map(|o| o.pay_by).collect();
     sqlx::query(INSERT_NEW_ORDERS)
         .bind(ids)
         .bind(skus)
         .bind(users)
         .bind(qtys)
         .bind(created)
+        .bind(amounts)
+        .bind(pay_by)
 }
 
 impl Ledger {
@@ -251,6 +262,8 @@ mod tests {
             user_id: "u".into(),
             qty: 1,
             created_at: OffsetDateTime::UNIX_EPOCH,
+            amount_cents: None,
+            pay_by: None,
         })
     }
 

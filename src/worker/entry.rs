@@ -88,7 +88,7 @@ pub(super) fn parse_entry(stream_sku: &str, e: &StreamId) -> Result<Entry, Strin
 
 /// The fields of an order record the ledger is given, in `HMGET` order:
 /// the order's own ([`new_order`]), then those of its end ([`order_end`]).
-pub(super) const ORDER_FIELDS: [&str; 10] = [
+pub(super) const ORDER_FIELDS: [&str; 11] = [
     "status",
     "order_id",
     "user_id",
@@ -99,6 +99,7 @@ pub(super) const ORDER_FIELDS: [&str; 10] = [
     "amount_cents",
     "expired_ms",
     "cancelled_ms",
+    "pay_by_ms",
 ];
 
 fn time_of(ms: &Option<String>) -> Option<OffsetDateTime> {
@@ -115,6 +116,8 @@ pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Opti
     let [status, order_id, user, qty, created_ms, ..] = fields else {
         return None;
     };
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let (amount, pay_by) = (field(7), field(10));
     status.as_ref()?;
     if order_id.as_deref() != Some(e.order_id.as_str()) {
         return None;
@@ -128,6 +131,8 @@ pub(super) fn new_order(sku: &str, e: &Entry, fields: &[Option<String>]) -> Opti
         user_id: user,
         qty,
         created_at,
+        amount_cents: amount.as_deref().and_then(|a| a.parse().ok()),
+        pay_by: time_of(&pay_by),
     })
 }
 
@@ -148,6 +153,7 @@ pub(super) fn order_end(order_id: &str, fields: &[Option<String>]) -> Result<Opt
         amount,
         expired_ms,
         cancelled_ms,
+        ..,
     ] = fields
     else {
         return Err(());

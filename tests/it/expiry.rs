@@ -352,6 +352,15 @@ async fn ledger_agrees(
         let ms_of = |t: Option<time::OffsetDateTime>| {
             t.map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         };
+        // The order's amount and deadline as the purchase recorded them.
+        if ms_of(row.pay_by) != ms(rec, "pay_by_ms")
+            || row.amount_cents != rec.get("amount_cents").and_then(|a| a.parse().ok())
+        {
+            return Err(format!(
+                "{id}: ledger pay_by/amount {:?}/{:?}, Redis {rec:?}",
+                row.pay_by, row.amount_cents
+            ));
+        }
         let ok = match row.status {
             LedgerStatus::Paid => {
                 row.payment_id.as_deref() == rec.get("payment_id").map(String::as_str)

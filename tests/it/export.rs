@@ -360,6 +360,8 @@ async fn orders_are_exported_audited_against_the_ledger_and_purged_only_when_all
             user_id: user.to_owned(),
             qty,
             created_at,
+            amount_cents: None,
+            pay_by: None,
         })
     };
     ledger

@@ -324,6 +324,8 @@ async fn record_is_idempotent_and_orders_read_back() {
             user_id: format!("r{i}"),
             qty: 1 + (i % 3) as i32,
             created_at: t0 + time::Duration::milliseconds(i as i64),
+            amount_cents: None,
+            pay_by: None,
         })
     };
     // More than one page of the export, written in batches, one batch with

@@ -138,6 +138,8 @@ fn orders(sku: &str, n: usize) -> Vec<Record> {
                 user_id: format!("u{i}"),
                 qty: 1,
                 created_at: t0 + time::Duration::microseconds(i as i64),
+                amount_cents: None,
+                pay_by: None,
             })
         })
         .collect()
