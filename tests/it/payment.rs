@@ -391,3 +391,61 @@ async fn payment_settings_go_together() {
     )
     .await;
 }
+
+/// The shoppers' per-address limit does not apply to the payment provider's
+/// callbacks: a burst from one address is answered, while that address's
+/// other API calls are limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_not_under_the_shoppers_address_limit() {
+    let prefix = unique("pyl");
+    let opts = AppOptions {
+        rate_limit_per_ip: 2,
+        ..AppOptions::default()
+    };
+    let mut settings = serve_settings(shared_group(), &prefix, &opts);
+    settings.payment_window = Duration::from_secs(600);
+    settings.payment_token = Some(Secret::new(PAYMENT_TOKEN));
+    let app = TestApp::spawn_settings(&prefix, settings).await;
+    let sku = unique("pyls");
+    app.create_sale(&sku, 20, 1, -5, 3600).await;
+    let mut orders = Vec::new();
+    for i in 0..6 {
+        // Purchases from this address are limited: retry until one goes.
+        let user = format!("lim{i}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, body) = app.purchase(&user, &sku, 1, None).await;
+            if s == 202 {
+                orders.push(body["order_id"].as_str().expect("id").to_owned());
+                break;
+            }
+            assert_eq!(s, 429, "{body}");
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(app.get("/api/products", None).await.0);
+    }
+    assert!(
+        statuses.contains(&429),
+        "the address is limited on the API: {statuses:?}"
+    );
+    let paid = futures_util::future::join_all(orders.iter().enumerate().map(|(i, id)| {
+        let app = &app;
+        async move {
+            pay(
+                app,
+                id,
+                json!({"payment_id": format!("burst{i}"), "amount_cents": 1999}),
+                Some(PAYMENT_TOKEN),
+            )
+            .await
+            .0
+        }
+    }))
+    .await;
+    assert!(paid.iter().all(|s| *s == 200), "{paid:?}");
+    app.stop().await;
+}
