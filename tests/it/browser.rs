@@ -823,7 +823,7 @@ async fn browser_buy_flow_through_nginx() {
     let upcoming = unique("e2eup");
     sale(&app1, &upcoming, "Next week", 3, 7 * 86_400, 3600).await;
     let ended = unique("e2eend");
-    sale(&app2, &ended, "Gone", 3, -7200, 3600).await;
+    sale(&app2, &ended, "Gone", 3, -7200, 7000).await;
     let sku = unique("e2e");
     let starts_ms = now_ms() + 8_000;
     let name = "Flash Kettle <limited>";
