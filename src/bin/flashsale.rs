@@ -1,6 +1,5 @@
 //! `flashsale`: the HTTP service (`serve`) and the operator's tools.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,10 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
-use flashsale::ledger::reconcile::{LedgerCheck, Reconcile};
+use flashsale::ledger::reconcile::LedgerCheck;
 use flashsale::ledger::{Ledger, LedgerArgs, LedgerOrder, LedgerSettings};
 use flashsale::redis::Redis;
 use flashsale::redis::functions::SaleUpdate;
+use flashsale::sale::purge::{self, compare_with_ledger};
 use flashsale::sale::{Shop, dead_letters, now_ms};
 use flashsale::web::Application;
 
@@ -470,70 +470,16 @@ async fn ledger_orders_count(ledger: Option<&Ledger>, sku: &str) -> Result<u64, 
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Order keys read per `SCAN` step, and records per `HGETALL` pipeline.
-const SCAN_BATCH: usize = 1000;
-
-/// A sale's orders in Redis compared with its rows in the ledger
-/// (`flashsale::ledger::reconcile`): every order record read on the master
-/// (`SCAN MATCH` of the sale's order keys, `HGETALL` in pipelines of up to
-/// 1000), then the ledger's rows, then the rows that did not match read
-/// from Redis again.
+/// A sale's orders in Redis compared with its rows in the ledger (the
+/// comparison every purge with the ledger makes, `sale::purge`).
 async fn check_ledger(redis: &Redis, ledger: &Ledger, sku: &str) -> Result<LedgerCheck, Failure> {
-    let keys = redis.keys();
-    let key_of = |id: &str| keys.order(sku, id);
-    let key_prefix = key_of("");
-    let pattern = key_of("*");
-    let mut reconcile = Reconcile::new();
-    let mut cursor = 0u64;
-    loop {
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_BATCH);
-        let (next, found): (u64, Vec<String>) = redis.read_master(&scan).await?;
-        let ids: Vec<&str> = found
-            .iter()
-            .filter_map(|k| k.strip_prefix(key_prefix.as_str()))
-            .collect();
-        for (id, hash) in read_orders(redis, &ids, &key_of).await? {
-            reconcile.add_redis(id, &hash);
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    reconcile
-        .read_ledger(ledger, sku)
+    use flashsale::sale::purge::CompareError;
+    compare_with_ledger(redis, ledger, sku)
         .await
-        .map_err(|e| ledger_failed(ledger.describe(), e))?;
-    let again = reconcile.to_recheck();
-    for chunk in again.chunks(SCAN_BATCH) {
-        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        for (id, hash) in read_orders(redis, &ids, &key_of).await? {
-            reconcile.refresh(id, &hash);
-        }
-    }
-    Ok(reconcile.finish())
-}
-
-/// `HGETALL` of each order, one pipeline, on the master.
-async fn read_orders<'a>(
-    redis: &Redis,
-    ids: &[&'a str],
-    key_of: &dyn Fn(&str) -> String,
-) -> Result<Vec<(&'a str, HashMap<String, String>)>, Failure> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut pipe = redis::pipe();
-    for id in ids {
-        pipe.cmd("HGETALL").arg(key_of(id));
-    }
-    let hashes: Vec<HashMap<String, String>> = redis.read_master(&pipe).await?;
-    Ok(ids.iter().copied().zip(hashes).collect())
+        .map_err(|e| match e {
+            CompareError::Redis(e) => Failure::from(e),
+            CompareError::Ledger(e) => ledger_failed(ledger.describe(), e),
+        })
 }
 
 async fn dead_letters_command(d: DeadLetterArgs) -> Result<ExitCode, Failure> {
@@ -608,14 +554,27 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
                 return Ok(ExitCode::from(2));
             }
             let min_ended = std::time::Duration::from_secs(min_ended_s);
-            if let Some(settings) = ledger.settings()? {
-                purge_ledger_check(&shop, &settings, &sku, min_ended).await?;
+            let ledger = match ledger.settings()? {
+                Some(settings) => Some(connect_ledger(&settings, "flashsale sale purge").await?),
+                None => None,
+            };
+            // The command finishes a purge that was interrupted.
+            let purged = purge::purge(
+                &shop.catalog,
+                ledger.as_ref(),
+                &sku,
+                min_ended,
+                purge::Unlisted::Finish,
+            )
+            .await;
+            let at = ledger.as_ref().map(|l| l.describe().to_owned());
+            if let Some(ledger) = ledger {
+                ledger.close().await;
             }
-            let purged = shop
-                .catalog
-                .purge(&sku, min_ended)
-                .await
-                .map_err(|e| refused(&sku, e))?;
+            let purged = purged.map_err(|e| match e {
+                purge::PurgeError::Ledger(e) => ledger_failed(at.unwrap_or_default(), e),
+                e => Failure::from(format!("{sku}: {e}")),
+            })?;
             println!("{}", serde_json::to_string(&purged).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
@@ -637,46 +596,6 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| refused(&sku, e))?;
     print(&sale);
     Ok(ExitCode::SUCCESS)
-}
-
-/// With a ledger, a purge goes ahead only when every order Redis recorded
-/// is in the ledger as it ended ([`LedgerCheck::purge_refusal`]). A sale
-/// too recent to purge is refused here as the purge would refuse it
-/// (`not_ended`), so the comparison is never skipped for a sale that
-/// becomes purgeable a moment later. Once this passes nothing of the sale
-/// changes any more: it has ended, no order waits for a worker or a
-/// payment.
-async fn purge_ledger_check(
-    shop: &Shop,
-    settings: &LedgerSettings,
-    sku: &str,
-    min_ended: std::time::Duration,
-) -> Result<(), Failure> {
-    let sale = shop
-        .catalog
-        .get_fresh(sku)
-        .await
-        .map_err(|e| format!("{sku}: {e}"))?;
-    let purgeable_from = sale.ends_ms.saturating_add(min_ended.as_millis() as i64);
-    if now_ms() < purgeable_from {
-        return Err(format!(
-            "{sku}: not_ended: the sale can be purged from {} (its end plus {} s)",
-            flashsale::sale::rfc3339(purgeable_from),
-            min_ended.as_secs()
-        )
-        .into());
-    }
-    let ledger = connect_ledger(settings, "flashsale sale purge").await?;
-    let check = check_ledger(&shop.redis, &ledger, sku).await;
-    ledger.close().await;
-    match check?.purge_refusal() {
-        None => Ok(()),
-        Some(("not_in_ledger", message)) => Err(format!(
-            "{sku}: not_in_ledger: {message}; `flashsale audit --sku {sku}` with the ledger lists them"
-        )
-        .into()),
-        Some((code, message)) => Err(format!("{sku}: {code}: {message}").into()),
-    }
 }
 
 /// `flashsale orders export`: the sale's rows streamed from the ledger

@@ -1,11 +1,12 @@
 //! Comparing a sale's orders in Redis with its rows in the ledger:
-//! `flashsale audit` reports the differences, `flashsale sale purge`
-//! refuses to delete Redis's copy of orders the ledger does not hold as
-//! they ended.
+//! `flashsale audit` reports the differences, every purge (`flashsale sale
+//! purge` and the workers' automatic one) refuses to delete Redis's copy of
+//! orders the ledger does not hold as they ended.
 //!
-//! This module reads the ledger only. The command reads Redis (every order
-//! record of the sale on the master) and hands each record over as its
-//! `HGETALL` ([`Reconcile::add_redis`]); the comparison itself is pure.
+//! This module reads the ledger only. `sale::purge::compare_with_ledger`
+//! reads Redis (every order record of the sale on the master) and hands
+//! each record over as its `HGETALL` ([`Reconcile::add_redis`]); the
+//! comparison itself is pure.
 //!
 //! What counts, per order:
 //! - an order Redis holds as recorded by a worker (`confirmed_ms` set) must
