@@ -164,14 +164,18 @@ pub fn router(state: AppState) -> Router {
     let DocumentedRoutes { limited, ops, .. } = documented_routes();
     let mut app = limited;
     let ops = ops.method_not_allowed_fallback(middleware::method_not_allowed);
-    // The development sign-in page is deliberately not in the description:
-    // it exists only with `--dev-login`, is no part of the API, and the
-    // description is the same for every instance.
+    // The development pages are deliberately not in the description: they
+    // exist only with `--dev-login` (the payment one also needs the payment
+    // step), are no part of the API, and the description is the same for
+    // every instance.
     if state.settings.dev_login {
         app = app.route(
             "/dev/login",
             get(pages::dev_login_form).post(pages::dev_login),
         );
+    }
+    if pages::dev_pay_enabled(&state.settings) {
+        app = app.route("/dev/pay/{order_id}", axum::routing::post(pages::dev_pay));
     }
     let statics = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(middleware::static_guard))

@@ -18,31 +18,14 @@
 // Shopper B (phone width, keyboard only) is on the page at the same time and
 // is left with the sold-out message after A takes the last unit.
 
-import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
-import readline from "node:readline";
+import { check, collectErrors, launch, LAYOUT_SHIFTS, log, must, noHorizontalScroll, recv, send, signIn as signInAs } from "./lib.mjs";
 
 const BASE = must("E2E_BASE");
 const OUT = must("E2E_ARTIFACTS");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const CLOCK_AHEAD_MS = 10 * 60 * 1000;
-
-function must(name) {
-  const v = process.env[name];
-  if (!v) { throw new Error(`${name} is not set`); }
-  return v;
-}
-
-const input = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function recv() {
-  const { value, done } = await input.next();
-  if (done) { throw new Error("the test closed our stdin"); }
-  return JSON.parse(value);
-}
-function send(obj) { process.stdout.write(JSON.stringify(obj) + "\n"); }
-function log(...args) { process.stderr.write(`[e2e ${new Date().toISOString()}] ${args.join(" ")}\n`); }
-function check(cond, what) { if (!cond) { throw new Error(`check failed: ${what}`); } }
 
 const pages = {};
 async function shot(name) {
@@ -54,18 +37,7 @@ async function shot(name) {
 
 // Collected in every page: layout shifts not caused by input, and every
 // text the purchase status region showed.
-const INIT = `
-  window.__cls = 0; window.__shifts = [];
-  try {
-    new PerformanceObserver(function (list) {
-      list.getEntries().forEach(function (e) {
-        if (!e.hadRecentInput) {
-          window.__cls += e.value;
-          window.__shifts.push({ value: e.value, t: e.startTime, nodes: (e.sources || []).map(function (s) { return s.node ? (s.node.id || s.node.className || s.node.nodeName) : "?"; }) });
-        }
-      });
-    }).observe({ type: "layout-shift", buffered: true });
-  } catch (e) {}
+const INIT = LAYOUT_SHIFTS + `
   window.__statuses = [];
   document.addEventListener("DOMContentLoaded", function () {
     var m = document.getElementById("status-msg");
@@ -78,26 +50,7 @@ const INIT = `
 `;
 
 async function signIn(page, name, { keyboard }) {
-  await page.goto(`${BASE}/dev/login`);
-  if (keyboard) {
-    // Tab from the top: the skip link first, visibly focused.
-    await page.keyboard.press("Tab");
-    const skip = await page.evaluate(() => {
-      const a = document.activeElement;
-      return { text: a.textContent, outline: getComputedStyle(a).outlineStyle, top: a.getBoundingClientRect().top };
-    });
-    check(skip.text === "Skip to content" && skip.top >= 0, `first Tab reaches a visible skip link: ${JSON.stringify(skip)}`);
-    await page.getByLabel("Shopper name").focus();
-    await page.keyboard.type(name);
-    await shot("login-phone");
-    await page.keyboard.press("Enter");
-  } else {
-    await page.getByLabel("Shopper name").fill(name);
-    await page.getByRole("button", { name: "Sign in" }).click();
-  }
-  await page.waitForURL(`${BASE}/`);
-  const cookies = await page.context().cookies(BASE);
-  check(cookies.some((c) => c.name === "fs_token" && c.httpOnly), `fs_token cookie set for ${name}`);
+  await signInAs(page, BASE, name, { keyboard, typed: keyboard ? () => shot("login-phone") : null });
 }
 
 async function text(page, sel) { return (await page.locator(sel).textContent()).trim(); }
@@ -117,23 +70,9 @@ async function waitState(page, state, timeout = 15000) {
   return productState(page);
 }
 
-async function noHorizontalScroll(page, what) {
-  const w = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, inner: window.innerWidth }));
-  check(w.scroll <= w.inner, `${what}: no horizontal scrolling at ${w.inner}px (content ${w.scroll}px)`);
-}
-
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
-  // Playwright gives every launch() a fresh --user-data-dir of its own
-  // (a new temp dir, removed on close); each shopper is a separate context
-  // (own cookies and storage).
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 60000,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch(CHROMIUM);
   const result = { browser: browser.version() };
   try {
     const ctxA = await browser.newContext({ viewport: { width: 1280, height: 860 }, locale: "en-US", timezoneId: "Europe/Berlin" });
@@ -144,14 +83,8 @@ async function main() {
     const a = pages.desktop = await ctxA.newPage();
     const b = pages.phone = await ctxB.newPage();
     const consoleErrors = [];
-    for (const [who, p] of [["A", a], ["B", b]]) {
-      // Chromium logs every non-2xx fetch ("Failed to load resource"): the
-      // 410 and 503 answers this test provokes are not script errors.
-      p.on("console", (m) => {
-        if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) { consoleErrors.push(`${who}: ${m.text()}`); }
-      });
-      p.on("pageerror", (e) => consoleErrors.push(`${who}: ${e.message}`));
-    }
+    collectErrors(a, "A", consoleErrors);
+    collectErrors(b, "B", consoleErrors);
     await signIn(a, "alice", { keyboard: false });
     await signIn(b, "bob", { keyboard: true });
     send({ event: "ready" });
@@ -259,7 +192,10 @@ async function main() {
     await a.locator("#orders tbody tr td.st-confirmed").first().waitFor();
     const rows = await a.locator("#orders tbody tr").count();
     check(rows === 1, `A has one order on /orders (${rows})`);
-    check((await text(a, "#orders tbody tr td.id")) === result.order_id, "/orders shows the order id");
+    check((await text(a, "#orders tbody tr td.id .value")) === result.order_id, "/orders shows the order id");
+    // No payment step here: confirmed is final, nothing to pay or cancel.
+    check((await text(a, "#orders tbody tr td.state .word")) === "Confirmed", "/orders says Confirmed");
+    check(await a.locator("#orders tbody button:visible").count() === 0, "no Pay or Cancel without a payment step");
     await shot("orders-desktop");
     await b.goto(`${BASE}/orders`);
     await b.locator("#orders-status", { hasText: "No orders yet." }).waitFor();
