@@ -1,6 +1,8 @@
 //! The shopper's side: the askama pages with real data, `flashsale render`,
-//! nginx (rendered from `deploy/nginx`) in front of two app instances, and
-//! the buy flow in headless Chromium (`tests/browser/e2e.mjs`).
+//! nginx (rendered from `deploy/nginx`) in front of two app instances, the
+//! buy flow in headless Chromium (`tests/browser/e2e.mjs`), the development
+//! payment (`POST /dev/pay/{order_id}`) and the payment step on the orders
+//! page in Chromium (`tests/browser/payment.mjs`).
 //!
 //! Needs nginx, node (≥ 20), Debian's `chromium` and `npm ci --prefix
 //! tests/browser` (run here when `node_modules` is missing and npm is
@@ -22,7 +24,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::app::{AppOptions, TestApp, shared_group, temp_dir, unique, worker_command};
+use crate::support::app::{
+    AppOptions, TestApp, serve_settings, shared_group, temp_dir, unique, worker_command,
+};
 use crate::support::redis_group::RedisGroup;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -426,7 +430,7 @@ impl Drop for Worker {
 
 // ------------------------------------------------------------------- node --
 
-/// `node tests/browser/e2e.mjs` (and the Chromium it launches), talking
+/// `node tests/browser/<script>` (and the Chromium it launches), talking
 /// JSON lines on stdin/stdout; its stderr goes to `e2e.log`.
 struct E2e {
     pgid: u32,
@@ -436,12 +440,12 @@ struct E2e {
 }
 
 impl E2e {
-    fn spawn(base: &str, out: &Path) -> E2e {
+    fn spawn(script: &str, base: &str, out: &Path) -> E2e {
         let node = node_ready();
         let chromium = chromium_bin();
         let log = out.join("e2e.log");
         let mut child = Command::new(node)
-            .arg(Path::new(REPO).join("tests/browser/e2e.mjs"))
+            .arg(Path::new(REPO).join("tests/browser").join(script))
             .current_dir(Path::new(REPO).join("tests/browser"))
             .env("E2E_BASE", base)
             .env("E2E_ARTIFACTS", out)
@@ -812,7 +816,7 @@ async fn browser_buy_flow_through_nginx() {
     let up2 = app2.base.trim_start_matches("http://").to_owned();
     let nginx = Nginx::start(&[&up1, &up2], &pages);
 
-    let mut e2e = E2e::spawn(&nginx.url(""), &out);
+    let mut e2e = E2e::spawn("e2e.mjs", &nginx.url(""), &out);
     e2e.expect("ready", Duration::from_secs(90)).await;
 
     // The other states of the window first, then the sale itself, opening
@@ -882,6 +886,298 @@ async fn browser_buy_flow_through_nginx() {
     ] {
         assert!(out.join(format!("{shot}.png")).is_file(), "{shot}.png");
     }
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&pages);
+}
+
+// ---------------------------------------------------------- payment step --
+
+const PAYMENT_TOKEN: &str = "browser-payment-secret-0123456789";
+
+/// An app on `prefix` with a payment window (zero: none) and the
+/// development sign-in on or off.
+async fn payment_app(prefix: &str, window: Duration, dev_login: bool) -> TestApp {
+    let mut settings = serve_settings(shared_group(), prefix, &AppOptions::default());
+    settings.payment_window = window;
+    settings.payment_token =
+        (!window.is_zero()).then(|| flashsale::config::Secret::new(PAYMENT_TOKEN));
+    settings.dev_login = dev_login;
+    TestApp::spawn_settings(prefix, settings).await
+}
+
+/// A sale open now, priced 129.00 EUR, one unit per shopper.
+async fn euro_sale(app: &TestApp, sku: &str, name: &str, stock: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let at = |s: i64| (now + time::Duration::seconds(s)).format(fmt).expect("fmt");
+    let (s, body) = app
+        .admin_post(
+            "/admin/sales",
+            json!({"sku": sku, "name": name, "description": "Pay for it in time.",
+                "price_cents": 12900, "currency": "EUR", "stock": stock, "per_user_limit": 1,
+                "starts_at": at(-5), "ends_at": at(3600)}),
+        )
+        .await;
+    assert_eq!(s, 201, "create {sku}: {body}");
+}
+
+/// `POST /dev/pay/{order_id}` as a browser would send it: the shopper's
+/// cookie (if any) and an `Origin` (if any).
+async fn dev_pay(
+    app: &TestApp,
+    order_id: &str,
+    user: Option<&str>,
+    origin: Option<&str>,
+) -> (u16, Value) {
+    let mut req = http().post(app.url(&format!("/dev/pay/{order_id}")));
+    if let Some(u) = user {
+        req = req.header("cookie", format!("fs_token={}", app.token(u)));
+    }
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    let r = req.send().await.expect("dev pay");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn bought(app: &TestApp, user: &str, sku: &str) -> String {
+    let (s, body) = app.purchase(user, sku, 1, None).await;
+    assert_eq!(s, 202, "{user}: {body}");
+    body["order_id"].as_str().expect("order id").to_owned()
+}
+
+/// The development payment pays the signed-in shopper's own order with its
+/// own amount (idempotently), only from this site, never another shopper's
+/// order nor one that expired or was cancelled; it exists only with
+/// `--dev-login` and a payment step, is not in the API description, and the
+/// orders page offers it exactly then (the same page for every shopper).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_pay_pays_the_shoppers_own_order() {
+    let prefix = unique("dp");
+    let app = payment_app(&prefix, Duration::from_secs(600), true).await;
+    let sku = unique("dps");
+    euro_sale(&app, &sku, "Dev-paid kettle", 5).await;
+    let ann = bought(&app, "ann", &sku).await;
+    let ben = bought(&app, "ben", &sku).await;
+    let status = |v: &Value| v["status"].as_str().unwrap_or("").to_owned();
+
+    // Another site's page: refused before anything is read.
+    let (s, body) = dev_pay(&app, &ann, Some("ann"), Some("https://evil.example")).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (403, Some("cross_site")),
+        "{body}"
+    );
+    // Nobody signed in; another shopper; a made-up order.
+    let (s, body) = dev_pay(&app, &ann, None, Some(&app.base)).await;
+    assert_eq!(s, 401, "{body}");
+    let (s, body) = dev_pay(&app, &ann, Some("ben"), Some(&app.base)).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (s, _) = dev_pay(
+        &app,
+        &format!("{sku}.{}", "0".repeat(32)),
+        Some("ann"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, order) = app.get(&format!("/api/orders/{ann}"), Some("ann")).await;
+    assert_ne!(status(&order), "paid", "nothing paid so far: {order}");
+
+    // The shopper, from this site: paid with the order's own amount.
+    let (s, paid) = dev_pay(&app, &ann, Some("ann"), Some(&app.base)).await;
+    assert_eq!(s, 200, "{paid}");
+    assert_eq!(status(&paid), "paid", "{paid}");
+    assert_eq!(paid["amount_cents"], 12900, "{paid}");
+    assert!(
+        paid["paid_at"].is_string() && paid["pay_by"].is_null(),
+        "{paid}"
+    );
+    // Again (a double click, a retry): the same payment, the same answer.
+    let (s, again) = dev_pay(&app, &ann, Some("ann"), None).await;
+    assert_eq!((s, status(&again)), (200, "paid".to_owned()), "{again}");
+    assert_eq!(again["paid_at"], paid["paid_at"]);
+    let r = http()
+        .get(app.url(&format!("/dev/pay/{ann}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 405, "a state change is a POST");
+
+    // Cancelled first: too late to pay.
+    let r = http()
+        .post(app.url(&format!("/api/orders/{ben}/cancel")))
+        .bearer_auth(app.token("ben"))
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, body) = dev_pay(&app, &ben, Some("ben"), None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (409, Some("payment_late")),
+        "{body}"
+    );
+    let audit = app.audit(&sku).await;
+    assert_eq!(
+        (&audit["paid"], &audit["cancelled"], &audit["stock_left"]),
+        (&json!(1), &json!(1), &json!(4)),
+        "{audit}"
+    );
+    assert_eq!(audit["consistent"], true, "{audit}");
+
+    // The orders page offers it, the same page for everyone.
+    let (s, _, page) = get_text(&http(), &app.url("/orders")).await;
+    assert_eq!(s, 200);
+    assert!(
+        page.contains(r#"data-page="orders" data-payment="on" data-dev-pay="on">"#),
+        "{page}"
+    );
+    assert_no_inline_code(&page, "/orders");
+    let r = http()
+        .get(app.url("/orders"))
+        .header("cookie", format!("fs_token={}", app.token("ann")))
+        .send()
+        .await
+        .expect("orders page");
+    assert_eq!(
+        r.text().await.expect("html"),
+        page,
+        "the same page for every shopper"
+    );
+    // Not part of the API: not in its description.
+    let (_, doc) = app.get("/api/openapi.json", None).await;
+    let paths: Vec<&String> = doc["paths"].as_object().expect("paths").keys().collect();
+    assert!(
+        !paths.is_empty() && paths.iter().all(|p| !p.starts_with("/dev")),
+        "{paths:?}"
+    );
+
+    // A deadline already past: late, even before any worker expired it.
+    let short = payment_app(&prefix, Duration::from_secs(1), true).await;
+    let late_sku = unique("dpl");
+    euro_sale(&short, &late_sku, "Too slow", 2).await;
+    let cy = bought(&short, "cy", &late_sku).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (s, body) = dev_pay(&short, &cy, Some("cy"), None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (409, Some("payment_late")),
+        "{body}"
+    );
+    let (_, order) = short.get(&format!("/api/orders/{cy}"), Some("cy")).await;
+    assert_eq!(status(&order), "expired", "{order}");
+
+    // Without a payment step, or without --dev-login: no such page.
+    for (window, dev_login, root) in [
+        (Duration::ZERO, true, r#"data-page="orders">"#),
+        (
+            Duration::from_secs(600),
+            false,
+            r#"data-page="orders" data-payment="on">"#,
+        ),
+    ] {
+        let other = payment_app(&prefix, window, dev_login).await;
+        let (s, body) = dev_pay(&other, &ben, Some("ben"), None).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (404, Some("not_found")),
+            "window {window:?}, dev login {dev_login}: {body}"
+        );
+        let (s, _, page) = get_text(&http(), &other.url("/orders")).await;
+        assert_eq!(s, 200);
+        assert!(page.contains(root), "{page}");
+        assert!(!page.contains("data-dev-pay"), "{page}");
+        other.stop().await;
+    }
+    short.stop().await;
+    app.stop().await;
+}
+
+/// The payment step in headless Chromium, through nginx and two instances
+/// with a window of a few seconds and `--dev-login`, a worker confirming and
+/// expiring orders: the orders page counts down by the server's clock,
+/// "Pay (development)" pays, Cancel (confirmed in a dialog) returns the unit
+/// to the product page, and an order left alone expires on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_payment_step_through_nginx() {
+    let _ = nginx_bin();
+    let _ = chromium_bin();
+    let _ = node_ready();
+    const WINDOW_S: u64 = 10;
+    let out = artifacts("payment");
+    let group = shared_group();
+    let prefix = unique("bp");
+    let window = Duration::from_secs(WINDOW_S);
+    let app1 = payment_app(&prefix, window, true).await;
+    let app2 = payment_app(&prefix, window, true).await;
+    let worker = Worker::spawn(group, &prefix);
+    let pages = temp_dir("pages");
+    let up1 = app1.base.trim_start_matches("http://").to_owned();
+    let up2 = app2.base.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&[&up1, &up2], &pages);
+
+    let mut e2e = E2e::spawn("payment.mjs", &nginx.url(""), &out);
+    e2e.expect("ready", Duration::from_secs(90)).await;
+    let sku = unique("bpay");
+    let name = "Pay-in-time kettle";
+    euro_sale(&app1, &sku, name, 3).await;
+    render(group, &prefix, &pages);
+    e2e.send(json!({"sku": sku, "name": name, "stock": 3, "window_s": WINDOW_S}))
+        .await;
+
+    let done = e2e.expect("done", Duration::from_secs(90)).await;
+    let result = &done["result"];
+    std::fs::write(
+        out.join("result.json"),
+        serde_json::to_string_pretty(result).expect("json"),
+    )
+    .expect("result.json");
+    std::fs::write(out.join("nginx-error.log"), nginx.error_log()).expect("nginx log");
+    let status = tokio::time::timeout(Duration::from_secs(30), e2e.child.wait())
+        .await
+        .expect("node exits")
+        .expect("wait");
+    assert!(status.success(), "{}", e2e.log());
+
+    // What the shoppers saw is what the shop holds.
+    for (who, key, want) in [
+        ("pat", "paid", "paid"),
+        ("cam", "cancelled", "cancelled"),
+        ("lea", "expired", "expired"),
+    ] {
+        let id = result["orders"][key].as_str().expect("order id");
+        let (s, order) = app2.get(&format!("/api/orders/{id}"), Some(who)).await;
+        assert_eq!(s, 200, "{who}: {order}");
+        assert_eq!(order["status"], want, "{who}: {order}");
+    }
+    let audit = app1.audit(&sku).await;
+    assert_eq!(
+        (&audit["paid"], &audit["cancelled"], &audit["expired"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{audit}"
+    );
+    assert_eq!(audit["stock_left"], 2, "{audit}");
+    assert_eq!(audit["consistent"], true, "{audit}");
+    for shot in [
+        "orders-waiting-desktop",
+        "orders-paid-desktop",
+        "product-soldout-phone",
+        "orders-confirm-phone",
+        "orders-cancelled-phone",
+        "product-back-phone",
+        "orders-expired-desktop",
+    ] {
+        assert!(out.join(format!("{shot}.png")).is_file(), "{shot}.png");
+    }
+    worker.stop().await;
+    app1.stop().await;
+    app2.stop().await;
     drop(nginx);
     let _ = std::fs::remove_dir_all(&pages);
 }
