@@ -1,6 +1,7 @@
 //! The settings of `flashsale-worker`: its consumer name, how much it holds
 //! and how long it blocks, when it reclaims, dead-letters, sweeps, expires
-//! unpaid orders and rediscovers, the order ledger it records orders in (the ledger's own
+//! unpaid orders and rediscovers, when it purges ended sales from Redis,
+//! the order ledger it records orders in (the ledger's own
 //! flags, shared with `flashsale ledger`), where it serves metrics and how
 //! long it may take to stop. Out-of-range values are refused (one line
 //! naming the variable), never clamped.
@@ -62,6 +63,24 @@ pub struct WorkerArgs {
     /// How often the sales index is read for new streams, in milliseconds (50–60000).
     #[arg(long, env = "FLASHSALE_WORKER_DISCOVER_MS", default_value_t = 1000)]
     pub discover_ms: u64,
+    /// Seconds after a sale's end before a worker purges it from Redis
+    /// (every key, as `flashsale sale purge` does, and refused as it
+    /// refuses: until every order is settled and, with the ledger, in the
+    /// ledger as it ended); 0: never; at most 31536000 (a year). Default:
+    /// 604800 (7 days) with FLASHSALE_LEDGER_URL; without it automatic
+    /// purge is off, and setting this is refused unless
+    /// --purge-without-ledger.
+    #[arg(long, env = "FLASHSALE_WORKER_PURGE_AFTER_S")]
+    pub purge_after_s: Option<u64>,
+    /// Purge automatically without the order ledger too: Redis holds the
+    /// only copy of the orders, and they are deleted with the sale (export
+    /// them first).
+    #[arg(
+        long,
+        env = "FLASHSALE_WORKER_PURGE_WITHOUT_LEDGER",
+        default_value_t = false
+    )]
+    pub purge_without_ledger: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
     #[arg(long = "metrics", env = "FLASHSALE_WORKER_METRICS")]
     pub metrics_addr: Option<String>,
@@ -87,7 +106,20 @@ pub struct WorkerTuning {
     pub sweep_every: Duration,
     pub expire_every: Duration,
     pub requeue_after: Duration,
+    /// How long after its end a settled sale is purged from Redis; `None`:
+    /// never.
+    pub purge_after: Option<Duration>,
+    /// Automatic purge is off only because no ledger is configured (and
+    /// FLASHSALE_WORKER_PURGE_WITHOUT_LEDGER is not set): said at start.
+    pub purge_needs_ledger: bool,
 }
+
+/// The default of `FLASHSALE_WORKER_PURGE_AFTER_S` (with a ledger, or
+/// with `FLASHSALE_WORKER_PURGE_WITHOUT_LEDGER`): 7 days.
+pub const PURGE_AFTER_DEFAULT_S: u64 = 7 * 86_400;
+/// The longest grace `FLASHSALE_WORKER_PURGE_AFTER_S` accepts: a year (a
+/// larger number is more likely milliseconds than a wish).
+pub const PURGE_AFTER_MAX_S: u64 = 365 * 86_400;
 
 /// Validated settings of `flashsale-worker`.
 #[derive(Debug, Clone)]
@@ -141,6 +173,7 @@ impl WorkerArgs {
                 )
             })?),
         };
+        let (purge_after, purge_needs_ledger) = self.purge_after(ledger.is_some())?;
         if !(1..=3600).contains(&self.shutdown_timeout_s) {
             return Err(invalid(
                 "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
@@ -175,11 +208,45 @@ impl WorkerArgs {
                     0,
                     86_400_000,
                 )?,
+                purge_after,
+                purge_needs_ledger,
             },
             ledger,
             metrics_addr,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
         })
+    }
+}
+
+impl WorkerArgs {
+    /// `FLASHSALE_WORKER_PURGE_AFTER_S` with or without a ledger: the
+    /// grace (`None`: never) and whether it is off only for want of one.
+    fn purge_after(&self, ledger: bool) -> Result<(Option<Duration>, bool), ConfigError> {
+        const VAR: &str = "FLASHSALE_WORKER_PURGE_AFTER_S";
+        let allowed = ledger || self.purge_without_ledger;
+        let secs = match self.purge_after_s {
+            None if allowed => PURGE_AFTER_DEFAULT_S,
+            None => return Ok((None, true)),
+            Some(0) => return Ok((None, false)),
+            Some(s) if s > PURGE_AFTER_MAX_S => {
+                return Err(invalid(
+                    VAR,
+                    format!(
+                        "must be 0 (never) or 1 to {PURGE_AFTER_MAX_S} seconds (a year); {s} given"
+                    ),
+                ));
+            }
+            Some(_) if !allowed => {
+                return Err(invalid(
+                    VAR,
+                    "without FLASHSALE_LEDGER_URL Redis holds the only copy of the orders a \
+                     purge deletes: configure the ledger, or set \
+                     FLASHSALE_WORKER_PURGE_WITHOUT_LEDGER=true to purge them anyway, or 0",
+                ));
+            }
+            Some(s) => s,
+        };
+        Ok((Some(Duration::from_secs(secs)), false))
     }
 }
 
@@ -223,10 +290,42 @@ mod tests {
                 &["--shutdown-timeout-s", "0"],
                 "FLASHSALE_WORKER_SHUTDOWN_TIMEOUT_S",
             ),
+            (
+                &["--purge-without-ledger", "--purge-after-s", "31536001"],
+                "FLASHSALE_WORKER_PURGE_AFTER_S",
+            ),
+            (&["--purge-after-s", "60"], "FLASHSALE_WORKER_PURGE_AFTER_S"),
         ] {
             let e = parse(args).expect_err("refused").to_string();
             assert!(e.starts_with(var), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn automatic_purge_is_on_by_default_with_a_ledger_and_only_when_asked_without() {
+        const URL: &str = "postgres://fs:pw@127.0.0.1:5432/ledger";
+        let week = Some(Duration::from_secs(PURGE_AFTER_DEFAULT_S));
+        let t = |args: &[&str]| {
+            let s = parse(args).expect("valid").tuning;
+            (s.purge_after, s.purge_needs_ledger)
+        };
+        assert_eq!(t(&["--ledger-url", URL]), (week, false));
+        assert_eq!(
+            t(&["--ledger-url", URL, "--purge-after-s", "2"]),
+            (Some(Duration::from_secs(2)), false)
+        );
+        assert_eq!(
+            t(&["--ledger-url", URL, "--purge-after-s", "0"]),
+            (None, false)
+        );
+        // Without a ledger: off, and said so; on only when asked.
+        assert_eq!(t(&[]), (None, true));
+        assert_eq!(t(&["--purge-after-s", "0"]), (None, false));
+        assert_eq!(t(&["--purge-without-ledger"]), (week, false));
+        assert_eq!(
+            t(&["--purge-without-ledger", "--purge-after-s", "31536000"]),
+            (Some(Duration::from_secs(PURGE_AFTER_MAX_S)), false)
+        );
     }
 
     #[test]

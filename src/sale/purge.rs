@@ -262,7 +262,7 @@ pub async fn compare_with_ledger(
 async fn read_orders<'a>(
     redis: &Redis,
     ids: &[&'a str],
-    key_of: &dyn Fn(&str) -> String,
+    key_of: &(dyn Fn(&str) -> String + Sync),
 ) -> Result<Vec<(&'a str, HashMap<String, String>)>, CompareError> {
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -67,8 +67,20 @@
 //!   the discovery, retired or not; a blocking read whose stream is deleted
 //!   under it (`UNBLOCKED`) is not a failure: logged at debug, the next
 //!   discovery drops the sale.
+//! - Retired sales are purged (`retention.rs`, `--purge-after-s`; on by
+//!   default with a ledger, 7 days after the end): every `--sweep-ms` those
+//!   whose end lies that far back are handed to a purge task (live sales
+//!   never wait for a purge), which purges them through
+//!   `sale::purge::purge` — the code path and the checks of `flashsale sale
+//!   purge` (with the ledger: every recorded order there as it ended) —
+//!   and never while the ledger does not answer. Two workers on one sale:
+//!   the first takes it out of the index, the other leaves it to it.
+//!   `flashsale_worker_purged_total`; a retirement comes no later than the
+//!   purge's grace. The task is not a step: it works on the master of the
+//!   moment, outside the one-node rule (nothing of the sale changes).
 //! - SIGTERM/SIGINT: stop reading, finish and ack the batch in hand, exit 0
-//!   (bounded by `--shutdown-timeout-s`); a second signal exits at once —
+//!   (bounded by `--shutdown-timeout-s`, which also covers the purge of the
+//!   sale in hand); a second signal exits at once —
 //!   what this worker held is reclaimed by the others.
 //!
 //! **Event entries.** From library version 12 an order lives on after it is
@@ -169,6 +181,7 @@
 mod entry;
 mod expiry;
 mod ledger;
+mod retention;
 mod retire;
 mod upkeep;
 
@@ -183,6 +196,7 @@ use crate::ledger::Ledger;
 use crate::redis::{DbError, MasterLink, Redis, functions};
 use entry::{Entry, parse_entry};
 use ledger::{ByStream, Held, LedgerState};
+pub use retention::MAX_BACKOFF_SWEEPS;
 pub use retire::{RECHECK_SWEEPS, RETIRE_AFTER_END};
 
 /// The consumer group every worker joins.
@@ -251,6 +265,8 @@ pub struct Worker {
     ledger: Option<LedgerState>,
     /// A batch the ledger has not taken yet (see "The ledger" above).
     held: Option<Held>,
+    /// The automatic purge of ended sales (`retention.rs`), when on.
+    retention: Option<retention::Retention>,
 }
 
 /// Most stream entries one `fs_trim` call looks at.
@@ -262,6 +278,9 @@ impl Worker {
     pub fn new(redis: Redis, cfg: WorkerTuning) -> Self {
         metrics::counter!("flashsale_worker_expired_total").increment(0);
         metrics::gauge!("flashsale_worker_sales").set(0.0);
+        let retention = cfg
+            .purge_after
+            .map(|after| retention::Retention::new(redis.clone(), after));
         Self {
             redis,
             cfg,
@@ -280,14 +299,27 @@ impl Worker {
             own_pending: false,
             ledger: None,
             held: None,
+            retention,
         }
     }
 
     /// Records every order in `ledger` before confirming it (see "The
     /// ledger" in the module doc). The schema must be in place.
     pub fn with_ledger(mut self, ledger: Ledger) -> Self {
+        if let Some(r) = self.retention.as_mut() {
+            r.with_ledger(ledger.clone());
+        }
         self.ledger = Some(LedgerState::new(ledger));
         self
+    }
+
+    /// How long after its end a finished sale is retired: a minute
+    /// ([`RETIRE_AFTER_END`]), or the purge's grace when that is shorter
+    /// (a sale is purged once retired).
+    pub(super) fn retire_after(&self) -> Duration {
+        self.retention
+            .as_ref()
+            .map_or(RETIRE_AFTER_END, |r| r.after().min(RETIRE_AFTER_END))
     }
 
     pub fn consumer(&self) -> &str {
@@ -354,6 +386,7 @@ impl Worker {
         }
         self.discover(&link, false).await?;
         self.retire_pass(&link).await?;
+        self.retention_pass(&link).await?;
         if self.streams.is_empty() {
             tokio::time::sleep(self.cfg.block.min(self.cfg.discover_every)).await;
             return Ok(report);
@@ -614,6 +647,17 @@ impl Worker {
 /// The caller bounds how long that may take.
 pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
     tracing::info!(consumer = worker.consumer(), "worker started");
+    match (&worker.retention, worker.cfg.purge_needs_ledger) {
+        (Some(r), _) => tracing::info!(
+            purge_after_s = r.after().as_secs(),
+            "ended sales are purged from Redis once settled, this long after their end"
+        ),
+        (None, true) => tracing::info!(
+            "automatic purge off: without FLASHSALE_LEDGER_URL Redis holds the only copy of the \
+             orders (FLASHSALE_WORKER_PURGE_WITHOUT_LEDGER=true purges them anyway)"
+        ),
+        (None, false) => tracing::info!("automatic purge off (FLASHSALE_WORKER_PURGE_AFTER_S=0)"),
+    }
     let (batch, linger) = (worker.cfg.batch, worker.cfg.linger);
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -649,6 +693,9 @@ pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
                 () = &mut shutdown => stopping = true,
             }
         }
+    }
+    if let Some(r) = worker.retention.as_mut() {
+        r.finish().await;
     }
     let held = worker.holding();
     if held > 0 {

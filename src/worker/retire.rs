@@ -1,5 +1,6 @@
 //! Ended sales leave the worker's work. A sale that ended more than
-//! [`RETIRE_AFTER_END`] ago (the server's clock) and has nothing left for
+//! [`RETIRE_AFTER_END`] ago (the server's clock; the automatic purge's
+//! grace when that is shorter, see `retention.rs`) and has nothing left for
 //! any worker — every order recorded (`orders == confirmed`), no order
 //! waiting for its payment (`payby` empty), and in the group nothing
 //! pending and no lag on its stream — is retired: it leaves this worker's
@@ -47,8 +48,15 @@ fn int(v: &Value) -> Option<i64> {
 }
 
 /// Judges one sale from its replies: `HMGET sale ends_ms orders
-/// confirmed`, `ZCARD payby`, `XINFO GROUPS stream` (any may be an error).
-fn standing(now_ms: i64, sale: &Value, payby: &Value, groups: &Value) -> Standing {
+/// confirmed`, `ZCARD payby`, `XINFO GROUPS stream` (any may be an error),
+/// retired `retire_after` after its end.
+fn standing(
+    now_ms: i64,
+    retire_after: Duration,
+    sale: &Value,
+    payby: &Value,
+    groups: &Value,
+) -> Standing {
     let Value::Array(fields) = sale else {
         return Standing::Busy;
     };
@@ -58,7 +66,7 @@ fn standing(now_ms: i64, sale: &Value, payby: &Value, groups: &Value) -> Standin
     let Some(ends) = int(ends) else {
         return Standing::Gone;
     };
-    if now_ms - ends < RETIRE_AFTER_END.as_millis() as i64 {
+    if now_ms - ends < retire_after.as_millis() as i64 {
         return Standing::Busy;
     }
     if int(orders).unwrap_or(0) != int(confirmed).unwrap_or(0) || int(payby) != Some(0) {
@@ -143,9 +151,10 @@ impl Worker {
             let now = redis::from_redis_value_ref::<(u64, u64)>(&replies[0])
                 .map(time_ms)
                 .map_err(|e| DbError::Protocol(format!("TIME: {e}")))?;
+            let after = self.retire_after();
             for (n, (sku, stream, was_retired)) in candidates.into_iter().enumerate() {
                 let r = &replies[1 + 3 * n..4 + 3 * n];
-                match (standing(now, &r[0], &r[1], &r[2]), was_retired) {
+                match (standing(now, after, &r[0], &r[1], &r[2]), was_retired) {
                     (Standing::Finished, false) => {
                         self.streams.retain(|(s, _)| *s != sku);
                         self.claim_cursor.remove(&stream);
@@ -217,25 +226,55 @@ mod tests {
         let long_ago = Some(now - 61_000);
         let idle = groups(GROUP, 0, Value::Int(0));
         assert_eq!(
-            standing(now, &sale(long_ago, 5, 5), &Value::Int(0), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(long_ago, 5, 5),
+                &Value::Int(0),
+                &idle
+            ),
             Standing::Finished
         );
         // Ended too recently, or not at all.
         assert_eq!(
-            standing(now, &sale(Some(now - 30_000), 5, 5), &Value::Int(0), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(Some(now - 30_000), 5, 5),
+                &Value::Int(0),
+                &idle
+            ),
             Standing::Busy
         );
         assert_eq!(
-            standing(now, &sale(Some(now + 60_000), 0, 0), &Value::Int(0), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(Some(now + 60_000), 0, 0),
+                &Value::Int(0),
+                &idle
+            ),
             Standing::Busy
         );
         // An order not recorded, one waiting for its payment.
         assert_eq!(
-            standing(now, &sale(long_ago, 5, 4), &Value::Int(0), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(long_ago, 5, 4),
+                &Value::Int(0),
+                &idle
+            ),
             Standing::Busy
         );
         assert_eq!(
-            standing(now, &sale(long_ago, 5, 5), &Value::Int(1), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(long_ago, 5, 5),
+                &Value::Int(1),
+                &idle
+            ),
             Standing::Busy
         );
         // Pending, lag, an unknown lag, another group only, no stream.
@@ -247,14 +286,37 @@ mod tests {
             Value::Array(vec![]),
         ] {
             assert_eq!(
-                standing(now, &sale(long_ago, 5, 5), &Value::Int(0), &g),
+                standing(
+                    now,
+                    RETIRE_AFTER_END,
+                    &sale(long_ago, 5, 5),
+                    &Value::Int(0),
+                    &g
+                ),
                 Standing::Busy,
                 "{g:?}"
             );
         }
+        // With a shorter purge grace, retired that much after the end.
+        assert_eq!(
+            standing(
+                now,
+                Duration::from_secs(1),
+                &sale(Some(now - 2_000), 5, 5),
+                &Value::Int(0),
+                &idle
+            ),
+            Standing::Finished
+        );
         // A purged sale's hash is gone.
         assert_eq!(
-            standing(now, &sale(None, 0, 0), &Value::Int(0), &idle),
+            standing(
+                now,
+                RETIRE_AFTER_END,
+                &sale(None, 0, 0),
+                &Value::Int(0),
+                &idle
+            ),
             Standing::Gone
         );
     }

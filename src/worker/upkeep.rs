@@ -2,7 +2,7 @@
 //! streams (and dropping purged ones), reclaiming idle entries and
 //! dead-lettering poison ones, trimming, and the sweep that queues lost
 //! orders again. Expiry is in `expiry.rs`, retiring ended sales in
-//! `retire.rs`. Every call runs on
+//! `retire.rs`, purging them in `retention.rs`. Every call runs on
 //! the one link of the step it belongs to (see the one-node rule in
 //! `mod.rs`).
 
@@ -46,12 +46,14 @@ impl Worker {
             );
         }
         for sku in skus.into_iter().filter(|s| valid_sku(s)) {
-            // Known: worked on, or retired (judged again in its turn).
+            // Known: worked on, retired (judged again in its turn), or
+            // being purged (its stream must not be made again).
             if self
                 .streams
                 .iter()
                 .chain(&self.retired)
                 .any(|(s, _)| *s == sku)
+                || self.retention.as_ref().is_some_and(|r| r.holds(&sku))
             {
                 continue;
             }

@@ -18,6 +18,7 @@ mod operator;
 mod payment;
 mod prices;
 mod proxies;
+mod retention;
 mod settings;
 mod support;
 mod worker;
