@@ -105,7 +105,9 @@ pub struct ServeArgs {
     /// `GET /api/products/{sku}` answer until it is purged.
     #[arg(long, env = "FLASHSALE_ENDED_LISTED_S", default_value_t = 3600)]
     pub ended_listed_s: u64,
-    /// Adds /dev/login, a page that sets a shopper cookie for a typed-in name (development only).
+    /// Adds /dev/login, a page that sets a shopper cookie for a typed-in name,
+    /// and, with a payment window, POST /dev/pay/{order_id}, a development
+    /// payment of the shopper's own order (development only).
     #[arg(long, env = "FLASHSALE_DEV_LOGIN", default_value_t = false)]
     pub dev_login: bool,
     /// Mark the shopper cookie `Secure` (turn off only for plain-http development).

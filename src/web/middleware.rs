@@ -40,7 +40,7 @@ const UNMATCHED: &str = "unmatched";
 fn route_labels() -> Vec<&'static str> {
     let mut labels = vec![PURCHASE];
     labels.extend(super::openapi::documented_paths().filter(|p| *p != PURCHASE));
-    labels.extend(["/dev/login", STATIC, UNMATCHED]);
+    labels.extend(["/dev/login", "/dev/pay/{order_id}", STATIC, UNMATCHED]);
     labels
 }
 
@@ -326,6 +326,7 @@ mod tests {
             "/api/openapi.json",
             "/api/orders/{order_id}/payment",
             "/dev/login",
+            "/dev/pay/{order_id}",
         ] {
             assert_eq!(label(Some(p)), p);
         }
