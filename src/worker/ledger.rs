@@ -5,6 +5,19 @@
 //! when the ledger does not answer, hold the batch — retry with backoff,
 //! keep its entries from looking idle, read, reclaim and expire nothing —
 //! until it does.
+//!
+//! **Fault hook, for the failover harness only** (never set in deploy):
+//! `FLASHSALE_WORKER_FAULT=exit-after-ledger-commit[:N]` (N ≥ 1, default
+//! 1), read once when the worker starts with a ledger, makes the worker
+//! `std::process::abort()` right after its N-th ledger write that
+//! committed and before that batch's `fs_confirm_batch`: the crash between
+//! the two that "The ledger" in `mod.rs` says loses and doubles nothing
+//! (the entries stay pending, their orders `queued` in Redis and already
+//! in the ledger; whoever takes them over writes nothing new and confirms
+//! them). `loadtest/src/bin/failover.rs` (scenario
+//! `worker-killed-after-commit`) sets it and says so in its lines. Without
+//! a ledger it does nothing; any other value is logged and ignored; an
+//! armed hook is logged at start.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +34,38 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// A success this recent vouches for the ledger without a probe.
 const FRESH: Duration = Duration::from_secs(1);
 
+/// The fault hook's variable and value (see the module doc).
+const FAULT_VAR: &str = "FLASHSALE_WORKER_FAULT";
+const FAULT_EXIT_AFTER_COMMIT: &str = "exit-after-ledger-commit";
+
+/// `Some(N)` when `value` arms the hook: exit after the N-th commit.
+fn parse_fault(value: &str) -> Option<u64> {
+    let rest = value.trim().strip_prefix(FAULT_EXIT_AFTER_COMMIT)?;
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => Some(1),
+        Some(n) => n.parse().ok().filter(|n| *n >= 1),
+        None => None,
+    }
+}
+
+/// The hook as this process's environment sets it, read once (at start).
+fn fault_from_env() -> Option<u64> {
+    let value = std::env::var(FAULT_VAR).ok()?;
+    let nth = parse_fault(&value);
+    match nth {
+        Some(n) => tracing::warn!(
+            nth = n,
+            "{FAULT_VAR}: fault hook armed (a test harness's): this worker aborts right after \
+             its ledger commit number {n}, before confirming that batch in Redis"
+        ),
+        None => tracing::error!(
+            value,
+            "{FAULT_VAR}: not `{FAULT_EXIT_AFTER_COMMIT}[:N]` with N >= 1; ignored"
+        ),
+    }
+    nth
+}
+
 /// Entries of one batch by stream (index into `Worker::streams`).
 pub(super) type ByStream = Vec<(usize, Vec<Entry>)>;
 
@@ -30,6 +75,9 @@ pub(super) struct LedgerState {
     /// Since when it has not answered (`None`: it answers).
     down_since: Option<Instant>,
     last_ok: Option<Instant>,
+    /// The fault hook: abort after this many commits (see the module doc).
+    abort_after_commits: Option<u64>,
+    commits: u64,
 }
 
 /// A batch whose orders are read and held by the replicas but not yet in
@@ -63,6 +111,21 @@ impl LedgerState {
             ledger,
             down_since: None,
             last_ok: Some(Instant::now()),
+            abort_after_commits: fault_from_env(),
+            commits: 0,
+        }
+    }
+
+    /// A ledger write committed; the fault hook's moment (see the module
+    /// doc): called before the batch is confirmed.
+    fn committed(&mut self) {
+        self.commits += 1;
+        if self.abort_after_commits == Some(self.commits) {
+            tracing::error!(
+                commit = self.commits,
+                "{FAULT_VAR}: aborting after this ledger commit, before confirming the batch"
+            );
+            std::process::abort();
         }
     }
 
@@ -133,6 +196,7 @@ impl Worker {
         match state.ledger.record(&records).await {
             Ok(_) => {
                 state.up();
+                state.committed();
                 Ok(Some(batch))
             }
             Err(e) => {
@@ -318,6 +382,7 @@ impl Worker {
         match state.ledger.record(&held.records).await {
             Ok(_) => {
                 state.up();
+                state.committed();
                 let held = self.held.take().expect("held");
                 let batch = self.by_stream(held.batch);
                 self.confirm(link, &batch, report).await
@@ -380,5 +445,27 @@ impl Worker {
         }
         let () = self.redis.on_link(link, &pipe).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fault;
+
+    #[test]
+    fn the_fault_hook_reads_its_value() {
+        assert_eq!(parse_fault("exit-after-ledger-commit"), Some(1));
+        assert_eq!(parse_fault("exit-after-ledger-commit:7"), Some(7));
+        assert_eq!(parse_fault(" exit-after-ledger-commit:2 "), Some(2));
+        for bad in [
+            "",
+            "exit-after-ledger-commit:0",
+            "exit-after-ledger-commit:",
+            "exit-after-ledger-commit:x",
+            "exit-after-ledger-commits",
+            "exit",
+        ] {
+            assert_eq!(parse_fault(bad), None, "{bad:?}");
+        }
     }
 }
