@@ -5,8 +5,12 @@
 # summary line per run, then the matrix per scenario: runs, failed runs,
 # invariant violations, unconfirmed promises, 503 answers, the longest time
 # from `+switch-master` to the next 202, the most Redis link installs of one
-# process per switch. Exits non-zero if any run broke a bound (see
-# `failover --help`). Every run's logs and the summary are kept under
+# process per switch, and the order ledger's audit (promised orders missing
+# there / doubled / differing from Redis). Each run has its own ledger, the
+# test kit's PostgreSQL, unless `-- --no-ledger` (then the ledger's own
+# scenarios, ledger-outage and worker-killed-after-commit, are left out).
+# Exits non-zero if any run broke a bound (see `failover --help`). Every
+# run's logs and the summary are kept under
 # loadtest/results/failover-<timestamp>/.
 #
 #   loadtest/failover.sh [--runs N] [--scenario NAME ...] [-- HARNESS ARGS ...]
@@ -24,7 +28,8 @@ while (($#)); do
   esac
 done
 ((${#scenarios[@]})) || scenarios=(--scenario all)
-scripts/setup.sh
+# PostgreSQL's server binaries for the ledger (off PATH, found by the kit).
+scripts/setup.sh postgresql
 cargo build --release --locked --workspace --bins
 out=loadtest/results/failover-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"

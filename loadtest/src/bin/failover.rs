@@ -4,8 +4,11 @@
 //!
 //! Each run starts its own Sentinel group (`GroupOptions::default()`: the
 //! shipped settings, unless the test kit reports a timing override, which
-//! every line then names), two `flashsale serve` instances and two
-//! `flashsale-worker`s (their own defaults, metrics on a free port), creates
+//! every line then names), its own order ledger (the test kit's throw-away
+//! PostgreSQL; `--no-ledger` runs without one, as the matrix was measured
+//! before the ledger existed), two `flashsale serve` instances and two
+//! `flashsale-worker`s (their own defaults, metrics on a free port,
+//! `FLASHSALE_LEDGER_URL` pointing at the ledger), creates
 //! a sale, and drives it with thousands of distinct shoppers who behave like
 //! the page script: one Idempotency-Key per shopper, backoff and retry on 503
 //! or a dropped connection, the other server when one is gone. Every 503 is
@@ -20,13 +23,39 @@
 //!   master after the workers drain, with a bounded wait);
 //! - no answer is 503 when the master switch completed within the hold
 //!   (`FLASHSALE_FAILOVER_WAIT_MS`), nor when no data node failed at all
-//!   (`kill-worker-server`); `kill-replica-sentinel` only reports them;
+//!   (`kill-worker-server`, `ledger-outage`, `worker-killed-after-commit`);
+//!   `kill-replica-sentinel` only reports them;
 //! - `planned`: the first 202 answered after the first `+switch-master`
 //!   comes within `--resume-bound-ms` of it (unless the sale sold out before);
 //! - each server and worker installs at most `--link-installs-bound` Redis
 //!   links per switch (`flashsale_redis_link_installs_total`, read from their
 //!   metrics before the fault and after the drain; a process that does not
-//!   export it counts 0, and the line says so).
+//!   export it counts 0, and the line says so);
+//! - with the ledger (after the drain): every promised order is in the
+//!   ledger exactly once (no order id twice, no shopper with two orders:
+//!   the test kit's `ledger_promises`), and `flashsale audit --sku` with
+//!   `FLASHSALE_LEDGER_URL` finds its `ledger` part consistent (Redis and
+//!   the ledger hold the same orders, users, quantities and statuses) with
+//!   nothing `pending`; the line's `ledger=` says rows, missing, doubled
+//!   (ids twice, shoppers twice, the audit's `duplicated`) and differing
+//!   (the audit's other totals);
+//! - `ledger-outage` (PostgreSQL stopped `--outage-s`, 30 s, while the
+//!   shoppers arrive slowly enough that about a third of the stock sells
+//!   then and a third after): purchases are answered 202 while it is down
+//!   (and no 503), the sale's `confirmed` count does not move from 1 s
+//!   after the stop to the start and every order answered in that time is
+//!   still `queued`, some worker says `flashsale_ledger_up 0`, and 202s
+//!   are answered after it is back (unless the sale sold out before);
+//! - `worker-killed-after-commit`: worker-0 runs with the worker's fault
+//!   hook `FLASHSALE_WORKER_FAULT=exit-after-ledger-commit:N`
+//!   (`--fault-commit`, 3; `src/worker/ledger.rs`: it aborts right after
+//!   its N-th ledger commit, before that batch's `fs_confirm_batch`; the
+//!   header and the scenario's lines name it). It must die by SIGABRT with
+//!   entries pending whose orders are all `queued` in Redis and all in the
+//!   ledger (`window=`); it is started again (a new consumer name, as a
+//!   restart under systemd), and the others take its entries over once
+//!   idle (`--claim-idle-ms`, 10 s) — the ledger write again changes
+//!   nothing (`ON CONFLICT DO NOTHING`), then Redis confirms them.
 //!
 //! One summary line per run, ending in `result=ok` or `result=FAIL: <reasons>`,
 //! and a matrix per scenario at the end.
@@ -34,6 +63,8 @@
 //! ```text
 //! cargo run --release -p flashsale-loadtest --bin failover -- \
 //!     --scenario all --runs 20
+//! cargo run --release -p flashsale-loadtest --bin failover -- \
+//!     --scenario kill-master --runs 5 --no-ledger
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,10 +75,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use flashsale::config::Secret;
+use flashsale::ledger::{Ledger, LedgerSettings};
+use flashsale::redis::Keys;
 use flashsale_loadtest::bench::cpu_seconds;
 use flashsale_loadtest::redis_group::{GroupOptions, Node, RedisGroup};
 use flashsale_testkit::metrics::counter_sum;
-use flashsale_testkit::orders::{order_statuses, reached_confirmed};
+use flashsale_testkit::metrics::metric_value;
+use flashsale_testkit::orders::{
+    ledger_promises, order_statuses, reached_confirmed, unconfirmed_after,
+};
+use flashsale_testkit::postgres::Postgres;
 use flashsale_testkit::procs::redis_env;
 use flashsale_testkit::switch::SwitchWatch;
 use serde_json::{Value, json};
@@ -68,17 +106,26 @@ enum Scenario {
     KillWorkerServer,
     /// kill -9 of the master, then restart it once the switch is done.
     RestartOldMaster,
+    /// PostgreSQL (the order ledger) stopped for --outage-s mid-sale, then
+    /// started again; the sale goes on throughout (needs the ledger).
+    LedgerOutage,
+    /// A worker dies (abort) between its ledger commit and the Redis
+    /// confirmation of that batch, through the worker's fault hook
+    /// FLASHSALE_WORKER_FAULT; it is restarted (needs the ledger).
+    WorkerKilledAfterCommit,
     /// Every scenario above, in turn.
     All,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 8] = [
     Scenario::KillMaster,
     Scenario::StopMaster,
     Scenario::Planned,
     Scenario::KillReplicaSentinel,
     Scenario::KillWorkerServer,
     Scenario::RestartOldMaster,
+    Scenario::LedgerOutage,
+    Scenario::WorkerKilledAfterCommit,
 ];
 
 impl Scenario {
@@ -92,6 +139,22 @@ impl Scenario {
                 | Scenario::RestartOldMaster
         )
     }
+
+    /// Whether the fault is the ledger's or needs it.
+    fn needs_ledger(self) -> bool {
+        matches!(
+            self,
+            Scenario::LedgerOutage | Scenario::WorkerKilledAfterCommit
+        )
+    }
+
+    /// Whether no Redis data node fails: then no purchase may be answered 503.
+    fn redis_untouched(self) -> bool {
+        matches!(
+            self,
+            Scenario::KillWorkerServer | Scenario::LedgerOutage | Scenario::WorkerKilledAfterCommit
+        )
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -103,7 +166,13 @@ impl Scenario {
         an invariant violation; a 202/409 order that does not reach `confirmed`; any 503 when \
         the switch completed within the hold (FLASHSALE_FAILOVER_WAIT_MS) or no data node \
         failed; in `planned`, a first 202 later than --resume-bound-ms after `+switch-master`; \
-        more than --link-installs-bound Redis link installs per process per switch."
+        more than --link-installs-bound Redis link installs per process per switch; with the \
+        order ledger (on unless --no-ledger: a throw-away PostgreSQL, the workers' \
+        FLASHSALE_LEDGER_URL), a promised order missing from the ledger or in it twice, or any \
+        difference `flashsale audit` finds between the ledger and Redis; in `ledger-outage`, an \
+        order confirmed while PostgreSQL is down or no purchase answered meanwhile; in \
+        `worker-killed-after-commit`, a worker that did not die between a ledger commit and its \
+        confirmation (its pending orders queued in Redis and already in the ledger)."
 )]
 struct Args {
     /// Scenarios to run (repeatable).
@@ -140,6 +209,18 @@ struct Args {
     /// Keep each run's logs here (default: a temp dir, removed on success).
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Run without the order ledger: no PostgreSQL, the workers confirm in
+    /// Redis alone (as the matrix was measured before the ledger existed);
+    /// the ledger's own scenarios refuse it.
+    #[arg(long)]
+    no_ledger: bool,
+    /// How long `ledger-outage` keeps PostgreSQL stopped, in seconds.
+    #[arg(long, default_value_t = 30)]
+    outage_s: u64,
+    /// `worker-killed-after-commit`: worker-0 aborts right after this many
+    /// of its ledger commits (FLASHSALE_WORKER_FAULT=exit-after-ledger-commit:N).
+    #[arg(long, default_value_t = 3)]
+    fault_commit: u64,
 }
 
 /// The Redis settings of the servers and workers as the product parses them
@@ -154,6 +235,9 @@ const JWT: &str = "harness-jwt-secret-0123456789";
 const ADMIN: &str = "harness-admin-token";
 const SKU: &str = "harness-sale";
 const LINK_INSTALLS: &str = "flashsale_redis_link_installs_total";
+/// The worker's fault hook (`src/worker/ledger.rs`): test only, and every
+/// line of a run that sets it says so.
+const FAULT_VAR: &str = "FLASHSALE_WORKER_FAULT";
 
 /// What the group runs: "shipped settings", or the timing override the
 /// test kit reports.
@@ -170,6 +254,9 @@ struct Proc {
     name: String,
     /// Where its Prometheus metrics are served.
     metrics_url: String,
+    /// Started again by the harness after its fault (its counters start
+    /// over).
+    restarted: bool,
 }
 
 impl Proc {
@@ -194,39 +281,55 @@ fn free_port() -> u16 {
 
 struct Cluster {
     group: RedisGroup,
+    /// The order ledger (`None`: --no-ledger).
+    pg: Option<Postgres>,
     servers: Vec<(String, Proc)>,
     workers: Vec<Proc>,
+    bin_dir: PathBuf,
+    logs: PathBuf,
+    /// PIDs of the servers and workers this run started, one a line, for
+    /// the watchdog (a restarted worker is added).
+    pid_file: PathBuf,
     watchdog: std::process::Child,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // A normal end: the group's own Drop and kill_on_drop clean up.
+        // A normal end: the group's and PostgreSQL's own Drop and
+        // kill_on_drop clean up.
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();
     }
 }
 
+/// What every server and worker of a run is given.
+fn service_env(c: &mut Command, group: &RedisGroup) {
+    redis_env(c, group, "fs")
+        .env("FLASHSALE_JWT_SECRET", JWT)
+        .env("FLASHSALE_ADMIN_TOKEN", ADMIN)
+        .env("FLASHSALE_RATE_LIMIT_PER_SHOPPER", "0")
+        .env("FLASHSALE_RATE_LIMIT_PER_IP", "0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+}
+
 impl Cluster {
-    async fn start(bin_dir: &Path, logs: &Path) -> Cluster {
+    /// `fault`: the worker fault hook's value for worker-0, if any.
+    async fn start(bin_dir: &Path, logs: &Path, ledger: bool, fault: Option<&str>) -> Cluster {
         let group = RedisGroup::start(GroupOptions::default()).await;
         std::fs::create_dir_all(logs).expect("log dir");
-        let env = |c: &mut Command| {
-            redis_env(c, &group, "fs")
-                .env("FLASHSALE_JWT_SECRET", JWT)
-                .env("FLASHSALE_ADMIN_TOKEN", ADMIN)
-                .env("FLASHSALE_RATE_LIMIT_PER_SHOPPER", "0")
-                .env("FLASHSALE_RATE_LIMIT_PER_IP", "0")
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .kill_on_drop(true);
+        let pg = if ledger {
+            Some(Postgres::init().await)
+        } else {
+            None
         };
         let mut servers = Vec::new();
         for i in 0..2 {
             let port = free_port();
             let log = std::fs::File::create(logs.join(format!("serve-{i}.log"))).expect("log");
             let mut c = Command::new(bin_dir.join("flashsale"));
-            env(&mut c);
+            service_env(&mut c, &group);
             c.arg("serve")
                 .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
                 .stdout(Stdio::null())
@@ -239,38 +342,18 @@ impl Cluster {
                     child,
                     name: format!("serve-{i}"),
                     metrics_url: format!("{base}/metrics"),
+                    restarted: false,
                 },
             ));
         }
-        let mut workers = Vec::new();
-        for i in 0..2 {
-            let log = std::fs::File::create(logs.join(format!("worker-{i}.log"))).expect("log");
-            let port = free_port();
-            let mut c = Command::new(bin_dir.join("flashsale-worker"));
-            env(&mut c);
-            c.args(["--metrics", &format!("127.0.0.1:{port}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log));
-            workers.push(Proc {
-                child: c.spawn().expect("spawn flashsale-worker"),
-                name: format!("worker-{i}"),
-                metrics_url: format!("http://127.0.0.1:{port}/metrics"),
-            });
-        }
+        let pid_file = logs.join("pids");
         // If the harness itself is killed, Drop never runs: a watchdog stops
         // what this run started, by PID, once the harness is gone.
-        let pids: Vec<String> = servers
-            .iter()
-            .map(|(_, p)| p)
-            .chain(workers.iter())
-            .filter_map(Proc::pid)
-            .map(|p| p.to_string())
-            .collect();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-group.sh");
         let watchdog = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in {pids}; do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; bash '{script}' stop --dir '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in $(cat '{pids}' 2>/dev/null); do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; bash '{script}' stop --dir '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
             me = std::process::id(),
-            pids = pids.join(" "),
+            pids = pid_file.display(),
             script = script.display(),
             dir = group.dir().display(),
         );
@@ -282,8 +365,25 @@ impl Cluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the watchdog");
+        let mut cluster = Cluster {
+            group,
+            pg,
+            servers,
+            workers: Vec::new(),
+            bin_dir: bin_dir.to_owned(),
+            logs: logs.to_owned(),
+            pid_file,
+            watchdog,
+        };
+        for (_, p) in &cluster.servers {
+            cluster.note_pid(p);
+        }
+        for i in 0..2 {
+            let w = cluster.spawn_worker(i, if i == 0 { fault } else { None });
+            cluster.workers.push(w);
+        }
         let http = reqwest::Client::new();
-        for (base, p) in &servers {
+        for (base, p) in &cluster.servers {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(r) = http.get(format!("{base}/readyz")).send().await
@@ -295,23 +395,55 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        for w in &workers {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while http.get(&w.metrics_url).send().await.is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} does not serve its metrics",
-                    w.name
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for w in &cluster.workers {
+            wait_metrics(&http, w).await;
         }
-        Cluster {
-            group,
-            servers,
-            workers,
-            watchdog,
+        cluster
+    }
+
+    /// Adds a process to the watchdog's list.
+    fn note_pid(&self, p: &Proc) {
+        use std::io::Write;
+        if let Some(pid) = p.pid()
+            && let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.pid_file)
+        {
+            let _ = writeln!(f, "{pid}");
         }
+    }
+
+    /// Starts `flashsale-worker` number `i` (its own defaults, metrics on a
+    /// free port, the ledger when there is one; `fault`: the value of the
+    /// worker's fault hook). Its log is appended to, so a restart keeps
+    /// what the first one wrote.
+    fn spawn_worker(&self, i: usize, fault: Option<&str>) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("worker-{i}.log")))
+            .expect("log");
+        let port = free_port();
+        let mut c = Command::new(self.bin_dir.join("flashsale-worker"));
+        service_env(&mut c, &self.group);
+        if let Some(pg) = &self.pg {
+            c.env("FLASHSALE_LEDGER_URL", pg.url());
+        }
+        if let Some(f) = fault {
+            c.env(FAULT_VAR, f);
+        }
+        c.args(["--metrics", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let p = Proc {
+            child: c.spawn().expect("spawn flashsale-worker"),
+            name: format!("worker-{i}"),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            restarted: false,
+        };
+        self.note_pid(&p);
+        p
     }
 
     fn procs(&self) -> impl Iterator<Item = &Proc> {
@@ -319,6 +451,19 @@ impl Cluster {
             .iter()
             .map(|(_, p)| p)
             .chain(self.workers.iter())
+    }
+}
+
+/// Waits until a worker serves its metrics (it is connected and running).
+async fn wait_metrics(http: &reqwest::Client, w: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(&w.metrics_url).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} does not serve its metrics",
+            w.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -347,6 +492,8 @@ struct Observed {
     first_failure: Option<Instant>,
     first_success_after_failure: Option<Instant>,
     failed_shoppers: u64,
+    /// Every 202 answered, when, with its order id.
+    answered_202: Vec<(Instant, String)>,
 }
 
 struct Shared {
@@ -362,6 +509,8 @@ struct Shared {
     first_sold_out: std::sync::Mutex<Option<Instant>>,
     observed: Mutex<Observed>,
     dead_server: AtomicU64,
+    /// New shoppers per second now (a scenario may slow the sale down).
+    pace: AtomicU64,
 }
 
 impl Shared {
@@ -453,14 +602,35 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
             o.failed_shoppers += 1;
         }
         let id = body["order_id"].as_str().map(str::to_owned);
-        shared.observed.lock().await.finals.insert(i, (status, id));
+        let mut o = shared.observed.lock().await;
+        if let (202, Some(id)) = (status, &id) {
+            o.answered_202.push((done, id.clone()));
+        }
+        o.finals.insert(i, (status, id));
         return;
     }
 }
 
-/// Records every distinct `+switch-master` the Sentinels announce, with the
-/// time it was first heard.
-async fn inject(scenario: Scenario, cluster: &mut Cluster, shared: &Shared) -> Result<(), String> {
+/// What a fault left for the run's line and checks.
+#[derive(Default)]
+struct Fault {
+    /// Said in the run's line (empty for the Redis faults).
+    text: String,
+    /// `ledger-outage`: when PostgreSQL answered again.
+    ledger_back: Option<Instant>,
+}
+
+/// Injects the scenario's fault. Failures of the fault's own checks go to
+/// `violations` (the contract broke) or `reasons` (the run did not do what
+/// it should); an error means the fault could not be injected.
+async fn inject(
+    scenario: Scenario,
+    cluster: &mut Cluster,
+    shared: &Shared,
+    args: &Args,
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> Result<Fault, String> {
     let g = &mut cluster.group;
     match scenario {
         Scenario::KillMaster | Scenario::RestartOldMaster => {
@@ -486,9 +656,376 @@ async fn inject(scenario: Scenario, cluster: &mut Cluster, shared: &Shared) -> R
             shared.dead_server.store(1, Ordering::SeqCst);
             cluster.servers[0].1.kill9();
         }
+        Scenario::LedgerOutage => {
+            return ledger_outage(cluster, shared, args, violations, reasons).await;
+        }
+        Scenario::WorkerKilledAfterCommit => {
+            return worker_killed_after_commit(cluster, shared, args, reasons).await;
+        }
         Scenario::All => unreachable!(),
     }
-    Ok(())
+    Ok(Fault::default())
+}
+
+/// One field of the sale's hash on the current master (0 when absent).
+async fn sale_field(group: &RedisGroup, field: &str) -> Result<i64, String> {
+    let mut c = group.client(group.master_port().await).await;
+    let v: Option<i64> = redis::cmd("HGET")
+        .arg(format!("fs:{{{SKU}}}:sale"))
+        .arg(field)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(v.unwrap_or(0))
+}
+
+/// `ledger-outage`: PostgreSQL stopped (a fast shutdown: every connection
+/// dropped, the port closed) for `--outage-s`, then started again on the
+/// same data and port. While it is down the shoppers arrive slowly enough
+/// that about a third of the stock sells then and a third is left for
+/// after. Checked: purchases are answered while it is down (the 503 bound
+/// of a run where no Redis node fails applies throughout); from 1 s after
+/// the stop (a batch committed just before it may still be confirmed) to
+/// the start, the sale's `confirmed` count does not move and every order
+/// answered 202 in that time is still `queued`; at least one worker says
+/// `flashsale_ledger_up 0` meanwhile.
+async fn ledger_outage(
+    cluster: &mut Cluster,
+    shared: &Shared,
+    args: &Args,
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> Result<Fault, String> {
+    let outage = Duration::from_secs(args.outage_s.max(2));
+    let settle = Duration::from_secs(1);
+    let slow = (args.stock.max(3) as u64 / 3 / outage.as_secs()).clamp(1, args.arrival_rate.max(1));
+    shared.pace.store(slow, Ordering::SeqCst);
+    let pg = cluster.pg.as_mut().ok_or("no ledger to stop")?;
+    pg.stop().await;
+    let down_at = Instant::now();
+    tokio::time::sleep(settle).await;
+    let confirmed_from = sale_field(&cluster.group, "confirmed").await?;
+    tokio::time::sleep_until((down_at + outage / 2).into()).await;
+    let mut ups = Vec::new();
+    for w in &cluster.workers {
+        let up = match shared.http.get(&w.metrics_url).send().await {
+            Ok(r) => r
+                .text()
+                .await
+                .ok()
+                .and_then(|t| metric_value(&t, "flashsale_ledger_up")),
+            Err(_) => None,
+        };
+        ups.push(up.map_or_else(|| "-".to_owned(), |v| v.to_string()));
+    }
+    tokio::time::sleep_until((down_at + outage).into()).await;
+    let confirmed_to = sale_field(&cluster.group, "confirmed").await?;
+    let now = Instant::now();
+    let answered: Vec<String> = {
+        let o = shared.observed.lock().await;
+        o.answered_202
+            .iter()
+            .filter(|(t, _)| *t >= down_at + settle && *t <= now)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let statuses = order_statuses(&cluster.group, "fs", &answered)
+        .await
+        .map_err(|e| e.to_string())?;
+    let not_queued = statuses
+        .iter()
+        .filter(|s| s.as_deref() != Some("queued"))
+        .count();
+    let pg = cluster.pg.as_mut().ok_or("no ledger to start")?;
+    pg.start().await;
+    let back = Instant::now();
+    shared
+        .pace
+        .store(args.arrival_rate.max(1), Ordering::SeqCst);
+    let answered_while_down = shared
+        .observed
+        .lock()
+        .await
+        .answered_202
+        .iter()
+        .filter(|(t, _)| *t >= down_at && *t <= back)
+        .count();
+    if confirmed_to != confirmed_from {
+        violations.push(format!(
+            "{} orders confirmed while the ledger was down",
+            confirmed_to - confirmed_from
+        ));
+    }
+    if not_queued > 0 {
+        violations.push(format!(
+            "{not_queued} of the {} orders answered while the ledger was down are not queued",
+            answered.len()
+        ));
+    }
+    if answered_while_down == 0 {
+        reasons.push("no purchase answered 202 while the ledger was down".into());
+    }
+    // How long the workers take to confirm what was answered while the
+    // ledger was down, once it is back (the sale goes on meanwhile).
+    let caught_up = unconfirmed_after(&cluster.group, "fs", &answered, Duration::from_secs(30))
+        .await
+        .is_empty()
+        .then(|| back.elapsed().as_millis());
+    if !ups.iter().any(|u| u == "0") {
+        reasons.push(format!(
+            "no worker said flashsale_ledger_up 0 while the ledger was down ({})",
+            ups.join(",")
+        ));
+    }
+    Ok(Fault {
+        text: format!(
+            "ledger_down_ms={} answered_202_while_down={answered_while_down} confirmed_while_down={} checked_queued={}/{} ledger_up_mid_outage={} confirmed_after_back_ms={}",
+            back.duration_since(down_at).as_millis(),
+            confirmed_to - confirmed_from,
+            answered.len() - not_queued,
+            answered.len(),
+            ups.join(","),
+            caught_up.map_or_else(|| ">30000".to_owned(), |ms| ms.to_string()),
+        ),
+        ledger_back: Some(back),
+    })
+}
+
+/// `worker-killed-after-commit`: worker-0 runs with the worker's fault
+/// hook (`FLASHSALE_WORKER_FAULT=exit-after-ledger-commit:N`: it aborts
+/// right after its N-th ledger commit, before confirming that batch).
+/// Waits for its death, then checks that it died in that window: it has
+/// entries pending, and each one's order is `queued` in Redis and already
+/// in the ledger. Then starts it again, as systemd would (a new consumer
+/// name: the entries it held are taken over by whichever worker reclaims
+/// them once idle, `--claim-idle-ms`).
+async fn worker_killed_after_commit(
+    cluster: &mut Cluster,
+    shared: &Shared,
+    args: &Args,
+    reasons: &mut Vec<String>,
+) -> Result<Fault, String> {
+    use std::os::unix::process::ExitStatusExt;
+    let hook = format!("{FAULT_VAR}={}", fault_value(args));
+    let pid = cluster.workers[0].pid().ok_or("worker-0 has no pid")?;
+    let status = match tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster.workers[0].child.wait(),
+    )
+    .await
+    {
+        Ok(Ok(st)) => st,
+        _ => {
+            return Err(format!(
+                "worker-0 did not die within 60 s with {hook} (fewer commits than that?)"
+            ));
+        }
+    };
+    let sold = shared.accepted.load(Ordering::SeqCst);
+    // SIGABRT, what std::process::abort() ends a process with.
+    if status.signal() != Some(6) {
+        reasons.push(format!(
+            "worker-0 ended with {status}, not the hook's abort"
+        ));
+    }
+    let (pending, queued, in_ledger) = fault_window(cluster, pid).await?;
+    if pending == 0 || queued != pending || in_ledger != pending {
+        reasons.push(format!(
+            "worker-0 did not die between a ledger commit and its confirmation: {pending} entries pending, {queued} of their orders queued in Redis, {in_ledger} in the ledger"
+        ));
+    }
+    let mut w = cluster.spawn_worker(0, None);
+    w.restarted = true;
+    cluster.workers[0] = w;
+    wait_metrics(&shared.http, &cluster.workers[0]).await;
+    Ok(Fault {
+        text: format!(
+            "fault_hook=\"{hook}\" worker0_exit=\"{status}\" sold_at_death={sold} window=pending:{pending},queued:{queued},in_ledger:{in_ledger} worker0_restarted"
+        ),
+        ledger_back: None,
+    })
+}
+
+/// The value of the fault hook worker-0 runs with in
+/// `worker-killed-after-commit`.
+fn fault_value(args: &Args) -> String {
+    format!("exit-after-ledger-commit:{}", args.fault_commit.max(1))
+}
+
+/// What a dead worker (by PID) left: its pending entries of the sale's
+/// stream, how many of their orders are `queued` in Redis, and how many
+/// are in the ledger. Its consumer name is the worker's default,
+/// `host-<pid>-<random>`.
+async fn fault_window(cluster: &Cluster, pid: i32) -> Result<(usize, usize, usize), String> {
+    let e2s = |e: redis::RedisError| e.to_string();
+    let keys = Keys::new("fs");
+    let stream = keys.stream(SKU);
+    let mut c = cluster
+        .group
+        .client(cluster.group.master_port().await)
+        .await;
+    let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg(flashsale::worker::GROUP)
+        .query_async(&mut c)
+        .await
+        .map_err(e2s)?;
+    let mark = format!("-{pid}-");
+    let Some(consumer) = consumers.consumers.iter().find(|c| c.name.contains(&mark)) else {
+        return Ok((0, 0, 0));
+    };
+    let p: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(flashsale::worker::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .arg(&consumer.name)
+        .query_async(&mut c)
+        .await
+        .map_err(e2s)?;
+    if p.ids.is_empty() {
+        return Ok((0, 0, 0));
+    }
+    let mut pipe = redis::pipe();
+    for e in &p.ids {
+        pipe.cmd("XRANGE").arg(&stream).arg(&e.id).arg(&e.id);
+    }
+    let entries: Vec<redis::streams::StreamRangeReply> =
+        pipe.query_async(&mut c).await.map_err(e2s)?;
+    let orders: Vec<String> = entries
+        .iter()
+        .flat_map(|r| r.ids.iter())
+        .filter_map(|e| e.get::<String>("order_id"))
+        .collect();
+    let statuses = order_statuses(&cluster.group, "fs", &orders)
+        .await
+        .map_err(e2s)?;
+    let queued = statuses
+        .iter()
+        .filter(|s| s.as_deref() == Some("queued"))
+        .count();
+    let pg = cluster.pg.as_ref().ok_or("no ledger")?;
+    let ledger = connect_ledger(pg).await?;
+    let mut in_ledger = 0;
+    for id in &orders {
+        if ledger.order(id).await.map_err(|e| e.to_string())?.is_some() {
+            in_ledger += 1;
+        }
+    }
+    ledger.close().await;
+    Ok((p.ids.len(), queued, in_ledger))
+}
+
+/// A connection to the run's ledger, as the product makes one.
+async fn connect_ledger(pg: &Postgres) -> Result<Ledger, String> {
+    let settings = LedgerSettings::parse(&Secret::new(pg.url())).map_err(|e| e.to_string())?;
+    Ledger::connect(&settings, "failover harness")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The ledger's side of a run, after the drain: `flashsale audit` with the
+/// ledger (its `ledger` part must be consistent, nothing `pending`) and
+/// every promised order in exactly one row (the test kit's
+/// `ledger_promises`).
+struct LedgerAudit {
+    text: String,
+    missing: u64,
+    doubled: u64,
+    differing: u64,
+}
+
+async fn audit_ledger(
+    cluster: &Cluster,
+    promised: &[String],
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> Option<LedgerAudit> {
+    let pg = cluster.pg.as_ref()?;
+    let mut c = Command::new(cluster.bin_dir.join("flashsale"));
+    service_env(&mut c, &cluster.group);
+    c.env("FLASHSALE_LEDGER_URL", pg.url())
+        .args(["audit", "--sku", SKU]);
+    let (mut differing, mut doubled, mut missing) = (0u64, 0u64, 0u64);
+    let mut pending = None;
+    let mut problems = Vec::new();
+    match c.output().await {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let parsed: Option<Value> = stdout
+                .lines()
+                .next()
+                .and_then(|l| serde_json::from_str(l).ok());
+            match parsed.as_ref().map(|v| &v["ledger"]) {
+                Some(l) if l.is_object() => {
+                    let t = |k: &str| l["totals"][k].as_u64().unwrap_or(0);
+                    differing = t("missing_in_ledger")
+                        + t("missing_in_redis")
+                        + t("status_differs")
+                        + t("fields_differ")
+                        + t("unreadable");
+                    doubled += t("duplicated");
+                    pending = l["pending"].as_u64();
+                    if l["consistent"] != true {
+                        problems.push(format!("flashsale audit: ledger inconsistent: {l}"));
+                    }
+                }
+                _ => problems.push(format!(
+                    "flashsale audit printed no ledger part (exit {:?}): {stdout}{}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            }
+            if out.status.code() != Some(0) {
+                problems.push(format!(
+                    "flashsale audit with the ledger exited {:?}",
+                    out.status.code()
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("flashsale audit did not run: {e}")),
+    }
+    let mut promises_text = String::from("rows:?");
+    match connect_ledger(pg).await {
+        Ok(ledger) => {
+            match ledger_promises(&ledger, SKU, promised, 1).await {
+                Ok(p) => {
+                    missing = p.missing_total;
+                    doubled += p.doubled();
+                    promises_text = format!("rows:{}", p.rows);
+                    if p.unpromised > 0 {
+                        promises_text.push_str(&format!(",unpromised:{}", p.unpromised));
+                    }
+                    if !p.exact() {
+                        problems.push(format!(
+                            "ledger vs promises: {} missing (e.g. {:?}), order ids twice {:?}, shoppers past the limit {:?}",
+                            p.missing_total, p.missing, p.doubled_ids, p.over_limit_users
+                        ));
+                    }
+                }
+                Err(e) => problems.push(format!("reading the ledger: {e}")),
+            }
+            ledger.close().await;
+        }
+        Err(e) => problems.push(format!("connecting to the ledger: {e}")),
+    }
+    violations.extend(problems);
+    if let Some(n) = pending.filter(|n| *n > 0) {
+        reasons.push(format!(
+            "{n} orders not recorded in the ledger after the drain"
+        ));
+    }
+    Some(LedgerAudit {
+        text: format!(
+            "ledger={promises_text},missing:{missing},doubled:{doubled},differing:{differing},pending:{}",
+            pending.map_or_else(|| "?".to_owned(), |p| p.to_string())
+        ),
+        missing,
+        doubled,
+        differing,
+    })
 }
 
 /// What one run measured; `reasons` is empty when it passed.
@@ -504,6 +1041,9 @@ struct RunResult {
     resume_ms: Option<u128>,
     /// Most link installs of one process per switch (None: no process exported the counter).
     max_link_installs: Option<u64>,
+    /// Promised orders missing from the ledger, doubled there, and
+    /// differences the audit found (`None`: no ledger).
+    ledger: Option<(u64, u64, u64)>,
     reasons: Vec<String>,
 }
 
@@ -515,7 +1055,8 @@ async fn one_run(
     bin_dir: &Path,
     logs: &Path,
 ) -> RunResult {
-    let mut cluster = Cluster::start(bin_dir, logs).await;
+    let fault_hook = (scenario == Scenario::WorkerKilledAfterCommit).then(|| fault_value(args));
+    let mut cluster = Cluster::start(bin_dir, logs, !args.no_ledger, fault_hook.as_deref()).await;
     let settings = settings_label(&cluster.group);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -551,6 +1092,7 @@ async fn one_run(
         first_sold_out: std::sync::Mutex::new(None),
         observed: Mutex::new(Observed::default()),
         dead_server: AtomicU64::new(0),
+        pace: AtomicU64::new(args.arrival_rate.max(1)),
     });
 
     let sem = Arc::new(Semaphore::new(args.concurrency));
@@ -558,12 +1100,15 @@ async fn one_run(
     let driver = {
         let shared = shared.clone();
         let sem = sem.clone();
-        let rate = args.arrival_rate.max(1);
         let n = args.shoppers;
         tokio::spawn(async move {
             let mut tasks = Vec::with_capacity(n);
+            let mut due = started;
             for i in 0..n {
-                let due = started + Duration::from_micros(i as u64 * 1_000_000 / rate);
+                if i > 0 {
+                    let rate = shared.pace.load(Ordering::SeqCst).max(1);
+                    due += Duration::from_micros(1_000_000 / rate);
+                }
                 tokio::time::sleep_until(due.into()).await;
                 let permit = sem.clone().acquire_owned().await.expect("semaphore");
                 let shared = shared.clone();
@@ -577,10 +1122,14 @@ async fn one_run(
             }
         })
     };
-    // Fault once about a third of the stock is sold.
+    // Fault once about a third of the stock is sold (a worker with the
+    // fault hook chooses its own moment: it is watched from the start).
     let third = args.stock / 3;
     let fault_deadline = Instant::now() + Duration::from_secs(60);
-    while shared.accepted.load(Ordering::SeqCst) < third && Instant::now() < fault_deadline {
+    while scenario != Scenario::WorkerKilledAfterCommit
+        && shared.accepted.load(Ordering::SeqCst) < third
+        && Instant::now() < fault_deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Link installs so far (start-up), per process.
@@ -636,9 +1185,22 @@ async fn one_run(
             )
         })
     };
-    if let Err(e) = inject(scenario, &mut cluster, &shared).await {
-        reasons.push(format!("fault injection failed: {e}"));
-    }
+    let fault = match inject(
+        scenario,
+        &mut cluster,
+        &shared,
+        args,
+        &mut violations,
+        &mut reasons,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            reasons.push(format!("fault injection failed: {e}"));
+            Fault::default()
+        }
+    };
     let drive_deadline = Duration::from_secs(180);
     if tokio::time::timeout(drive_deadline, driver).await.is_err() {
         reasons.push("shoppers did not finish in time".into());
@@ -704,6 +1266,8 @@ async fn one_run(
     for (p, before) in cluster.procs().zip(&installs_before) {
         let after = link_installs(&shared.http, p).await;
         let text = match (before, after) {
+            // Started again after the fault: every install is the new one's.
+            (_, Ok(a)) if p.restarted => format!("{}(restarted)", a.unwrap_or(0)),
             (Ok(b), Ok(a)) => {
                 exported |= b.is_some() || a.is_some();
                 let delta = a.unwrap_or(0).saturating_sub(b.unwrap_or(0));
@@ -829,6 +1393,29 @@ async fn one_run(
         }
     }
 
+    // The ledger: every promise in it once, and the same as Redis.
+    let ledger = audit_ledger(&cluster, &promised, &mut violations, &mut reasons).await;
+    let ledger_text = ledger
+        .as_ref()
+        .map_or_else(|| "ledger=off".to_owned(), |l| l.text.clone());
+    let mut fault_text = fault.text.clone();
+    if let Some(back) = fault.ledger_back {
+        // The sale goes on once the ledger is back (unless it sold out before).
+        let after = o.answered_202.iter().filter(|(t, _)| *t > back).count();
+        let sold_out_before = shared
+            .first_sold_out
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t <= back);
+        if after == 0 && !sold_out_before {
+            reasons.push("no purchase answered 202 after the ledger was back".into());
+        }
+        fault_text.push_str(&format!(" answered_202_after={after}"));
+    }
+    if !fault_text.is_empty() {
+        fault_text.push(' ');
+    }
+
     // The switch, the 503s and the resume.
     let switch = shared.first_switch();
     let switch_ms = switch.map(|s| s.saturating_duration_since(fault_at).as_millis());
@@ -844,8 +1431,7 @@ async fn one_run(
         reasons.push("no +switch-master was heard".into());
     }
     let switch_within_hold = switch_ms.is_some_and(|ms| ms <= hold.as_millis());
-    let no503_bound =
-        (scenario.switches() && switch_within_hold) || scenario == Scenario::KillWorkerServer;
+    let no503_bound = (scenario.switches() && switch_within_hold) || scenario.redis_untouched();
     if no503_bound && o.n503 > 0 {
         reasons.push(format!(
             "{} answers were 503 although {}",
@@ -885,7 +1471,7 @@ async fn one_run(
     };
     let opt = |v: Option<u128>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let line = format!(
-        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} {cpu_text} violations={} result={}",
+        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} {cpu_text} {fault_text}{ledger_text} violations={} result={}",
         hold.as_millis(),
         promised.len(),
         o.requests,
@@ -923,6 +1509,7 @@ async fn one_run(
         n503,
         resume_ms: resume,
         max_link_installs: exported.then_some(max_installs.unwrap_or(0)),
+        ledger: ledger.map(|l| (l.missing, l.doubled, l.differing)),
         reasons,
     }
 }
@@ -931,7 +1518,7 @@ async fn one_run(
 fn print_matrix(results: &[RunResult], settings: &str) {
     println!("failover matrix ({settings}):");
     println!(
-        "  {:<22} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17}",
+        "  {:<24} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17} {:>24}",
         "scenario",
         "runs",
         "failed",
@@ -939,7 +1526,8 @@ fn print_matrix(results: &[RunResult], settings: &str) {
         "unconfirmed",
         "n503",
         "max_resume_ms",
-        "max_link_installs"
+        "max_link_installs",
+        "ledger(miss/doub/diff)"
     );
     let mut by: BTreeMap<Scenario, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
@@ -956,8 +1544,19 @@ fn print_matrix(results: &[RunResult], settings: &str) {
             .filter_map(|r| r.max_link_installs)
             .max()
             .map_or_else(|| "absent".to_owned(), |v| v.to_string());
+        let ledger = if rs.iter().all(|r| r.ledger.is_none()) {
+            "off".to_owned()
+        } else {
+            let sum = |f: fn(&(u64, u64, u64)) -> u64| {
+                rs.iter()
+                    .filter_map(|r| r.ledger.as_ref())
+                    .map(f)
+                    .sum::<u64>()
+            };
+            format!("{}/{}/{}", sum(|l| l.0), sum(|l| l.1), sum(|l| l.2))
+        };
         println!(
-            "  {:<22} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17}",
+            "  {:<24} {:>5} {:>7} {:>10} {:>11} {:>6} {:>15} {:>17} {:>24}",
             format!("{scenario:?}"),
             rs.len(),
             rs.iter().filter(|r| !r.reasons.is_empty()).count(),
@@ -965,7 +1564,8 @@ fn print_matrix(results: &[RunResult], settings: &str) {
             rs.iter().map(|r| r.unconfirmed).sum::<usize>(),
             rs.iter().map(|r| r.n503).sum::<u64>(),
             max_resume,
-            max_links
+            max_links,
+            ledger
         );
     }
 }
@@ -996,10 +1596,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
+    let mut scenarios: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
         ALL.to_vec()
     } else {
         args.scenario.clone()
+    };
+    if args.no_ledger {
+        let named: Vec<Scenario> = args
+            .scenario
+            .iter()
+            .copied()
+            .filter(|s| s.needs_ledger())
+            .collect();
+        if !named.is_empty() {
+            eprintln!("failover: {named:?} need the ledger; drop --no-ledger");
+            return ExitCode::from(2);
+        }
+        scenarios.retain(|s| !s.needs_ledger());
+    }
+    // What the workers record in: the test kit's PostgreSQL (the newest
+    // version Debian installed; the kit panics naming the package when
+    // there is none), or nothing.
+    let ledger_label = if args.no_ledger {
+        "ledger off (--no-ledger: workers confirm in Redis alone)".to_owned()
+    } else {
+        let bin = flashsale_testkit::postgres::bin_dir();
+        let version = bin
+            .parent()
+            .and_then(Path::file_name)
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!(
+            "ledger on (PostgreSQL {version}, the test kit's; FLASHSALE_LEDGER_URL on every worker)"
+        )
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1020,7 +1649,7 @@ fn main() -> ExitCode {
             if settings.is_none() {
                 // The header, once the first group has said what it runs.
                 println!(
-                    "failover: settings=\"{}\" hold_ms={} (FLASHSALE_FAILOVER_WAIT_MS) stock={} shoppers={} arrival_rate={}/s concurrency={} runs={} scenarios={scenarios:?} resume_bound_ms={} link_installs_bound={}",
+                    "failover: settings=\"{}\" {ledger_label} hold_ms={} (FLASHSALE_FAILOVER_WAIT_MS) stock={} shoppers={} arrival_rate={}/s concurrency={} runs={} scenarios={scenarios:?} resume_bound_ms={} link_installs_bound={}{}",
                     result.settings,
                     hold.as_millis(),
                     args.stock,
@@ -1030,6 +1659,17 @@ fn main() -> ExitCode {
                     args.runs,
                     args.resume_bound_ms,
                     args.link_installs_bound,
+                    if scenarios.contains(&Scenario::WorkerKilledAfterCommit) {
+                        format!(
+                            " outage_s={} FAULT HOOK {FAULT_VAR}={} on worker-0 in worker-killed-after-commit",
+                            args.outage_s,
+                            fault_value(&args)
+                        )
+                    } else if scenarios.contains(&Scenario::LedgerOutage) {
+                        format!(" outage_s={}", args.outage_s)
+                    } else {
+                        String::new()
+                    },
                 );
                 settings = Some(result.settings.clone());
             }
@@ -1048,7 +1688,7 @@ fn main() -> ExitCode {
     let passed = results.len() - failed;
     print_matrix(&results, settings.as_deref().unwrap_or("-"));
     println!(
-        "failover: {passed} passed, {failed} failed ({})",
+        "failover: {passed} passed, {failed} failed ({}; {ledger_label})",
         settings.as_deref().unwrap_or("-")
     );
     if failed == 0 {
