@@ -203,6 +203,16 @@ impl Worker {
             return Ok(());
         }
         r.last_pass = Some(Instant::now());
+        // Forget sales no longer ours (purged by another process, dropped
+        // by the discovery).
+        let retired = &self.retired;
+        let ours = |sku: &String| {
+            retired.iter().any(|(s, _)| s == sku)
+                || r.purging.contains(sku)
+                || r.unfinished.contains(sku)
+        };
+        r.ends.retain(|sku, _| ours(sku));
+        r.refused.retain(|sku, _| ours(sku));
         let now = Instant::now();
         let candidates: Vec<String> = self
             .retired
@@ -211,24 +221,6 @@ impl Worker {
             .filter(|sku| r.refused.get(*sku).is_none_or(|b| b.next <= now))
             .cloned()
             .collect();
-        if candidates.is_empty() && r.unfinished.is_empty() {
-            return Ok(());
-        }
-        // Not while the ledger does not answer: the comparison needs it.
-        if self.ledger.is_some() && !self.ledger_answers().await {
-            let Some(r) = self.retention.as_mut() else {
-                return Ok(());
-            };
-            if !r.ledger_down {
-                r.ledger_down = true;
-                tracing::warn!("order ledger unavailable: no sale is purged until it answers");
-            }
-            return Ok(());
-        }
-        let Some(r) = self.retention.as_mut() else {
-            return Ok(());
-        };
-        r.ledger_down = false;
         // The end of each candidate not known yet, on the step's link.
         let unknown: Vec<&String> = candidates
             .iter()
@@ -249,15 +241,29 @@ impl Worker {
             }
         }
         let due_from = now_ms().saturating_sub(r.after.as_millis() as i64);
-        let mut sales: Vec<(String, Unlisted)> = candidates
+        let due: Vec<String> = candidates
             .into_iter()
             .filter(|s| r.ends.get(s).is_some_and(|end| *end <= due_from))
-            .map(|s| (s, Unlisted::Leave))
             .collect();
-        sales.extend(r.unfinished.drain().map(|s| (s, Unlisted::Finish)));
-        if sales.is_empty() {
+        if due.is_empty() && r.unfinished.is_empty() {
             return Ok(());
         }
+        // Not while the ledger does not answer: the comparison needs it.
+        let answers = self.ledger.is_none() || self.ledger_answers().await;
+        let Some(r) = self.retention.as_mut() else {
+            return Ok(());
+        };
+        if !answers {
+            if !r.ledger_down {
+                r.ledger_down = true;
+                tracing::warn!("order ledger unavailable: no sale is purged until it answers");
+            }
+            return Ok(());
+        }
+        r.ledger_down = false;
+        let mut sales: Vec<(String, Unlisted)> =
+            due.into_iter().map(|s| (s, Unlisted::Leave)).collect();
+        sales.extend(r.unfinished.drain().map(|s| (s, Unlisted::Finish)));
         // Workers that find the same sales due start on different ones.
         sales.shuffle(&mut rand::rng());
         for (sku, _) in &sales {
