@@ -190,7 +190,10 @@ impl Worker {
         };
         if r.task.as_ref().is_some_and(JoinHandle::is_finished) {
             let outcomes = match r.task.take() {
-                Some(task) => task.await.unwrap_or_default(),
+                Some(task) => task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "purge task failed");
+                    Vec::new()
+                }),
                 None => Vec::new(),
             };
             self.take_outcomes(outcomes);
@@ -339,6 +342,16 @@ impl Worker {
                 let stream = keys.stream(&sku);
                 self.retired.push((sku, stream));
             }
+        }
+        // A task that ended without a word on some (it panicked): purged
+        // again, finishing whatever it did.
+        let unreported: Vec<String> = r.purging.drain().collect();
+        if !unreported.is_empty() {
+            tracing::error!(
+                sales = unreported.len(),
+                "the purge task ended early; its sales are purged again next pass"
+            );
+            r.unfinished.extend(unreported);
         }
     }
 }
