@@ -39,6 +39,16 @@
 #    workers and the payment settings for the apps (docker-compose.payment.yml);
 #    the ledger's start-postgres.sh run outside a container. (`docker build`
 #    needs a Docker engine, which this machine does not have.)
+# 6. the ledger's PostgreSQL: the ansible role postgresql for real, on a
+#    throw-away cluster the role creates under a prefix (Debian's
+#    pg_createcluster with PG_CLUSTER_CONF_ROOT, a free loopback port; the
+#    system's clusters compared before and after): it answers on its address
+#    only, the URL's role logs in with its password from a worker and an
+#    operator address while a stranger, a wrong password, the superuser and
+#    another database are refused; a second run changes nothing; the backup
+#    unit's command, run as its user, writes a dump pg_restore --list reads
+#    and prunes old ones, the dump restores into a new database; a new
+#    password in the URL replaces the old one; plus a --check run.
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
 # Every process it starts is killed by PID on exit. Last line:
@@ -1276,6 +1286,222 @@ check_compose_ledger() {
 }
 check "compose: the ledger's start-postgres.sh creates what the workers' URL names (its role, owning its database; nothing else admitted), follows a new password, refuses a bad URL unshown" check_compose_ledger
 echo "note: docker build / docker compose up need a Docker engine; none runs here"
+
+# ---------------------------------------------------------------------------
+section "ledger's PostgreSQL (ansible role postgresql, real runs)"
+# The role for real against this machine, without touching a PostgreSQL of
+# anyone else's: the cluster is a throw-away one the role creates itself
+# (pg_createcluster, as for a host without one) with its configuration,
+# data, socket, PID file, log, backups, script and units all under a prefix
+# in the temp dir (PG_CLUSTER_CONF_ROOT points Debian's tools there; they
+# then leave systemd, apt and the system's clusters alone), listening on
+# 127.0.0.1 on a free port. The system's clusters are compared before and
+# after. A --check run into an empty prefix beside the first real run.
+LP=$AT/ledgerroot
+LDRY=$AT/ledgerdry
+mkdir -p "$LP" "$LDRY"
+chmod 0755 "$LP" "$LDRY"
+read -r LDP LOPS LSTRANGER <<<"$(free_ports 3)"
+LD_PW1=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+LD_PW2=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+ld_url() { echo "postgres://flashsale:$1@127.0.0.1:$LDP/flashsale"; }
+# The URL reaches the role as in production: the vault's variable (here
+# given as extra vars, in a 0600 file) through group_vars/all.
+for n in 1 2; do
+    pw=$(eval echo "\$LD_PW$n")
+    (umask 077; echo "vault_flashsale_ledger_url: $(ld_url "$pw")" >"$AT/ledger-url-$n.yml")
+done
+# The newest PostgreSQL installed (15 on Debian 12), as the role's version.
+LPG=$PG_BIN
+LPGV=$(basename "$(dirname "$PG_BIN")")
+# The workers at 127.0.0.1 (psql here), an operator at 127.0.0.2 (through a
+# relay that connects from that address).
+cat >"$AT/inv/ledger.ini" <<EOF
+[ledger]
+ledger1 postgresql_version=$LPGV postgresql_cluster=deploy_check postgresql_backup_keep_days=2
+
+[worker]
+worker1 ledger_client_address=127.0.0.1
+
+[operator]
+ops1 ledger_client_address=127.0.0.2
+
+[all:vars]
+ansible_connection=local
+ansible_python_interpreter=$PY
+ansible_become=false
+deploy_manage_system=false
+EOF
+LSOCK=$LP/var/run/postgresql
+LCONF=$LP/etc/postgresql/$LPGV/deploy_check
+LDATA=$LP/var/lib/postgresql/$LPGV/deploy_check
+pg_in_prefix() { env PG_CLUSTER_CONF_ROOT="$LP/etc/postgresql" "$@"; }
+as_postgres() { runuser -u postgres -- "$@"; }
+# The system's clusters and their configuration, as they were.
+system_clusters() { env -u PG_CLUSTER_CONF_ROOT pg_lsclusters -h 2>&1; find /etc/postgresql /var/run/postgresql -maxdepth 3 2>/dev/null | sort; }
+system_clusters >"$T/system-clusters.before"
+# relay PORT SOURCE: connections to 127.0.0.1:PORT go on to the ledger from SOURCE.
+cat >"$AT/relay.py" <<'EOF'
+import socket, sys, threading
+port, source, target = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+while True:
+    c, _ = srv.accept()
+    u = socket.socket()
+    u.bind((source, 0))
+    u.connect(("127.0.0.1", target))
+    for a, b in ((c, u), (u, c)):
+        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+EOF
+"$PY" "$AT/relay.py" "$LOPS" 127.0.0.2 "$LDP" >"$AT/relay-ops.log" 2>&1 &
+PIDS+=("$!")
+"$PY" "$AT/relay.py" "$LSTRANGER" 127.0.0.9 "$LDP" >"$AT/relay-stranger.log" 2>&1 &
+PIDS+=("$!")
+
+run_playbook ledgerdry ledger --check --limit ledger -e deploy_prefix="$LDRY" -e @"$AT/ledger-url-1.yml" >"$AT/ledgerdry.out" 2>&1 &
+LDRY_PID=$!
+PIDS+=("$LDRY_PID")
+check_ledger_first_run() {
+    run_playbook ledger1 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-1.yml"
+    grep -q 'create the role flashsale; create the database flashsale owned by flashsale' "$AT/ledger1.log"
+    not grep -q "$LD_PW1" "$AT/ledger1.log"
+}
+check "the postgresql role (real run): creates a throw-away cluster in the prefix, its role and database" check_ledger_first_run
+# Stopped by PID on exit, whatever happens below.
+if LD_PID=$(head -n 1 "$LDATA/postmaster.pid" 2>/dev/null) && [[ $LD_PID =~ ^[0-9]+$ ]]; then PIDS+=("$LD_PID"); fi
+LDRY_RC=0; wait "$LDRY_PID" || LDRY_RC=$?
+check_ledger_dry() {
+    cat "$AT/ledgerdry.out"
+    [ "$LDRY_RC" = 0 ]
+    [ -z "$(find "$LDRY" -mindepth 1 -print -quit)" ] || { find "$LDRY"; return 1; }
+    grep -q 'changed: \[ledger1\]' "$AT/ledgerdry.log"
+}
+check "the postgresql role --check into an empty prefix: passes, reports changes, writes nothing" check_ledger_dry
+# lq URL SQL: one query over TCP; lsock DB SQL: as the superuser on the socket.
+lsock() { as_postgres "$LPG/psql" -X -A -t -v ON_ERROR_STOP=1 -h "$LSOCK" -p "$LDP" -d "$1" -c "$2"; }
+check_ledger_serves() {
+    # It answers on the private address of the URL (127.0.0.1 here), and
+    # only there (not on 127.0.0.2, as it would on a wildcard address).
+    "$LPG/pg_isready" -h 127.0.0.1 -p "$LDP"
+    not bash -c "(exec 3<>/dev/tcp/127.0.0.2/$LDP) 2>/dev/null"
+    grep -qx "listen_addresses = '127.0.0.1'" "$LCONF/conf.d/flashsale-ledger.conf"
+    grep -qx "port = $LDP" "$LCONF/conf.d/flashsale-ledger.conf"
+    expect_eq "$(lsock postgres 'SHOW password_encryption')" scram-sha-256 password_encryption
+    # The URL's role: not a superuser, owning the URL's database, able to
+    # create tables (as the workers' migrations do).
+    local url; url=$(ld_url "$LD_PW1")
+    expect_eq "$(lq "$url" 'SELECT current_user, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user')" 'flashsale|f|f|f'
+    expect_eq "$(lq "$url" 'SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()')" flashsale
+    lq "$url" 'CREATE TABLE deploy_check (id int PRIMARY KEY, note text); INSERT INTO deploy_check VALUES (1, $$one$$), (2, $$two$$)'
+    # The operator host (127.0.0.2) too; nobody else: another host, a wrong
+    # password, the superuser, another database.
+    expect_eq "$(lq "postgres://flashsale:$LD_PW1@127.0.0.1:$LOPS/flashsale" 'SELECT inet_client_addr()')" 127.0.0.2 "the operator's address"
+    local err
+    err=$(lq "postgres://flashsale:$LD_PW1@127.0.0.1:$LSTRANGER/flashsale" 'SELECT 1' 2>&1) && { echo "a stranger got in"; return 1; }
+    expect_has "$err" 'no pg_hba.conf entry for host "127.0.0.9"'
+    err=$(lq "$(ld_url wrong-password)" 'SELECT 1' 2>&1) && { echo "a wrong password got in"; return 1; }
+    expect_has "$err" 'password authentication failed for user "flashsale"'
+    not lq "postgres://postgres:$LD_PW1@127.0.0.1:$LDP/flashsale" 'SELECT 1'
+    not lq "postgres://flashsale:$LD_PW1@127.0.0.1:$LDP/postgres" 'SELECT 1'
+    expect_eq "$(grep -v '^#' "$LCONF/pg_hba.conf")" "local   all       postgres  peer
+host    flashsale  flashsale  127.0.0.1/32  scram-sha-256
+host    flashsale  flashsale  127.0.0.2/32  scram-sha-256" pg_hba.conf
+    expect_eq "$(stat -c '%a %U' "$LCONF/pg_hba.conf")" "640 postgres" "pg_hba.conf mode"
+}
+check "the ledger answers on 127.0.0.1 only; the URL's role logs in with its password (from a worker and an operator host), a stranger, a wrong password, the superuser, another database do not" check_ledger_serves
+check_ledger_second_run() {
+    run_playbook ledger2 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-1.yml"
+    grep -qE '^ledger1 +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$AT/ledger2.log"
+}
+check "the postgresql role again: changed=0 (the password checked against its SCRAM verifier, not set again)" check_ledger_second_run
+LUNIT=$LP/etc/systemd/system/flashsale-ledger-backup.service
+LBAK=$LP/var/backups/flashsale-ledger
+check_ledger_backup() {
+    # The unit as systemd would run it: its ExecStart as its User.
+    local user cmd; user=$(sed -n 's/^User=//p' "$LUNIT") cmd=$(sed -n 's/^ExecStart=//p' "$LUNIT")
+    expect_eq "$user" postgres "the backup's user"
+    expect_eq "$cmd" "$LP/usr/local/sbin/flashsale-ledger-backup" "the backup's ExecStart"
+    # Dumps older than the 2 days kept go once a new one is good; a
+    # stale partial dump of an interrupted run goes too; the others stay.
+    as_postgres touch -d '3 days ago' "$LBAK/flashsale-20200101T000000Z.dump"
+    as_postgres touch -d '1 day ago' "$LBAK/flashsale-20200102T000000Z.dump"
+    as_postgres touch "$LBAK/flashsale-20200103T000000Z.dump.partial"
+    local out; out=$(runuser -u "$user" -- "$cmd")
+    echo "$out"
+    expect_has "$out" "^removed $LBAK/flashsale-20200101T000000Z.dump\$"
+    [ ! -e "$LBAK/flashsale-20200101T000000Z.dump" ] && [ -e "$LBAK/flashsale-20200102T000000Z.dump" ]
+    [ ! -e "$LBAK/flashsale-20200103T000000Z.dump.partial" ]
+    local dump; dump=$(find "$LBAK" -name 'flashsale-*Z.dump' ! -name 'flashsale-2020*')
+    expect_has "$dump" "/flashsale-[0-9]{8}T[0-9]{6}Z\.dump$"
+    expect_eq "$(wc -l <<<"$dump")" 1 "new dumps"
+    expect_eq "$(stat -c '%a %U' "$dump")" "600 postgres" "the dump's mode"
+    expect_eq "$(stat -c '%a %U' "$LBAK")" "700 postgres" "the backup directory's mode"
+    # Custom format, and readable: pg_restore --list names the table and its data.
+    expect_eq "$(head -c 5 "$dump")" PGDMP "custom format"
+    local list; list=$("$LPG/pg_restore" --list "$dump")
+    expect_has "$list" 'TABLE public deploy_check flashsale$'
+    expect_has "$list" 'TABLE DATA public deploy_check flashsale$'
+    # The restore of deploy/README.md: a new database owned by the ledger's
+    # role, the dump restored into it in one transaction, as the superuser.
+    as_postgres "$LPG/createdb" -h "$LSOCK" -p "$LDP" -O flashsale flashsale_restored
+    as_postgres "$LPG/pg_restore" -h "$LSOCK" -p "$LDP" --exit-on-error --single-transaction -d flashsale_restored "$dump"
+    expect_eq "$(lsock flashsale_restored 'SELECT count(*), string_agg(note, $$,$$ ORDER BY id) FROM deploy_check')" '2|one,two' "restored rows"
+    expect_eq "$(lsock flashsale_restored 'SELECT tableowner FROM pg_tables WHERE tablename = $$deploy_check$$')" flashsale "restored owner"
+    # The unit and its timer, as systemd reads them (paths out of the prefix).
+    local u
+    for u in flashsale-ledger-backup.service flashsale-ledger-backup.timer; do
+        sed "s|$LP||g" "$LP/etc/systemd/system/$u" >"$R/etc/systemd/system/$u"
+    done
+    mkdir -p "$R/usr/local/sbin"
+    printf '#!/bin/sh\nexit 0\n' >"$R/usr/local/sbin/flashsale-ledger-backup"
+    chmod 0755 "$R/usr/local/sbin/flashsale-ledger-backup"
+    grep -qx 'OnCalendar=\*-\*-\* 03:15:00' "$R/etc/systemd/system/flashsale-ledger-backup.timer"
+    grep -qx 'Persistent=true' "$R/etc/systemd/system/flashsale-ledger-backup.timer"
+    verify_unit flashsale-ledger-backup.service
+    verify_unit flashsale-ledger-backup.timer
+    systemd-analyze security --offline=yes --root="$R" --threshold=25 flashsale-ledger-backup.service | tail -n 1
+}
+check "the backup (the unit's ExecStart as its User): a custom-format dump pg_restore --list reads, old dumps pruned, restored into a new database; the unit and timer verified" check_ledger_backup
+check_ledger_rotation() {
+    run_playbook ledger3 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-2.yml"
+    grep -q 'set the password of flashsale' "$AT/ledger3.log"
+    not grep -q "$LD_PW2" "$AT/ledger3.log"
+    expect_eq "$(lq "$(ld_url "$LD_PW2")" 'SELECT count(*) FROM deploy_check')" 2 "rows, with the new password"
+    not lq "$(ld_url "$LD_PW1")" 'SELECT 1'
+}
+check "a new password in the ledger URL: the role sets it (the new one logs in, the old one no more), never shown" check_ledger_rotation
+check_ledger_stop() {
+    pg_in_prefix pg_ctlcluster "$LPGV" deploy_check stop
+    not port_open "$LDP"
+    system_clusters >"$T/system-clusters.after"
+    diff "$T/system-clusters.before" "$T/system-clusters.after"
+    cat "$T/system-clusters.after"
+}
+check "the throw-away cluster stops; the system's clusters and /etc/postgresql are as they were" check_ledger_stop
+# Stopped: its PID is no longer ours to kill on exit.
+if [ -n "${LD_PID:-}" ] && ! port_open "$LDP"; then
+    keep=()
+    for p in "${PIDS[@]}"; do [ "$p" = "$LD_PID" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+fi
 
 # ---------------------------------------------------------------------------
 section "done"
