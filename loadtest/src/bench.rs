@@ -72,6 +72,47 @@ impl GroupArgs {
         self.conn_to(&host, port).await
     }
 
+    /// PIDs of the master and of its replicas (each one's `INFO server`
+    /// `process_id`; the replicas as the master's `INFO replication` lists
+    /// them), for CPU accounting when they run on this host.
+    pub async fn data_node_pids(&self) -> Result<Vec<u32>, String> {
+        let (host, port) = self.master_addr().await?;
+        let mut c = self.conn_to(&host, port).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut nodes = vec![(host, port)];
+        for line in info.lines().filter(|l| l.starts_with("slave")) {
+            let field = |k: &str| {
+                line.split([':', ','])
+                    .find_map(|f| f.strip_prefix(k).map(str::to_owned))
+            };
+            if let (Some(ip), Some(p)) = (field("ip="), field("port=").and_then(|p| p.parse().ok()))
+            {
+                nodes.push((ip, p));
+            }
+        }
+        let mut pids = Vec::new();
+        for (h, p) in nodes {
+            let mut c = self.conn_to(&h, p).await?;
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(pid) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
     pub async fn conn_to(&self, host: &str, port: u16) -> Result<MultiplexedConnection, String> {
         let url = match &self.password {
             Some(p) => format!(
@@ -117,6 +158,30 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds of a process and of every process it started that is still
+/// running (a PostgreSQL server: the postmaster and its backends; those
+/// that exited are in its own `cutime` only once reaped, and not counted).
+pub fn process_tree_cpu(root: Option<u32>) -> Option<f64> {
+    let root = root?;
+    let mut total = cpu_seconds(root)?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(root) {
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Some(total)
 }
 
 /// Milliseconds since the Unix epoch.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use flashsale::config::Secret;
 use flashsale::ledger::{Ledger, LedgerSettings, MIGRATOR, NewOrder, Record};
-use flashsale_loadtest::bench::{cpu_seconds, histogram_json, latency_histogram};
+use flashsale_loadtest::bench::{cpu_seconds, histogram_json, latency_histogram, process_tree_cpu};
 use flashsale_testkit::postgres::Postgres;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -145,28 +145,6 @@ fn orders(sku: &str, n: usize) -> Vec<Record> {
         .collect()
 }
 
-/// CPU seconds of the server: the postmaster and every process it started.
-fn server_cpu(postmaster: Option<u32>) -> Option<f64> {
-    let pm = postmaster?;
-    let mut total = cpu_seconds(pm)?;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pm) {
-            total += cpu_seconds(pid).unwrap_or(0.0);
-        }
-    }
-    Some(total)
-}
-
 struct Pass {
     rows_per_s: f64,
     hist: Histogram<u64>,
@@ -180,7 +158,10 @@ async fn pass(
     batches: &Arc<Vec<(Vec<Record>, String)>>,
     postmaster: Option<u32>,
 ) -> Result<Pass, String> {
-    let (c0, s0) = (cpu_seconds(std::process::id()), server_cpu(postmaster));
+    let (c0, s0) = (
+        cpu_seconds(std::process::id()),
+        process_tree_cpu(postmaster),
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     let n = writers.len();
@@ -212,7 +193,7 @@ async fn pass(
         hist,
         written,
         client_cpu: diff(c0, cpu_seconds(std::process::id())),
-        server_cpu: diff(s0, server_cpu(postmaster)),
+        server_cpu: diff(s0, process_tree_cpu(postmaster)),
     })
 }
 

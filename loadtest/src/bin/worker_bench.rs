@@ -17,18 +17,35 @@
 //! The group comes from `FLASHSALE_REDIS_SENTINELS` / `_MASTER_NAME` /
 //! `_PASSWORD` (e.g. `. run/redis-group/env`); `loadtest/run.sh workers`
 //! starts one for it.
+//!
+//! **With the order ledger** (`--ledger on`, or `both`: each measurement
+//! without, then with): the workers get `FLASHSALE_LEDGER_URL` — the test
+//! kit's throw-away PostgreSQL (Debian's binaries, default durability), or
+//! `--ledger-url` — and record every order there before confirming it, so
+//! `rate` is then orders recorded in the ledger (and confirmed) per second.
+//! The schema is applied once before the first measurement (not timed).
+//! Each measurement also checks that the ledger holds exactly the sale's
+//! orders (`ledger_rows`), reports the CPU of the PostgreSQL server (the
+//! postmaster and its backends) and of the Redis master and replicas
+//! (`INFO server` `process_id`; on this host) per order, and deletes the
+//! sale's rows afterwards unless `--keep`. `--batch 64,128,512` measures
+//! each batch size.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use flashsale::config::Secret;
+use flashsale::ledger::{Ledger, LedgerSettings};
 use flashsale::redis::functions::{
     AuditReply, CreateSaleReply, SaleFields, audit_call, create_sale_call, purchase_call,
 };
 use flashsale::redis::keys::Keys;
-use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, now_unix_ms};
+use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, now_unix_ms, process_tree_cpu};
+use flashsale_testkit::postgres::Postgres;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
+use sqlx::postgres::PgPool;
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +64,18 @@ struct Args {
     /// Queued orders per measurement (1..=2000000).
     #[arg(long, default_value_t = 50_000)]
     orders: u64,
-    /// `--batch` of each worker.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
+    /// `--batch` of each worker; comma-separated, each one measured.
+    #[arg(long, default_value = "128", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Record the orders in an order ledger: `off`, `on`, or `both` (each
+    /// measurement without, then with).
+    #[arg(long, value_enum, default_value_t = LedgerMode::Off)]
+    ledger: LedgerMode,
+    /// postgres:// URL of the ledger's database (the bench's sales' rows
+    /// are deleted after each measurement); default: the test kit's
+    /// throw-away PostgreSQL.
+    #[arg(long, env = "WORKER_BENCH_LEDGER_URL", hide_env_values = true)]
+    ledger_url: Option<String>,
     /// Give up on one measurement after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
@@ -62,6 +88,21 @@ struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LedgerMode {
+    Off,
+    On,
+    Both,
+}
+
+/// The ledger the workers record in.
+struct LedgerTarget {
+    url: String,
+    /// The server's postmaster, when the bench started it (its CPU is read).
+    postmaster: Option<u32>,
+    pool: PgPool,
 }
 
 type Res<T> = Result<T, String>;
@@ -207,7 +248,30 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
+/// Rows of `sku` in the ledger.
+async fn ledger_rows(l: &LedgerTarget, sku: &str) -> Res<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE sku = $1")
+        .bind(sku)
+        .fetch_one(&l.pool)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// CPU seconds of all of `pids` (`None`: none known, or one gone).
+fn cpu_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
+async fn measure(
+    args: &Args,
+    keys: &Keys,
+    k: usize,
+    batch: usize,
+    ledger: Option<&LedgerTarget>,
+) -> Res<Value> {
     let mut c = args.group.master_conn().await?;
     // A fresh group may not hold the Function library yet.
     flashsale::redis::functions::ensure_loaded(&mut c)
@@ -226,6 +290,9 @@ async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
         t.elapsed().as_secs_f64()
     );
 
+    let redis_pids = args.group.data_node_pids().await.unwrap_or_default();
+    let postmaster = ledger.and_then(|l| l.postmaster);
+    let (redis_cpu0, ledger_cpu0) = (cpu_sum(&redis_pids), process_tree_cpu(postmaster));
     let mut children = Vec::new();
     let spawned = Instant::now();
     for i in 0..k {
@@ -238,9 +305,13 @@ async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let child = tokio::process::Command::new(&args.worker_bin)
+        let mut cmd = tokio::process::Command::new(&args.worker_bin);
+        if let Some(l) = ledger {
+            cmd.env("FLASHSALE_LEDGER_URL", &l.url);
+        }
+        let child = cmd
             .arg("--batch")
-            .arg(args.batch.to_string())
+            .arg(batch.to_string())
             .arg("--discover-ms")
             .arg("100")
             .env("FLASHSALE_REDIS_SENTINELS", &args.group.sentinels)
@@ -291,6 +362,9 @@ async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let cpu: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    let redis_cpu = diff(redis_cpu0, cpu_sum(&redis_pids));
+    let ledger_cpu = diff(ledger_cpu0, process_tree_cpu(postmaster));
     for p in &pids {
         signal(*p, "TERM");
     }
@@ -309,30 +383,96 @@ async fn measure(args: &Args, keys: &Keys, k: usize) -> Res<Value> {
     let drain = done.duration_since(first).as_secs_f64().max(1e-3);
     let from_spawn = done.duration_since(spawned).as_secs_f64().max(1e-3);
     let audit = audit(&mut c, keys, &sku).await?;
+    let rows = match ledger {
+        Some(l) => Some(ledger_rows(l, &sku).await?),
+        None => None,
+    };
     if !args.keep {
         cleanup(&mut c, keys, &sku).await?;
+        if let Some(l) = ledger {
+            sqlx::query("DELETE FROM orders WHERE sku = $1")
+                .bind(&sku)
+                .execute(&l.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
     }
+    let per_order_us = |cpu: Option<f64>| cpu.map(|c| c * 1e6 / args.orders as f64);
     let r = json!({
         "workers": k,
         "orders": args.orders,
-        "batch": args.batch,
+        "batch": batch,
+        "ledger": ledger.is_some(),
+        "ledger_rows": rows,
         "rate": args.orders as f64 / drain,
         "rate_from_spawn": args.orders as f64 / from_spawn,
         "drain_s": drain,
         "from_spawn_s": from_spawn,
         "worker_cpu_s": cpu,
+        "worker_cpu_us_per_order": per_order_us(Some(cpu)),
+        "redis_cpu_us_per_order": per_order_us(redis_cpu),
+        "ledger_cpu_us_per_order": per_order_us(ledger_cpu),
         "exit_codes": exits,
         "audit": audit,
         "timeline": timeline,
     });
     eprintln!(
-        "worker_bench: {k} worker(s): {:.0} orders/s ({:.0}/s from spawn), worker CPU {:.2} s, audit {}",
+        "worker_bench: {k} worker(s), batch {batch}, ledger {}: {:.0} orders/s ({:.0}/s from spawn), worker CPU {:.2} s, audit {}{}",
+        if ledger.is_some() { "on" } else { "off" },
         r["rate"].as_f64().unwrap_or(0.0),
         r["rate_from_spawn"].as_f64().unwrap_or(0.0),
         cpu,
-        r["audit"]
+        r["audit"],
+        rows.map_or_else(String::new, |n| format!(", ledger rows {n}")),
     );
     Ok(r)
+}
+
+/// Connects to the ledger and applies its schema (as a worker would at
+/// start-up, once, outside the measurements).
+async fn ledger_target(url: &str, postmaster: Option<u32>) -> Res<LedgerTarget> {
+    let settings =
+        LedgerSettings::parse(&Secret::new(url.to_owned())).map_err(|e| e.to_string())?;
+    let ledger = Ledger::connect(&settings, "worker_bench")
+        .await
+        .map_err(|e| e.to_string())?;
+    ledger.migrate().await.map_err(|e| e.to_string())?;
+    ledger.close().await;
+    let pool = PgPool::connect(url).await.map_err(|e| e.to_string())?;
+    Ok(LedgerTarget {
+        url: url.to_owned(),
+        postmaster,
+        pool,
+    })
+}
+
+/// One line per measurement on stderr, as a Markdown table.
+fn summary(results: &[Value]) {
+    eprintln!(
+        "\n| workers | batch | ledger | orders/s | worker CPU µs/order | Redis CPU µs/order | ledger CPU µs/order |\n|---:|---:|---|---:|---:|---:|---:|"
+    );
+    let us = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+    };
+    for r in results {
+        eprintln!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r["workers"],
+            r["batch"],
+            if r["ledger"] == json!(true) {
+                "on"
+            } else {
+                "off"
+            },
+            r["rate"]
+                .as_f64()
+                .map_or_else(|| "error".to_owned(), |x| format!("{x:.0}")),
+            us(&r["worker_cpu_us_per_order"]),
+            us(&r["redis_cpu_us_per_order"]),
+            us(&r["ledger_cpu_us_per_order"]),
+        );
+    }
 }
 
 #[tokio::main]
@@ -350,34 +490,81 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let keys = Keys::new(args.group.prefix.clone());
+    if args.workers.iter().any(|k| !(1..=64).contains(k)) {
+        eprintln!("worker_bench: worker counts must be 1..=64");
+        return std::process::ExitCode::from(2);
+    }
+    if args.batch.iter().any(|b| !(1..=10_000).contains(b)) {
+        eprintln!("worker_bench: batch sizes must be 1..=10000");
+        return std::process::ExitCode::from(2);
+    }
+    // The ledger, when asked for: the kit's server unless a URL is given.
+    let mut server = None;
+    let ledger = if args.ledger == LedgerMode::Off {
+        None
+    } else {
+        let url = match &args.ledger_url {
+            Some(u) => u.clone(),
+            None => {
+                let pg = Postgres::init().await;
+                let url = pg.url();
+                server = Some(pg);
+                url
+            }
+        };
+        match ledger_target(&url, server.as_ref().and_then(Postgres::pid)).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("worker_bench: the ledger: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        }
+    };
+    let modes: Vec<Option<&LedgerTarget>> = match args.ledger {
+        LedgerMode::Off => vec![None],
+        LedgerMode::On => vec![ledger.as_ref()],
+        LedgerMode::Both => vec![None, ledger.as_ref()],
+    };
     let mut results = Vec::new();
     let mut failed = false;
-    for &k in &args.workers {
-        if !(1..=64).contains(&k) {
-            eprintln!("worker_bench: worker counts must be 1..=64");
-            return std::process::ExitCode::from(2);
-        }
-        match measure(&args, &keys, k).await {
-            Ok(r) => {
-                let ok = r["audit"]["consistent"] == json!(true)
-                    && r["audit"]["confirmed"] == json!(args.orders)
-                    && r["audit"]["stream_pending"] == json!(0)
-                    && r["exit_codes"]
-                        .as_array()
-                        .is_some_and(|v| v.iter().all(|c| c == &json!(0)));
-                if !ok {
-                    eprintln!("worker_bench: {k} worker(s): audit or exit codes not clean");
-                    failed = true;
+    for &batch in &args.batch {
+        for &k in &args.workers {
+            for &mode in &modes {
+                let what = format!(
+                    "{k} worker(s), batch {batch}, ledger {}",
+                    if mode.is_some() { "on" } else { "off" }
+                );
+                match measure(&args, &keys, k, batch, mode).await {
+                    Ok(r) => {
+                        let ok = r["audit"]["consistent"] == json!(true)
+                            && r["audit"]["confirmed"] == json!(args.orders)
+                            && r["audit"]["stream_pending"] == json!(0)
+                            && (mode.is_none() || r["ledger_rows"] == json!(args.orders))
+                            && r["exit_codes"]
+                                .as_array()
+                                .is_some_and(|v| v.iter().all(|c| c == &json!(0)));
+                        if !ok {
+                            eprintln!(
+                                "worker_bench: {what}: audit, ledger rows or exit codes not clean"
+                            );
+                            failed = true;
+                        }
+                        results.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("worker_bench: {what}: {e}");
+                        results.push(json!({"workers": k, "batch": batch, "ledger": mode.is_some(), "error": e}));
+                        failed = true;
+                    }
                 }
-                results.push(r);
-            }
-            Err(e) => {
-                eprintln!("worker_bench: {k} worker(s): {e}");
-                results.push(json!({"workers": k, "error": e}));
-                failed = true;
             }
         }
     }
+    if let Some(l) = &ledger {
+        l.pool.close().await;
+    }
+    drop(server);
+    summary(&results);
     let report = json!({"tool": "worker_bench", "results": results});
     println!("{report}");
     if let Some(out) = &args.out
