@@ -47,8 +47,9 @@
 #    operator address while a stranger, a wrong password, the superuser and
 #    another database are refused; a second run changes nothing; the backup
 #    unit's command, run as its user, writes a dump pg_restore --list reads
-#    and prunes old ones, the dump restores into a new database; a new
-#    password in the URL replaces the old one; plus a --check run.
+#    and prunes old ones, the dump restores into a new database that is
+#    then swapped in (deploy/README.md's restore); a new password in the
+#    URL replaces the old one; plus a --check run.
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
 # Every process it starts is killed by PID on exit. Last line:
@@ -1397,6 +1398,7 @@ check_ledger_dry() {
 check "the postgresql role --check into an empty prefix: passes, reports changes, writes nothing" check_ledger_dry
 # lq URL SQL: one query over TCP; lsock DB SQL: as the superuser on the socket.
 lsock() { as_postgres "$LPG/psql" -X -A -t -v ON_ERROR_STOP=1 -h "$LSOCK" -p "$LDP" -d "$1" -c "$2"; }
+# shellcheck disable=SC2016 # $$…$$ are SQL dollar quotes
 check_ledger_serves() {
     # It answers on the private address of the URL (127.0.0.1 here), and
     # only there (not on 127.0.0.2, as it would on a wildcard address).
@@ -1434,6 +1436,7 @@ check_ledger_second_run() {
 check "the postgresql role again: changed=0 (the password checked against its SCRAM verifier, not set again)" check_ledger_second_run
 LUNIT=$LP/etc/systemd/system/flashsale-ledger-backup.service
 LBAK=$LP/var/backups/flashsale-ledger
+# shellcheck disable=SC2016 # $$…$$ are SQL dollar quotes
 check_ledger_backup() {
     # The unit as systemd would run it: its ExecStart as its User.
     local user cmd; user=$(sed -n 's/^User=//p' "$LUNIT") cmd=$(sed -n 's/^ExecStart=//p' "$LUNIT")
@@ -1465,6 +1468,12 @@ check_ledger_backup() {
     as_postgres "$LPG/pg_restore" -h "$LSOCK" -p "$LDP" --exit-on-error --single-transaction -d flashsale_restored "$dump"
     expect_eq "$(lsock flashsale_restored 'SELECT count(*), string_agg(note, $$,$$ ORDER BY id) FROM deploy_check')" '2|one,two' "restored rows"
     expect_eq "$(lsock flashsale_restored 'SELECT tableowner FROM pg_tables WHERE tablename = $$deploy_check$$')" flashsale "restored owner"
+    # ...and swapped in for the live one (no session in either), which the
+    # URL's role then reads.
+    lq "$(ld_url "$LD_PW1")" 'INSERT INTO deploy_check VALUES (3, $$after the dump$$)'
+    lsock postgres 'ALTER DATABASE flashsale RENAME TO flashsale_broken'
+    lsock postgres 'ALTER DATABASE flashsale_restored RENAME TO flashsale'
+    expect_eq "$(lq "$(ld_url "$LD_PW1")" 'SELECT count(*) FROM deploy_check')" 2 "rows through the URL after the swap"
     # The unit and its timer, as systemd reads them (paths out of the prefix).
     local u
     for u in flashsale-ledger-backup.service flashsale-ledger-backup.timer; do
@@ -1479,7 +1488,7 @@ check_ledger_backup() {
     verify_unit flashsale-ledger-backup.timer
     systemd-analyze security --offline=yes --root="$R" --threshold=25 flashsale-ledger-backup.service | tail -n 1
 }
-check "the backup (the unit's ExecStart as its User): a custom-format dump pg_restore --list reads, old dumps pruned, restored into a new database; the unit and timer verified" check_ledger_backup
+check "the backup (the unit's ExecStart as its User): a custom-format dump pg_restore --list reads, old dumps pruned, restored into a new database and swapped in; the unit and timer verified" check_ledger_backup
 check_ledger_rotation() {
     run_playbook ledger3 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-2.yml"
     grep -q 'set the password of flashsale' "$AT/ledger3.log"
