@@ -49,7 +49,8 @@
 #    unit's command, run as its user, writes a dump pg_restore --list reads
 #    and prunes old ones, the dump restores into a new database that is
 #    then swapped in (deploy/README.md's restore); a new password in the
-#    URL replaces the old one; plus a --check run.
+#    URL replaces the old one, and a changed setting and client restart the
+#    running server and admit the client; plus a --check run.
 #
 # Installs what it needs (apt-get, pip) and fails loudly when it cannot.
 # Every process it starts is killed by PID on exit. Last line:
@@ -1490,13 +1491,24 @@ check_ledger_backup() {
 }
 check "the backup (the unit's ExecStart as its User): a custom-format dump pg_restore --list reads, old dumps pruned, restored into a new database and swapped in; the unit and timer verified" check_ledger_backup
 check_ledger_rotation() {
-    run_playbook ledger3 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-2.yml"
+    # With it, a changed server setting and one more client address (the
+    # stranger's, refused above): the running server is restarted, its new
+    # pg_hba.conf in force.
+    local before; before=$(head -n 1 "$LDATA/postmaster.pid")
+    run_playbook ledger3 ledger --limit ledger -e deploy_prefix="$LP" -e @"$AT/ledger-url-2.yml" \
+        -e postgresql_max_connections=50 -e '{"postgresql_client_addresses": ["127.0.0.9"]}'
     grep -q 'set the password of flashsale' "$AT/ledger3.log"
     not grep -q "$LD_PW2" "$AT/ledger3.log"
     expect_eq "$(lq "$(ld_url "$LD_PW2")" 'SELECT count(*) FROM deploy_check')" 2 "rows, with the new password"
     not lq "$(ld_url "$LD_PW1")" 'SELECT 1'
+    grep -q 'RUNNING HANDLER \[postgresql : Restart postgresql\]' "$AT/ledger3.log"
+    [ "$(head -n 1 "$LDATA/postmaster.pid")" != "$before" ] || { echo "not restarted (pid $before)"; return 1; }
+    expect_eq "$(lsock postgres 'SHOW max_connections')" 50 max_connections
+    expect_eq "$(lq "postgres://flashsale:$LD_PW2@127.0.0.1:$LSTRANGER/flashsale" 'SELECT inet_client_addr()')" 127.0.0.9 "the new client's address"
 }
-check "a new password in the ledger URL: the role sets it (the new one logs in, the old one no more), never shown" check_ledger_rotation
+check "a new password in the ledger URL (never shown), a changed setting and a new client: the role sets the password (the new one logs in, the old one no more), restarts the running server, admits the client" check_ledger_rotation
+# Restarted: the new server's PID is the one to stop on exit.
+if LD_PID=$(head -n 1 "$LDATA/postmaster.pid" 2>/dev/null) && [[ $LD_PID =~ ^[0-9]+$ ]]; then PIDS+=("$LD_PID"); fi
 check_ledger_stop() {
     pg_in_prefix pg_ctlcluster "$LPGV" deploy_check stop
     not port_open "$LDP"
