@@ -8,7 +8,9 @@ which:
    the shipped settings, a random password) in <results>/redis,
 2. starts `flashsale serve` twice — acknowledgement on (`FLASHSALE_REPLICA_ACKS=all`)
    and off (`=0`) — one `flashsale-worker`, and the bare axum baseline
-   (`bare`), rate limits off, a random admin token,
+   (`bare`), rate limits off, a random admin token; with `--ledger` the
+   worker records every order in an order ledger (`FLASHSALE_LEDGER_URL`: a
+   throw-away PostgreSQL started by `pg_scratch`, the test kit's server),
 3. mints shopper tokens in bulk (`flashsale token --users N --prefix u`),
 4. runs the scenarios `--runs` times (the baselines last in every run, so
    each figure has the ceiling of its own run and the keys the baseline
@@ -47,7 +49,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the tree
 sys.path.insert(0, str(HERE))
 import plot  # noqa: E402  (loadtest/plot.py)
 
-BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "worker_bench", "bench_sale"]
+BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "worker_bench", "bench_sale",
+            "pg_scratch"]
 # The baseline goes last in every run: redis-benchmark and fcall_bench add
 # ~1.5 million keys (random users and orders) in a minute, and the live sale
 # measured right after them ran at half speed for its first seconds (4 600 →
@@ -169,6 +172,30 @@ def cpu_seconds(pid):
         return None
 
 
+def children_of(pid):
+    """PIDs whose parent is pid (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            if int(rest[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def proc_comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def machine_busy_seconds():
     """CPU seconds all CPUs spent busy (not idle or iowait), from /proc/stat."""
     with open("/proc/stat") as f:
@@ -186,6 +213,44 @@ def rss_kb(pid):
     except OSError:
         pass
     return None
+
+
+class LagSampler(threading.Thread):
+    """Reads a sale's `orders` and `confirmed` every 250 ms while a
+    measurement runs: whether the worker keeps up with the purchases."""
+
+    def __init__(self, conn, sku):
+        super().__init__(daemon=True)
+        self.conn, self.sku = conn, sku
+        self.samples = []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                o, c = self.conn.call("HMGET", f"fs:{{{self.sku}}}:sale", "orders", "confirmed")
+                self.samples.append((time.monotonic(), int(o or 0), int(c or 0)))
+            except (OSError, RespError):
+                pass
+            self.done.wait(0.25)
+
+    def stop(self):
+        """The lag figures: purchases and confirmations per second over the
+        second half of the measurement (the first half holds the worker's
+        discovery of the new sale, up to 1 s), the largest backlog."""
+        self.done.set()
+        self.join(5)
+        self.conn.close()
+        s = [x for x in self.samples if x[1] > 0]
+        if len(s) < 4:
+            return {}
+        t0, t1 = s[0][0], s[-1][0]
+        mid = min(s, key=lambda x: abs(x[0] - (t0 + t1) / 2))
+        last = s[-1]
+        dt = max(last[0] - mid[0], 1e-3)
+        return {"orders_per_s_2nd_half": round((last[1] - mid[1]) / dt),
+                "confirmed_per_s_2nd_half": round((last[2] - mid[2]) / dt),
+                "backlog_mid": mid[1] - mid[2], "backlog_max": max(o - c for _, o, c in s)}
 
 
 class Procs:
@@ -231,7 +296,8 @@ class Procs:
             return p.wait()
 
     def stop_all(self):
-        for name in list(self.children):
+        # The order ledger last: the worker may still be writing to it.
+        for name in sorted(self.children, key=lambda n: n == "ledger"):
             self.stop(name)
 
 
@@ -357,6 +423,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.quick = args.quick
+        self.ledger_url = None
+        self.ledger_pid = None
         src_bin = Path(args.bin_dir).resolve()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = Path(args.out).resolve() if args.out else HERE / "results" / stamp
@@ -511,6 +579,26 @@ class Bench:
             time.sleep(0.2)
         raise Failure(f"{name} on port {port} not ready within {secs} s")
 
+    def start_ledger(self):
+        """--ledger: the test kit's throw-away PostgreSQL (pg_scratch, which
+        stops it and removes its data on SIGTERM), for the worker's
+        FLASHSALE_LEDGER_URL."""
+        url_file = self.out / "ledger-url"
+        self.procs.start("ledger", [str(self.bin / "pg_scratch"), "--url-file", str(url_file)],
+                         dict(os.environ), self.logs / "ledger.log")
+        deadline = time.monotonic() + 60
+        while not url_file.exists():
+            self.procs.check_alive()
+            if time.monotonic() > deadline:
+                raise Failure("pg_scratch wrote no URL within 60 s; see logs/ledger.log")
+            time.sleep(0.1)
+        self.ledger_url = url_file.read_text().strip()
+        url_file.unlink()
+        # The postmaster: pg_scratch's child (its backends are its children).
+        me = self.procs.pid("ledger")
+        self.ledger_pid = next((p for p in children_of(me) if proc_comm(p) == "postgres"), None)
+        log(f"order ledger: PostgreSQL (postmaster pid {self.ledger_pid})")
+
     def start_services(self):
         self.port_all = free_port()
         self.port_noack = free_port()
@@ -520,7 +608,12 @@ class Bench:
                          self.logs / "server.log")
         self.procs.start("server_noack", [serve, "serve"], self.server_env(self.port_noack, "0"),
                          self.logs / "server-noack.log")
-        self.procs.start("worker", [str(self.bin / "flashsale-worker")], self.base_env(),
+        worker_env = self.base_env()
+        if self.ledger_url:
+            worker_env["FLASHSALE_LEDGER_URL"] = self.ledger_url
+        if self.args.worker_batch:
+            worker_env["FLASHSALE_WORKER_BATCH"] = str(self.args.worker_batch)
+        self.procs.start("worker", [str(self.bin / "flashsale-worker")], worker_env,
                          self.logs / "worker.log")
         self.procs.start("bare", [str(self.bin / "bare"), "--listen", f"127.0.0.1:{self.port_bare}"],
                          dict(os.environ), self.logs / "bare.log")
@@ -679,6 +772,10 @@ class Bench:
         snap["redis_replicas"] = sum(cpu_seconds(p) or 0 for port, p in self.redis_pids.items()
                                      if port != master)
         snap["sentinels"] = sum(cpu_seconds(p) or 0 for p in self.sentinel_pids)
+        if self.ledger_pid:
+            # The postmaster and its backends (those still running).
+            snap["ledger"] = sum(cpu_seconds(p) or 0
+                                 for p in [self.ledger_pid] + children_of(self.ledger_pid))
         snap["_machine"] = machine_busy_seconds()
         snap["_t"] = time.monotonic()
         return snap
@@ -901,8 +998,13 @@ class Bench:
                 if solo:
                     self.procs.signal("worker", signal.SIGCONT)
             # Let the worker catch up before the next measurement, so its
-            # backlog does not run during someone else's figures.
+            # backlog does not run during someone else's figures; how long
+            # that takes says whether it kept up.
+            t0 = time.monotonic()
             left = self.wait_confirmed([self.run_skus[-1]], secs=120)
+            m = self.results.get(run, {}).get(name)
+            if m is not None and not left:
+                m["worker_caught_up_s"] = round(time.monotonic() - t0, 2)
             if left:
                 log(f"worker still confirming {left} after 120 s")
 
@@ -917,12 +1019,20 @@ class Bench:
             rounds0 = int(r.call("GET", "fs:ack") or 0)
         finally:
             r.close()
-        m = self.loadgen(run, name, [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
-                         tokens=self.tokens, target=port,
-                         meta={"tool": "loadgen", "conns": CONNS, "sku": sku,
-                               "acks": "all" if port == self.port_all else "0"})
+        lag = LagSampler(self.redis(), sku)
+        lag.start()
+        try:
+            m = self.loadgen(run, name, [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
+                             tokens=self.tokens, target=port,
+                             meta={"tool": "loadgen", "conns": CONNS, "sku": sku,
+                                   "acks": "all" if port == self.port_all else "0"})
+        finally:
+            m_lag = lag.stop()
+        m["worker_lag"] = m_lag
         r = self.redis()
         try:
+            orders, confirmed = r.call("HMGET", f"fs:{{{sku}}}:sale", "orders", "confirmed")
+            m["worker_backlog_end"] = int(orders or 0) - int(confirmed or 0)
             rounds = int(r.call("GET", "fs:ack") or 0) - rounds0
             stats = parse_commandstats(r.call("INFO", "commandstats"))
         finally:
@@ -1087,8 +1197,12 @@ class Bench:
             "redis_benchmark_requests": self.rb_requests, "worker_bench_orders": self.wb_orders,
         }
         log(f"results in {self.out}")
+        self.meta["ledger"] = bool(self.args.ledger)
+        self.meta["worker_batch"] = self.args.worker_batch
         self.start_group()
         self.no_auto_rewrite()
+        if self.args.ledger:
+            self.start_ledger()
         self.start_services()
         self.mint_tokens()
         self.browse_sku = self.create_sale("browse-" + secrets.token_hex(3), 1000, 1, track=False)
@@ -1316,14 +1430,19 @@ def render_summary(data):
               f"{'quick' if meta.get('quick') else 'full'}; {meta.get('connections')} connections; "
               f"durations {meta.get('durations_s')}; {meta.get('nproc')} CPUs; load average before "
               f"{tuple(round(x, 2) for x in meta.get('loadavg_before', ()))}, after "
-              f"{tuple(round(x, 2) for x in meta.get('loadavg_after', ()) or ())}.", ""]
+              f"{tuple(round(x, 2) for x in meta.get('loadavg_after', ()) or ())}."
+              + (" The worker records every order in an order ledger (PostgreSQL, `--ledger`)."
+                 if meta.get("ledger") else "")
+              + (f" The worker reads batches of {meta['worker_batch']} (`--worker-batch`)."
+                 if meta.get("worker_batch") else ""), ""]
     lines += ["Medians over the runs (each percentile is the median of the runs' percentiles). "
               "CPU seconds per process during the measurement, from /proc/PID/stat "
               "(generator: the load tool itself, from wait4). \"Others' CPU\": what the rest of the "
               "machine (other users' processes) used meanwhile, in cores, from /proc/stat — on a "
               "2-core machine anything above ~0.2 means the figure is disturbed.", ""]
     lines += ["| measurement | tool | req/s | p50 ms | p99 ms | p99.9 ms | statuses (sum over runs) | errors | "
-              "CPU s: server · redis master · replicas · sentinels · worker · generator | others' CPU (cores) |",
+              "CPU s: server · redis master · replicas · sentinels · worker · "
+              + ("ledger · " if meta.get("ledger") else "") + "generator | others' CPU (cores) |",
               "|---|---|---:|---:|---:|---:|---|---|---|---:|"]
     for name, label in ORDER:
         ms = [results[r][name] for r in runs if name in results[r]]
@@ -1344,7 +1463,9 @@ def render_summary(data):
                     if k not in exp and v:
                         errors[k] = errors.get(k, 0) + v
         cpu = {}
-        for key in ("server", "redis_master", "redis_replicas", "sentinels", "worker", "generator"):
+        keys = ("server", "redis_master", "redis_replicas", "sentinels", "worker") \
+            + (("ledger",) if meta.get("ledger") else ()) + ("generator",)
+        for key in keys:
             vals = []
             for m in ms:
                 c = m.get("cpu_s", {})
@@ -1413,6 +1534,16 @@ def render_summary(data):
         vals = per_run(results, name)
         if vals:
             row(f"{name} / Python seeds ({SEEDS[seed_key]}/s)", [v / SEEDS[seed_key] for v in vals], "≥ 10×", 1)
+    row("live sale (WAIT on), 2nd half: purchases per second",
+        [(m.get("worker_lag") or {}).get("orders_per_s_2nd_half") for m in live], "", 0)
+    row("live sale (WAIT on), 2nd half: orders confirmed per second (the worker keeps up when ≥ the line above)",
+        [(m.get("worker_lag") or {}).get("confirmed_per_s_2nd_half") for m in live], "", 0)
+    row("live sale (WAIT on): largest backlog (orders not confirmed yet)",
+        [(m.get("worker_lag") or {}).get("backlog_max") for m in live], "", 0)
+    row("live sale (WAIT on): orders not confirmed yet when it ends (worker backlog)",
+        [m.get("worker_backlog_end") for m in live], "", 0)
+    row("live sale (WAIT on): worker caught up after its end, s",
+        [m.get("worker_caught_up_s") for m in live], "", 2)
     row("live sale (WAIT on): WAIT rounds per second", [m.get("ack_rounds") / m["elapsed_s"] for m in live
                                                           if m.get("ack_rounds") and m.get("elapsed_s")], "", 0)
     row("live sale (WAIT on): purchases per WAIT round (group commit)", [m.get("purchases_per_round") for m in live], "", 1)
@@ -1482,6 +1613,10 @@ def main():
     ap.add_argument("--out", help="results directory (default loadtest/results/<timestamp>)")
     ap.add_argument("--bin-dir", default=str(REPO / "target/release"), help="where the binaries are")
     ap.add_argument("--no-k6", action="store_true", help="skip the k6 measurements")
+    ap.add_argument("--ledger", action="store_true",
+                    help="the worker records every order in an order ledger (a throw-away PostgreSQL)")
+    ap.add_argument("--worker-batch", type=int,
+                    help="the worker's FLASHSALE_WORKER_BATCH (default: its own, 128)")
     ap.add_argument("--perf", action="store_true",
                     help="perf record the server during each HTTP measurement of run 1 (raw/perf-*.txt)")
     ap.add_argument("--keep-bin", action="store_true",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run.sh — flashsale's load tests in one command (Debian, as root).
 #
-#   loadtest/run.sh [scenario…] [--runs N] [--quick] [--no-k6] [--out DIR]
+#   loadtest/run.sh [scenario…] [--runs N] [--quick] [--no-k6] [--ledger] [--worker-batch N] [--out DIR]
 #   loadtest/run.sh --install-only        # only install oha and k6
 #
 # Scenarios (default: all, in this order):
@@ -30,6 +30,8 @@
 # seconds each), checks the invariants after each, and writes
 # loadtest/results/<timestamp>/{summary.md,results.json,latency.svg,raw/,logs/}.
 # Every process it starts is stopped by PID on exit, Ctrl-C or SIGTERM.
+# --ledger: the worker records every order in an order ledger, a throw-away
+# PostgreSQL (pg_scratch, the test kit's; its CPU is a column of its own).
 #
 # Environment: LT_BUILD_PROFILE=debug uses target/debug (the smoke test does);
 # LT_NO_INSTALL=1 never installs, and fails when a tool is missing.
@@ -40,10 +42,12 @@ PROG=loadtest/run.sh
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
 install_only=0
+ledger=0
 args=()
 for a in "$@"; do
   case $a in
     --install-only) install_only=1 ;;
+    --ledger) ledger=1; args+=("$a") ;;
     -h | --help) sed -n '2,/^set -euo pipefail/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$a") ;;
   esac
@@ -102,6 +106,10 @@ for t in redis-server redis-sentinel redis-cli redis-benchmark; do
   fi
 done
 command -v python3 >/dev/null 2>&1 || die "python3 is missing"
+if ((ledger)) && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  ((need_install)) || die "PostgreSQL's server is missing (apt-get install postgresql)"
+  scripts/setup.sh postgresql
+fi
 ensure_oha
 k6_ok=1
 ensure_k6 || k6_ok=0

@@ -184,6 +184,23 @@ pub fn process_tree_cpu(root: Option<u32>) -> Option<f64> {
     Some(total)
 }
 
+/// CPU seconds every CPU of the machine spent busy (not idle, not waiting
+/// for I/O), from `/proc/stat`: around a measurement, minus what the
+/// measured processes used, what the rest of the machine took.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let total: f64 = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((total - idle) / 100.0)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()

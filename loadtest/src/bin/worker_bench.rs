@@ -41,7 +41,9 @@ use flashsale::redis::functions::{
     AuditReply, CreateSaleReply, SaleFields, audit_call, create_sale_call, purchase_call,
 };
 use flashsale::redis::keys::Keys;
-use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, now_unix_ms, process_tree_cpu};
+use flashsale_loadtest::bench::{
+    GroupArgs, cpu_seconds, machine_busy_seconds, now_unix_ms, process_tree_cpu,
+};
 use flashsale_testkit::postgres::Postgres;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
@@ -293,6 +295,7 @@ async fn measure(
     let redis_pids = args.group.data_node_pids().await.unwrap_or_default();
     let postmaster = ledger.and_then(|l| l.postmaster);
     let (redis_cpu0, ledger_cpu0) = (cpu_sum(&redis_pids), process_tree_cpu(postmaster));
+    let (machine0, me0) = (machine_busy_seconds(), cpu_seconds(std::process::id()));
     let mut children = Vec::new();
     let spawned = Instant::now();
     for i in 0..k {
@@ -365,6 +368,15 @@ async fn measure(
     let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     let redis_cpu = diff(redis_cpu0, cpu_sum(&redis_pids));
     let ledger_cpu = diff(ledger_cpu0, process_tree_cpu(postmaster));
+    // What the rest of the machine used meanwhile, in cores: anything
+    // well above 0 means the figure is disturbed.
+    let others_cores = diff(machine0, machine_busy_seconds()).map(|busy| {
+        let ours = cpu
+            + redis_cpu.unwrap_or(0.0)
+            + ledger_cpu.unwrap_or(0.0)
+            + diff(me0, cpu_seconds(std::process::id())).unwrap_or(0.0);
+        ((busy - ours) / done.duration_since(spawned).as_secs_f64().max(1e-3)).max(0.0)
+    });
     for p in &pids {
         signal(*p, "TERM");
     }
@@ -412,6 +424,7 @@ async fn measure(
         "worker_cpu_us_per_order": per_order_us(Some(cpu)),
         "redis_cpu_us_per_order": per_order_us(redis_cpu),
         "ledger_cpu_us_per_order": per_order_us(ledger_cpu),
+        "others_cores": others_cores,
         "exit_codes": exits,
         "audit": audit,
         "timeline": timeline,
@@ -449,7 +462,7 @@ async fn ledger_target(url: &str, postmaster: Option<u32>) -> Res<LedgerTarget> 
 /// One line per measurement on stderr, as a Markdown table.
 fn summary(results: &[Value]) {
     eprintln!(
-        "\n| workers | batch | ledger | orders/s | worker CPU µs/order | Redis CPU µs/order | ledger CPU µs/order |\n|---:|---:|---|---:|---:|---:|---:|"
+        "\n| workers | batch | ledger | orders/s | worker CPU µs/order | Redis CPU µs/order | ledger CPU µs/order | others' CPU (cores) |\n|---:|---:|---|---:|---:|---:|---:|---:|"
     );
     let us = |v: &Value| {
         v.as_f64()
@@ -457,7 +470,7 @@ fn summary(results: &[Value]) {
     };
     for r in results {
         eprintln!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r["workers"],
             r["batch"],
             if r["ledger"] == json!(true) {
@@ -471,6 +484,9 @@ fn summary(results: &[Value]) {
             us(&r["worker_cpu_us_per_order"]),
             us(&r["redis_cpu_us_per_order"]),
             us(&r["ledger_cpu_us_per_order"]),
+            r["others_cores"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}")),
         );
     }
 }
