@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# lib.sh — shared by loadtest/pages.sh and loadtest/overload.sh (sourced).
+# lib.sh — shared by loadtest/pages.sh, loadtest/overload.sh and loadtest/worker-ledger.sh (sourced).
 # The caller defines ROOT (the repository) and log().
 
 # A free TCP port on 127.0.0.1.
