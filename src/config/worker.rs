@@ -24,7 +24,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "FLASHSALE_WORKER_NAME")]
     pub consumer: Option<String>,
     /// Most entries read (and held) at once (1–10000).
-    #[arg(long, env = "FLASHSALE_WORKER_BATCH", default_value_t = 128)]
+    #[arg(long, env = "FLASHSALE_WORKER_BATCH", default_value_t = 512)]
     pub batch: usize,
     /// XREADGROUP BLOCK time in milliseconds (10–60000); a read never
     /// blocks past the next expiry pass (--expire-ms).
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused_by_name() {
         let ok = parse(&[]).expect("defaults are valid");
-        assert_eq!(ok.tuning.batch, 128);
+        assert_eq!(ok.tuning.batch, 512);
         assert_eq!(ok.tuning.expire_every, Duration::from_millis(500));
         for (args, var) in [
             (&["--batch", "0"][..], "FLASHSALE_WORKER_BATCH"),
