@@ -1616,7 +1616,7 @@ def main():
     ap.add_argument("--ledger", action="store_true",
                     help="the worker records every order in an order ledger (a throw-away PostgreSQL)")
     ap.add_argument("--worker-batch", type=int,
-                    help="the worker's FLASHSALE_WORKER_BATCH (default: its own, 128)")
+                    help="the worker's FLASHSALE_WORKER_BATCH (default: its own, 512)")
     ap.add_argument("--perf", action="store_true",
                     help="perf record the server during each HTTP measurement of run 1 (raw/perf-*.txt)")
     ap.add_argument("--keep-bin", action="store_true",
