@@ -1,6 +1,8 @@
 //! The service's own processes (`flashsale serve`, `flashsale-worker`)
-//! pointed at a test group, and the product's default settings where a
-//! harness must run them as shipped.
+//! pointed at a test group, the product's default settings where a
+//! harness must run them as shipped, and the small process helpers the
+//! Sentinel group and the cluster share (is a binary on PATH, is a PID
+//! alive, send it a signal).
 
 use std::time::Duration;
 
@@ -32,4 +34,35 @@ pub fn shipped_failover_wait() -> Duration {
     let p = <Product as clap::Parser>::try_parse_from(["flashsale"])
         .unwrap_or_else(|e| panic!("the product's Redis settings do not parse: {e}"));
     Duration::from_millis(p.redis.failover_wait_ms)
+}
+
+/// Whether `bin` is a file in one of the `PATH` directories.
+pub(crate) fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
+}
+
+/// `/proc/PID/cmdline` with NULs as spaces, if PID is alive and not a zombie.
+pub(crate) fn live_cmdline(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the ")" that closes the command name.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// Sends a signal with `kill(1)`; errors are ignored (the process may be gone).
+pub(crate) fn send_signal(sig: &str, pids: &[i32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(|p| p.to_string()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }

@@ -38,11 +38,11 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::procs::{live_cmdline, on_path, send_signal};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
@@ -224,36 +224,6 @@ fn script_path() -> PathBuf {
         .map(|d| d.join("scripts/redis-group.sh"))
         .find(|p| p.is_file())
         .unwrap_or_else(|| manifest.join("scripts/redis-group.sh"))
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
-}
-
-/// `/proc/PID/cmdline` with NULs as spaces, if PID is alive and not a zombie.
-fn live_cmdline(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the ")" that closes the command name.
-    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
-}
-
-/// Sends a signal with `kill(1)`; errors are ignored (the process may be gone).
-fn send_signal(sig: &str, pids: &[i32]) {
-    if pids.is_empty() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .args(pids.iter().map(|p| p.to_string()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
 }
 
 /// Percent-encodes a password for a `redis://` URL (the load tests use it too).
