@@ -14,8 +14,6 @@
 //! a test panics — and by a watchdog if this test process dies first.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +25,7 @@ use tokio::process::{Child, Command};
 use crate::support::app::{
     AppOptions, TestApp, serve_settings, shared_group, temp_dir, unique, worker_command,
 };
+use crate::support::nginx::Nginx;
 use crate::support::redis_group::RedisGroup;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -160,13 +159,6 @@ fn watchdog(pgid: u32) {
     std::mem::forget(child);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -272,130 +264,6 @@ fn assert_no_inline_code(html: &str, what: &str) {
 }
 
 // ------------------------------------------------------------------ nginx --
-
-/// nginx in the foreground (`daemon off`), with a config rendered from
-/// `deploy/nginx` by its own `render.sh` into a temp dir that also holds the
-/// pid file, logs and temp paths. Stopped by process group on drop.
-struct Nginx {
-    pgid: u32,
-    child: std::process::Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(upstreams: &[&str], pages: &Path) -> Nginx {
-        let bin = nginx_bin();
-        let mut last = String::new();
-        for _attempt in 0..3 {
-            let dir = temp_dir("nginx");
-            let port = free_port();
-            let site = dir.join("flashsale.conf");
-            let out = StdCommand::new("bash")
-                .arg(Path::new(REPO).join("deploy/nginx/render.sh"))
-                .arg("--out")
-                .arg(&site)
-                .env("FLASHSALE_NGINX_LISTEN", format!("127.0.0.1:{port}"))
-                .env("FLASHSALE_UPSTREAMS", upstreams.join(","))
-                .env("FLASHSALE_PAGES_DIR", pages)
-                .env("FLASHSALE_STATIC_DIR", Path::new(REPO).join("static"))
-                .output()
-                .expect("deploy/nginx/render.sh");
-            assert!(
-                out.status.success(),
-                "render.sh: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let d = dir.display();
-            // As root, the workers would run as `nobody`, which cannot read
-            // the temp dirs; the test's own user is fine.
-            let user = if is_root() { "user root;\n" } else { "" };
-            let mime = ["/etc/nginx/mime.types", "/usr/local/nginx/conf/mime.types"]
-                .into_iter()
-                .find(|p| Path::new(p).is_file())
-                .expect("nginx's mime.types");
-            let conf = format!(
-                "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{\n  include {mime};\n  default_type application/octet-stream;\n\
-                 \x20 access_log {d}/access.log;\n  sendfile on;\n\
-                 \x20 client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-                 \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                 \x20 include {d}/flashsale.conf;\n}}\n"
-            );
-            std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-            let args = |extra: &[&str]| {
-                let mut c = StdCommand::new(&bin);
-                c.arg("-e")
-                    .arg(dir.join("error.log"))
-                    .arg("-p")
-                    .arg(&dir)
-                    .arg("-c")
-                    .arg(dir.join("nginx.conf"))
-                    .args(extra);
-                c
-            };
-            let t = args(&["-t", "-q"]).output().expect("nginx -t");
-            assert!(
-                t.status.success(),
-                "nginx -t failed for the config rendered from deploy/nginx:\n{}",
-                String::from_utf8_lossy(&t.stderr)
-            );
-            let child = args(&["-g", "daemon off; master_process on;"])
-                .process_group(0)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nginx");
-            let pgid = child.id();
-            watchdog(pgid);
-            let mut n = Nginx {
-                pgid,
-                child,
-                dir,
-                port,
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return n;
-                }
-                if n.child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            last = std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default();
-            drop(n);
-            if !last.contains("in use") {
-                break;
-            }
-        }
-        panic!("nginx did not start:\n{last}");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        stop_group(self.pgid, Duration::from_secs(5));
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 // ----------------------------------------------------------------- worker --
 
@@ -723,7 +591,10 @@ async fn nginx_serves_rendered_pages_with_every_app_stopped() {
     sale(&app1, &unrendered, "Not rendered yet", 5, -5, 3600).await;
     let up1 = app1.base.trim_start_matches("http://").to_owned();
     let up2 = app2.base.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&[&up1, &up2], &pages);
+    let nginx = Nginx::start(&[
+        ("FLASHSALE_UPSTREAMS", &format!("{up1},{up2}")),
+        ("FLASHSALE_PAGES_DIR", &pages.display().to_string()),
+    ]);
     let c = http();
     let disk = std::fs::read_to_string(pages.join(format!("p/{sku}.html"))).expect("page");
 
@@ -814,7 +685,10 @@ async fn browser_buy_flow_through_nginx() {
     render(group, &prefix, &pages);
     let up1 = app1.base.trim_start_matches("http://").to_owned();
     let up2 = app2.base.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&[&up1, &up2], &pages);
+    let nginx = Nginx::start(&[
+        ("FLASHSALE_UPSTREAMS", &format!("{up1},{up2}")),
+        ("FLASHSALE_PAGES_DIR", &pages.display().to_string()),
+    ]);
 
     let mut e2e = E2e::spawn("e2e.mjs", &nginx.url(""), &out);
     e2e.expect("ready", Duration::from_secs(90)).await;
@@ -1120,7 +994,10 @@ async fn browser_payment_step_through_nginx() {
     let pages = temp_dir("pages");
     let up1 = app1.base.trim_start_matches("http://").to_owned();
     let up2 = app2.base.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&[&up1, &up2], &pages);
+    let nginx = Nginx::start(&[
+        ("FLASHSALE_UPSTREAMS", &format!("{up1},{up2}")),
+        ("FLASHSALE_PAGES_DIR", &pages.display().to_string()),
+    ]);
 
     let mut e2e = E2e::spawn("payment.mjs", &nginx.url(""), &out);
     e2e.expect("ready", Duration::from_secs(90)).await;

@@ -2,4 +2,5 @@
 
 pub mod app;
 pub mod chromium;
+pub mod nginx;
 pub use flashsale_testkit::redis_group;
