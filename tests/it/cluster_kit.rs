@@ -13,62 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::settings::{normalized, read, repo, setting_lines};
 use flashsale_testkit::redis_cluster::{
     ClusterOptions, RedisCluster, fresh_temp_dir, pick_base_port, release_base_port, script_path,
 };
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(rel: &str) -> String {
-    let p = repo().join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-}
-
-/// Redis's memory units (`1k` = 1000, `1kb` = 1024, …) as bytes, the way
-/// `CONFIG GET` reports sizes.
-fn memory_bytes(v: &str) -> Option<u64> {
-    let lower = v.to_ascii_lowercase();
-    let digits = lower.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || digits == lower.len() {
-        return None;
-    }
-    let n: u64 = lower[..digits].parse().ok()?;
-    let unit = match &lower[digits..] {
-        "k" => 1000,
-        "kb" => 1024,
-        "m" => 1000 * 1000,
-        "mb" => 1024 * 1024,
-        "g" => 1000 * 1000 * 1000,
-        "gb" => 1024 * 1024 * 1024,
-        _ => return None,
-    };
-    Some(n * unit)
-}
-
-/// A value of redis.conf as `CONFIG GET` answers it: quotes off, tokens
-/// joined by one space, a single size in bytes.
-fn normalized(value: &str) -> String {
-    let tokens: Vec<&str> = value
-        .split_whitespace()
-        .map(|t| t.trim_matches('"'))
-        .filter(|t| !t.is_empty())
-        .collect();
-    match tokens.as_slice() {
-        [one] => memory_bytes(one).map_or_else(|| (*one).to_owned(), |b| b.to_string()),
-        _ => tokens.join(" "),
-    }
-}
-
 /// A shipped redis.conf fragment: option → value as `CONFIG GET` reports it.
 fn shipped(rel: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for line in read(rel)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in setting_lines(&read(rel)) {
         let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let key = key.to_ascii_lowercase();
         assert!(

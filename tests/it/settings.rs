@@ -16,17 +16,17 @@ use std::path::PathBuf;
 
 use crate::support::redis_group::{GroupOptions, Node, RedisGroup};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn read(rel: &str) -> String {
+pub(crate) fn read(rel: &str) -> String {
     let p = repo().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
 /// Lines of a config file without comments and blank lines.
-fn setting_lines(text: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn setting_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -55,7 +55,7 @@ fn memory_bytes(v: &str) -> Option<u64> {
 
 /// A value of redis.conf as `CONFIG GET` answers it: quotes off, tokens
 /// joined by one space, a single size in bytes.
-fn normalized(value: &str) -> String {
+pub(crate) fn normalized(value: &str) -> String {
     let tokens: Vec<&str> = value
         .split_whitespace()
         .map(|t| t.trim_matches('"'))
