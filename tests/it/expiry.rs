@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::config::Secret;
-use flashsale::ledger::{Ledger, LedgerOrder, LedgerSettings, LedgerStatus};
+use flashsale::ledger::{Ledger, LedgerOrder, LedgerStatus};
 use flashsale::redis::Keys;
 use flashsale_testkit::postgres::Postgres;
-use futures_util::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use tokio::process::Child;
 
+use crate::ledger::{ledger, rows_of};
 use crate::support::app::{
     AppOptions, TestApp, metric_value, serve_settings, shared_group, unconfirmed_after, unique,
     worker_command,
@@ -290,23 +290,6 @@ async fn unpaid_orders_expire_on_schedule_and_their_units_sell_again() {
         "an event counted as a duplicate"
     );
     app.stop().await;
-}
-
-async fn ledger(pg: &Postgres) -> Ledger {
-    let settings = LedgerSettings::parse(&Secret::new(pg.url())).expect("the kit's URL");
-    let ledger = Ledger::connect(&settings, "expiry tests")
-        .await
-        .expect("connect");
-    ledger.migrate().await.expect("migrate");
-    ledger
-}
-
-async fn rows_of(ledger: &Ledger, sku: &str) -> Vec<LedgerOrder> {
-    ledger
-        .orders_of(sku)
-        .try_collect()
-        .await
-        .expect("orders of the sale")
 }
 
 fn ledger_status(s: &str) -> Option<LedgerStatus> {

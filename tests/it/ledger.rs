@@ -57,7 +57,8 @@ impl LedgerWorker {
     }
 }
 
-async fn ledger(pg: &Postgres) -> Ledger {
+/// A ledger on the kit's PostgreSQL with its schema applied.
+pub(crate) async fn ledger(pg: &Postgres) -> Ledger {
     let settings = LedgerSettings::parse(&Secret::new(pg.url())).expect("the kit's URL");
     let ledger = Ledger::connect(&settings, "ledger tests")
         .await
@@ -66,7 +67,8 @@ async fn ledger(pg: &Postgres) -> Ledger {
     ledger
 }
 
-async fn rows_of(ledger: &Ledger, sku: &str) -> Vec<LedgerOrder> {
+/// Every row of a sale in the ledger.
+pub(crate) async fn rows_of(ledger: &Ledger, sku: &str) -> Vec<LedgerOrder> {
     ledger
         .orders_of(sku)
         .try_collect()

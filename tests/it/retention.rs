@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flashsale::config::Secret;
-use flashsale::ledger::{Ledger, LedgerSettings, NewOrder, Record};
+use flashsale::ledger::{NewOrder, Record};
 use flashsale::redis::Keys;
 use flashsale::redis::functions::purchase_call;
 use flashsale_testkit::postgres::Postgres;
@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Child;
 
+use crate::ledger::ledger;
 use crate::support::app::{
     AppOptions, TestApp, assert_config_error, metric_value, serve_settings, shared_group,
     unconfirmed_after, unique, worker_command,
@@ -360,15 +361,6 @@ async fn a_sale_is_kept_while_its_orders_wait_for_their_payment() {
     assert_eq!(w.purged_total().await, 1.0);
     assert!(w.complaints().is_empty(), "{:#?}", w.complaints());
     app.stop().await;
-}
-
-async fn ledger(pg: &Postgres) -> Ledger {
-    let settings = LedgerSettings::parse(&Secret::new(pg.url())).expect("the kit's URL");
-    let ledger = Ledger::connect(&settings, "retention tests")
-        .await
-        .expect("connect");
-    ledger.migrate().await.expect("migrate");
-    ledger
 }
 
 async fn sql(pg: &Postgres, statement: &str, order_id: &str) -> u64 {
