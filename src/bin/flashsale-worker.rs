@@ -14,7 +14,7 @@ use flashsale::cli::{Failure, exit, shutdown_signal};
 use flashsale::config::WorkerArgs;
 use flashsale::ledger::Ledger;
 use flashsale::redis::Redis;
-use flashsale::worker::{Worker, run};
+use flashsale::worker::{Worker, run_all};
 use tokio::sync::Notify;
 
 /// mimalloc: glibc's malloc/free were 12–16 % of the server's CPU under
@@ -74,16 +74,23 @@ async fn main_inner() -> Result<ExitCode, Failure> {
         }
     };
     let redis = Redis::connect(settings.redis).await?;
-    let mut worker = Worker::new(redis, settings.tuning);
-    if let Some(ledger) = ledger {
-        worker = worker.with_ledger(ledger);
-    }
+    let tuning = settings.tuning;
+    let make = {
+        let redis = redis.clone();
+        move || {
+            let worker = Worker::new(redis.clone(), tuning.clone());
+            match &ledger {
+                Some(l) => worker.with_ledger(l.clone()),
+                None => worker,
+            }
+        }
+    };
     let stop = Arc::new(Notify::new());
     let stopped = {
         let stop = stop.clone();
         async move { stop.notified().await }
     };
-    let mut task = tokio::spawn(run(worker, stopped));
+    let mut task = tokio::spawn(run_all(redis, make, stopped));
     tokio::select! {
         _ = &mut task => return Ok(ExitCode::SUCCESS),
         () = shutdown_signal() => {}

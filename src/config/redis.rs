@@ -25,6 +25,8 @@ pub enum RedisTarget {
         master_name: String,
         sentinel_password: Option<Secret>,
     },
+    /// Seed nodes of a Redis Cluster: the rest is discovered.
+    Cluster { seeds: Vec<(String, u16)> },
     /// One plain node (development only): no failover, no replicas.
     Url(String),
 }
@@ -69,6 +71,9 @@ pub struct RedisArgs {
     /// File holding the password of the Sentinels.
     #[arg(long, env = "FLASHSALE_SENTINEL_PASSWORD_FILE")]
     pub sentinel_password_file: Option<String>,
+    /// Seed nodes of a Redis Cluster as host:port,host:port,...
+    #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
     /// redis://host:port of one plain node (development only).
     #[arg(long, env = "FLASHSALE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -82,11 +87,13 @@ pub struct RedisArgs {
     #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
     /// How long a purchase waits for a new master during a failover (the
-    /// hold), in milliseconds. The default covers a master lost on the
-    /// shipped settings: down-after (3 s), the Sentinels' agreement and
-    /// election, and the promotion (about 5–6 s in all).
-    #[arg(long, env = "FLASHSALE_FAILOVER_WAIT_MS", default_value_t = 8000)]
-    pub failover_wait_ms: u64,
+    /// hold), in milliseconds. The default (8000; 12000 with a cluster)
+    /// covers a master lost on the shipped settings: with Sentinels,
+    /// down-after (3 s), their agreement and election, and the promotion
+    /// (about 5–6 s in all); in a cluster, the node timeout (5 s), the
+    /// primaries' agreement and the replica's election (7–9 s).
+    #[arg(long, env = "FLASHSALE_FAILOVER_WAIT_MS")]
+    pub failover_wait_ms: Option<u64>,
     /// How long one WAIT for the replicas may block, in milliseconds.
     #[arg(long, env = "FLASHSALE_WAIT_TIMEOUT_MS", default_value_t = 250)]
     pub wait_timeout_ms: u64,
@@ -99,7 +106,11 @@ pub struct RedisArgs {
 }
 
 /// Parses `host:port,host:port`.
-fn parse_addrs(var: &'static str, raw: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+fn parse_addrs(
+    var: &'static str,
+    raw: &str,
+    what: &str,
+) -> Result<Vec<(String, u16)>, ConfigError> {
     let mut out = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (host, port) = part
@@ -114,12 +125,27 @@ fn parse_addrs(var: &'static str, raw: &str) -> Result<Vec<(String, u16)>, Confi
         out.push((host.trim_matches(['[', ']']).to_owned(), port));
     }
     if out.is_empty() {
-        return Err(invalid(var, "names no Sentinel"));
+        return Err(invalid(var, format!("names no {what}")));
     }
     Ok(out)
 }
 
+/// The hold's default with Sentinels (or one node), in milliseconds.
+pub const DEFAULT_FAILOVER_WAIT_MS: u64 = 8_000;
+/// The hold's default with a cluster, in milliseconds.
+pub const DEFAULT_CLUSTER_FAILOVER_WAIT_MS: u64 = 12_000;
+
 impl RedisArgs {
+    /// The hold as configured, or its default for the configured mode.
+    pub fn failover_wait_ms(&self) -> u64 {
+        let cluster = self.redis_cluster.as_deref().is_some_and(|s| !s.is_empty());
+        self.failover_wait_ms.unwrap_or(if cluster {
+            DEFAULT_CLUSTER_FAILOVER_WAIT_MS
+        } else {
+            DEFAULT_FAILOVER_WAIT_MS
+        })
+    }
+
     pub fn settings(&self) -> Result<RedisSettings, ConfigError> {
         let password = secret(
             "FLASHSALE_REDIS_PASSWORD",
@@ -134,31 +160,29 @@ impl RedisArgs {
             self.sentinel_password_file.clone(),
         )?;
         let sentinels = self.redis_sentinels.as_deref().filter(|s| !s.is_empty());
+        let cluster = self.redis_cluster.as_deref().filter(|s| !s.is_empty());
         let url = self.redis_url.as_deref().filter(|s| !s.is_empty());
-        let target = match (sentinels, url) {
-            (Some(_), Some(_)) => {
+        let target = match (sentinels, cluster, url) {
+            (None, None, None) => {
                 return Err(invalid(
                     "FLASHSALE_REDIS_SENTINELS",
-                    "set either FLASHSALE_REDIS_SENTINELS or FLASHSALE_REDIS_URL, not both",
+                    "not set (set it, FLASHSALE_REDIS_CLUSTER, or FLASHSALE_REDIS_URL for one development node)",
                 ));
             }
-            (None, None) => {
-                return Err(invalid(
-                    "FLASHSALE_REDIS_SENTINELS",
-                    "not set (set it, or FLASHSALE_REDIS_URL for one development node)",
-                ));
-            }
-            (Some(raw), None) => {
+            (Some(raw), None, None) => {
                 if self.redis_master_name.is_empty() {
                     return Err(invalid("FLASHSALE_REDIS_MASTER_NAME", "is empty"));
                 }
                 RedisTarget::Sentinels {
-                    addrs: parse_addrs("FLASHSALE_REDIS_SENTINELS", raw)?,
+                    addrs: parse_addrs("FLASHSALE_REDIS_SENTINELS", raw, "Sentinel")?,
                     master_name: self.redis_master_name.clone(),
                     sentinel_password,
                 }
             }
-            (None, Some(u)) => {
+            (None, Some(raw), None) => RedisTarget::Cluster {
+                seeds: parse_addrs("FLASHSALE_REDIS_CLUSTER", raw, "node")?,
+            },
+            (None, None, Some(u)) => {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                     return Err(invalid(
                         "FLASHSALE_REDIS_URL",
@@ -167,11 +191,22 @@ impl RedisArgs {
                 }
                 RedisTarget::Url(u.to_owned())
             }
+            (s, _, _) => {
+                let var = if s.is_some() {
+                    "FLASHSALE_REDIS_SENTINELS"
+                } else {
+                    "FLASHSALE_REDIS_CLUSTER"
+                };
+                return Err(invalid(
+                    var,
+                    "set exactly one of FLASHSALE_REDIS_SENTINELS, FLASHSALE_REDIS_CLUSTER and FLASHSALE_REDIS_URL",
+                ));
+            }
         };
         let replica_acks = match self.replica_acks.as_deref().map(str::trim) {
             None | Some("") => match target {
                 RedisTarget::Url(_) => ReplicaAcks::Count(0),
-                RedisTarget::Sentinels { .. } => ReplicaAcks::All,
+                RedisTarget::Sentinels { .. } | RedisTarget::Cluster { .. } => ReplicaAcks::All,
             },
             Some("all") => ReplicaAcks::All,
             Some(n) => ReplicaAcks::Count(n.parse().map_err(|_| {
@@ -211,7 +246,7 @@ impl RedisArgs {
             )?,
             failover_wait: ms(
                 "FLASHSALE_FAILOVER_WAIT_MS",
-                self.failover_wait_ms,
+                self.failover_wait_ms(),
                 0,
                 60_000,
             )?,

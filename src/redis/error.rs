@@ -58,8 +58,19 @@ pub enum Verdict {
     Other,
 }
 
-/// Server error codes of a master that cannot take writes *yet*.
-const NOT_YET: &[&str] = &["NOREPLICAS", "LOADING", "MASTERDOWN", "TRYAGAIN"];
+/// Server error codes of a master that cannot take writes *yet*; in a
+/// cluster also those of a slot that is moving (`MOVED`, `ASK`,
+/// `TRYAGAIN`) or of a shard without an owner (`CLUSTERDOWN`): the
+/// watcher learns the new owner and the call is retried there.
+const NOT_YET: &[&str] = &[
+    "NOREPLICAS",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "MOVED",
+    "ASK",
+    "CLUSTERDOWN",
+];
 
 /// The server's error code of `e`, also for a pipeline that failed:
 /// redis-rs gives a pipeline error a code only when its first failure is of

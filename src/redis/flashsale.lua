@@ -49,7 +49,7 @@ Times come from the server (TIME), so every app instance sees one clock.
 -- over an older version, never over a newer one (a rolling deploy must not
 -- flip it back and forth), so a new version keeps every function and its
 -- KEYS/ARGV/reply shape of the versions before it, and only adds.
-local VERSION = '12'
+local VERSION = '13'
 local MAX_QTY = 1000000
 
 local function now_ms()
@@ -75,7 +75,9 @@ end
 
 --[[
 fs_purchase
-KEYS: sale, units, first, uorders, order, stream, idem ('' when no key)
+KEYS: sale, units, first, uorders, order, stream, idem ('' when no key; from
+      version 13 also the sale key again, which is in the sale's slot, as
+      every key of a call must be in a cluster)
       [, payby] (from version 12, with a payment window)
 ARGV: user_id, qty, order_id [, payment window in ms] (from version 12;
       absent or 0: no payment step)
@@ -93,6 +95,9 @@ idempotency and limit checks, so a retry still gets its order id.
 local function fs_purchase(keys, args)
   local sale_k, units_k, first_k, uorders_k, order_k, stream_k, idem_k =
     keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7]
+  if idem_k == sale_k then
+    idem_k = ''
+  end
   local user, order_id = args[1], args[3]
   if type(user) ~= 'string' or #user == 0 or #user > 64 or string.find(user, '[^%w_.:%-]') then
     return {'invalid_user'}
@@ -207,7 +212,9 @@ end
 
 --[[
 fs_create_sale
-KEYS: sale, index
+KEYS: sale, index (from version 13 the index is optional: without it the
+      caller adds the sale to the index itself, as it must in a cluster,
+      where the index is in another slot than the sale)
 ARGV: sku, name, description, price_cents, stock, starts_ms, ends_ms, per_user_limit
       [, currency, image_url] (from version 11; currency absent or '' is USD,
       image_url absent or '' is none; the caller validates both, the
@@ -263,7 +270,9 @@ local function fs_create_sale(keys, args)
   if image ~= '' then
     redis.call('HSET', sale_k, 'image_url', image)
   end
-  redis.call('ZADD', index_k, starts, sku)
+  if index_k then
+    redis.call('ZADD', index_k, starts, sku)
+  end
   return {'created'}
 end
 
@@ -313,7 +322,7 @@ end
 
 --[[
 fs_update_sale (from version 10): changes a sale that has not opened yet.
-KEYS: sale, index
+KEYS: sale, index (optional from version 13, as for fs_create_sale)
 ARGV: field, value, field, value, ... with fields among name, description,
       price_cents, stock, starts_ms, ends_ms, per_user_limit, and from
       version 11 currency and image_url ('' removes the image); each at most
@@ -407,7 +416,9 @@ local function fs_update_sale(keys, args)
   if drop_image then
     redis.call('HDEL', sale_k, 'image_url')
   end
-  redis.call('ZADD', index_k, new_starts, s[1])
+  if index_k then
+    redis.call('ZADD', index_k, new_starts, s[1])
+  end
   return {'updated'}
 end
 

@@ -80,6 +80,11 @@ impl Keys {
     pub fn ack_counter(&self) -> String {
         format!("{}:ack", self.prefix)
     }
+    /// The acknowledgement counter of a cluster shard: in the slot of
+    /// `{tag}`, one the shard's master owns.
+    pub fn ack_counter_in(&self, tag: &str) -> String {
+        format!("{}:ack:{{{tag}}}", self.prefix)
+    }
     /// Token buckets of the rate limiter.
     pub fn rate(&self, scope: &str, id: &str) -> String {
         format!("{}:rate:{scope}:{id}", self.prefix)

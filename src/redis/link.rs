@@ -1,8 +1,9 @@
 //! Addresses, connections and the master link: a few multiplexed
 //! connections to one verified master plus its acknowledgement rounds, and
 //! how such a link is built (ROLE checked, the Function library loaded) and
-//! installed. Knows nothing of Sentinels or of which node is the master
-//! (that is the watcher's, `sentinel.rs`, which calls in here).
+//! installed. Knows nothing of Sentinels, of the cluster or of which node
+//! is the master (that is the watchers', `sentinel.rs` and `cluster.rs`,
+//! which call in here).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,7 +18,7 @@ use redis::{
 use tokio::time::Instant;
 
 use super::ack::{AckConfig, AckFault, Acker};
-use super::{DbError, Inner, REBUILD_EVERY, ROLE_CHECK_TIMEOUT, functions, sentinel};
+use super::{DbError, Inner, REBUILD_EVERY, ROLE_CHECK_TIMEOUT, Shard, functions, slots};
 use crate::config::{RedisTarget, ReplicaAcks, Secret};
 
 /// A node's address as the Sentinels name it.
@@ -45,6 +46,33 @@ impl std::fmt::Display for Addr {
 /// Something that can be sent on a connection: a command or a pipeline.
 pub trait Query: Sync {
     fn as_query(&self) -> Q<'_>;
+
+    /// The key whose hash slot decides the node (see `slots.rs`): the
+    /// first key of the command, or of the pipeline's first command that
+    /// has one. Every key of one call must be in that slot.
+    fn route_key(&self) -> Option<&[u8]> {
+        match self.as_query() {
+            Q::Cmd(c) => slots::route_key(c),
+            Q::Pipe(p) => p.cmd_iter().find_map(slots::route_key),
+        }
+    }
+}
+
+/// A call routed by a key it does not name (`SCAN … MATCH P:{sku}:*` runs
+/// where the sale's keys are).
+pub struct At<'a, C: Query> {
+    pub key: &'a str,
+    pub cmd: &'a C,
+}
+
+impl<C: Query> Query for At<'_, C> {
+    fn as_query(&self) -> Q<'_> {
+        self.cmd.as_query()
+    }
+
+    fn route_key(&self) -> Option<&[u8]> {
+        Some(self.key.as_bytes())
+    }
 }
 
 /// A borrowed command or pipeline.
@@ -168,14 +196,23 @@ impl Inner {
     pub(super) fn password(&self) -> Option<&Secret> {
         match &self.settings.target {
             RedisTarget::Url(_) => None,
-            RedisTarget::Sentinels { .. } => self.settings.password.as_ref(),
+            RedisTarget::Sentinels { .. } | RedisTarget::Cluster { .. } => {
+                self.settings.password.as_ref()
+            }
         }
     }
 
     /// Builds a link to `addr` after checking ROLE and the Function library;
     /// refuses (without trying) when a link to it was built less than
-    /// [`REBUILD_EVERY`] ago.
-    pub(super) async fn build_link(&self, addr: &Addr) -> Result<MasterLink, DbError> {
+    /// [`REBUILD_EVERY`] ago. `shard` is the required-acks counter's
+    /// owner; `ack_slot`, in a cluster, a slot the node owns, where the
+    /// acknowledgement rounds write their counter.
+    pub(super) async fn build_link(
+        &self,
+        addr: &Addr,
+        shard: &Shard,
+        ack_slot: Option<u16>,
+    ) -> Result<MasterLink, DbError> {
         {
             let mut last = self.last_build.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -207,7 +244,7 @@ impl Inner {
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await
                 }
-                RedisTarget::Sentinels { .. } => {
+                RedisTarget::Sentinels { .. } | RedisTarget::Cluster { .. } => {
                     connect(
                         host,
                         port,
@@ -222,7 +259,7 @@ impl Inner {
         // A frozen or unreachable node must not hold up the watcher.
         let check = async {
             let mut c = open().await?;
-            let r = sentinel::role(&mut c).await?;
+            let r = role_reply(&mut c).await?.0;
             Ok::<_, redis::RedisError>((c, r))
         };
         let (mut first, role_name) = tokio::time::timeout(s.timeout.min(ROLE_CHECK_TIMEOUT), check)
@@ -248,9 +285,12 @@ impl Inner {
             Some(Acker::spawn(
                 ack_conn,
                 AckConfig {
-                    counter_key: self.keys.ack_counter(),
+                    counter_key: match ack_slot {
+                        Some(slot) => self.keys.ack_counter_in(&slots::tag_for_slot(slot)),
+                        None => self.keys.ack_counter(),
+                    },
                     wait_timeout: s.wait_timeout,
-                    required: self.required_acks.clone(),
+                    required: shard.required_acks.clone(),
                     retired: stale.clone(),
                     on_link_fault: Arc::new(move || {
                         flag.store(true, Ordering::SeqCst);
@@ -269,16 +309,32 @@ impl Inner {
         })
     }
 
-    /// Installs a new link (or none) and tells the waiters.
-    pub(super) fn install(&self, link: Option<MasterLink>) {
+    /// Installs a new link (or none) as `shard`'s master and tells the
+    /// waiters.
+    pub(super) fn install(&self, shard: &Shard, link: Option<MasterLink>) {
         if link.is_some() {
             self.installs.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("flashsale_redis_link_installs_total").increment(1);
         }
-        let old = self.master.swap(link.map(Arc::new));
+        let old = shard.master.swap(link.map(Arc::new));
         if let Some(old) = old {
             old.stale.store(true, Ordering::SeqCst);
         }
-        self.master_tx.send_modify(|e| *e += 1);
+        self.changed.send_modify(|e| *e += 1);
     }
+}
+
+/// ROLE's first element, and for a replica the state of its link
+/// (`connected`, `sync`, `connecting`, …).
+pub(super) async fn role_reply(
+    conn: &mut MultiplexedConnection,
+) -> Result<(String, String), redis::RedisError> {
+    let v: redis::Value = redis::cmd("ROLE").query_async(conn).await?;
+    Ok(match &v {
+        redis::Value::Array(items) => (
+            items.first().and_then(text).unwrap_or_default(),
+            items.get(3).and_then(text).unwrap_or_default(),
+        ),
+        _ => Default::default(),
+    })
 }

@@ -45,20 +45,36 @@
 //!
 //! With `FLASHSALE_REDIS_URL` there are no Sentinels: the one node is the
 //! master, links are rebuilt after errors, and reads go to it as well.
+//!
+//! **Shards.** Everything above is per [`Shard`]: a Sentinel group or one
+//! node is one shard; a Redis Cluster (`FLASHSALE_REDIS_CLUSTER`) has one
+//! per primary that owns slots, followed by the cluster watcher
+//! (`cluster.rs`) instead of the Sentinel one. Every call is routed by the
+//! hash slot of its first key (`slots.rs`; a sale's keys share one slot)
+//! to the shard owning it, and then runs exactly as with Sentinels: the
+//! same hold, retries, acknowledgement (a `WAIT` on that shard's master
+//! counting that shard's replicas) and replica reads. A call that spans
+//! sales (`read_each`) is split into one pipeline per shard. `MOVED`,
+//! `ASK`, `TRYAGAIN` and `CLUSTERDOWN` mean the slot is moving or its
+//! shard is failing over: the watcher is woken and the call retried, as
+//! for a master that is not writable yet.
 
 mod ack;
+mod cluster;
 mod error;
 pub mod functions;
 pub mod keys;
 mod link;
 mod sentinel;
+mod shard;
+pub mod slots;
 mod view;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use redis::FromRedisValue;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, watch};
@@ -67,27 +83,46 @@ use tokio::time::Instant;
 pub use ack::AckFault;
 pub use error::{Backoff, DbError, REBUILD_EVERY, Verdict, error_code, is_failover_error, verdict};
 pub use keys::Keys;
-pub use link::{Addr, MasterLink, Q, Query, text};
+pub use link::{Addr, At, MasterLink, Q, Query, text};
 pub(crate) use link::{connect, url_host_port};
+pub use shard::Shard;
 
-use crate::config::{RedisSettings, ReplicaAcks};
+use crate::config::{RedisSettings, RedisTarget, ReplicaAcks};
 
 /// How long a candidate master may take to answer ROLE.
 pub(crate) const ROLE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
-struct ReplicaLink {
-    addr: Addr,
-    conn: MultiplexedConnection,
+/// A slot no shard owns right now.
+const UNOWNED: u16 = u16::MAX;
+
+/// The shards and who owns which slot, swapped whole by the watcher.
+pub(crate) struct Topology {
+    pub(crate) shards: Vec<Arc<Shard>>,
+    /// Owner (index into `shards`) of every slot; `None`: the one shard
+    /// owns every key (Sentinels, one node).
+    pub(crate) slots: Option<Box<[u16]>>,
+}
+
+impl Topology {
+    /// The shard that runs a call whose first key is `key` (a call without
+    /// a key runs on the first shard); `None` while its slot has no owner.
+    fn route(&self, key: Option<&[u8]>) -> Option<&Arc<Shard>> {
+        match (&self.slots, key) {
+            (None, _) | (Some(_), None) => self.shards.first(),
+            (Some(map), Some(k)) => match map[slots::slot(k) as usize] {
+                UNOWNED => None,
+                i => self.shards.get(i as usize),
+            },
+        }
+    }
 }
 
 pub(crate) struct Inner {
     settings: RedisSettings,
     keys: Keys,
-    master: ArcSwapOption<MasterLink>,
-    master_tx: watch::Sender<u64>,
-    replicas: ArcSwap<Vec<ReplicaLink>>,
-    replica_next: AtomicUsize,
-    required_acks: Arc<AtomicUsize>,
+    topology: ArcSwap<Topology>,
+    /// Bumped on every link install and topology change; waiters re-route.
+    changed: watch::Sender<u64>,
     epoch: AtomicU64,
     wake: Arc<Notify>,
     switches: AtomicU64,
@@ -98,6 +133,36 @@ pub(crate) struct Inner {
     last_build: std::sync::Mutex<std::collections::HashMap<Addr, Instant>>,
     /// Why the last resolution failed (no secrets), for start-up errors.
     last_error: std::sync::Mutex<Option<String>>,
+    /// Numbers of the shards (see [`Shard::id`]).
+    next_shard: AtomicU64,
+}
+
+impl Inner {
+    /// Replicas required per acknowledgement when the watcher knows no
+    /// better: one for `all`.
+    fn initial_required(&self) -> usize {
+        match self.settings.replica_acks {
+            ReplicaAcks::All => 1,
+            ReplicaAcks::Count(n) => n,
+        }
+    }
+
+    pub(crate) fn new_shard(&self) -> Arc<Shard> {
+        Arc::new(Shard::new(
+            self.next_shard.fetch_add(1, Ordering::Relaxed) + 1,
+            self.initial_required(),
+        ))
+    }
+
+    pub(crate) fn topology(&self) -> arc_swap::Guard<Arc<Topology>> {
+        self.topology.load()
+    }
+
+    /// Installs a new topology and tells the waiters.
+    pub(crate) fn set_topology(&self, t: Topology) {
+        self.topology.store(Arc::new(t));
+        self.changed.send_modify(|e| *e += 1);
+    }
 }
 
 /// The Redis access layer; cheap to clone.
@@ -107,38 +172,48 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Resolves the master (and replicas), loads the Function library and
-    /// starts the watcher. Fails when no master can be found within the
-    /// failover wait (at least 5 s at start-up).
+    /// Resolves the master of every shard (and the replicas), loads the
+    /// Function library and starts the watcher. Fails when no master can
+    /// be found within the failover wait (at least 5 s at start-up).
     pub async fn connect(settings: RedisSettings) -> Result<Redis, DbError> {
-        let required = match settings.replica_acks {
-            ReplicaAcks::All => 1,
-            ReplicaAcks::Count(n) => n,
-        };
-        let (master_tx, _) = watch::channel(0);
+        let (changed, _) = watch::channel(0);
+        let cluster = matches!(settings.target, RedisTarget::Cluster { .. });
         let inner = Arc::new(Inner {
             keys: Keys::new(settings.key_prefix.clone()),
             settings,
-            master: ArcSwapOption::empty(),
-            master_tx,
-            replicas: ArcSwap::from_pointee(Vec::new()),
-            replica_next: AtomicUsize::new(0),
-            required_acks: Arc::new(AtomicUsize::new(required)),
+            topology: ArcSwap::from_pointee(Topology {
+                shards: Vec::new(),
+                slots: None,
+            }),
+            changed,
             epoch: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             switches: AtomicU64::new(0),
             installs: AtomicU64::new(0),
             last_build: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_error: std::sync::Mutex::new(None),
+            next_shard: AtomicU64::new(0),
         });
-        tokio::spawn(sentinel::watch(Arc::downgrade(&inner)));
+        if cluster {
+            tokio::spawn(cluster::watch(Arc::downgrade(&inner)));
+        } else {
+            inner.set_topology(Topology {
+                shards: vec![inner.new_shard()],
+                slots: None,
+            });
+            tokio::spawn(sentinel::watch(Arc::downgrade(&inner)));
+        }
         let redis = Redis { inner };
         let startup_wait = redis
             .inner
             .settings
             .failover_wait
             .max(Duration::from_secs(5));
-        if redis.master(Instant::now() + startup_wait).await.is_err() {
+        if redis
+            .all_masters(Instant::now() + startup_wait)
+            .await
+            .is_err()
+        {
             let why = redis
                 .inner
                 .last_error
@@ -153,12 +228,35 @@ impl Redis {
         Ok(redis)
     }
 
+    /// Waits until there is at least one shard and every shard has a
+    /// master link.
+    async fn all_masters(&self, deadline: Instant) -> Result<(), DbError> {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            let t = self.inner.topology();
+            if !t.shards.is_empty() && t.shards.iter().all(|s| s.current().is_some()) {
+                return Ok(());
+            }
+            drop(t);
+            self.inner.wake.notify_one();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Err(DbError::NoMaster),
+            }
+        }
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
     }
 
     pub fn settings(&self) -> &RedisSettings {
         &self.inner.settings
+    }
+
+    /// Whether the data lives in a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.settings.target, RedisTarget::Cluster { .. })
     }
 
     /// How long operations wait for a new master.
@@ -171,28 +269,104 @@ impl Redis {
         self.inner.switches.load(Ordering::Relaxed)
     }
 
-    /// Master links installed by this process (the first one included).
+    /// Master links installed by this process (the first ones included).
     pub fn link_installs(&self) -> u64 {
         self.inner.installs.load(Ordering::Relaxed)
     }
 
-    /// Replicas a write must reach before it is acknowledged right now.
+    /// Replicas a write must reach before it is acknowledged right now (the
+    /// most any shard requires).
     pub fn required_acks(&self) -> usize {
-        self.inner.required_acks.load(Ordering::Relaxed)
+        self.inner
+            .topology()
+            .shards
+            .iter()
+            .map(|s| s.required_acks())
+            .max()
+            .unwrap_or(0)
     }
 
-    /// The current master link, without waiting.
+    /// The shards of the moment.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.inner.topology().shards.clone()
+    }
+
+    /// The shard that owns `key` right now (`None` while its slot has no
+    /// owner).
+    pub fn shard_of(&self, key: &str) -> Option<Arc<Shard>> {
+        self.inner.topology().route(Some(key.as_bytes())).cloned()
+    }
+
+    /// The master link of the first shard, without waiting (with Sentinels:
+    /// the master).
     pub fn current_master(&self) -> Option<Arc<MasterLink>> {
-        self.inner.master.load_full().filter(|l| !l.is_stale())
+        self.inner
+            .topology()
+            .shards
+            .first()
+            .and_then(|s| s.current())
     }
 
-    /// The current master link, waiting for one (until `deadline`) while a
-    /// failover is in progress.
+    /// The master link that runs `cmd` right now, without waiting.
+    pub fn current_master_for<C: Query>(&self, cmd: &C) -> Option<Arc<MasterLink>> {
+        self.inner
+            .topology()
+            .route(cmd.route_key())
+            .and_then(|s| s.current())
+    }
+
+    /// The first shard's master link (with Sentinels: the master), waiting
+    /// for one (until `deadline`) while a failover is in progress.
     pub async fn master(&self, deadline: Instant) -> Result<Arc<MasterLink>, DbError> {
-        let mut rx = self.inner.master_tx.subscribe();
+        self.wait_link(deadline, |t| t.shards.first().cloned())
+            .await
+            .map(|(_, l)| l)
+    }
+
+    /// The master link of shard `id`, waiting for one while it fails over.
+    /// [`DbError::LinkChanged`] once the shard is gone (its slots moved to
+    /// others, its nodes left).
+    pub async fn shard_master(
+        &self,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<Arc<MasterLink>, DbError> {
+        let mut rx = self.inner.changed.subscribe();
         loop {
-            if let Some(link) = self.current_master() {
+            let shard = self
+                .inner
+                .topology()
+                .shards
+                .iter()
+                .find(|s| s.id == id)
+                .cloned();
+            let Some(shard) = shard else {
+                return Err(DbError::LinkChanged);
+            };
+            if let Some(link) = shard.current() {
                 return Ok(link);
+            }
+            self.inner.wake.notify_one();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return Err(DbError::NoMaster),
+            }
+        }
+    }
+
+    /// The master link of the shard `pick` chooses, waiting (until
+    /// `deadline`) for a shard and a link while the topology changes.
+    async fn wait_link(
+        &self,
+        deadline: Instant,
+        pick: impl Fn(&Topology) -> Option<Arc<Shard>>,
+    ) -> Result<(Arc<Shard>, Arc<MasterLink>), DbError> {
+        let mut rx = self.inner.changed.subscribe();
+        loop {
+            if let Some(shard) = pick(&self.inner.topology())
+                && let Some(link) = shard.current()
+            {
+                return Ok((shard, link));
             }
             self.inner.wake.notify_one();
             match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -204,7 +378,7 @@ impl Redis {
 
     /// Reports an error seen on `link` and says what it means. A stale link
     /// is marked so; for both stale and not-yet-writable the watcher is woken
-    /// to check with the Sentinels.
+    /// to check with the Sentinels (or the cluster).
     pub fn report(&self, link: &MasterLink, err: &redis::RedisError) -> Verdict {
         let v = verdict(err);
         match v {
@@ -223,19 +397,20 @@ impl Redis {
         v
     }
 
-    /// Runs `cmd` on the master, retrying until `deadline`: on the next
-    /// link after a stale one, on the same link after a pause while the
-    /// master is not writable yet.
+    /// Runs `cmd` on the master of the shard that owns its key, retrying
+    /// until `deadline`: on the next link after a stale one, after a pause
+    /// while the master is not writable yet or the slot is moving.
     async fn run_on_master<T: FromRedisValue + Send, C: Query>(
         &self,
         cmd: &C,
         deadline: Instant,
-    ) -> Result<(Arc<MasterLink>, T), DbError> {
+    ) -> Result<(Arc<Shard>, Arc<MasterLink>, T), DbError> {
         let mut backoff = Backoff::new();
+        let key = cmd.route_key();
         loop {
-            let link = self.master(deadline).await?;
+            let (shard, link) = self.wait_link(deadline, |t| t.route(key).cloned()).await?;
             match cmd.as_query().run::<T>(&mut link.conn()).await {
-                Ok(v) => return Ok((link, v)),
+                Ok(v) => return Ok((shard, link, v)),
                 Err(e) => match self.report(&link, &e) {
                     Verdict::Stale if Instant::now() < deadline => continue,
                     Verdict::NotYet if Instant::now() < deadline => backoff.wait(deadline).await,
@@ -249,7 +424,7 @@ impl Redis {
     /// [`Redis::run_on_master`]) until the failover wait is spent.
     pub async fn write<T: FromRedisValue + Send, C: Query>(&self, cmd: &C) -> Result<T, DbError> {
         let deadline = Instant::now() + self.failover_wait();
-        Ok(self.run_on_master(cmd, deadline).await?.1)
+        Ok(self.run_on_master(cmd, deadline).await?.2)
     }
 
     /// Like [`Redis::write`], then waits until the replicas hold the write
@@ -267,6 +442,11 @@ impl Redis {
     /// it must be acknowledged at all (a refusal that changed nothing need
     /// not). A shortfall is retried while time is left; a retired link runs
     /// the write again on the next one, so it must be idempotent.
+    ///
+    /// When the key's slot has meanwhile moved to another shard (a slot
+    /// migration copied the write there), that shard's replicas must hold
+    /// it too: the write is acknowledged there as well before it is
+    /// promised.
     pub async fn write_acked_when<T: FromRedisValue + Send, C: Query>(
         &self,
         cmd: &C,
@@ -274,16 +454,40 @@ impl Redis {
         needs_ack: impl Fn(&T) -> bool,
     ) -> Result<T, DbError> {
         'attempt: loop {
-            let (link, v) = self.run_on_master::<T, C>(cmd, deadline).await?;
+            let (shard, link, v) = self.run_on_master::<T, C>(cmd, deadline).await?;
             if !needs_ack(&v) {
                 return Ok(v);
             }
             loop {
                 match link.ack().await {
-                    Ok(()) => return Ok(v),
+                    Ok(()) => break,
                     Err(_) if Instant::now() >= deadline => return Err(DbError::Shortfall),
                     Err(AckFault::Shortfall) if !link.is_stale() => continue,
                     Err(_) => continue 'attempt,
+                }
+            }
+            let key = cmd.route_key();
+            let mut acked = shard.id;
+            loop {
+                let owner = self.inner.topology().route(key).cloned();
+                match owner {
+                    Some(o) if o.id == acked => return Ok(v),
+                    _ => {}
+                }
+                let (now_shard, now_link) =
+                    self.wait_link(deadline, |t| t.route(key).cloned()).await?;
+                if now_shard.id == acked {
+                    return Ok(v);
+                }
+                tracing::info!(
+                    from = shard.id,
+                    to = now_shard.id,
+                    "slot moved after a write; acknowledging on its new owner"
+                );
+                match now_link.ack().await {
+                    Ok(()) => acked = now_shard.id,
+                    Err(_) if Instant::now() >= deadline => return Err(DbError::Shortfall),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 }
             }
         }
@@ -309,22 +513,25 @@ impl Redis {
         }
     }
 
-    /// Runs a read on a replica (round-robin), falling back to the master
-    /// when no replica answers.
+    /// Runs a read on a replica of the shard that owns its key
+    /// (round-robin), falling back to the master when no replica answers.
     pub async fn read<T: FromRedisValue + Send, C: Query>(&self, cmd: &C) -> Result<T, DbError> {
-        let replicas = self.inner.replicas.load();
-        let n = replicas.len();
-        if n > 0 {
-            let start = self.inner.replica_next.fetch_add(1, Ordering::Relaxed);
-            for i in 0..n {
-                let r = &replicas[(start + i) % n];
-                match cmd.as_query().run::<T>(&mut r.conn.clone()).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if is_failover_error(&e) => {
-                        tracing::debug!(replica = %r.addr, error = %e, "replica read failed");
-                        self.inner.wake.notify_one();
+        let shard = self.inner.topology().route(cmd.route_key()).cloned();
+        if let Some(shard) = shard {
+            let replicas = shard.replicas.load();
+            let n = replicas.len();
+            if n > 0 {
+                let start = shard.replica_next.fetch_add(1, Ordering::Relaxed);
+                for i in 0..n {
+                    let r = &replicas[(start + i) % n];
+                    match cmd.as_query().run::<T>(&mut r.conn.clone()).await {
+                        Ok(v) => return Ok(v),
+                        Err(e) if is_failover_error(&e) => {
+                            tracing::debug!(replica = %r.addr, error = %e, "replica read failed");
+                            self.inner.wake.notify_one();
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -340,20 +547,88 @@ impl Redis {
         self.write(cmd).await
     }
 
-    /// Whether the current master answers PING.
+    /// Runs commands that may concern different sales (so different slots
+    /// and shards): one pipeline per shard, all at once, on replicas
+    /// ([`Redis::read`]) or, with `master`, on the masters. The replies
+    /// come back in the order of `cmds`.
+    pub async fn read_each<T: FromRedisValue + Send>(
+        &self,
+        cmds: &[redis::Cmd],
+        master: bool,
+    ) -> Result<Vec<T>, DbError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Group by owning shard (an unowned slot goes with the first group:
+        // its pipeline then waits, as any call does, for an owner).
+        let t = self.inner.topology();
+        let mut groups: Vec<(u64, redis::Pipeline, Vec<usize>)> = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let id = t.route(slots::route_key(c)).map_or(0, |s| s.id);
+            match groups.iter_mut().find(|g| g.0 == id) {
+                Some(g) => {
+                    g.1.add_command(c.clone());
+                    g.2.push(i);
+                }
+                None => {
+                    let mut p = redis::pipe();
+                    p.add_command(c.clone());
+                    groups.push((id, p, vec![i]));
+                }
+            }
+        }
+        drop(t);
+        let replies =
+            futures_util::future::try_join_all(groups.iter().map(|(_, p, _)| async move {
+                if master {
+                    self.read_master::<Vec<redis::Value>, _>(p).await
+                } else {
+                    self.read::<Vec<redis::Value>, _>(p).await
+                }
+            }))
+            .await?;
+        let mut out: Vec<Option<T>> = (0..cmds.len()).map(|_| None).collect();
+        for ((_, _, idx), values) in groups.iter().zip(replies) {
+            if values.len() != idx.len() {
+                return Err(DbError::Protocol(
+                    "pipeline reply of the wrong length".into(),
+                ));
+            }
+            for (&i, v) in idx.iter().zip(values) {
+                out[i] =
+                    Some(T::from_redis_value(v).map_err(|e| DbError::Protocol(e.to_string()))?);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|v| v.expect("every reply placed"))
+            .collect())
+    }
+
+    /// Whether every shard's master answers PING.
     pub async fn ping_master(&self) -> bool {
-        let Some(link) = self.current_master() else {
+        let shards = self.shards();
+        if shards.is_empty() {
             return false;
-        };
-        let mut c = link.conn();
-        matches!(
-            tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::cmd("PING").query_async::<String>(&mut c)
+        }
+        let pings = shards.iter().map(|s| async move {
+            let Some(link) = s.current() else {
+                return false;
+            };
+            let mut c = link.conn();
+            matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    redis::cmd("PING").query_async::<String>(&mut c)
+                )
+                .await,
+                Ok(Ok(_))
             )
-            .await,
-            Ok(Ok(_))
-        )
+        });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|ok| ok)
     }
 
     /// A dedicated connection to `link`'s node, for blocking commands

@@ -26,8 +26,8 @@
 //! bottom; the parts without I/O are in `view.rs`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -36,7 +36,7 @@ use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Val
 use tokio::sync::mpsc;
 
 use super::view::{Event, View, fields, parse_event, readable_replicas, required_replicas};
-use super::{Addr, DbError, Inner, ReplicaLink, connect, text, url_host_port};
+use super::{Addr, DbError, Inner, Shard, connect, url_host_port};
 use crate::config::{RedisTarget, ReplicaAcks, Secret};
 
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -157,109 +157,16 @@ impl Sentinels {
     }
 }
 
-pub(super) async fn role(conn: &mut MultiplexedConnection) -> Result<String, redis::RedisError> {
-    Ok(role_reply(conn).await?.0)
-}
-
-/// ROLE's first element, and for a replica the state of its link
-/// (`connected`, `sync`, `connecting`, …).
-async fn role_reply(
-    conn: &mut MultiplexedConnection,
-) -> Result<(String, String), redis::RedisError> {
-    let v: Value = redis::cmd("ROLE").query_async(conn).await?;
-    Ok(match &v {
-        Value::Array(items) => (
-            items.first().and_then(text).unwrap_or_default(),
-            items.get(3).and_then(text).unwrap_or_default(),
-        ),
-        _ => Default::default(),
-    })
-}
-
-/// Keeps replica links for exactly the replicas that may be read (new ones
-/// are ROLE-checked concurrently, each within a short timeout, so a frozen
-/// node cannot hold up the watcher, and must report a connected link).
-async fn refresh_replicas(inner: &Inner, up: &[Addr]) {
-    let current = inner.replicas.load();
-    let same = current.len() == up.len() && current.iter().all(|r| up.contains(&r.addr));
-    if same {
-        return;
-    }
-    let s = &inner.settings;
-    let fresh = futures_util::future::join_all(
-        up.iter()
-            .filter(|a| !current.iter().any(|r| &r.addr == *a))
-            .map(|addr| async move {
-                let check = async {
-                    let mut c = connect(
-                        &addr.host,
-                        addr.port,
-                        inner.password(),
-                        s.timeout,
-                        Some(s.timeout),
-                    )
-                    .await?;
-                    let r = role_reply(&mut c).await?;
-                    Ok::<_, redis::RedisError>((c, r))
-                };
-                match tokio::time::timeout(s.timeout.min(super::ROLE_CHECK_TIMEOUT), check).await {
-                    Ok(Ok((c, (role, state)))) if role == "slave" && state == "connected" => {
-                        Some(ReplicaLink {
-                            addr: addr.clone(),
-                            conn: c,
-                        })
-                    }
-                    Ok(Ok((_, (role, state)))) => {
-                        tracing::debug!(replica = %addr, %role, %state, "not a connected replica; skipped");
-                        None
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "replica check failed");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(replica = %addr, "replica check timed out");
-                        None
-                    }
-                }
-            }),
-    )
-    .await;
-    let mut next: Vec<ReplicaLink> = current
-        .iter()
-        .filter(|r| up.contains(&r.addr))
-        .map(|r| ReplicaLink {
-            addr: r.addr.clone(),
-            conn: r.conn.clone(),
-        })
-        .collect();
-    next.extend(fresh.into_iter().flatten());
-    tracing::info!(replicas = next.len(), "replica set changed");
-    inner.replicas.store(Arc::new(next));
-}
-
-/// Retires the current link when it points at `old` (a failover of it has
-/// started): nothing more is written or acknowledged there.
-fn retire_if(inner: &Inner, old: &Addr, why: &str) {
-    if let Some(l) = inner.master.load_full()
-        && l.addr == *old
-        && !l.is_stale()
-    {
-        tracing::warn!(master = %l.addr, why, "retiring the master link");
-        l.retire();
-        inner.wake.notify_one();
-    }
-}
-
 /// One pass: resolve the master (verifying ROLE), swap the link if needed,
 /// refresh replicas and the number of acknowledgements required.
 async fn refresh(
     inner: &Inner,
+    shard: &Shard,
     sentinels: Option<&mut Sentinels>,
     memory: &mut Memory,
     hint: Option<Addr>,
 ) -> Result<(), DbError> {
-    let current = inner.master.load_full();
+    let current = shard.master.load_full();
     let (mut candidates, view) = match (&inner.settings.target, sentinels) {
         (RedisTarget::Url(url), _) => {
             if current.as_ref().is_some_and(|l| !l.is_stale()) {
@@ -281,13 +188,13 @@ async fn refresh(
             }
             (c, view.ok())
         }
-        (RedisTarget::Sentinels { .. }, None) => return Ok(()),
+        (RedisTarget::Sentinels { .. }, None) | (RedisTarget::Cluster { .. }, _) => return Ok(()),
     };
 
     if let Some(v) = view.as_ref().filter(|v| v.failover) {
         // The master is being replaced: whatever it accepts now is lost when
         // it is demoted. Stop using it and wait for the announced one.
-        retire_if(inner, &v.master, "failover in progress");
+        shard.retire_if(&v.master, "failover in progress", inner);
         candidates.retain(|c| *c != v.master);
     }
     if let Some(v) = &view {
@@ -317,24 +224,21 @@ async fn refresh(
     let settle = |master: &Addr| {
         let Some(v) = &view else { return Vec::new() };
         if inner.settings.replica_acks == ReplicaAcks::All {
-            let n = required_replicas(v, master, &memory.former_masters);
-            if inner.required_acks.swap(n, Ordering::SeqCst) != n {
-                tracing::info!(required = n, "replicas required per acknowledgement");
-            }
+            shard.set_required(required_replicas(v, master, &memory.former_masters));
         }
         readable_replicas(v, master)
     };
     if keep {
         let readable = settle(&current.as_ref().expect("kept link").addr);
         if view.is_some() {
-            refresh_replicas(inner, &readable).await;
+            shard.refresh_replicas(inner, &readable).await;
         }
         return Ok(());
     }
 
     let mut last_err = None;
     for addr in candidates {
-        match inner.build_link(&addr).await {
+        match inner.build_link(&addr, shard, None).await {
             Ok(link) => {
                 let from = current
                     .as_ref()
@@ -347,9 +251,9 @@ async fn refresh(
                     metrics::counter!("flashsale_master_switches_total").increment(1);
                 }
                 let readable = settle(&addr);
-                inner.install(Some(link));
+                inner.install(shard, Some(link));
                 if view.is_some() {
-                    refresh_replicas(inner, &readable).await;
+                    shard.refresh_replicas(inner, &readable).await;
                 }
                 return Ok(());
             }
@@ -361,7 +265,7 @@ async fn refresh(
     }
     if let Some(v) = &view {
         let readable = settle(&v.master);
-        refresh_replicas(inner, &readable).await;
+        shard.refresh_replicas(inner, &readable).await;
     }
     Err(last_err.unwrap_or(DbError::NoMaster))
 }
@@ -403,7 +307,9 @@ async fn subscribe(
                 };
                 if let Event::FailoverOf(old) = &event {
                     let Some(inner) = weak.upgrade() else { return };
-                    retire_if(&inner, old, msg.get_channel_name());
+                    if let Some(shard) = inner.topology().shards.first() {
+                        shard.retire_if(old, msg.get_channel_name(), &inner);
+                    }
                 }
                 if tx.send(event).await.is_err() {
                     return;
@@ -446,12 +352,15 @@ pub(super) async fn watch(weak: Weak<Inner>) {
                 password: sentinel_password.clone(),
             })
         }
-        RedisTarget::Url(_) => None,
+        RedisTarget::Url(_) | RedisTarget::Cluster { .. } => None,
     };
     let mut hint = None;
     let mut memory = Memory::default();
     loop {
         let Some(inner) = weak.upgrade() else { return };
+        let Some(shard) = inner.topology().shards.first().cloned() else {
+            return;
+        };
         // A new master announced while a pass is under way (say, stuck on a
         // frozen master) cancels it: the next pass starts from the announcement.
         let announced = async {
@@ -464,7 +373,7 @@ pub(super) async fn watch(weak: Weak<Inner>) {
             }
         };
         let result = tokio::select! {
-            r = refresh(&inner, sentinels.as_mut(), &mut memory, hint.take()) => r,
+            r = refresh(&inner, &shard, sentinels.as_mut(), &mut memory, hint.take()) => r,
             a = announced => {
                 if let Some(a) = a {
                     tracing::info!(to = %a, "new master announced");
@@ -478,8 +387,9 @@ pub(super) async fn watch(weak: Weak<Inner>) {
         }
         *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().map(ToString::to_string);
-        let missing = inner.master.load().as_ref().is_none_or(|l| l.is_stale());
+        let missing = shard.current().is_none();
         let wake = inner.wake.clone();
+        drop(shard);
         drop(inner);
         let period = if missing || result.is_err() {
             Duration::from_millis(100)

@@ -233,15 +233,15 @@ impl Catalog {
         if skus.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for sku in &skus {
-            pipe.cmd("HGETALL").arg(keys.sale(sku));
-        }
-        let rows: Vec<HashMap<String, String>> = if master {
-            self.redis.read_master(&pipe).await?
-        } else {
-            self.redis.read(&pipe).await?
-        };
+        let cmds: Vec<redis::Cmd> = skus
+            .iter()
+            .map(|sku| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(keys.sale(sku));
+                c
+            })
+            .collect();
+        let rows: Vec<HashMap<String, String>> = self.redis.read_each(&cmds, master).await?;
         Ok(rows.iter().filter_map(sale_from).collect())
     }
 
@@ -288,6 +288,13 @@ impl Catalog {
             },
         );
         let reply: CreateSaleReply = self.redis.write_acked(&cmd).await?;
+        if matches!(reply, CreateSaleReply::Created | CreateSaleReply::Replayed) {
+            // The index after the sale (the index may live on another
+            // shard): a sale is listed once it exists; a create retried
+            // after a crash between the two lists it then.
+            let index = functions::index_call(self.redis.keys(), &s.sku, s.starts_ms);
+            let _: i64 = self.redis.write_acked(&index).await?;
+        }
         self.invalidate();
         match reply {
             CreateSaleReply::Created | CreateSaleReply::Replayed => Ok(Sale {
@@ -369,7 +376,15 @@ impl Catalog {
         let reply: UpdateSaleReply = self.redis.write_acked(&cmd).await?;
         self.invalidate();
         match reply {
-            UpdateSaleReply::Updated => self.get_fresh(sku).await,
+            UpdateSaleReply::Updated => {
+                let sale = self.get_fresh(sku).await?;
+                if u.starts_ms.is_some() {
+                    let index = functions::index_call(self.redis.keys(), sku, sale.starts_ms);
+                    let _: i64 = self.redis.write_acked(&index).await?;
+                    self.invalidate();
+                }
+                Ok(sale)
+            }
             UpdateSaleReply::UnknownSku => Err(Error::UnknownSku),
             UpdateSaleReply::Invalid(field) => {
                 Err(Error::invalid("invalid_sale", format!("invalid {field}")))

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{Error, Shop, rfc3339, sku_of_order, valid_user};
-use crate::redis::Keys;
+use crate::redis::{DbError, Keys};
 
 /// An order as the API shows it: `{order_id, sku, user_id, qty, status,
 /// created_at}`, plus `confirmed_at` once the worker recorded it, `pay_by`
@@ -65,12 +65,13 @@ pub(super) fn order_from(m: &HashMap<String, String>) -> Option<Order> {
 }
 
 /// `HGETALL` of each order record, in the order given.
-fn records<'a>(keys: &Keys, ids: impl Iterator<Item = &'a (&'a str, String)>) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    for (sku, id) in ids {
-        pipe.cmd("HGETALL").arg(keys.order(sku, id));
-    }
-    pipe
+fn records<'a>(keys: &Keys, ids: impl Iterator<Item = &'a (&'a str, String)>) -> Vec<redis::Cmd> {
+    ids.map(|(sku, id)| {
+        let mut c = redis::cmd("HGETALL");
+        c.arg(keys.order(sku, id));
+        c
+    })
+    .collect()
 }
 
 impl Shop {
@@ -101,17 +102,26 @@ impl Shop {
         let keys = self.redis.keys();
         // Per sale: the first order (`first`) and the later ones (`uorders`;
         // a list written before library version 7 starts with the first).
-        let mut pipe = redis::pipe();
+        // (Sales may be on different shards: one pipeline per shard.)
+        let mut cmds = Vec::with_capacity(sales.len() * 2);
         for s in sales.iter() {
-            pipe.cmd("HGET")
-                .arg(keys.first(&s.sku))
-                .arg(user)
-                .cmd("LRANGE")
-                .arg(keys.user_orders(&s.sku, user))
-                .arg(0)
-                .arg(-1);
+            let mut first = redis::cmd("HGET");
+            first.arg(keys.first(&s.sku)).arg(user);
+            let mut later = redis::cmd("LRANGE");
+            later.arg(keys.user_orders(&s.sku, user)).arg(0).arg(-1);
+            cmds.push(first);
+            cmds.push(later);
         }
-        let per_sale: Vec<(Option<String>, Vec<String>)> = self.redis.read(&pipe).await?;
+        let replies: Vec<redis::Value> = self.redis.read_each(&cmds, false).await?;
+        let mut replies = replies.into_iter();
+        let mut per_sale: Vec<(Option<String>, Vec<String>)> = Vec::with_capacity(sales.len());
+        while let (Some(first), Some(later)) = (replies.next(), replies.next()) {
+            let parse = |e: redis::ParsingError| DbError::Protocol(e.to_string());
+            per_sale.push((
+                redis::FromRedisValue::from_redis_value(first).map_err(parse)?,
+                redis::FromRedisValue::from_redis_value(later).map_err(parse)?,
+            ));
+        }
         let ids: Vec<(&str, String)> = sales
             .iter()
             .zip(per_sale)
@@ -126,15 +136,17 @@ impl Shop {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rows: Vec<HashMap<String, String>> =
-            self.redis.read(&records(keys, ids.iter())).await?;
+        let mut rows: Vec<HashMap<String, String>> = self
+            .redis
+            .read_each(&records(keys, ids.iter()), false)
+            .await?;
         // The replica that answered this read may be behind the one that
         // listed the ids: what it lacks comes from the master.
         let missing: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_empty()).collect();
         if !missing.is_empty() {
             let found: Vec<HashMap<String, String>> = self
                 .redis
-                .read_master(&records(keys, missing.iter().map(|&i| &ids[i])))
+                .read_each(&records(keys, missing.iter().map(|&i| &ids[i])), true)
                 .await?;
             for (i, m) in missing.into_iter().zip(found) {
                 if m.is_empty() {

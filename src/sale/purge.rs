@@ -40,7 +40,7 @@ use super::catalog::Catalog;
 use super::{Error, now_ms, rfc3339, valid_sku};
 use crate::ledger::reconcile::{LedgerCheck, Reconcile};
 use crate::ledger::{Ledger, LedgerError};
-use crate::redis::{DbError, Redis};
+use crate::redis::{At, DbError, Redis};
 
 /// What a purge removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -228,8 +228,12 @@ pub async fn compare_with_ledger(
             .arg(&pattern)
             .arg("COUNT")
             .arg(SCAN_BATCH);
+        // SCAN names no key: it runs where the sale's keys are.
         let (next, found): (u64, Vec<String>) = redis
-            .read_master(&scan)
+            .read_master(&At {
+                key: &pattern,
+                cmd: &scan,
+            })
             .await
             .map_err(CompareError::Redis)?;
         let ids: Vec<&str> = found
@@ -355,7 +359,13 @@ impl Catalog {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(1000);
-                let (next, found): (u64, Vec<String>) = self.redis().read_master(&scan).await?;
+                let (next, found): (u64, Vec<String>) = self
+                    .redis()
+                    .read_master(&At {
+                        key: &sale_key,
+                        cmd: &scan,
+                    })
+                    .await?;
                 let doomed: Vec<&String> = found.iter().filter(|k| **k != sale_key).collect();
                 for chunk in doomed.chunks(UNLINK_CHUNK) {
                     found_other = true;

@@ -37,7 +37,7 @@ impl Limiter {
             return Ok(());
         }
         let cmd = functions::rate_call(&self.redis.keys().rate(scope, id), rate);
-        let Some(link) = self.redis.current_master() else {
+        let Some(link) = self.redis.current_master_for(&cmd) else {
             return Ok(());
         };
         match cmd.query_async::<RateReply>(&mut link.conn()).await {

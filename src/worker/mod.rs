@@ -193,7 +193,7 @@ use redis::streams::{StreamId, StreamReadReply};
 
 use crate::config::WorkerTuning;
 use crate::ledger::Ledger;
-use crate::redis::{DbError, MasterLink, Redis, functions};
+use crate::redis::{DbError, MasterLink, Redis, error_code, functions};
 use entry::{Entry, parse_entry};
 use ledger::{ByStream, Held, LedgerState};
 pub use retention::MAX_BACKOFF_SWEEPS;
@@ -267,6 +267,12 @@ pub struct Worker {
     held: Option<Held>,
     /// The automatic purge of ended sales (`retention.rs`), when on.
     retention: Option<retention::Retention>,
+    /// In a cluster, the shard whose sales this worker works on (see
+    /// [`run_all`]); `None`: the one master.
+    shard: Option<u64>,
+    /// The slot group the last multi-slot read found entries in (see
+    /// [`Worker::read_batch`]).
+    hot_group: usize,
 }
 
 /// Most stream entries one `fs_trim` call looks at.
@@ -300,6 +306,25 @@ impl Worker {
             ledger: None,
             held: None,
             retention,
+            shard: None,
+            hot_group: 0,
+        }
+    }
+
+    /// Works on the sales of cluster shard `id` only (see [`run_all`]).
+    pub fn on_shard(mut self, id: u64) -> Self {
+        self.shard = Some(id);
+        self
+    }
+
+    /// Whether `sku`'s keys are on this worker's shard now.
+    pub(super) fn owns(&self, sku: &str) -> bool {
+        match self.shard {
+            None => true,
+            Some(id) => self
+                .redis
+                .shard_of(&self.redis.keys().sale(sku))
+                .is_some_and(|s| s.id == id),
         }
     }
 
@@ -360,10 +385,11 @@ impl Worker {
     /// worker.
     pub async fn step(&mut self) -> Result<StepReport, DbError> {
         let mut report = StepReport::default();
-        let link = self
-            .redis
-            .master(tokio::time::Instant::now() + self.redis.failover_wait())
-            .await?;
+        let deadline = tokio::time::Instant::now() + self.redis.failover_wait();
+        let link = match self.shard {
+            Some(id) => self.redis.shard_master(id, deadline).await?,
+            None => self.redis.master(deadline).await?,
+        };
         if self.groups_epoch != link.epoch {
             // A new master may lack groups the old one had (created after
             // its last sync): ensure every one before reading there. Retired
@@ -433,37 +459,112 @@ impl Worker {
         Ok(report)
     }
 
-    async fn read_batch(&mut self, link: &MasterLink) -> Result<Vec<(usize, StreamId)>, DbError> {
-        // First on a new link: this consumer's own pending entries there (id
-        // 0: its history, one batch, not blocking); then new ones (`>`).
-        let own = self.own_pending;
+    /// The `XREADGROUP` of the streams `of` (indexes into `streams`).
+    fn read_cmd(
+        &self,
+        of: &[usize],
+        count: usize,
+        block: Option<Duration>,
+        own: bool,
+    ) -> redis::Cmd {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.cfg.consumer)
             .arg("COUNT")
-            .arg(self.cfg.batch);
-        if !own {
-            // Never past the next expiry pass (and never 0: for ever).
-            let block = self
-                .cfg
-                .block
-                .min(self.until_expiry())
-                .max(Duration::from_millis(10));
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+            .arg(count.max(1));
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis() as u64);
         }
         cmd.arg("STREAMS");
-        for (_, s) in &self.streams {
-            cmd.arg(s);
+        for &i in of {
+            cmd.arg(&self.streams[i].1);
         }
-        for _ in &self.streams {
+        for _ in of {
             cmd.arg(if own { "0" } else { ">" });
         }
+        cmd
+    }
+
+    /// The streams grouped by hash slot: one group with a single master
+    /// (one read takes every stream), one per slot in a cluster (a command
+    /// may not span slots there).
+    fn slot_groups(&self) -> Vec<Vec<usize>> {
+        if self.shard.is_none() {
+            return vec![(0..self.streams.len()).collect()];
+        }
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (i, (_, stream)) in self.streams.iter().enumerate() {
+            let slot = crate::redis::slots::slot(stream.as_bytes());
+            match groups.iter_mut().find(|g| g.0 == slot) {
+                Some(g) => g.1.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        groups.into_iter().map(|g| g.1).collect()
+    }
+
+    /// Reads a batch on `link`'s node. With one slot group: one
+    /// `XREADGROUP … BLOCK` on the dedicated connection. With several (a
+    /// cluster shard holding several sales): one non-blocking
+    /// `XREADGROUP` per group in one pipeline, the batch shared between
+    /// them; when all come back empty, one blocking read of the group that
+    /// last had entries, for at most 100 ms, so the others wait no longer
+    /// than that.
+    async fn read_batch(&mut self, link: &MasterLink) -> Result<Vec<(usize, StreamId)>, DbError> {
+        // First on a new link: this consumer's own pending entries there (id
+        // 0: its history, one batch, not blocking); then new ones (`>`).
+        let own = self.own_pending;
+        // Never past the next expiry pass (and never 0: for ever).
+        let block = self
+            .cfg
+            .block
+            .min(self.until_expiry())
+            .max(Duration::from_millis(10));
+        let groups = self.slot_groups();
         let mut conn = self.reader(link).await?;
-        let reply: Result<Option<StreamReadReply>, _> = cmd.query_async(&mut conn).await;
+        let reply: Result<Vec<Option<StreamReadReply>>, redis::RedisError> = if groups.len() == 1 {
+            let cmd = self.read_cmd(&groups[0], self.cfg.batch, (!own).then_some(block), own);
+            cmd.query_async::<Option<StreamReadReply>>(&mut conn)
+                .await
+                .map(|r| vec![r])
+        } else {
+            let share = self.cfg.batch / groups.len();
+            let mut pipe = redis::pipe();
+            for g in &groups {
+                pipe.add_command(self.read_cmd(g, share, None, own));
+            }
+            match pipe
+                .query_async::<Vec<Option<StreamReadReply>>>(&mut conn)
+                .await
+            {
+                Ok(r)
+                    if own
+                        || r.iter()
+                            .any(|x| x.as_ref().is_some_and(|x| !x.keys.is_empty())) =>
+                {
+                    if let Some(g) = r
+                        .iter()
+                        .position(|x| x.as_ref().is_some_and(|x| !x.keys.is_empty()))
+                    {
+                        self.hot_group = g;
+                    }
+                    Ok(r)
+                }
+                Ok(_) => {
+                    let g = &groups[self.hot_group % groups.len()];
+                    let wait = block.min(Duration::from_millis(100));
+                    self.read_cmd(g, self.cfg.batch, Some(wait), false)
+                        .query_async::<Option<StreamReadReply>>(&mut conn)
+                        .await
+                        .map(|r| vec![r])
+                }
+                Err(e) => Err(e),
+            }
+        };
         let reply = match reply {
             Ok(r) => r,
-            Err(e) if e.code() == Some("NOGROUP") => {
+            Err(e) if error_code(&e).as_deref() == Some("NOGROUP") => {
                 // A purged sale's stream is gone too: drop purged sales
                 // first, so their streams are not made again.
                 self.discover(link, true).await?;
@@ -473,11 +574,24 @@ impl Worker {
                 }
                 return Ok(Vec::new());
             }
-            Err(e) if e.code() == Some("UNBLOCKED") => {
+            Err(e) if error_code(&e).as_deref() == Some("UNBLOCKED") => {
                 // A stream deleted under the blocking read: a sale being
                 // purged. Not a failure; the next step's discovery drops it.
                 tracing::debug!(master = %link.addr, error = %e, "blocking read ended by a deleted stream");
                 self.last_discover = None;
+                return Ok(Vec::new());
+            }
+            Err(e)
+                if matches!(
+                    error_code(&e).as_deref(),
+                    Some("MOVED" | "ASK" | "TRYAGAIN")
+                ) =>
+            {
+                // A sale's slot is moving to another shard: the next
+                // discovery hands it over.
+                tracing::info!(master = %link.addr, error = %e, "a stream's slot moved; rediscovering");
+                self.last_discover = None;
+                self.redis.report(link, &e);
                 return Ok(Vec::new());
             }
             Err(e) => {
@@ -487,7 +601,10 @@ impl Worker {
             }
         };
         let mut out = Vec::new();
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
+        for key in reply
+            .into_iter()
+            .flat_map(|r| r.map(|r| r.keys).unwrap_or_default())
+        {
             let Some(i) = self.streams.iter().position(|(_, s)| *s == key.key) else {
                 continue;
             };
@@ -642,6 +759,45 @@ impl Worker {
     }
 }
 
+/// Runs the workers of this process until `shutdown` completes: with one
+/// master, one worker; in a cluster, one per shard (`make().on_shard(id)`),
+/// each on its shard's master and its sales only, started as shards
+/// appear (checked every second) and ended when theirs leaves. Each
+/// finishes its step in hand on `shutdown`, as [`run`] does.
+pub async fn run_all(redis: Redis, make: impl Fn() -> Worker, shutdown: impl Future<Output = ()>) {
+    if !redis.is_cluster() {
+        return run(make(), shutdown).await;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        tasks.retain(|_, t| !t.is_finished());
+        for shard in redis.shards() {
+            if tasks.contains_key(&shard.id) {
+                continue;
+            }
+            let mut rx = stop_rx.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            tracing::info!(shard = shard.id, "worker for shard started");
+            tasks.insert(
+                shard.id,
+                tokio::spawn(run(make().on_shard(shard.id), stopped)),
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    for (_, t) in tasks {
+        let _ = t.await;
+    }
+}
+
 /// Runs a worker until `shutdown` completes, then finishes the step in
 /// hand (the batch it holds is confirmed and acknowledged) and returns.
 /// The caller bounds how long that may take.
@@ -659,20 +815,32 @@ pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
         (None, false) => tracing::info!("automatic purge off (FLASHSALE_WORKER_PURGE_AFTER_S=0)"),
     }
     let (batch, linger) = (worker.cfg.batch, worker.cfg.linger);
+    let (shard, redis) = (worker.shard, worker.redis.clone());
     tokio::pin!(shutdown);
     let mut stopping = false;
     while !stopping {
-        let step = worker.step();
-        tokio::pin!(step);
-        let result = loop {
-            tokio::select! {
-                r = &mut step => break r,
-                () = &mut shutdown, if !stopping => {
-                    tracing::info!("stopping: finishing the batch in hand");
-                    stopping = true;
+        let result = {
+            let step = worker.step();
+            tokio::pin!(step);
+            loop {
+                tokio::select! {
+                    r = &mut step => break r,
+                    () = &mut shutdown, if !stopping => {
+                        tracing::info!("stopping: finishing the batch in hand");
+                        stopping = true;
+                    }
                 }
             }
         };
+        if matches!(result, Err(DbError::LinkChanged))
+            && let Some(id) = shard
+            && !redis.shards().iter().any(|s| s.id == id)
+        {
+            // Its shard left the cluster (its slots moved to others): the
+            // workers of those shards have its sales now.
+            tracing::info!(shard = id, "shard gone; its worker stops");
+            break;
+        }
         let pause = match result {
             // A batch held for the ledger: the step paces its own retries.
             Ok(r) if r.held > 0 => Duration::ZERO,

@@ -128,32 +128,45 @@ impl Worker {
         }
         if !candidates.is_empty() {
             let keys = self.redis.keys().clone();
+            // One `MULTI … EXEC` per sale (a transaction may not span
+            // slots in a cluster), all in one pipeline.
             let mut pipe = redis::pipe();
-            pipe.atomic().ignore_errors();
-            pipe.cmd("TIME");
+            pipe.ignore_errors();
             for (sku, stream, _) in &candidates {
+                pipe.cmd("MULTI").ignore();
+                pipe.cmd("TIME").ignore();
                 pipe.cmd("HMGET")
                     .arg(keys.sale(sku))
                     .arg("ends_ms")
                     .arg("orders")
-                    .arg("confirmed");
-                pipe.cmd("ZCARD").arg(keys.pay_by(sku));
-                pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+                    .arg("confirmed")
+                    .ignore();
+                pipe.cmd("ZCARD").arg(keys.pay_by(sku)).ignore();
+                pipe.cmd("XINFO").arg("GROUPS").arg(stream).ignore();
+                pipe.cmd("EXEC");
             }
             let replies: Vec<Value> = self.redis.on_link(link, &pipe).await?;
-            if replies.len() != 1 + 3 * candidates.len() {
+            if replies.len() != candidates.len() {
                 return Err(DbError::Protocol(format!(
                     "retirement check: {} replies for {} sales",
                     replies.len(),
                     candidates.len()
                 )));
             }
-            let now = redis::from_redis_value_ref::<(u64, u64)>(&replies[0])
-                .map(time_ms)
-                .map_err(|e| DbError::Protocol(format!("TIME: {e}")))?;
             let after = self.retire_after();
-            for (n, (sku, stream, was_retired)) in candidates.into_iter().enumerate() {
-                let r = &replies[1 + 3 * n..4 + 3 * n];
+            for ((sku, stream, was_retired), reply) in candidates.into_iter().zip(replies) {
+                let r = match reply {
+                    Value::Array(items) if items.len() == 4 => items,
+                    other => {
+                        return Err(DbError::Protocol(format!(
+                            "retirement check of {sku}: {other:?}"
+                        )));
+                    }
+                };
+                let now = redis::from_redis_value_ref::<(u64, u64)>(&r[0])
+                    .map(time_ms)
+                    .map_err(|e| DbError::Protocol(format!("TIME: {e}")))?;
+                let r = &r[1..];
                 match (standing(now, after, &r[0], &r[1], &r[2]), was_retired) {
                     (Standing::Finished, false) => {
                         self.streams.retain(|(s, _)| *s != sku);

@@ -29,10 +29,18 @@ impl Worker {
         let keys = self.redis.keys();
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(keys.sales_index()).arg(0).arg(-1);
-        let skus: Vec<String> = self.redis.on_link(link, &cmd).await?;
+        // The index decides nothing about stream entries: it is read where
+        // it lives (in a cluster, maybe another shard), not on `link`.
+        let skus: Vec<String> = self.redis.read_master(&cmd).await?;
         // A sale purged (gone from the index) leaves this worker's work: its
-        // stream is being removed, and reading it would create it again.
+        // stream is being removed, and reading it would create it again. In
+        // a cluster, so does a sale whose slot moved to another shard: that
+        // shard's worker takes it over.
         let before = self.streams.len() + self.retired.len();
+        let skus: Vec<String> = skus
+            .into_iter()
+            .filter(|s| valid_sku(s) && self.owns(s))
+            .collect();
         let indexed: std::collections::HashSet<&str> = skus.iter().map(String::as_str).collect();
         self.streams
             .retain(|(sku, _)| indexed.contains(sku.as_str()));
@@ -42,10 +50,10 @@ impl Worker {
         if after < before {
             tracing::info!(
                 left = before - after,
-                "purged sales left the worker's streams"
+                "purged (or moved) sales left the worker's streams"
             );
         }
-        for sku in skus.into_iter().filter(|s| valid_sku(s)) {
+        for sku in skus {
             // Known: worked on, retired (judged again in its turn), or
             // being purged (its stream must not be made again).
             if self
@@ -60,6 +68,11 @@ impl Worker {
             let stream = keys.stream(&sku);
             self.ensure_group(link, &stream).await?;
             self.streams.push((sku, stream));
+            // A sale that moved here may hold entries this consumer read
+            // on its old shard: read them back first.
+            if self.shard.is_some() {
+                self.own_pending = true;
+            }
         }
         self.last_discover = Some(Instant::now());
         self.publish_sales();

@@ -33,7 +33,7 @@ pub fn shipped_failover_wait() -> Duration {
     }
     let p = <Product as clap::Parser>::try_parse_from(["flashsale"])
         .unwrap_or_else(|e| panic!("the product's Redis settings do not parse: {e}"));
-    Duration::from_millis(p.redis.failover_wait_ms)
+    Duration::from_millis(p.redis.failover_wait_ms())
 }
 
 /// Whether `bin` is a file in one of the `PATH` directories.

@@ -1590,7 +1590,7 @@ fn main() -> ExitCode {
     // The hold the servers run with: their own default unless this
     // environment (which they inherit) sets FLASHSALE_FAILOVER_WAIT_MS.
     let hold = match ProductRedis::try_parse_from(["flashsale"]) {
-        Ok(p) => Duration::from_millis(p.redis.failover_wait_ms),
+        Ok(p) => Duration::from_millis(p.redis.failover_wait_ms()),
         Err(e) => {
             eprintln!("failover: the product's Redis settings do not parse here: {e}");
             return ExitCode::FAILURE;

@@ -100,7 +100,9 @@ pub fn purchase_call_within(
         .arg(keys.stream(sku))
         .arg(match idempotency_key {
             Some(k) => keys.idempotency(sku, user, k),
-            None => String::new(),
+            // No key: the sale's key again (library version 13), so every
+            // key of the call is in the sale's slot.
+            None => keys.sale(sku),
         });
     if paid {
         cmd.arg(keys.pay_by(sku));
@@ -200,11 +202,19 @@ pub struct SaleFields<'a> {
     pub image_url: &'a str,
 }
 
-/// `FCALL fs_create_sale`.
+/// `ZADD P:sales starts_ms sku`: the sale in the catalog index, at its
+/// start (idempotent: a repeat sets the same score).
+pub fn index_call(keys: &Keys, sku: &str, starts_ms: i64) -> redis::Cmd {
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(keys.sales_index()).arg(starts_ms).arg(sku);
+    cmd
+}
+
+/// `FCALL fs_create_sale` with the sale's key alone: the caller adds the
+/// sale to the index ([`index_call`]), which may be in another slot.
 pub fn create_sale_call(keys: &Keys, s: &SaleFields<'_>) -> redis::Cmd {
-    let mut cmd = fcall("fs_create_sale", 2);
+    let mut cmd = fcall("fs_create_sale", 1);
     cmd.arg(keys.sale(s.sku))
-        .arg(keys.sales_index())
         .arg(s.sku)
         .arg(s.name)
         .arg(s.description)
@@ -322,8 +332,8 @@ pub struct SaleUpdate {
 
 /// `FCALL fs_update_sale`: the given fields, as field/value pairs.
 pub fn update_sale_call(keys: &Keys, sku: &str, u: &SaleUpdate) -> redis::Cmd {
-    let mut cmd = fcall("fs_update_sale", 2);
-    cmd.arg(keys.sale(sku)).arg(keys.sales_index());
+    let mut cmd = fcall("fs_update_sale", 1);
+    cmd.arg(keys.sale(sku));
     if let Some(v) = &u.name {
         cmd.arg("name").arg(v);
     }
@@ -815,9 +825,8 @@ mod tests {
             [
                 "FCALL",
                 "fs_update_sale",
-                "2",
+                "1",
                 "fs:{a}:sale",
-                "fs:sales",
                 "name",
                 "n",
                 "stock",
