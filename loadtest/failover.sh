@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# failover.sh — the failover matrix: every scenario (or the ones named), N
-# runs each (default 20), release build, on the Redis and Sentinel settings
-# deploy/ ships (the harness names any timing override in every line). One
-# summary line per run, then the matrix per scenario: runs, failed runs,
-# invariant violations, unconfirmed promises, 503 answers, the longest time
-# from `+switch-master` to the next 202, the most Redis link installs of one
-# process per switch, and the order ledger's audit (promised orders missing
-# there / doubled / differing from Redis). Each run has its own ledger, the
-# test kit's PostgreSQL, unless `-- --no-ledger` (then the ledger's own
-# scenarios, ledger-outage and worker-killed-after-commit, are left out).
-# Exits non-zero if any run broke a bound (see `failover --help`). Every
-# run's logs and the summary are kept under
+# failover.sh — the failover matrix: every Sentinel scenario (`all`, the
+# default) or the ones named (`cluster-all`: the five Redis Cluster
+# scenarios, cluster-kill-primary, cluster-stop-primary, cluster-planned,
+# cluster-reshard, cluster-kill-replica), N runs each (default 20), release
+# build, on the Redis and Sentinel (or Redis Cluster) settings deploy/ ships
+# (the harness names any timing override in every line and the hold of each
+# mode in its header). One summary line per run, then the matrix per
+# scenario: runs, failed runs, invariant violations, unconfirmed promises,
+# 503 answers, the longest time from `+switch-master` (in a cluster: the
+# sale's slot's new primary) to the next 202, the most Redis link installs
+# of one process per switch, and the order ledger's audit (promised orders
+# missing there / doubled / differing from Redis). Each run has its own
+# ledger, the test kit's PostgreSQL, unless `-- --no-ledger` (then the
+# ledger's own scenarios, ledger-outage and worker-killed-after-commit, are
+# left out). Exits non-zero if any run broke a bound (see `failover
+# --help`). Every run's logs and the summary are kept under
 # loadtest/results/failover-<timestamp>/.
 #
 #   loadtest/failover.sh [--runs N] [--scenario NAME ...] [-- HARNESS ARGS ...]
+#   loadtest/failover.sh --runs 2 --scenario cluster-all
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=20

@@ -871,6 +871,20 @@ impl RedisCluster {
     /// `CLUSTER SHARDS` gives it slots; returns how long that took. Panics
     /// after TIMEOUT.
     pub async fn wait_primary(&self, port: u16, timeout: Duration) -> Duration {
+        self.primary_within(port, timeout)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "redis_cluster: node {port} not a primary with slots after {timeout:?}; log tail:\n{}",
+                    self.log_tail(port)
+                )
+            })
+    }
+
+    /// [`RedisCluster::wait_primary`] for a harness that reports rather
+    /// than panics: how long it took, `None` when the node was not a primary
+    /// with slots within TIMEOUT.
+    pub async fn primary_within(&self, port: u16, timeout: Duration) -> Option<Duration> {
         let t0 = Instant::now();
         loop {
             if self.is_primary(port).await
@@ -879,14 +893,40 @@ impl RedisCluster {
                     .iter()
                     .any(|s| !s.slots.is_empty() && s.primary() == Some(port))
             {
-                return t0.elapsed();
+                return Some(t0.elapsed());
             }
-            assert!(
-                t0.elapsed() < timeout,
-                "redis_cluster: node {port} not a primary with slots after {timeout:?}; log tail:\n{}",
-                self.log_tail(port)
-            );
+            if t0.elapsed() >= timeout {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many replicas the node on PORT serves whose sync is done
+    /// (`INFO replication`: `slaveN:…,state=online,…`): those a `WAIT` there
+    /// can count on now.
+    pub async fn attached_replicas(&self, port: u16) -> Result<usize, String> {
+        let info: String = self
+            .query(port, redis::cmd("INFO").arg("replication"))
+            .await?;
+        Ok(info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count())
+    }
+
+    /// Sends `CLUSTER FAILOVER` to the replica on PORT and returns at once
+    /// (the switch follows; [`RedisCluster::primary_within`] waits for it).
+    pub async fn request_failover(&self, replica_port: u16) -> Result<(), String> {
+        let reply: String = self
+            .query(replica_port, redis::cmd("CLUSTER").arg("FAILOVER"))
+            .await?;
+        if reply == "OK" {
+            Ok(())
+        } else {
+            Err(format!(
+                "CLUSTER FAILOVER on {replica_port} answered {reply}"
+            ))
         }
     }
 
@@ -895,14 +935,9 @@ impl RedisCluster {
     /// until it is the primary of its slots; returns how long that took.
     pub async fn failover(&self, replica_port: u16) -> Duration {
         let t0 = Instant::now();
-        let reply: String = self
-            .query(replica_port, redis::cmd("CLUSTER").arg("FAILOVER"))
+        self.request_failover(replica_port)
             .await
-            .unwrap_or_else(|e| panic!("redis_cluster: CLUSTER FAILOVER: {e}"));
-        assert_eq!(
-            reply, "OK",
-            "redis_cluster: CLUSTER FAILOVER on {replica_port}"
-        );
+            .unwrap_or_else(|e| panic!("redis_cluster: {e}"));
         self.wait_primary(replica_port, Duration::from_secs(15))
             .await;
         t0.elapsed()

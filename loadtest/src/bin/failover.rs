@@ -1,10 +1,11 @@
 //! The failover harness: sells a sale through one injected fault, on the
-//! Redis and Sentinel settings that deploy/ ships, and checks every run
-//! against the contract and against fixed bounds.
+//! Redis and Sentinel (or Redis Cluster) settings that deploy/ ships, and
+//! checks every run against the contract and against fixed bounds.
 //!
 //! Each run starts its own Sentinel group (`GroupOptions::default()`: the
 //! shipped settings, unless the test kit reports a timing override, which
-//! every line then names), its own order ledger (the test kit's throw-away
+//! every line then names; the `cluster-*` scenarios start a Redis Cluster
+//! instead, see below), its own order ledger (the test kit's throw-away
 //! PostgreSQL; `--no-ledger` runs without one, as the matrix was measured
 //! before the ledger existed), two `flashsale serve` instances and two
 //! `flashsale-worker`s (their own defaults, metrics on a free port,
@@ -57,6 +58,47 @@
 //!   idle (`--claim-idle-ms`, 10 s) — the ledger write again changes
 //!   nothing (`ON CONFLICT DO NOTHING`), then Redis confirms them.
 //!
+//! **Cluster scenarios** (`cluster-kill-primary`, `cluster-stop-primary`,
+//! `cluster-planned`, `cluster-reshard`, `cluster-kill-replica`; `cluster-all`
+//! runs the five). The run starts the test kit's Redis Cluster
+//! (`RedisCluster::start(ClusterOptions::default())`: three primaries with
+//! one replica each, on the shipped settings; a timing override is named
+//! like the group's), and the servers and workers get
+//! `FLASHSALE_REDIS_CLUSTER` (every node as a seed) and the password, no
+//! Sentinel variable; their hold is the cluster's default (12 s, see the
+//! header's `hold_ms`). The sale (`harness-sale`) lives in one slot, so on
+//! one shard, and the fault is aimed at that shard: P is the primary owning
+//! the slot, R its replica. Two more sales, one on each other shard
+//! (`side_sales=`: 240 units, 10 shoppers/s from the start, sold out after
+//! about 24 s), sell throughout. The faults (`inject_cluster`):
+//! - `cluster-kill-primary`: kill -9 of P; once R is primary, P is started
+//!   again and rejoins as R's replica (without a replica R could not
+//!   acknowledge a purchase: the service requires one per shard);
+//! - `cluster-stop-primary`: SIGSTOP of P for 10 s (more than the node
+//!   timeout, 5 s, and the election: R is elected), then SIGCONT;
+//! - `cluster-planned`: `CLUSTER FAILOVER` on R;
+//! - `cluster-reshard`: the slot moved with its keys to another primary
+//!   while the sale sells (`migrate_slot`: IMPORTING, MIGRATING, MIGRATE in
+//!   batches, SETSLOT NODE everywhere);
+//! - `cluster-kill-replica`: kill -9 of R, started again 3 s later.
+//!
+//! A new owner of the slot is a switch (`switches=`, `switch_after_fault_ms`:
+//! when the harness saw it, polling the new primary's `ROLE` and its own
+//! `CLUSTER SHARDS` every 50 ms); `ready_after_fault_ms` is when the shard
+//! could take acknowledged writes again: the slot's primary serves a
+//! replica in sync (`INFO replication`, `state=online`). The checks are the
+//! ones above, per sale (invariants, every promise confirmed, the ledger,
+//! link installs per switch; the resume bound for `cluster-planned`), and:
+//! - no answer is 503 when the shard was ready within the hold — in
+//!   kill/stop/planned a new primary with its replica, in kill-replica the
+//!   replica back — and none at all in `cluster-reshard` (`TRYAGAIN`, `ASK`
+//!   and `MOVED` are retried within the hold); past the hold they are
+//!   reported, not failed;
+//! - kill/stop/planned/reshard: the slot gets a new primary;
+//! - the side sales, on the shards the fault does not touch: no 503, no
+//!   shopper left without an answer, and 202s answered while the sale's
+//!   shard was out (unless that lasted less than 2 s or they sold out).
+//!
 //! One summary line per run, ending in `result=ok` or `result=FAIL: <reasons>`,
 //! and a matrix per scenario at the end.
 //!
@@ -65,6 +107,8 @@
 //!     --scenario all --runs 20
 //! cargo run --release -p flashsale-loadtest --bin failover -- \
 //!     --scenario kill-master --runs 5 --no-ledger
+//! cargo run --release -p flashsale-loadtest --bin failover -- \
+//!     --scenario cluster-all --runs 2
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -77,7 +121,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use flashsale::config::Secret;
 use flashsale::ledger::{Ledger, LedgerSettings};
-use flashsale::redis::Keys;
+use flashsale::redis::{Keys, slots};
 use flashsale_loadtest::bench::cpu_seconds;
 use flashsale_loadtest::redis_group::{GroupOptions, Node, RedisGroup};
 use flashsale_testkit::metrics::counter_sum;
@@ -87,7 +131,9 @@ use flashsale_testkit::orders::{
 };
 use flashsale_testkit::postgres::Postgres;
 use flashsale_testkit::procs::redis_env;
+use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
 use flashsale_testkit::switch::SwitchWatch;
+use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, Semaphore};
@@ -113,8 +159,24 @@ enum Scenario {
     /// confirmation of that batch, through the worker's fault hook
     /// FLASHSALE_WORKER_FAULT; it is restarted (needs the ledger).
     WorkerKilledAfterCommit,
-    /// Every scenario above, in turn.
+    /// Every scenario above, in turn (the Sentinel group's).
     All,
+    /// Redis Cluster: kill -9 of the primary owning the sale's slot; it is
+    /// started again once its replica is primary (it rejoins as a replica).
+    ClusterKillPrimary,
+    /// Redis Cluster: SIGSTOP of the sale's primary for 10 s (longer than
+    /// cluster-node-timeout: its replica is elected), then SIGCONT.
+    ClusterStopPrimary,
+    /// Redis Cluster: CLUSTER FAILOVER on the replica of the sale's primary.
+    ClusterPlanned,
+    /// Redis Cluster: the sale's slot moved with its keys to another primary
+    /// while it sells (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE).
+    ClusterReshard,
+    /// Redis Cluster: kill -9 of the replica of the sale's primary, started
+    /// again 3 s later.
+    ClusterKillReplica,
+    /// Every cluster scenario above, in turn.
+    ClusterAll,
 }
 
 const ALL: [Scenario; 8] = [
@@ -128,8 +190,23 @@ const ALL: [Scenario; 8] = [
     Scenario::WorkerKilledAfterCommit,
 ];
 
+const CLUSTER_ALL: [Scenario; 5] = [
+    Scenario::ClusterKillPrimary,
+    Scenario::ClusterStopPrimary,
+    Scenario::ClusterPlanned,
+    Scenario::ClusterReshard,
+    Scenario::ClusterKillReplica,
+];
+
+/// How long `cluster-stop-primary` keeps the primary frozen: longer than
+/// the shipped cluster-node-timeout (5 s) and the election after it.
+const CLUSTER_STOP: Duration = Duration::from_secs(10);
+/// How long `cluster-kill-replica` leaves the replica dead.
+const CLUSTER_REPLICA_DOWN: Duration = Duration::from_secs(3);
+
 impl Scenario {
-    /// Whether the fault makes the Sentinels switch masters.
+    /// Whether the fault gives the sale's data a new master: the Sentinels
+    /// switch masters, or the sale's slot gets another primary.
     fn switches(self) -> bool {
         matches!(
             self,
@@ -137,7 +214,22 @@ impl Scenario {
                 | Scenario::StopMaster
                 | Scenario::Planned
                 | Scenario::RestartOldMaster
+                | Scenario::ClusterKillPrimary
+                | Scenario::ClusterStopPrimary
+                | Scenario::ClusterPlanned
+                | Scenario::ClusterReshard
         )
+    }
+
+    /// Whether it runs on a Redis Cluster instead of a Sentinel group.
+    fn cluster(self) -> bool {
+        CLUSTER_ALL.contains(&self) || self == Scenario::ClusterAll
+    }
+
+    /// Whether the switch is a planned one (the next 202 is bounded by
+    /// `--resume-bound-ms`).
+    fn planned(self) -> bool {
+        matches!(self, Scenario::Planned | Scenario::ClusterPlanned)
     }
 
     /// Whether the fault is the ledger's or needs it.
@@ -161,8 +253,10 @@ impl Scenario {
 #[command(
     about = "Sell through an injected fault and check the invariants and the failover bounds",
     long_about = "Sell through an injected fault and check the invariants and the failover bounds.\n\n\
-        Runs on the Redis and Sentinel settings deploy/ ships (the test kit's default group); \
-        a timing override, if the kit reports one, is named in every line. A run fails on: \
+        Runs on the Redis and Sentinel settings deploy/ ships (the test kit's default group), \
+        or for the cluster-* scenarios on the shipped Redis Cluster settings (the kit's default \
+        cluster: 3 primaries, 3 replicas; FLASHSALE_REDIS_CLUSTER); a timing override, if the kit \
+        reports one, is named in every line. A run fails on: \
         an invariant violation; a 202/409 order that does not reach `confirmed`; any 503 when \
         the switch completed within the hold (FLASHSALE_FAILOVER_WAIT_MS) or no data node \
         failed; in `planned`, a first 202 later than --resume-bound-ms after `+switch-master`; \
@@ -172,7 +266,10 @@ impl Scenario {
         difference `flashsale audit` finds between the ledger and Redis; in `ledger-outage`, an \
         order confirmed while PostgreSQL is down or no purchase answered meanwhile; in \
         `worker-killed-after-commit`, a worker that did not die between a ledger commit and its \
-        confirmation (its pending orders queued in Redis and already in the ledger)."
+        confirmation (its pending orders queued in Redis and already in the ledger); in the \
+        cluster scenarios, a 503 although the sale's shard took acknowledged writes again within \
+        the hold (none at all in cluster-reshard), no new primary for the slot (kill, stop, \
+        planned, reshard), or a 503 or silence on the sales of the other shards."
 )]
 struct Args {
     /// Scenarios to run (repeatable).
@@ -193,11 +290,13 @@ struct Args {
     /// New shoppers per second (spreads the sale so the fault lands mid-sale).
     #[arg(long, default_value_t = 1000)]
     arrival_rate: u64,
-    /// Longest time from the first `+switch-master` to the next 202 answer
-    /// (`planned` fails beyond it).
+    /// Longest time from the first `+switch-master` (in a cluster: the
+    /// slot's new primary) to the next 202 answer (`planned` and
+    /// `cluster-planned` fail beyond it).
     #[arg(long, default_value_t = 1000)]
     resume_bound_ms: u64,
-    /// Most Redis link installs per process per master switch.
+    /// Most Redis link installs per process per master switch (in a
+    /// cluster: per new owner of the sale's slot).
     #[arg(long, default_value_t = 10)]
     link_installs_bound: u64,
     /// How long the workers get, after the last shopper, to confirm every promise.
@@ -239,13 +338,122 @@ const LINK_INSTALLS: &str = "flashsale_redis_link_installs_total";
 /// line of a run that sets it says so.
 const FAULT_VAR: &str = "FLASHSALE_WORKER_FAULT";
 
-/// What the group runs: "shipped settings", or the timing override the
-/// test kit reports.
-fn settings_label(group: &RedisGroup) -> String {
-    match group.timing_override() {
-        None => "shipped settings".to_owned(),
-        Some(o) => format!("TIMING OVERRIDE {o}"),
+/// The key prefix of every run.
+const PREFIX: &str = "fs";
+
+/// The Redis a run sells on, started by the test kit on the shipped
+/// settings: a Sentinel group, or a Redis Cluster of three primaries with
+/// one replica each.
+enum Data {
+    Group(RedisGroup),
+    Cluster(RedisCluster),
+}
+
+impl Data {
+    async fn start(cluster: bool) -> Data {
+        if cluster {
+            Data::Cluster(RedisCluster::start(ClusterOptions::default()).await)
+        } else {
+            Data::Group(RedisGroup::start(GroupOptions::default()).await)
+        }
     }
+
+    /// What it runs: "shipped settings", or the timing override the test
+    /// kit reports.
+    fn settings_label(&self) -> String {
+        let o = match self {
+            Data::Group(g) => g.timing_override(),
+            Data::Cluster(c) => c.timing_override(),
+        };
+        match o {
+            None => "shipped settings".to_owned(),
+            Some(o) => format!("TIMING OVERRIDE {o}"),
+        }
+    }
+
+    /// The Redis variables of a server or worker (and of `flashsale
+    /// audit`): the Sentinels, or the cluster's nodes as seeds; the other
+    /// mode's variables are removed, should this environment set them.
+    fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        match self {
+            Data::Group(g) => redis_env(c, g, PREFIX)
+                .env_remove("FLASHSALE_REDIS_CLUSTER")
+                .env_remove("FLASHSALE_REDIS_URL"),
+            Data::Cluster(rc) => c
+                .env("FLASHSALE_REDIS_CLUSTER", rc.seeds_env())
+                .env("FLASHSALE_REDIS_PASSWORD", rc.password())
+                .env("FLASHSALE_KEY_PREFIX", PREFIX)
+                .env_remove("FLASHSALE_REDIS_SENTINELS")
+                .env_remove("FLASHSALE_REDIS_URL"),
+        }
+    }
+
+    /// What the run's watchdog runs, once the harness is gone, to stop the
+    /// data nodes: the group's script; nothing for the cluster, whose own
+    /// watchdog (the test kit's) does it.
+    fn watchdog_stop(&self) -> String {
+        match self {
+            Data::Group(g) => {
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-group.sh");
+                format!(
+                    "bash '{}' stop --dir '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+                    script.display(),
+                    dir = g.dir().display()
+                )
+            }
+            Data::Cluster(_) => "true".to_owned(),
+        }
+    }
+
+    fn group(&self) -> Result<&RedisGroup, String> {
+        match self {
+            Data::Group(g) => Ok(g),
+            Data::Cluster(_) => Err("this scenario needs a Sentinel group".into()),
+        }
+    }
+
+    fn cluster(&self) -> Result<&RedisCluster, String> {
+        match self {
+            Data::Cluster(c) => Ok(c),
+            Data::Group(_) => Err("this scenario needs a Redis Cluster".into()),
+        }
+    }
+
+    /// A connection to the node that holds SKU's keys: the master, or the
+    /// primary owning the sale's slot.
+    async fn sale_client(&self, sku: &str) -> MultiplexedConnection {
+        match self {
+            Data::Group(g) => g.client(g.master_port().await).await,
+            Data::Cluster(c) => c.client(c.primary_of_slot(sale_slot(sku)).await).await,
+        }
+    }
+
+    /// `status` of each order of SKU, read on the node that holds the sale
+    /// (`None`: no such order).
+    async fn order_statuses(
+        &self,
+        sku: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<String>>, redis::RedisError> {
+        match self {
+            Data::Group(g) => order_statuses(g, PREFIX, ids).await,
+            Data::Cluster(_) if ids.is_empty() => Ok(Vec::new()),
+            Data::Cluster(_) => {
+                let keys = Keys::new(PREFIX);
+                let pipe = ids.iter().fold(redis::pipe(), |mut p, id| {
+                    p.hget(keys.order(sku, id), "status");
+                    p
+                });
+                pipe.query_async(&mut self.sale_client(sku).await).await
+            }
+        }
+    }
+}
+
+/// The hash slot of a sale's keys (they share the `{sku}` tag).
+fn sale_slot(sku: &str) -> u16 {
+    slots::slot(Keys::new(PREFIX).sale(sku).as_bytes())
 }
 
 /// A child process that dies with the harness.
@@ -279,8 +487,10 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-struct Cluster {
-    group: RedisGroup,
+/// What one run starts: the data nodes, the ledger, the servers, the
+/// workers.
+struct Rig {
+    data: Data,
     /// The order ledger (`None`: --no-ledger).
     pg: Option<Postgres>,
     servers: Vec<(String, Proc)>,
@@ -293,7 +503,7 @@ struct Cluster {
     watchdog: std::process::Child,
 }
 
-impl Drop for Cluster {
+impl Drop for Rig {
     fn drop(&mut self) {
         // A normal end: the group's and PostgreSQL's own Drop and
         // kill_on_drop clean up.
@@ -303,8 +513,8 @@ impl Drop for Cluster {
 }
 
 /// What every server and worker of a run is given.
-fn service_env(c: &mut Command, group: &RedisGroup) {
-    redis_env(c, group, "fs")
+fn service_env(c: &mut Command, data: &Data) {
+    data.env(c)
         .env("FLASHSALE_JWT_SECRET", JWT)
         .env("FLASHSALE_ADMIN_TOKEN", ADMIN)
         .env("FLASHSALE_RATE_LIMIT_PER_SHOPPER", "0")
@@ -314,10 +524,17 @@ fn service_env(c: &mut Command, group: &RedisGroup) {
         .kill_on_drop(true);
 }
 
-impl Cluster {
-    /// `fault`: the worker fault hook's value for worker-0, if any.
-    async fn start(bin_dir: &Path, logs: &Path, ledger: bool, fault: Option<&str>) -> Cluster {
-        let group = RedisGroup::start(GroupOptions::default()).await;
+impl Rig {
+    /// `cluster`: on a Redis Cluster; `fault`: the worker fault hook's
+    /// value for worker-0, if any.
+    async fn start(
+        bin_dir: &Path,
+        logs: &Path,
+        cluster: bool,
+        ledger: bool,
+        fault: Option<&str>,
+    ) -> Rig {
+        let data = Data::start(cluster).await;
         std::fs::create_dir_all(logs).expect("log dir");
         let pg = if ledger {
             Some(Postgres::init().await)
@@ -329,7 +546,7 @@ impl Cluster {
             let port = free_port();
             let log = std::fs::File::create(logs.join(format!("serve-{i}.log"))).expect("log");
             let mut c = Command::new(bin_dir.join("flashsale"));
-            service_env(&mut c, &group);
+            service_env(&mut c, &data);
             c.arg("serve")
                 .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
                 .stdout(Stdio::null())
@@ -349,13 +566,11 @@ impl Cluster {
         let pid_file = logs.join("pids");
         // If the harness itself is killed, Drop never runs: a watchdog stops
         // what this run started, by PID, once the harness is gone.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-group.sh");
         let watchdog = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in $(cat '{pids}' 2>/dev/null); do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; bash '{script}' stop --dir '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in $(cat '{pids}' 2>/dev/null); do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; {stop}",
             me = std::process::id(),
             pids = pid_file.display(),
-            script = script.display(),
-            dir = group.dir().display(),
+            stop = data.watchdog_stop(),
         );
         let watchdog = std::process::Command::new("sh")
             .arg("-c")
@@ -365,8 +580,8 @@ impl Cluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the watchdog");
-        let mut cluster = Cluster {
-            group,
+        let mut rig = Rig {
+            data,
             pg,
             servers,
             workers: Vec::new(),
@@ -375,15 +590,15 @@ impl Cluster {
             pid_file,
             watchdog,
         };
-        for (_, p) in &cluster.servers {
-            cluster.note_pid(p);
+        for (_, p) in &rig.servers {
+            rig.note_pid(p);
         }
         for i in 0..2 {
-            let w = cluster.spawn_worker(i, if i == 0 { fault } else { None });
-            cluster.workers.push(w);
+            let w = rig.spawn_worker(i, if i == 0 { fault } else { None });
+            rig.workers.push(w);
         }
         let http = reqwest::Client::new();
-        for (base, p) in &cluster.servers {
+        for (base, p) in &rig.servers {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(r) = http.get(format!("{base}/readyz")).send().await
@@ -395,10 +610,10 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        for w in &cluster.workers {
+        for w in &rig.workers {
             wait_metrics(&http, w).await;
         }
-        cluster
+        rig
     }
 
     /// Adds a process to the watchdog's list.
@@ -426,7 +641,7 @@ impl Cluster {
             .expect("log");
         let port = free_port();
         let mut c = Command::new(self.bin_dir.join("flashsale-worker"));
-        service_env(&mut c, &self.group);
+        service_env(&mut c, &self.data);
         if let Some(pg) = &self.pg {
             c.env("FLASHSALE_LEDGER_URL", pg.url());
         }
@@ -496,26 +711,85 @@ struct Observed {
     answered_202: Vec<(Instant, String)>,
 }
 
-struct Shared {
-    servers: Vec<String>,
-    http: reqwest::Client,
-    tokens: Vec<String>,
+/// One sale of a run and what its shoppers saw: the sale the fault is
+/// aimed at (the first), and in a cluster one more on each other shard.
+struct SaleRun {
+    sku: String,
+    stock: i64,
+    shoppers: usize,
+    /// Shoppers buying at once.
+    concurrency: usize,
+    /// New shoppers per second now (a scenario may slow the sale down).
+    pace: AtomicU64,
     accepted: AtomicI64,
-    fault_at: std::sync::Mutex<Option<Instant>>,
-    /// Every distinct `+switch-master`, when it was first heard.
-    switches: SwitchWatch,
     first_ok_after_switch: std::sync::Mutex<Option<Instant>>,
     /// When the first 410 `sold_out` was answered.
     first_sold_out: std::sync::Mutex<Option<Instant>>,
     observed: Mutex<Observed>,
+}
+
+impl SaleRun {
+    fn new(sku: &str, stock: i64, shoppers: usize, concurrency: usize, rate: u64) -> SaleRun {
+        SaleRun {
+            sku: sku.to_owned(),
+            stock,
+            shoppers,
+            concurrency,
+            pace: AtomicU64::new(rate.max(1)),
+            accepted: AtomicI64::new(0),
+            first_ok_after_switch: std::sync::Mutex::new(None),
+            first_sold_out: std::sync::Mutex::new(None),
+            observed: Mutex::new(Observed::default()),
+        }
+    }
+}
+
+/// When the sale's data got a new master: every distinct `+switch-master`
+/// the Sentinels announced, or every new owner of the sale's slot the
+/// harness saw (a primary with the slot in its own `CLUSTER SHARDS`).
+enum Switches {
+    Sentinel(SwitchWatch),
+    Slot(std::sync::Mutex<Vec<(Instant, String)>>),
+}
+
+impl Switches {
+    fn all(&self) -> Vec<(Instant, String)> {
+        match self {
+            Switches::Sentinel(w) => w.all(),
+            Switches::Slot(s) => s.lock().expect("lock").clone(),
+        }
+    }
+
+    fn first(&self) -> Option<Instant> {
+        self.all().iter().map(|(t, _)| *t).min()
+    }
+
+    /// Records a new owner of the sale's slot.
+    fn slot_moved(&self, at: Instant, what: String) {
+        if let Switches::Slot(s) = self {
+            s.lock().expect("lock").push((at, what));
+        }
+    }
+}
+
+struct Shared {
+    servers: Vec<String>,
+    http: reqwest::Client,
+    tokens: Vec<String>,
+    fault_at: std::sync::Mutex<Option<Instant>>,
+    switches: Switches,
     dead_server: AtomicU64,
-    /// New shoppers per second now (a scenario may slow the sale down).
-    pace: AtomicU64,
+    /// `sales[0]` is the one the fault is aimed at.
+    sales: Vec<SaleRun>,
 }
 
 impl Shared {
     fn first_switch(&self) -> Option<Instant> {
         self.switches.first()
+    }
+
+    fn main(&self) -> &SaleRun {
+        &self.sales[0]
     }
 }
 
@@ -523,7 +797,9 @@ fn mint(user: &str) -> String {
     flashsale::web::auth::mint(&flashsale::config::Secret::new(JWT), user, 3600).expect("mint")
 }
 
-async fn shopper(shared: Arc<Shared>, i: usize) {
+/// Shopper `i` of sale number `sale`.
+async fn shopper(shared: Arc<Shared>, sale: usize, i: usize) {
+    let s = &shared.sales[sale];
     let key = format!("h-{i}-{}", uuid::Uuid::new_v4().simple());
     let mut server = i % shared.servers.len();
     let mut attempt = 0u32;
@@ -531,7 +807,7 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
         if shared.dead_server.load(Ordering::SeqCst) == server as u64 + 1 {
             server = (server + 1) % shared.servers.len();
         }
-        let url = format!("{}/api/sales/{SKU}/purchase", shared.servers[server]);
+        let url = format!("{}/api/sales/{}/purchase", shared.servers[server], s.sku);
         let sent = Instant::now();
         let r = shared
             .http
@@ -550,7 +826,7 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
         };
         let done = Instant::now();
         {
-            let mut o = shared.observed.lock().await;
+            let mut o = s.observed.lock().await;
             o.requests += 1;
             let fault = *shared.fault_at.lock().expect("lock");
             match status {
@@ -571,18 +847,18 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
             }
         }
         if status == 202 {
-            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            s.accepted.fetch_add(1, Ordering::SeqCst);
             if let Some(sw) = shared.first_switch()
                 && done >= sw
             {
-                let mut first = shared.first_ok_after_switch.lock().expect("lock");
+                let mut first = s.first_ok_after_switch.lock().expect("lock");
                 if first.is_none_or(|f| done < f) {
                     *first = Some(done);
                 }
             }
         }
         if status == 410 && body["error"] == "sold_out" {
-            let mut first = shared.first_sold_out.lock().expect("lock");
+            let mut first = s.first_sold_out.lock().expect("lock");
             if first.is_none_or(|f| done < f) {
                 *first = Some(done);
             }
@@ -598,11 +874,11 @@ async fn shopper(shared: Arc<Shared>, i: usize) {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 continue;
             }
-            let mut o = shared.observed.lock().await;
+            let mut o = s.observed.lock().await;
             o.failed_shoppers += 1;
         }
         let id = body["order_id"].as_str().map(str::to_owned);
-        let mut o = shared.observed.lock().await;
+        let mut o = s.observed.lock().await;
         if let (202, Some(id)) = (status, &id) {
             o.answered_202.push((done, id.clone()));
         }
@@ -618,6 +894,9 @@ struct Fault {
     text: String,
     /// `ledger-outage`: when PostgreSQL answered again.
     ledger_back: Option<Instant>,
+    /// The cluster faults: when the sale's shard could take acknowledged
+    /// writes again (its primary owns the slot and has a replica in sync).
+    ready: Option<Instant>,
 }
 
 /// Injects the scenario's fault. Failures of the fault's own checks go to
@@ -625,13 +904,18 @@ struct Fault {
 /// it should); an error means the fault could not be injected.
 async fn inject(
     scenario: Scenario,
-    cluster: &mut Cluster,
+    rig: &mut Rig,
     shared: &Shared,
     args: &Args,
     violations: &mut Vec<String>,
     reasons: &mut Vec<String>,
 ) -> Result<Fault, String> {
-    let g = &mut cluster.group;
+    if scenario.cluster() {
+        return inject_cluster(scenario, rig.data.cluster()?, shared).await;
+    }
+    let Data::Group(g) = &mut rig.data else {
+        return Err("the Sentinel scenarios need a Sentinel group".into());
+    };
     match scenario {
         Scenario::KillMaster | Scenario::RestartOldMaster => {
             let m = g.master_index().await;
@@ -652,26 +936,169 @@ async fn inject(
             g.kill9(Node::Sentinel(1));
         }
         Scenario::KillWorkerServer => {
-            cluster.workers[0].kill9();
+            rig.workers[0].kill9();
             shared.dead_server.store(1, Ordering::SeqCst);
-            cluster.servers[0].1.kill9();
+            rig.servers[0].1.kill9();
         }
         Scenario::LedgerOutage => {
-            return ledger_outage(cluster, shared, args, violations, reasons).await;
+            return ledger_outage(rig, shared, args, violations, reasons).await;
         }
         Scenario::WorkerKilledAfterCommit => {
-            return worker_killed_after_commit(cluster, shared, args, reasons).await;
+            return worker_killed_after_commit(rig, shared, args, reasons).await;
         }
-        Scenario::All => unreachable!(),
+        _ => unreachable!("not a Sentinel fault: {scenario:?}"),
     }
     Ok(Fault::default())
 }
 
-/// One field of the sale's hash on the current master (0 when absent).
-async fn sale_field(group: &RedisGroup, field: &str) -> Result<i64, String> {
-    let mut c = group.client(group.master_port().await).await;
+/// The cluster faults, aimed at the shard of the sale's slot (its primary
+/// P, P's replica R). Each new owner of the slot is recorded as a switch
+/// the moment the harness sees it (`primary_within`: `ROLE` master and the
+/// slot in its own `CLUSTER SHARDS`, polled every 50 ms); then it waits
+/// until the shard can take acknowledged writes again (`ready`: the owner
+/// serves a replica in sync, `attached_replicas`).
+/// - kill-primary: kill -9 of P; once R is primary, P is started again
+///   (it rejoins as R's replica; without it R would have none, and every
+///   purchase on the shard waits for one's acknowledgement);
+/// - stop-primary: SIGSTOP of P for [`CLUSTER_STOP`], then SIGCONT (P
+///   finds itself failed over and follows R);
+/// - planned: `CLUSTER FAILOVER` on R (P follows R at once);
+/// - reshard: the slot and its keys moved to another primary
+///   (`migrate_slot`), recorded when every live node names it;
+/// - kill-replica: kill -9 of R, started again [`CLUSTER_REPLICA_DOWN`]
+///   later.
+async fn inject_cluster(
+    scenario: Scenario,
+    rc: &RedisCluster,
+    shared: &Shared,
+) -> Result<Fault, String> {
+    let slot = sale_slot(&shared.main().sku);
+    let primary = rc.primary_of_slot(slot).await;
+    let replica = *rc
+        .replicas_of(primary)
+        .await
+        .first()
+        .ok_or_else(|| format!("primary {primary} has no replica"))?;
+    let t0 = Instant::now();
+    let ms =
+        |d: Option<Duration>| d.map_or_else(|| "none".to_owned(), |d| d.as_millis().to_string());
+    // Records R as the slot's new owner, `took` after the fault.
+    let promoted = |took: Option<Duration>| {
+        if let Some(d) = took {
+            shared
+                .switches
+                .slot_moved(t0 + d, format!("slot {slot}: {primary} -> {replica}"));
+        }
+        if took.is_some() { replica } else { primary }
+    };
+    let switch_wait = Duration::from_secs(60);
+    let (owner, text) = match scenario {
+        Scenario::ClusterKillPrimary => {
+            rc.kill(primary);
+            let took = rc.primary_within(replica, switch_wait).await;
+            rc.restart(primary).await;
+            (
+                promoted(took),
+                format!(
+                    "killed={primary} promoted={replica}:{} old_primary_restarted_ms={}",
+                    ms(took),
+                    ms(Some(t0.elapsed()))
+                ),
+            )
+        }
+        Scenario::ClusterStopPrimary => {
+            rc.stop_process(primary);
+            let mut took = rc.primary_within(replica, CLUSTER_STOP).await;
+            tokio::time::sleep_until((t0 + CLUSTER_STOP).into()).await;
+            rc.cont(primary);
+            let resumed = t0.elapsed();
+            if took.is_none() {
+                // Not yet: it may still happen now that P answers again.
+                took = rc
+                    .primary_within(replica, Duration::from_secs(10))
+                    .await
+                    .map(|_| t0.elapsed());
+            }
+            (
+                promoted(took),
+                format!(
+                    "stopped={primary} stop_ms={} promoted={replica}:{}",
+                    resumed.as_millis(),
+                    ms(took)
+                ),
+            )
+        }
+        Scenario::ClusterPlanned => {
+            rc.request_failover(replica).await?;
+            let took = rc.primary_within(replica, switch_wait).await;
+            (
+                promoted(took),
+                format!("failover_on={replica} promoted={replica}:{}", ms(took)),
+            )
+        }
+        Scenario::ClusterReshard => {
+            let to = rc
+                .primaries()
+                .await
+                .into_iter()
+                .find(|p| *p != primary)
+                .ok_or("no other primary")?;
+            let keys: Result<u64, _> = redis::cmd("CLUSTER")
+                .arg("COUNTKEYSINSLOT")
+                .arg(slot)
+                .query_async(&mut rc.client(primary).await)
+                .await;
+            rc.migrate_slot(slot, to).await;
+            let took = t0.elapsed();
+            shared
+                .switches
+                .slot_moved(t0 + took, format!("slot {slot}: {primary} -> {to}"));
+            (
+                to,
+                format!(
+                    "moved={primary}->{to} keys_at_start={} migrate_ms={}",
+                    keys.map_or_else(|e| format!("?({e})"), |n| n.to_string()),
+                    took.as_millis()
+                ),
+            )
+        }
+        Scenario::ClusterKillReplica => {
+            rc.kill(replica);
+            tokio::time::sleep(CLUSTER_REPLICA_DOWN).await;
+            rc.restart(replica).await;
+            (
+                primary,
+                format!(
+                    "killed_replica={replica} restarted_ms={}",
+                    t0.elapsed().as_millis()
+                ),
+            )
+        }
+        _ => unreachable!("not a cluster fault: {scenario:?}"),
+    };
+    // Until the owner serves a replica in sync (a minute at most).
+    let deadline = t0 + switch_wait;
+    let ready = loop {
+        if rc.attached_replicas(owner).await.is_ok_and(|n| n > 0) {
+            break Some(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(Fault {
+        text: format!("slot={slot} {text}"),
+        ledger_back: None,
+        ready,
+    })
+}
+
+/// One field of the sale's hash on the node that holds it (0 when absent).
+async fn sale_field(data: &Data, field: &str) -> Result<i64, String> {
+    let mut c = data.sale_client(SKU).await;
     let v: Option<i64> = redis::cmd("HGET")
-        .arg(format!("fs:{{{SKU}}}:sale"))
+        .arg(Keys::new(PREFIX).sale(SKU))
         .arg(field)
         .query_async(&mut c)
         .await
@@ -690,7 +1117,7 @@ async fn sale_field(group: &RedisGroup, field: &str) -> Result<i64, String> {
 /// answered 202 in that time is still `queued`; at least one worker says
 /// `flashsale_ledger_up 0` meanwhile.
 async fn ledger_outage(
-    cluster: &mut Cluster,
+    rig: &mut Rig,
     shared: &Shared,
     args: &Args,
     violations: &mut Vec<String>,
@@ -699,15 +1126,15 @@ async fn ledger_outage(
     let outage = Duration::from_secs(args.outage_s.max(2));
     let settle = Duration::from_secs(1);
     let slow = (args.stock.max(3) as u64 / 3 / outage.as_secs()).clamp(1, args.arrival_rate.max(1));
-    shared.pace.store(slow, Ordering::SeqCst);
-    let pg = cluster.pg.as_mut().ok_or("no ledger to stop")?;
+    shared.main().pace.store(slow, Ordering::SeqCst);
+    let pg = rig.pg.as_mut().ok_or("no ledger to stop")?;
     pg.stop().await;
     let down_at = Instant::now();
     tokio::time::sleep(settle).await;
-    let confirmed_from = sale_field(&cluster.group, "confirmed").await?;
+    let confirmed_from = sale_field(&rig.data, "confirmed").await?;
     tokio::time::sleep_until((down_at + outage / 2).into()).await;
     let mut ups = Vec::new();
-    for w in &cluster.workers {
+    for w in &rig.workers {
         let up = match shared.http.get(&w.metrics_url).send().await {
             Ok(r) => r
                 .text()
@@ -719,30 +1146,34 @@ async fn ledger_outage(
         ups.push(up.map_or_else(|| "-".to_owned(), |v| v.to_string()));
     }
     tokio::time::sleep_until((down_at + outage).into()).await;
-    let confirmed_to = sale_field(&cluster.group, "confirmed").await?;
+    let confirmed_to = sale_field(&rig.data, "confirmed").await?;
     let now = Instant::now();
     let answered: Vec<String> = {
-        let o = shared.observed.lock().await;
+        let o = shared.main().observed.lock().await;
         o.answered_202
             .iter()
             .filter(|(t, _)| *t >= down_at + settle && *t <= now)
             .map(|(_, id)| id.clone())
             .collect()
     };
-    let statuses = order_statuses(&cluster.group, "fs", &answered)
+    let statuses = rig
+        .data
+        .order_statuses(SKU, &answered)
         .await
         .map_err(|e| e.to_string())?;
     let not_queued = statuses
         .iter()
         .filter(|s| s.as_deref() != Some("queued"))
         .count();
-    let pg = cluster.pg.as_mut().ok_or("no ledger to start")?;
+    let pg = rig.pg.as_mut().ok_or("no ledger to start")?;
     pg.start().await;
     let back = Instant::now();
     shared
+        .main()
         .pace
         .store(args.arrival_rate.max(1), Ordering::SeqCst);
     let answered_while_down = shared
+        .main()
         .observed
         .lock()
         .await
@@ -767,10 +1198,15 @@ async fn ledger_outage(
     }
     // How long the workers take to confirm what was answered while the
     // ledger was down, once it is back (the sale goes on meanwhile).
-    let caught_up = unconfirmed_after(&cluster.group, "fs", &answered, Duration::from_secs(30))
-        .await
-        .is_empty()
-        .then(|| back.elapsed().as_millis());
+    let caught_up = unconfirmed_after(
+        rig.data.group()?,
+        PREFIX,
+        &answered,
+        Duration::from_secs(30),
+    )
+    .await
+    .is_empty()
+    .then(|| back.elapsed().as_millis());
     if !ups.iter().any(|u| u == "0") {
         reasons.push(format!(
             "no worker said flashsale_ledger_up 0 while the ledger was down ({})",
@@ -788,6 +1224,7 @@ async fn ledger_outage(
             caught_up.map_or_else(|| ">30000".to_owned(), |ms| ms.to_string()),
         ),
         ledger_back: Some(back),
+        ready: None,
     })
 }
 
@@ -800,49 +1237,45 @@ async fn ledger_outage(
 /// name: the entries it held are taken over by whichever worker reclaims
 /// them once idle, `--claim-idle-ms`).
 async fn worker_killed_after_commit(
-    cluster: &mut Cluster,
+    rig: &mut Rig,
     shared: &Shared,
     args: &Args,
     reasons: &mut Vec<String>,
 ) -> Result<Fault, String> {
     use std::os::unix::process::ExitStatusExt;
     let hook = format!("{FAULT_VAR}={}", fault_value(args));
-    let pid = cluster.workers[0].pid().ok_or("worker-0 has no pid")?;
-    let status = match tokio::time::timeout(
-        Duration::from_secs(60),
-        cluster.workers[0].child.wait(),
-    )
-    .await
-    {
-        Ok(Ok(st)) => st,
-        _ => {
-            return Err(format!(
-                "worker-0 did not die within 60 s with {hook} (fewer commits than that?)"
-            ));
-        }
-    };
-    let sold = shared.accepted.load(Ordering::SeqCst);
+    let pid = rig.workers[0].pid().ok_or("worker-0 has no pid")?;
+    let status =
+        match tokio::time::timeout(Duration::from_secs(60), rig.workers[0].child.wait()).await {
+            Ok(Ok(st)) => st,
+            _ => {
+                return Err(format!(
+                    "worker-0 did not die within 60 s with {hook} (fewer commits than that?)"
+                ));
+            }
+        };
+    let sold = shared.main().accepted.load(Ordering::SeqCst);
     // SIGABRT, what std::process::abort() ends a process with.
     if status.signal() != Some(6) {
         reasons.push(format!(
             "worker-0 ended with {status}, not the hook's abort"
         ));
     }
-    let (pending, queued, in_ledger) = fault_window(cluster, pid).await?;
+    let (pending, queued, in_ledger) = fault_window(rig, pid).await?;
     if pending == 0 || queued != pending || in_ledger != pending {
         reasons.push(format!(
             "worker-0 did not die between a ledger commit and its confirmation: {pending} entries pending, {queued} of their orders queued in Redis, {in_ledger} in the ledger"
         ));
     }
-    let mut w = cluster.spawn_worker(0, None);
+    let mut w = rig.spawn_worker(0, None);
     w.restarted = true;
-    cluster.workers[0] = w;
-    wait_metrics(&shared.http, &cluster.workers[0]).await;
+    rig.workers[0] = w;
+    wait_metrics(&shared.http, &rig.workers[0]).await;
     Ok(Fault {
         text: format!(
             "fault_hook=\"{hook}\" worker0_exit=\"{status}\" sold_at_death={sold} window=pending:{pending},queued:{queued},in_ledger:{in_ledger} worker0_restarted"
         ),
-        ledger_back: None,
+        ..Fault::default()
     })
 }
 
@@ -856,14 +1289,11 @@ fn fault_value(args: &Args) -> String {
 /// stream, how many of their orders are `queued` in Redis, and how many
 /// are in the ledger. Its consumer name is the worker's default,
 /// `host-<pid>-<random>`.
-async fn fault_window(cluster: &Cluster, pid: i32) -> Result<(usize, usize, usize), String> {
+async fn fault_window(rig: &Rig, pid: i32) -> Result<(usize, usize, usize), String> {
     let e2s = |e: redis::RedisError| e.to_string();
-    let keys = Keys::new("fs");
+    let keys = Keys::new(PREFIX);
     let stream = keys.stream(SKU);
-    let mut c = cluster
-        .group
-        .client(cluster.group.master_port().await)
-        .await;
+    let mut c = rig.data.sale_client(SKU).await;
     let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(&stream)
@@ -899,14 +1329,12 @@ async fn fault_window(cluster: &Cluster, pid: i32) -> Result<(usize, usize, usiz
         .flat_map(|r| r.ids.iter())
         .filter_map(|e| e.get::<String>("order_id"))
         .collect();
-    let statuses = order_statuses(&cluster.group, "fs", &orders)
-        .await
-        .map_err(e2s)?;
+    let statuses = rig.data.order_statuses(SKU, &orders).await.map_err(e2s)?;
     let queued = statuses
         .iter()
         .filter(|s| s.as_deref() == Some("queued"))
         .count();
-    let pg = cluster.pg.as_ref().ok_or("no ledger")?;
+    let pg = rig.pg.as_ref().ok_or("no ledger")?;
     let ledger = connect_ledger(pg).await?;
     let mut in_ledger = 0;
     for id in &orders {
@@ -938,16 +1366,17 @@ struct LedgerAudit {
 }
 
 async fn audit_ledger(
-    cluster: &Cluster,
+    rig: &Rig,
+    sku: &str,
     promised: &[String],
     violations: &mut Vec<String>,
     reasons: &mut Vec<String>,
 ) -> Option<LedgerAudit> {
-    let pg = cluster.pg.as_ref()?;
-    let mut c = Command::new(cluster.bin_dir.join("flashsale"));
-    service_env(&mut c, &cluster.group);
+    let pg = rig.pg.as_ref()?;
+    let mut c = Command::new(rig.bin_dir.join("flashsale"));
+    service_env(&mut c, &rig.data);
     c.env("FLASHSALE_LEDGER_URL", pg.url())
-        .args(["audit", "--sku", SKU]);
+        .args(["audit", "--sku", sku]);
     let (mut differing, mut doubled, mut missing) = (0u64, 0u64, 0u64);
     let mut pending = None;
     let mut problems = Vec::new();
@@ -990,7 +1419,7 @@ async fn audit_ledger(
     let mut promises_text = String::from("rows:?");
     match connect_ledger(pg).await {
         Ok(ledger) => {
-            match ledger_promises(&ledger, SKU, promised, 1).await {
+            match ledger_promises(&ledger, sku, promised, 1).await {
                 Ok(p) => {
                     missing = p.missing_total;
                     doubled += p.doubled();
@@ -1047,6 +1476,300 @@ struct RunResult {
     reasons: Vec<String>,
 }
 
+/// The sales beside the one the fault is aimed at, in a cluster: one on
+/// each other shard, selling slowly from the start to past the fault's end,
+/// to show that the other shards do not notice it.
+const SIDE_STOCK: i64 = 240;
+const SIDE_SHOPPERS: usize = 300;
+/// New shoppers per second of a side sale: sold out after 24 s.
+const SIDE_RATE: u64 = 10;
+const SIDE_CONCURRENCY: usize = 16;
+
+/// A SKU for each primary of the cluster but the one owning `SKU`'s slot,
+/// whose slot that primary owns.
+async fn side_skus(rc: &RedisCluster) -> Vec<String> {
+    let shards = rc.shards().await;
+    let main = sale_slot(SKU);
+    shards
+        .iter()
+        .filter(|s| !s.slots.is_empty() && !s.owns(main))
+        .filter_map(|shard| {
+            (0..10_000)
+                .map(|n| format!("harness-side-{n}"))
+                .find(|sku| shard.owns(sale_slot(sku)))
+        })
+        .collect()
+}
+
+/// Creates a sale of `stock` units that runs for an hour, through the API.
+async fn create_sale(http: &reqwest::Client, base: &str, sku: &str, stock: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = &time::format_description::well_known::Rfc3339;
+    let r = http
+        .post(format!("{base}/admin/sales"))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"sku": sku, "name": "Harness sale", "description": "", "price_cents": 100,
+            "stock": stock, "per_user_limit": 1,
+            "starts_at": (now - time::Duration::seconds(1)).format(fmt).expect("fmt"),
+            "ends_at": (now + time::Duration::hours(1)).format(fmt).expect("fmt")}),
+        )
+        .send()
+        .await
+        .expect("create sale");
+    assert_eq!(r.status().as_u16(), 201, "create sale {sku}");
+}
+
+/// Sends sale number `k`'s shoppers in at its pace, at most its
+/// concurrency at once; ends when every one of them has.
+fn drive(shared: Arc<Shared>, k: usize, started: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let sale = &shared.sales[k];
+        let sem = Arc::new(Semaphore::new(sale.concurrency));
+        let mut tasks = Vec::with_capacity(sale.shoppers);
+        let mut due = started;
+        for i in 0..sale.shoppers {
+            if i > 0 {
+                let rate = sale.pace.load(Ordering::SeqCst).max(1);
+                due += Duration::from_micros(1_000_000 / rate);
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let permit = sem.clone().acquire_owned().await.expect("semaphore");
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                shopper(shared, k, i).await;
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+}
+
+/// A sale after the drain: its promises, the API's audit, the orders'
+/// statuses.
+struct Drained {
+    promised: Vec<String>,
+    audit: Value,
+    statuses: Vec<Option<String>>,
+}
+
+impl Drained {
+    fn all_confirmed(&self) -> bool {
+        self.statuses.len() == self.promised.len()
+            && self
+                .statuses
+                .iter()
+                .all(|s| reached_confirmed(s.as_deref()))
+    }
+
+    fn drained(&self) -> bool {
+        self.audit["pending"] == 0 && self.audit["orders"].as_i64().is_some()
+    }
+}
+
+/// Every promise (202/409) names an order; lets the workers confirm them
+/// all, in every sale (at most `--drain-timeout-s`).
+async fn drain(rig: &Rig, shared: &Shared, args: &Args, reasons: &mut Vec<String>) -> Vec<Drained> {
+    let mut out = Vec::new();
+    for sale in &shared.sales {
+        let o = sale.observed.lock().await;
+        out.push(Drained {
+            promised: o
+                .finals
+                .values()
+                .filter(|(s, _)| *s == 202 || *s == 409)
+                .filter_map(|(_, id)| id.clone())
+                .collect(),
+            audit: Value::Null,
+            statuses: Vec::new(),
+        });
+    }
+    let live = &rig.servers[(shared.dead_server.load(Ordering::SeqCst) as usize) % 2].0;
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout_s);
+    loop {
+        for (sale, d) in shared.sales.iter().zip(&mut out) {
+            let url = format!("{live}/admin/sales/{}/audit", sale.sku);
+            if let Ok(r) = shared.http.get(&url).bearer_auth(ADMIN).send().await
+                && r.status().is_success()
+            {
+                d.audit = r.json().await.unwrap_or(Value::Null);
+            }
+            if let Ok(s) = rig.data.order_statuses(&sale.sku, &d.promised).await {
+                d.statuses = s;
+            }
+        }
+        if out.iter().all(|d| d.all_confirmed() && d.drained()) {
+            return out;
+        }
+        if Instant::now() >= drain_deadline {
+            for (sale, d) in shared.sales.iter().zip(&out) {
+                if !d.drained() {
+                    reasons.push(format!(
+                        "workers did not drain {} in {} s: {}",
+                        sale.sku, args.drain_timeout_s, d.audit
+                    ));
+                }
+            }
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One sale's invariants, from the node that holds it and from the API's
+/// audit: no oversell, nobody over the limit, no order id promised twice,
+/// every promise on record and confirmed, one order record per unit sold.
+/// Returns (sold, total, unconfirmed).
+async fn audit_sale(
+    data: &Data,
+    sku: &str,
+    d: &Drained,
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> (i64, i64, usize) {
+    let keys = Keys::new(PREFIX);
+    let mut redis = data.sale_client(sku).await;
+    let sale: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.sale(sku))
+        .query_async::<HashMap<String, String>>(&mut redis)
+        .await
+        .expect("sale")
+        .into_iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+        .collect();
+    let total = sale.get("stock_total").copied().unwrap_or(-1);
+    let left = sale.get("stock_left").copied().unwrap_or(-1);
+    let sold = sale.get("sold").copied().unwrap_or(-1);
+    let orders = sale.get("orders").copied().unwrap_or(-1);
+    // Named by its SKU unless it is the sale the fault is aimed at.
+    let of = if sku == SKU {
+        String::new()
+    } else {
+        format!("{sku}: ")
+    };
+    if !(sold <= total && left + sold == total && left >= 0) {
+        violations.push(format!(
+            "{of}oversell: total {total} left {left} sold {sold}"
+        ));
+    }
+    let units: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.units(sku))
+        .query_async(&mut redis)
+        .await
+        .expect("units");
+    let over_limit = units.values().filter(|u| **u > 1).count();
+    if over_limit > 0 {
+        violations.push(format!("{of}{over_limit} shoppers over the limit"));
+    }
+    if units.values().sum::<i64>() != sold {
+        violations.push(format!(
+            "{of}units held {} != sold {sold}",
+            units.values().sum::<i64>()
+        ));
+    }
+    let distinct: HashSet<&String> = d.promised.iter().collect();
+    if distinct.len() != d.promised.len() {
+        violations.push(format!("{of}an order id was promised to two shoppers"));
+    }
+    let missing = d.statuses.iter().filter(|s| s.is_none()).count()
+        + d.promised.len().saturating_sub(d.statuses.len());
+    let unconfirmed = d.promised.len()
+        - d.statuses
+            .iter()
+            .filter(|s| reached_confirmed(s.as_deref()))
+            .count();
+    if missing > 0 {
+        violations.push(format!("{of}{missing} promised orders missing"));
+    }
+    if unconfirmed > 0 {
+        reasons.push(format!(
+            "{of}{unconfirmed} promised orders (202/409) never reached confirmed ({missing} of them missing)"
+        ));
+    }
+    // Orders on record: one per sold unit, each once.
+    let mut order_keys = 0i64;
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.order(sku, "*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .expect("scan");
+        order_keys += found.len() as i64;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    if order_keys != orders || orders != sold {
+        violations.push(format!(
+            "{of}records {order_keys}, orders {orders}, sold {sold} disagree"
+        ));
+    }
+    if d.audit["consistent"] != true {
+        violations.push(format!("{of}API audit inconsistent: {}", d.audit));
+    }
+    (sold, total, unconfirmed)
+}
+
+/// What the side sales saw (the other shards of a cluster): each must
+/// answer no 503 and leave no shopper without an answer, and, when the
+/// fault kept the sale's shard from acknowledging writes for 2 s or more,
+/// keep answering 202 meanwhile (unless sold out before).
+async fn side_sales(
+    shared: &Shared,
+    data: &Data,
+    drained: &[Drained],
+    outage: (Instant, Instant),
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> String {
+    let mut parts = Vec::new();
+    for (sale, d) in shared.sales.iter().zip(drained).skip(1) {
+        let (sold, total, unconfirmed) = audit_sale(data, &sale.sku, d, violations, reasons).await;
+        let o = sale.observed.lock().await;
+        let during = o
+            .answered_202
+            .iter()
+            .filter(|(t, _)| *t >= outage.0 && *t <= outage.1)
+            .count();
+        let sold_out_before = sale
+            .first_sold_out
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t <= outage.1);
+        if o.n503 > 0 || o.failed_shoppers > 0 {
+            reasons.push(format!(
+                "{}, on another shard, answered {} 503s ({} shoppers without an answer)",
+                sale.sku, o.n503, o.failed_shoppers
+            ));
+        }
+        if during == 0 && !sold_out_before && outage.1 >= outage.0 + Duration::from_secs(2) {
+            reasons.push(format!(
+                "{}, on another shard, answered no 202 while the sale's shard was out",
+                sale.sku
+            ));
+        }
+        parts.push(format!(
+            "{}:sold={sold}/{total},promised={},unconfirmed={unconfirmed},n503={},202_during_outage={during}",
+            sale.sku,
+            d.promised.len(),
+            o.n503
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("side_sales=[{}] ", parts.join(" "))
+    }
+}
+
 async fn one_run(
     args: &Args,
     scenario: Scenario,
@@ -1056,85 +1779,75 @@ async fn one_run(
     logs: &Path,
 ) -> RunResult {
     let fault_hook = (scenario == Scenario::WorkerKilledAfterCommit).then(|| fault_value(args));
-    let mut cluster = Cluster::start(bin_dir, logs, !args.no_ledger, fault_hook.as_deref()).await;
-    let settings = settings_label(&cluster.group);
+    let mut rig = Rig::start(
+        bin_dir,
+        logs,
+        scenario.cluster(),
+        !args.no_ledger,
+        fault_hook.as_deref(),
+    )
+    .await;
+    let settings = rig.data.settings_label();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = &time::format_description::well_known::Rfc3339;
-    let admin_url = format!("{}/admin/sales", cluster.servers[0].0);
-    let r = http
-        .post(&admin_url)
-        .bearer_auth(ADMIN)
-        .json(
-            &json!({"sku": SKU, "name": "Harness sale", "description": "", "price_cents": 100,
-            "stock": args.stock, "per_user_limit": 1,
-            "starts_at": (now - time::Duration::seconds(1)).format(fmt).expect("fmt"),
-            "ends_at": (now + time::Duration::hours(1)).format(fmt).expect("fmt")}),
-        )
-        .send()
-        .await
-        .expect("create sale");
-    assert_eq!(r.status().as_u16(), 201, "create sale");
-
-    let tokens: Vec<String> = (0..args.shoppers).map(|i| mint(&format!("h{i}"))).collect();
+    // The sale the fault is aimed at; in a cluster one more per other shard.
+    let mut sales = vec![SaleRun::new(
+        SKU,
+        args.stock,
+        args.shoppers,
+        args.concurrency,
+        args.arrival_rate,
+    )];
+    let switches = match &rig.data {
+        Data::Group(g) => Switches::Sentinel(SwitchWatch::start(g).await),
+        Data::Cluster(rc) => {
+            for sku in side_skus(rc).await {
+                sales.push(SaleRun::new(
+                    &sku,
+                    SIDE_STOCK,
+                    SIDE_SHOPPERS,
+                    SIDE_CONCURRENCY,
+                    SIDE_RATE,
+                ));
+            }
+            Switches::Slot(std::sync::Mutex::new(Vec::new()))
+        }
+    };
+    for sale in &sales {
+        create_sale(&http, &rig.servers[0].0, &sale.sku, sale.stock).await;
+    }
+    let most = sales.iter().map(|s| s.shoppers).max().unwrap_or(0);
+    let tokens: Vec<String> = (0..most).map(|i| mint(&format!("h{i}"))).collect();
     let shared = Arc::new(Shared {
-        servers: cluster.servers.iter().map(|(b, _)| b.clone()).collect(),
+        servers: rig.servers.iter().map(|(b, _)| b.clone()).collect(),
         http,
         tokens,
-        accepted: AtomicI64::new(0),
         fault_at: std::sync::Mutex::new(None),
-        switches: SwitchWatch::start(&cluster.group).await,
-        first_ok_after_switch: std::sync::Mutex::new(None),
-        first_sold_out: std::sync::Mutex::new(None),
-        observed: Mutex::new(Observed::default()),
+        switches,
         dead_server: AtomicU64::new(0),
-        pace: AtomicU64::new(args.arrival_rate.max(1)),
+        sales,
     });
 
-    let sem = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
-    let driver = {
-        let shared = shared.clone();
-        let sem = sem.clone();
-        let n = args.shoppers;
-        tokio::spawn(async move {
-            let mut tasks = Vec::with_capacity(n);
-            let mut due = started;
-            for i in 0..n {
-                if i > 0 {
-                    let rate = shared.pace.load(Ordering::SeqCst).max(1);
-                    due += Duration::from_micros(1_000_000 / rate);
-                }
-                tokio::time::sleep_until(due.into()).await;
-                let permit = sem.clone().acquire_owned().await.expect("semaphore");
-                let shared = shared.clone();
-                tasks.push(tokio::spawn(async move {
-                    shopper(shared, i).await;
-                    drop(permit);
-                }));
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-        })
-    };
+    let drivers: Vec<_> = (0..shared.sales.len())
+        .map(|k| drive(shared.clone(), k, started))
+        .collect();
     // Fault once about a third of the stock is sold (a worker with the
     // fault hook chooses its own moment: it is watched from the start).
     let third = args.stock / 3;
     let fault_deadline = Instant::now() + Duration::from_secs(60);
     while scenario != Scenario::WorkerKilledAfterCommit
-        && shared.accepted.load(Ordering::SeqCst) < third
+        && shared.main().accepted.load(Ordering::SeqCst) < third
         && Instant::now() < fault_deadline
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Link installs so far (start-up), per process.
     let mut installs_before = Vec::new();
-    for p in cluster.procs() {
+    for p in rig.procs() {
         installs_before.push(link_installs(&shared.http, p).await);
     }
     let fault_at = Instant::now();
@@ -1145,7 +1858,7 @@ async fn one_run(
     // purchases resumed behind the first `+switch-master` (2 s after it
     // when none did, 30 s at most): what following the switch costs.
     let cpu_window = {
-        let pids: Vec<(String, u32)> = cluster
+        let pids: Vec<(String, u32)> = rig
             .procs()
             .filter_map(|p| Some((p.name.clone(), p.pid()? as u32)))
             .collect();
@@ -1158,12 +1871,17 @@ async fn one_run(
             }
             if let Some(sw) = shared.first_switch() {
                 let resumed_by = sw + Duration::from_secs(20);
-                while shared.first_ok_after_switch.lock().expect("lock").is_none()
+                while shared
+                    .main()
+                    .first_ok_after_switch
+                    .lock()
+                    .expect("lock")
+                    .is_none()
                     && Instant::now() < resumed_by.min(give_up)
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let until = match *shared.first_ok_after_switch.lock().expect("lock") {
+                let until = match *shared.main().first_ok_after_switch.lock().expect("lock") {
                     Some(ok) => ok + Duration::from_secs(1),
                     None => sw + Duration::from_secs(2),
                 };
@@ -1187,7 +1905,7 @@ async fn one_run(
     };
     let fault = match inject(
         scenario,
-        &mut cluster,
+        &mut rig,
         &shared,
         args,
         &mut violations,
@@ -1201,69 +1919,37 @@ async fn one_run(
             Fault::default()
         }
     };
-    let drive_deadline = Duration::from_secs(180);
-    if tokio::time::timeout(drive_deadline, driver).await.is_err() {
-        reasons.push("shoppers did not finish in time".into());
-    }
-    if scenario == Scenario::RestartOldMaster {
-        // Bring the old master back once the switch is done; it must rejoin as a replica.
-        let dead = (0..3).find(|i| cluster.group.pid(Node::Redis(*i)).is_none());
-        if let Some(i) = dead {
-            cluster.group.restart(Node::Redis(i)).await;
+    let drive_deadline = Instant::now() + Duration::from_secs(180);
+    for d in drivers {
+        if tokio::time::timeout_at(drive_deadline.into(), d)
+            .await
+            .is_err()
+        {
+            reasons.push("shoppers did not finish in time".into());
+            break;
         }
-        cluster.group.wait_converged(Duration::from_secs(40)).await;
+    }
+    if scenario == Scenario::RestartOldMaster
+        && let Data::Group(g) = &mut rig.data
+    {
+        // Bring the old master back once the switch is done; it must rejoin as a replica.
+        let dead = (0..3).find(|i| g.pid(Node::Redis(*i)).is_none());
+        if let Some(i) = dead {
+            g.restart(Node::Redis(i)).await;
+        }
+        g.wait_converged(Duration::from_secs(40)).await;
     }
 
-    // Every promise (202/409) names an order; let the workers confirm them
-    // all (bounded), then audit through the API and from Redis.
-    let promised: Vec<String> = {
-        let o = shared.observed.lock().await;
-        o.finals
-            .values()
-            .filter(|(s, _)| *s == 202 || *s == 409)
-            .filter_map(|(_, id)| id.clone())
-            .collect()
-    };
-    let live = cluster.servers[(shared.dead_server.load(Ordering::SeqCst) as usize) % 2]
-        .0
-        .clone();
-    let audit_url = format!("{live}/admin/sales/{SKU}/audit");
-    let mut audit = Value::Null;
-    let mut statuses: Vec<Option<String>> = Vec::new();
-    let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout_s);
-    loop {
-        if let Ok(r) = shared.http.get(&audit_url).bearer_auth(ADMIN).send().await
-            && r.status().is_success()
-        {
-            audit = r.json().await.unwrap_or(Value::Null);
-        }
-        if let Ok(s) = order_statuses(&cluster.group, "fs", &promised).await {
-            statuses = s;
-        }
-        let all_confirmed = statuses.len() == promised.len()
-            && statuses.iter().all(|s| reached_confirmed(s.as_deref()));
-        let drained = audit["pending"] == 0 && audit["orders"].as_i64().is_some();
-        if all_confirmed && drained {
-            break;
-        }
-        if Instant::now() >= drain_deadline {
-            if !drained {
-                reasons.push(format!(
-                    "workers did not drain in {} s: {audit}",
-                    args.drain_timeout_s
-                ));
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Let the workers confirm every promise, then audit through the API
+    // and from Redis.
+    let drained = drain(&rig, &shared, args, &mut reasons).await;
 
     // Link installs during the fault, per process and switch.
     let switches = shared.switches.all().len() as u64;
     let mut installs = Vec::new();
     let mut max_installs: Option<u64> = None;
     let mut exported = false;
-    for (p, before) in cluster.procs().zip(&installs_before) {
+    for (p, before) in rig.procs().zip(&installs_before) {
         let after = link_installs(&shared.http, p).await;
         let text = match (before, after) {
             // Started again after the fault: every install is the new one's.
@@ -1298,111 +1984,65 @@ async fn one_run(
         format!("link_installs=absent ({LINK_INSTALLS} not exported; counted as 0)")
     };
 
-    // Audit straight from Redis.
-    let master_port = cluster.group.master_port().await;
-    let mut redis = cluster.group.client(master_port).await;
-    let o = shared.observed.lock().await;
-    let sale: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(format!("fs:{{{SKU}}}:sale"))
-        .query_async::<HashMap<String, String>>(&mut redis)
-        .await
-        .expect("sale")
-        .into_iter()
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
-        .collect();
-    let total = sale.get("stock_total").copied().unwrap_or(-1);
-    let left = sale.get("stock_left").copied().unwrap_or(-1);
-    let sold = sale.get("sold").copied().unwrap_or(-1);
-    let orders = sale.get("orders").copied().unwrap_or(-1);
-    if !(sold <= total && left + sold == total && left >= 0) {
-        violations.push(format!("oversell: total {total} left {left} sold {sold}"));
-    }
-    let units: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(format!("fs:{{{SKU}}}:units"))
-        .query_async(&mut redis)
-        .await
-        .expect("units");
-    let over_limit = units.values().filter(|u| **u > 1).count();
-    if over_limit > 0 {
-        violations.push(format!("{over_limit} shoppers over the limit"));
-    }
-    if units.values().sum::<i64>() != sold {
-        violations.push(format!(
-            "units held {} != sold {sold}",
-            units.values().sum::<i64>()
-        ));
-    }
-    let distinct: HashSet<&String> = promised.iter().collect();
-    if distinct.len() != promised.len() {
-        violations.push("an order id was promised to two shoppers".into());
-    }
-    let missing = statuses.iter().filter(|s| s.is_none()).count()
-        + promised.len().saturating_sub(statuses.len());
-    let unconfirmed = promised.len()
-        - statuses
-            .iter()
-            .filter(|s| reached_confirmed(s.as_deref()))
-            .count();
-    if missing > 0 {
-        violations.push(format!("{missing} promised orders missing"));
-    }
-    if unconfirmed > 0 {
-        reasons.push(format!(
-            "{unconfirmed} promised orders (202/409) never reached confirmed ({missing} of them missing)"
-        ));
-    }
-    // Orders on record: one per sold unit, each once.
-    let mut order_keys = 0i64;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("fs:{{{SKU}}}:order:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await
-            .expect("scan");
-        order_keys += keys.len() as i64;
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    if order_keys != orders || orders != sold {
-        violations.push(format!(
-            "records {order_keys}, orders {orders}, sold {sold} disagree"
-        ));
-    }
-    if audit["consistent"] != true {
-        violations.push(format!("API audit inconsistent: {audit}"));
-    }
+    // Audit straight from Redis: the sale the fault is aimed at, then the
+    // others (side sales, on the other shards of a cluster).
+    let main = &drained[0];
+    let promised = &main.promised;
+    let (sold, total, unconfirmed) =
+        audit_sale(&rig.data, SKU, main, &mut violations, &mut reasons).await;
     if scenario == Scenario::RestartOldMaster {
         // Nothing the old master had comes back as a sale.
-        let after: i64 = redis::cmd("HGET")
-            .arg(format!("fs:{{{SKU}}}:sale"))
-            .arg("sold")
-            .query_async(&mut redis)
-            .await
-            .expect("sold");
-        if after != sold {
-            violations.push(format!(
-                "sold changed after the old master rejoined: {sold} -> {after}"
-            ));
+        match sale_field(&rig.data, "sold").await {
+            Ok(after) if after == sold => {}
+            after => violations.push(format!(
+                "sold changed after the old master rejoined: {sold} -> {after:?}"
+            )),
         }
     }
+    // The cluster faults: from the fault until the sale's shard could take
+    // acknowledged writes again.
+    let ready_ms = fault
+        .ready
+        .map(|r| r.saturating_duration_since(fault_at).as_millis());
+    let outage = (fault_at, fault.ready.unwrap_or_else(Instant::now));
+    let side_text = side_sales(
+        &shared,
+        &rig.data,
+        &drained,
+        outage,
+        &mut violations,
+        &mut reasons,
+    )
+    .await;
 
     // The ledger: every promise in it once, and the same as Redis.
-    let ledger = audit_ledger(&cluster, &promised, &mut violations, &mut reasons).await;
+    let mut ledger = None;
+    for (sale, d) in shared.sales.iter().zip(&drained) {
+        let audit = audit_ledger(&rig, &sale.sku, &d.promised, &mut violations, &mut reasons).await;
+        ledger = match (ledger, audit) {
+            (None, a) => a,
+            (Some(l), None) => Some(l),
+            (Some(mut l), Some(a)) => {
+                // The side sales' totals join the first's, their text is
+                // named by SKU.
+                l.missing += a.missing;
+                l.doubled += a.doubled;
+                l.differing += a.differing;
+                l.text.push_str(&format!(" {}:{}", sale.sku, a.text));
+                Some(l)
+            }
+        };
+    }
     let ledger_text = ledger
         .as_ref()
         .map_or_else(|| "ledger=off".to_owned(), |l| l.text.clone());
+    let o = shared.main().observed.lock().await;
     let mut fault_text = fault.text.clone();
     if let Some(back) = fault.ledger_back {
         // The sale goes on once the ledger is back (unless it sold out before).
         let after = o.answered_202.iter().filter(|(t, _)| *t > back).count();
         let sold_out_before = shared
+            .main()
             .first_sold_out
             .lock()
             .expect("lock")
@@ -1412,6 +2052,12 @@ async fn one_run(
         }
         fault_text.push_str(&format!(" answered_202_after={after}"));
     }
+    if scenario.cluster() {
+        fault_text.push_str(&format!(
+            " ready_after_fault_ms={}",
+            ready_ms.map_or_else(|| "none".to_owned(), |ms| ms.to_string())
+        ));
+    }
     if !fault_text.is_empty() {
         fault_text.push(' ');
     }
@@ -1419,24 +2065,48 @@ async fn one_run(
     // The switch, the 503s and the resume.
     let switch = shared.first_switch();
     let switch_ms = switch.map(|s| s.saturating_duration_since(fault_at).as_millis());
-    let resume = match (switch, *shared.first_ok_after_switch.lock().expect("lock")) {
+    let resume = match (
+        switch,
+        *shared.main().first_ok_after_switch.lock().expect("lock"),
+    ) {
         (Some(sw), Some(ok)) => Some(ok.saturating_duration_since(sw).as_millis()),
         _ => None,
     };
     // No 202 after the switch is no failure when the sale sold out: every
     // unit went before it.
     let sold_out_before_switch =
-        resume.is_none() && shared.first_sold_out.lock().expect("lock").is_some();
+        resume.is_none() && shared.main().first_sold_out.lock().expect("lock").is_some();
     if scenario.switches() && switch.is_none() {
-        reasons.push("no +switch-master was heard".into());
+        reasons.push(if scenario.cluster() {
+            "the sale's slot got no new primary".to_owned()
+        } else {
+            "no +switch-master was heard".to_owned()
+        });
     }
-    let switch_within_hold = switch_ms.is_some_and(|ms| ms <= hold.as_millis());
-    let no503_bound = (scenario.switches() && switch_within_hold) || scenario.redis_untouched();
+    let within = |ms: Option<u128>| ms.is_some_and(|ms| ms <= hold.as_millis());
+    // With Sentinels: the switch within the hold, or no data node failed.
+    // In a cluster: the shard could take acknowledged writes again within
+    // the hold (a new primary with a replica in sync, or the replica back),
+    // or the slot only moved.
+    let no503_bound = if scenario.cluster() {
+        within(ready_ms) || scenario == Scenario::ClusterReshard
+    } else {
+        (scenario.switches() && within(switch_ms)) || scenario.redis_untouched()
+    };
     if no503_bound && o.n503 > 0 {
         reasons.push(format!(
             "{} answers were 503 although {}",
             o.n503,
-            if scenario.switches() {
+            if scenario == Scenario::ClusterReshard {
+                "the slot only moved (TRYAGAIN, ASK and MOVED are retried within the hold)"
+                    .to_owned()
+            } else if scenario.cluster() {
+                format!(
+                    "the shard took acknowledged writes again {} ms after the fault, within the {} ms hold",
+                    ready_ms.unwrap_or(0),
+                    hold.as_millis()
+                )
+            } else if scenario.switches() {
                 format!(
                     "the switch completed {} ms after the fault, within the {} ms hold",
                     switch_ms.unwrap_or(0),
@@ -1447,14 +2117,15 @@ async fn one_run(
             }
         ));
     }
-    if scenario == Scenario::Planned {
+    if scenario.planned() {
         match resume {
             Some(ms) if ms > u128::from(args.resume_bound_ms) => reasons.push(format!(
-                "the next 202 came {ms} ms after +switch-master (bound {} ms)",
+                "the next 202 came {ms} ms after the switch (bound {} ms)",
                 args.resume_bound_ms
             )),
-            None if switch.is_some() && !sold_out_before_switch => reasons
-                .push("no 202 after +switch-master although the sale was not sold out".into()),
+            None if switch.is_some() && !sold_out_before_switch => {
+                reasons.push("no 202 after the switch although the sale was not sold out".into())
+            }
             _ => {}
         }
     }
@@ -1471,7 +2142,7 @@ async fn one_run(
     };
     let opt = |v: Option<u128>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     let line = format!(
-        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} {cpu_text} {fault_text}{ledger_text} violations={} result={}",
+        "scenario={scenario:?} run={run} settings=\"{settings}\" hold_ms={} sold={sold}/{total} promised={} unconfirmed={unconfirmed} statuses={by_status:?} requests={} n503={} transport_errors={} failed_shoppers={} unavailable_ms={window_ms} switches={switches} switch_after_fault_ms={} resume_after_switch_ms={} {installs_text} {cpu_text} {fault_text}{side_text}{ledger_text} violations={} result={}",
         hold.as_millis(),
         promised.len(),
         o.requests,
@@ -1494,10 +2165,10 @@ async fn one_run(
     );
     let n503 = o.n503;
     drop(o);
-    for (_, p) in &mut cluster.servers {
+    for (_, p) in &mut rig.servers {
         p.kill9();
     }
-    for w in &mut cluster.workers {
+    for w in &mut rig.workers {
         w.kill9();
     }
     RunResult {
@@ -1587,19 +2258,44 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // The hold the servers run with: their own default unless this
-    // environment (which they inherit) sets FLASHSALE_FAILOVER_WAIT_MS.
-    let hold = match ProductRedis::try_parse_from(["flashsale"]) {
-        Ok(p) => Duration::from_millis(p.redis.failover_wait_ms()),
-        Err(e) => {
+    // The hold the servers run with, with Sentinels and in a cluster:
+    // their own default for the mode unless this environment (which they
+    // inherit) sets FLASHSALE_FAILOVER_WAIT_MS.
+    let hold = |cluster: bool| {
+        let seeds = if cluster { "127.0.0.1:1" } else { "" };
+        ProductRedis::try_parse_from(["flashsale", "--redis-cluster", seeds])
+            .map(|p| Duration::from_millis(p.redis.failover_wait_ms()))
+    };
+    let (sentinel_hold, cluster_hold) = match (hold(false), hold(true)) {
+        (Ok(s), Ok(c)) => (s, c),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("failover: the product's Redis settings do not parse here: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut scenarios: Vec<Scenario> = if args.scenario.contains(&Scenario::All) {
-        ALL.to_vec()
-    } else {
-        args.scenario.clone()
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in &args.scenario {
+        let expanded = match s {
+            Scenario::All => ALL.to_vec(),
+            Scenario::ClusterAll => CLUSTER_ALL.to_vec(),
+            s => vec![*s],
+        };
+        for s in expanded {
+            if !scenarios.contains(&s) {
+                scenarios.push(s);
+            }
+        }
+    }
+    // The hold of each kind of run in the header, named by its variable.
+    let hold_label = {
+        let mut parts = Vec::new();
+        if scenarios.iter().any(|s| !s.cluster()) {
+            parts.push(format!("{} with Sentinels", sentinel_hold.as_millis()));
+        }
+        if scenarios.iter().any(|s| s.cluster()) {
+            parts.push(format!("{} in a cluster", cluster_hold.as_millis()));
+        }
+        format!("hold_ms={} (FLASHSALE_FAILOVER_WAIT_MS)", parts.join(", "))
     };
     if args.no_ledger {
         let named: Vec<Scenario> = args
@@ -1645,13 +2341,17 @@ fn main() -> ExitCode {
                     std::process::id()
                 )),
             };
+            let hold = if scenario.cluster() {
+                cluster_hold
+            } else {
+                sentinel_hold
+            };
             let result = rt.block_on(one_run(&args, *scenario, run, hold, &bin_dir, &logs));
             if settings.is_none() {
                 // The header, once the first group has said what it runs.
                 println!(
-                    "failover: settings=\"{}\" {ledger_label} hold_ms={} (FLASHSALE_FAILOVER_WAIT_MS) stock={} shoppers={} arrival_rate={}/s concurrency={} runs={} scenarios={scenarios:?} resume_bound_ms={} link_installs_bound={}{}",
+                    "failover: settings=\"{}\" {ledger_label} {hold_label} stock={} shoppers={} arrival_rate={}/s concurrency={} runs={} scenarios={scenarios:?} resume_bound_ms={} link_installs_bound={}{}",
                     result.settings,
-                    hold.as_millis(),
                     args.stock,
                     args.shoppers,
                     args.arrival_rate,
