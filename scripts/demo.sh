@@ -11,7 +11,13 @@
 # stops everything it started (by PID). Run as root on a fresh Debian
 # machine: it installs what is missing (PostgreSQL included).
 #
-#   scripts/demo.sh [--port 8080] [--dir ./run/demo] [--ledger-port 26420]
+#   scripts/demo.sh [--port 8080] [--dir ./run/demo] [--ledger-port 26420] [--cluster]
+#
+# --cluster runs the same on a Redis Cluster instead (3 primaries with one
+# replica each, scripts/redis-cluster.sh on the shipped cluster settings,
+# 127.0.0.1:26500..26505): the sales land on the shards their slots name,
+# the worker runs one worker per shard, and the walk-through says which
+# shard holds its sale.
 #
 # The ledger's data stays in DIR/ledger between runs, like the Redis group's
 # in DIR/redis; its server runs as the user postgres when started by root
@@ -20,13 +26,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port=8080 dir=./run/demo ledger_port=26420
+port=8080 dir=./run/demo ledger_port=26420 redis_script=scripts/redis-group.sh redis_dir=redis
 while (($#)); do
   case $1 in
     --port) port=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --ledger-port) ledger_port=$2; shift 2 ;;
-    *) echo "usage: scripts/demo.sh [--port N] [--dir DIR] [--ledger-port N]" >&2; exit 2 ;;
+    --cluster) redis_script=scripts/redis-cluster.sh redis_dir=redis-cluster; shift ;;
+    *) echo "usage: scripts/demo.sh [--port N] [--dir DIR] [--ledger-port N] [--cluster]" >&2; exit 2 ;;
   esac
 done
 window=30 metrics_port=$((ledger_port + 1))
@@ -83,7 +90,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   stop_ledger || true
-  scripts/redis-group.sh stop --dir "$dir/redis" || true
+  "$redis_script" stop --dir "$dir/$redis_dir" || true
 }
 trap cleanup EXIT INT TERM
 
@@ -92,9 +99,9 @@ for p in "$ledger_port" "$metrics_port"; do
     echo "demo.sh: port $p is taken (an earlier demo still running? or use --ledger-port)" >&2; exit 1
   fi
 done
-scripts/redis-group.sh start --dir "$dir/redis"
+"$redis_script" start --dir "$dir/$redis_dir"
 # shellcheck disable=SC1091
-. "$dir/redis/env"
+. "$dir/$redis_dir/env"
 
 # The ledger: initdb once; at every start the superuser only on the socket
 # (in the ledger's 0700 directory), the role flashsale only over TCP from
@@ -154,6 +161,14 @@ curl -fsS -X POST "$base/admin/sales" \
   -d "{\"sku\":\"$wsku\",\"name\":\"Earbuds (walk-through)\",\"description\":\"Five units for the demo's walk-through.\",\"price_cents\":4900,\"stock\":5,\"starts_at\":\"$(date -u +%FT%TZ)\",\"ends_at\":\"$(date -u -d '+10 minutes' +%FT%TZ)\",\"per_user_limit\":1}" \
   >/dev/null
 say "walk-through: sale $wsku, 5 units at 49.00, orders must be paid within $window s"
+if [ "$redis_dir" = redis-cluster ]; then
+  seed_port=$(cut -d, -f1 <<<"$FLASHSALE_REDIS_CLUSTER" | cut -d: -f2)
+  rc() { redis-cli -h 127.0.0.1 -p "$seed_port" -a "$FLASHSALE_REDIS_PASSWORD" --no-auth-warning "$@"; }
+  slot=$(rc CLUSTER KEYSLOT "$wsku")
+  owner=$(rc CLUSTER NODES | awk -v s="$slot" '$3 ~ /master/ { for (i = 9; i <= NF; i++) {
+    n = split($i, r, "-"); if (n == 1) r[2] = r[1]; if (s + 0 >= r[1] + 0 && s + 0 <= r[2] + 0) print $2 } }' | cut -d@ -f1)
+  say "  its keys are in slot $slot, on the shard whose primary is ${owner:-?}"
+fi
 declare -A order
 for u in ann ben cat dan eve fay; do
   r=$(post "$u" "/api/sales/$wsku/purchase" '{"qty":1}')
@@ -237,12 +252,12 @@ flashsale demo is running (logs in $dir; its secrets in $dir/demo.env, mode 0600
     curl -X POST -H "Authorization: Bearer \$FLASHSALE_PAYMENT_TOKEN" -d '{"payment_id":"pay-1","amount_cents":29900}' \\
       http://127.0.0.1:$port/api/orders/ORDER_ID/payment
   audit          curl -H "Authorization: Bearer \$FLASHSALE_ADMIN_TOKEN" http://127.0.0.1:$port/admin/sales/demo-tv/audit
-  the ledger     . $dir/redis/env; . $dir/demo.env
+  the ledger     . $dir/$redis_dir/env; . $dir/demo.env
                  $bin/flashsale audit --sku demo-tv            (Redis against the ledger)
                  $bin/flashsale orders export --sku demo-tv --format csv
                  psql "\$FLASHSALE_LEDGER_URL" -c 'SELECT sku, status, count(*) FROM orders GROUP BY 1, 2'
   worker metrics http://127.0.0.1:$metrics_port/metrics   (flashsale_ledger_up, flashsale_ledger_errors_total)
-  a failover     redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)
+  a failover     $(if [ "$redis_dir" = redis-cluster ]; then echo "scripts/redis-cluster.sh status --dir $dir/$redis_dir; then redis-cli -p <a replica's port> -a \\\$FLASHSALE_REDIS_PASSWORD CLUSTER FAILOVER"; else echo "redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)"; fi)
 Press Ctrl-C to stop.
 MSG
 wait

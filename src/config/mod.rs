@@ -14,7 +14,10 @@ mod redis;
 mod serve;
 mod worker;
 
-pub use redis::{RedisArgs, RedisSettings, RedisTarget, ReplicaAcks};
+pub use redis::{
+    DEFAULT_CLUSTER_FAILOVER_WAIT_MS, DEFAULT_FAILOVER_WAIT_MS, RedisArgs, RedisSettings,
+    RedisTarget, ReplicaAcks,
+};
 pub use serve::{JwtKeys, JwtSettings, ServeArgs, ServeSettings};
 pub use worker::{WorkerArgs, WorkerSettings, WorkerTuning, default_consumer};
 

@@ -22,10 +22,20 @@
 //! A shard whose primary moved is retired before the new link is built.
 //!
 //! Acknowledgement per shard: `FLASHSALE_REPLICA_ACKS=all` counts the
-//! primary's replicas that the answer does not flag `fail` or `fail?`, at
-//! least one; each link's rounds write their counter in a slot of its own
-//! shard (`P:ack:{tag}`), so the `WAIT` after it covers that node's writes.
+//! primary's replicas that the answer does not flag `fail` or `fail?`;
+//! each link's rounds write their counter in a slot of its own shard
+//! (`P:ack:{tag}`), so the `WAIT` after it covers that node's writes.
 //! Reads go to those replicas on connections that said `READONLY`.
+//!
+//! Unlike with Sentinels (at least one replica), the count may be zero: a
+//! shard of a 3 + 3 cluster whose primary failed over has no replica until
+//! the old primary comes back as one, and no other node could take its
+//! slots over meanwhile — there is no failover left to survive, only the
+//! loss of the primary's own process, which its AOF covers (fsync every
+//! second: see docs/ARCHITECTURE.md, "Redis Cluster"). A replica that
+//! stops answering counts until the cluster flags it (`fail?` after the
+//! node timeout): until then a purchase on that shard waits for it (the
+//! hold), never promised on fewer replicas than the cluster believes up.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -253,7 +263,9 @@ async fn refresh(inner: &Inner, memory: &mut Memory) -> Result<(), DbError> {
             .filter_map(|r| r.addr.clone())
             .collect();
         if inner.settings.replica_acks == ReplicaAcks::All {
-            shard.set_required(up.len().max(1));
+            // Zero after a failover until the old primary is back as a
+            // replica (see the module doc).
+            shard.set_required(up.len());
         }
         let addr = p.addr.clone().expect("filtered on an address");
         let current = shard.master.load_full();

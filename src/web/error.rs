@@ -374,6 +374,12 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"flashsale-payment\""),
                 );
             }
+            ApiError::PayloadTooLarge => {
+                // The rest of the body is never read, so the connection
+                // cannot carry another request: say so, or a client sends
+                // its next one on a connection about to be closed.
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         if let Some(s) = self.retry_after() {

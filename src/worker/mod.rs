@@ -6,7 +6,10 @@
 //!   recreated after `NOGROUP`, e.g. on a promoted replica that missed it) and
 //!   finds streams of new sales through the sales index.
 //! - A worker reads with `XREADGROUP … BLOCK` on a dedicated connection (never
-//!   sleep-polling) at most `--batch` entries at a time: that bounds the
+//!   sleep-polling; on a cluster shard holding sales in several slots, one
+//!   non-blocking read per slot in one pipeline, then a blocking read of the
+//!   last busy slot for at most 100 ms, since no command spans slots there)
+//!   at most `--batch` entries at a time: that bounds the
 //!   orders it holds. After a read that was not full it waits `--linger-ms`
 //!   (10 ms) before the next, so a steady trickle of orders is confirmed in
 //!   batches rather than a few per call. A batch's entries are grouped by
@@ -58,7 +61,8 @@
 //!   minute ago (server clock) with every order recorded, nothing in
 //!   `payby`, nothing pending and no lag in the group leaves the worker's
 //!   streams — it is no longer read, reclaimed, expired, trimmed or swept.
-//!   Checked every `--sweep-ms` with one `MULTI … EXEC` on the step's link;
+//!   Checked every `--sweep-ms` with one `MULTI … EXEC` per sale (all in
+//!   one pipeline) on the step's link;
 //!   retired sales are checked again with the same test every third sweep
 //!   (30 s), and at once after a master switch, and come back as soon as
 //!   something appears for them (an entry replayed from the dead letters or
@@ -108,6 +112,15 @@
 //! end. (The sweep's `fs_lost` counts pending and unread entries as
 //! carrying orders, event entries among them, so while events wait it may
 //! see fewer lost orders than there are; it looks again next sweep.)
+//!
+//! **Shards.** On a Redis Cluster, [`run_all`] runs one worker per shard:
+//! each takes its shard's master link for its steps and works on the sales
+//! whose slot that shard owns now (`Worker::owns`); a sale whose slot moves
+//! leaves it at the next discovery (a read there answers `MOVED`, which
+//! brings the discovery forward) and joins the new shard's worker, which
+//! reads back this consumer's own pending entries there first. Everything
+//! below holds per shard. With Sentinels (or one node) there is one worker
+//! and one shard.
 //!
 //! **The one-node rule.** After a promotion the old master keeps taking
 //! writes for a moment, and both masters mint stream ids above the same
@@ -273,6 +286,8 @@ pub struct Worker {
     /// The slot group the last multi-slot read found entries in (see
     /// [`Worker::read_batch`]).
     hot_group: usize,
+    /// This worker's part of `flashsale_worker_sales`.
+    published_sales: usize,
 }
 
 /// Most stream entries one `fs_trim` call looks at.
@@ -283,7 +298,7 @@ const TRIM_CALLS: usize = 20;
 impl Worker {
     pub fn new(redis: Redis, cfg: WorkerTuning) -> Self {
         metrics::counter!("flashsale_worker_expired_total").increment(0);
-        metrics::gauge!("flashsale_worker_sales").set(0.0);
+        metrics::gauge!("flashsale_worker_sales").increment(0.0);
         let retention = cfg
             .purge_after
             .map(|after| retention::Retention::new(redis.clone(), after));
@@ -308,6 +323,7 @@ impl Worker {
             retention,
             shard: None,
             hot_group: 0,
+            published_sales: 0,
         }
     }
 
@@ -865,6 +881,7 @@ pub async fn run(mut worker: Worker, shutdown: impl Future<Output = ()>) {
     if let Some(r) = worker.retention.as_mut() {
         r.finish().await;
     }
+    metrics::gauge!("flashsale_worker_sales").decrement(worker.published_sales as f64);
     let held = worker.holding();
     if held > 0 {
         tracing::warn!(

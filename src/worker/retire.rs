@@ -93,13 +93,20 @@ fn standing(
 
 impl Worker {
     /// Publishes how many sales this worker works on.
-    pub(super) fn publish_sales(&self) {
-        metrics::gauge!("flashsale_worker_sales").set(self.streams.len() as f64);
+    /// `flashsale_worker_sales`: the sales worked on by this process (the
+    /// workers of every shard together, each adding its own change).
+    pub(super) fn publish_sales(&mut self) {
+        let now = self.streams.len();
+        let delta = now as f64 - self.published_sales as f64;
+        if delta != 0.0 {
+            metrics::gauge!("flashsale_worker_sales").increment(delta);
+            self.published_sales = now;
+        }
     }
 
     /// Retires finished sales (every `--sweep-ms`) and brings back retired
     /// ones that have work again (every [`RECHECK_SWEEPS`] sweeps): one
-    /// `MULTI … EXEC` on `link` with `TIME` and three reads per sale, so
+    /// `MULTI … EXEC` per sale on `link` with `TIME` and three reads, so
     /// each sale is judged on one consistent view of one node.
     pub(super) async fn retire_pass(&mut self, link: &MasterLink) -> Result<(), DbError> {
         let every = self.cfg.sweep_every;

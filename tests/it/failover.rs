@@ -6,14 +6,14 @@
 //! Shoppers here behave like the page script (same key, backoff on 503),
 //! but every 503 is counted: a 503 a retry hides is still one a shopper saw.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::app::{
-    AppOptions, Outcome, SwitchWatch, TestApp, buy_counting, order_exists, shipped_app_options,
+    AppOptions, Crowd, SwitchWatch, TestApp, buy_counting, order_exists, shipped_app_options,
     shipped_failover_wait, unconfirmed_after, unique, worker_command,
 };
 use crate::support::redis_group::{GroupOptions, Node, RedisGroup};
@@ -195,46 +195,7 @@ async fn planned_switch_between_purchases() {
     assert_eq!(a["consistent"], true);
 }
 
-/// What a crowd of shoppers saw, checked against the promises: every
-/// problem found, so that a failing test says all of what went wrong.
-struct Crowd {
-    outcomes: Vec<Outcome>,
-}
-
 impl Crowd {
-    fn statuses(&self) -> BTreeMap<u16, usize> {
-        let mut m = BTreeMap::new();
-        for o in &self.outcomes {
-            *m.entry(o.status).or_insert(0) += 1;
-        }
-        m
-    }
-
-    fn n503(&self) -> u32 {
-        self.outcomes.iter().map(|o| o.n503).sum()
-    }
-
-    fn transport_errors(&self) -> u32 {
-        self.outcomes.iter().map(|o| o.transport_errors).sum()
-    }
-
-    fn promised(&self) -> Vec<String> {
-        self.outcomes
-            .iter()
-            .filter(|o| o.status == 202 || o.status == 409)
-            .filter_map(|o| o.body["order_id"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    /// From `switch` to the next 202 answer.
-    fn resume_after(&self, switch: Instant) -> Option<Duration> {
-        self.outcomes
-            .iter()
-            .filter(|o| o.status == 202 && o.answered >= switch)
-            .map(|o| o.answered.saturating_duration_since(switch))
-            .min()
-    }
-
     /// Every way the crowd's answers break the contract or the bounds.
     async fn problems(
         &self,

@@ -1722,6 +1722,28 @@ async fn configuration_errors_exit_78_with_one_line_naming_the_variable() {
             vec![url, secret, ("FLASHSALE_REDIS_SENTINELS", "127.0.0.1:1")],
             "FLASHSALE_REDIS_SENTINELS",
         ),
+        (
+            "serve",
+            &["serve"],
+            vec![
+                secret,
+                ("FLASHSALE_REDIS_SENTINELS", "127.0.0.1:1"),
+                ("FLASHSALE_REDIS_CLUSTER", "127.0.0.1:2"),
+            ],
+            "FLASHSALE_REDIS_SENTINELS",
+        ),
+        (
+            "worker",
+            &[],
+            vec![url, ("FLASHSALE_REDIS_CLUSTER", "127.0.0.1:2")],
+            "FLASHSALE_REDIS_CLUSTER",
+        ),
+        (
+            "serve",
+            &["serve"],
+            vec![secret, ("FLASHSALE_REDIS_CLUSTER", "127.0.0.1:nope")],
+            "FLASHSALE_REDIS_CLUSTER",
+        ),
         ("serve", &["serve"], vec![url], "FLASHSALE_JWT_SECRET"),
         (
             "serve",

@@ -2,6 +2,7 @@
 
 mod api;
 mod browser;
+mod cluster;
 mod cluster_kit;
 mod deploy;
 mod docs;

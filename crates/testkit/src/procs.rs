@@ -21,6 +21,18 @@ pub fn redis_env<'a>(
         .env("FLASHSALE_KEY_PREFIX", prefix)
 }
 
+/// Sets the Redis variables of `cluster` (seed nodes, password) and the
+/// key prefix on a command that starts a flashsale binary.
+pub fn cluster_env<'a>(
+    cmd: &'a mut tokio::process::Command,
+    cluster: &crate::redis_cluster::RedisCluster,
+    prefix: &str,
+) -> &'a mut tokio::process::Command {
+    cmd.env("FLASHSALE_REDIS_CLUSTER", cluster.seeds_env())
+        .env("FLASHSALE_REDIS_PASSWORD", cluster.password())
+        .env("FLASHSALE_KEY_PREFIX", prefix)
+}
+
 /// The hold `flashsale serve` runs with unless told otherwise
 /// (`FLASHSALE_FAILOVER_WAIT_MS` as the product parses it from the
 /// environment of this process), for harnesses that must run the shipped

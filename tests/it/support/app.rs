@@ -9,9 +9,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flashsale::config::{
     JwtSettings, RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings,
@@ -114,15 +115,30 @@ pub fn serve_in_background(app: Application) -> (oneshot::Sender<()>, tokio::tas
 }
 
 pub fn redis_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> RedisSettings {
-    RedisSettings {
-        target: RedisTarget::Sentinels {
+    redis_settings_for(
+        RedisTarget::Sentinels {
             addrs: (0..3)
                 .map(|i| ("127.0.0.1".to_owned(), group.sentinel_port(i)))
                 .collect(),
             master_name: group.master_name().to_owned(),
             sentinel_password: None,
         },
-        password: Some(Secret::new(group.password())),
+        group.password(),
+        prefix,
+        opts,
+    )
+}
+
+/// The tests' Redis settings for `target`.
+pub fn redis_settings_for(
+    target: RedisTarget,
+    password: &str,
+    prefix: &str,
+    opts: &AppOptions,
+) -> RedisSettings {
+    RedisSettings {
+        target,
+        password: Some(Secret::new(password)),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_millis(1000),
         failover_wait: opts.failover_wait,
@@ -412,6 +428,47 @@ pub async fn buy_counting(app: &TestApp, user: &str, sku: &str) -> Outcome {
     }
 }
 
+/// What a crowd of shoppers saw, checked against the promises: every
+/// problem found, so that a failing test says all of what went wrong.
+pub struct Crowd {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Crowd {
+    pub fn statuses(&self) -> BTreeMap<u16, usize> {
+        let mut m = BTreeMap::new();
+        for o in &self.outcomes {
+            *m.entry(o.status).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn n503(&self) -> u32 {
+        self.outcomes.iter().map(|o| o.n503).sum()
+    }
+
+    pub fn transport_errors(&self) -> u32 {
+        self.outcomes.iter().map(|o| o.transport_errors).sum()
+    }
+
+    pub fn promised(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.status == 202 || o.status == 409)
+            .filter_map(|o| o.body["order_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// From `switch` to the next 202 answer.
+    pub fn resume_after(&self, switch: Instant) -> Option<Duration> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.status == 202 && o.answered >= switch)
+            .map(|o| o.answered.saturating_duration_since(switch))
+            .min()
+    }
+}
+
 /// GET /metrics of an app, as text.
 pub async fn metrics_text(app: &TestApp) -> String {
     let r = app
@@ -427,8 +484,13 @@ pub async fn metrics_text(app: &TestApp) -> String {
 /// The settings [`TestApp::spawn_with`] serves with: port 0, HS256 with
 /// [`JWT_SECRET`], no CORS origins, the development login on.
 pub fn serve_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> ServeSettings {
+    serve_settings_on(redis_settings(group, prefix, opts), opts)
+}
+
+/// [`serve_settings`] on any Redis (a Sentinel group, a cluster).
+pub fn serve_settings_on(redis: RedisSettings, opts: &AppOptions) -> ServeSettings {
     ServeSettings {
-        redis: redis_settings(group, prefix, opts),
+        redis,
         listen: "127.0.0.1:0".parse().expect("addr"),
         jwt: JwtSettings::hs256(Secret::new(JWT_SECRET)),
         cors_origins: Vec::new(),

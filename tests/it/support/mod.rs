@@ -2,5 +2,6 @@
 
 pub mod app;
 pub mod chromium;
+pub mod cluster;
 pub mod nginx;
 pub use flashsale_testkit::redis_group;

@@ -1,0 +1,110 @@
+//! The Redis Cluster side of the test support: the cluster shared by the
+//! tests that do not break it, apps and workers on a cluster.
+//!
+//! As with the Sentinel group ([`super::app::shared_group`]): tests that do
+//! not break the cluster share one ([`shared_cluster`]) and isolate
+//! themselves by key prefix; tests that kill, freeze, fail over or reshard
+//! start their own [`RedisCluster`]. The shared one is started once on its
+//! own thread and runtime, and a watchdog process stops it by PID
+//! (`redis-cluster.sh stop`) once this test process is gone.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use flashsale::config::RedisTarget;
+use flashsale_testkit::procs::cluster_env;
+use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
+
+use super::app::{AppOptions, TestApp, redis_settings_for, serve_settings_on, unique};
+
+/// The cluster shared by every test that does not break it.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for the shared cluster")
+                .block_on(RedisCluster::start(ClusterOptions::default()))
+        })
+        .join()
+        .expect("shared cluster start");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh");
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' stop --dir '{dir}'; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = cluster.dir().display(),
+        );
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(watchdog)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("shared cluster watchdog");
+        // Not waited for on purpose: it must outlive this process.
+        std::mem::forget(child);
+        cluster
+    })
+}
+
+/// The tests' Redis settings on `cluster`.
+pub fn cluster_redis_settings(
+    cluster: &RedisCluster,
+    prefix: &str,
+    opts: &AppOptions,
+) -> flashsale::config::RedisSettings {
+    redis_settings_for(
+        RedisTarget::Cluster {
+            seeds: cluster
+                .nodes()
+                .into_iter()
+                .map(|p| ("127.0.0.1".to_owned(), p))
+                .collect(),
+        },
+        cluster.password(),
+        prefix,
+        opts,
+    )
+}
+
+/// An in-process `flashsale serve` on `cluster`, on a fresh key prefix
+/// unless `opts` names one.
+pub async fn spawn_on_cluster(cluster: &RedisCluster, opts: AppOptions) -> TestApp {
+    let prefix = opts.prefix.clone().unwrap_or_else(|| unique("c"));
+    TestApp::spawn_settings(
+        &prefix,
+        serve_settings_on(cluster_redis_settings(cluster, &prefix, &opts), &opts),
+    )
+    .await
+}
+
+/// `flashsale-worker` on `cluster` and key prefix `prefix`, polling fast as
+/// the tests' workers do; the caller adds arguments and spawns it.
+pub fn cluster_worker_command(cluster: &RedisCluster, prefix: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-worker"));
+    cluster_env(&mut cmd, cluster, prefix)
+        .env("RUST_LOG", "warn")
+        .args(["--discover-ms", "200", "--block-ms", "200"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A sku starting with `name` whose slot the primary on `port` owns now.
+pub async fn sku_on(cluster: &RedisCluster, port: u16, name: &str) -> String {
+    let shards = cluster.shards().await;
+    let shard = shards
+        .iter()
+        .find(|s| s.primary() == Some(port))
+        .unwrap_or_else(|| panic!("{port} is not a primary: {shards:?}"));
+    (0..100_000)
+        .map(|i| format!("{name}-{i}"))
+        .find(|sku| shard.owns(flashsale::redis::slots::slot(sku.as_bytes())))
+        .unwrap_or_else(|| panic!("no sku of {name} on {port}"))
+}
