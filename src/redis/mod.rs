@@ -107,9 +107,18 @@ impl Topology {
     /// The shard that runs a call whose first key is `key` (a call without
     /// a key runs on the first shard); `None` while its slot has no owner.
     fn route(&self, key: Option<&[u8]>) -> Option<&Arc<Shard>> {
-        match (&self.slots, key) {
-            (None, _) | (Some(_), None) => self.shards.first(),
-            (Some(map), Some(k)) => match map[slots::slot(k) as usize] {
+        self.route_with(|| key)
+    }
+
+    /// [`Topology::route`], the key asked for only when there are slots
+    /// to look up (with one shard, a call's arguments are never read).
+    fn route_with<'k>(&self, key: impl FnOnce() -> Option<&'k [u8]>) -> Option<&Arc<Shard>> {
+        let Some(map) = &self.slots else {
+            return self.shards.first();
+        };
+        match key() {
+            None => self.shards.first(),
+            Some(k) => match map[slots::slot(k) as usize] {
                 UNOWNED => None,
                 i => self.shards.get(i as usize),
             },
@@ -311,7 +320,7 @@ impl Redis {
     pub fn current_master_for<C: Query>(&self, cmd: &C) -> Option<Arc<MasterLink>> {
         self.inner
             .topology()
-            .route(cmd.route_key())
+            .route_with(|| cmd.route_key())
             .and_then(|s| s.current())
     }
 
@@ -406,9 +415,10 @@ impl Redis {
         deadline: Instant,
     ) -> Result<(Arc<Shard>, Arc<MasterLink>, T), DbError> {
         let mut backoff = Backoff::new();
-        let key = cmd.route_key();
         loop {
-            let (shard, link) = self.wait_link(deadline, |t| t.route(key).cloned()).await?;
+            let (shard, link) = self
+                .wait_link(deadline, |t| t.route_with(|| cmd.route_key()).cloned())
+                .await?;
             match cmd.as_query().run::<T>(&mut link.conn()).await {
                 Ok(v) => return Ok((shard, link, v)),
                 Err(e) => match self.report(&link, &e) {
@@ -466,16 +476,20 @@ impl Redis {
                     Err(_) => continue 'attempt,
                 }
             }
-            let key = cmd.route_key();
             let mut acked = shard.id;
             loop {
-                let owner = self.inner.topology().route(key).cloned();
+                let owner = self
+                    .inner
+                    .topology()
+                    .route_with(|| cmd.route_key())
+                    .cloned();
                 match owner {
                     Some(o) if o.id == acked => return Ok(v),
                     _ => {}
                 }
-                let (now_shard, now_link) =
-                    self.wait_link(deadline, |t| t.route(key).cloned()).await?;
+                let (now_shard, now_link) = self
+                    .wait_link(deadline, |t| t.route_with(|| cmd.route_key()).cloned())
+                    .await?;
                 if now_shard.id == acked {
                     return Ok(v);
                 }
@@ -516,7 +530,11 @@ impl Redis {
     /// Runs a read on a replica of the shard that owns its key
     /// (round-robin), falling back to the master when no replica answers.
     pub async fn read<T: FromRedisValue + Send, C: Query>(&self, cmd: &C) -> Result<T, DbError> {
-        let shard = self.inner.topology().route(cmd.route_key()).cloned();
+        let shard = self
+            .inner
+            .topology()
+            .route_with(|| cmd.route_key())
+            .cloned();
         if let Some(shard) = shard {
             let replicas = shard.replicas.load();
             let n = replicas.len();
@@ -564,7 +582,7 @@ impl Redis {
         let t = self.inner.topology();
         let mut groups: Vec<(u64, redis::Pipeline, Vec<usize>)> = Vec::new();
         for (i, c) in cmds.iter().enumerate() {
-            let id = t.route(slots::route_key(c)).map_or(0, |s| s.id);
+            let id = t.route_with(|| slots::route_key(c)).map_or(0, |s| s.id);
             match groups.iter_mut().find(|g| g.0 == id) {
                 Some(g) => {
                     g.1.add_command(c.clone());
@@ -649,5 +667,40 @@ impl Redis {
             Some(response_timeout),
         )
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_go_to_the_shard_owning_their_first_key() {
+        let a = Arc::new(Shard::new(1, 1));
+        let b = Arc::new(Shard::new(2, 1));
+        let one = Topology {
+            shards: vec![a.clone()],
+            slots: None,
+        };
+        assert_eq!(one.route(Some(b"fs:{x}:sale")).map(|s| s.id), Some(1));
+        assert_eq!(one.route(None).map(|s| s.id), Some(1));
+
+        let mut map = vec![0u16; slots::SLOTS as usize].into_boxed_slice();
+        let x = slots::slot(b"x") as usize;
+        let y = slots::slot(b"y") as usize;
+        map[x] = 1;
+        map[y] = UNOWNED;
+        let two = Topology {
+            shards: vec![a, b],
+            slots: Some(map),
+        };
+        assert_eq!(two.route(Some(b"fs:{x}:sale")).map(|s| s.id), Some(2));
+        assert_eq!(two.route(Some(b"fs:{x}:order:x.1")).map(|s| s.id), Some(2));
+        assert!(two.route(Some(b"fs:{y}:sale")).is_none(), "no owner: wait");
+        assert_eq!(two.route(Some(b"fs:sales")).map(|s| s.id), Some(1));
+        assert_eq!(two.route(None).map(|s| s.id), Some(1));
+        let mut c = redis::cmd("FCALL");
+        c.arg("fs_purchase").arg(1).arg("fs:{x}:sale");
+        assert_eq!(two.route_with(|| c.route_key()).map(|s| s.id), Some(2));
     }
 }
