@@ -72,8 +72,9 @@
 //! (`side_sales=`: 240 units, 10 shoppers/s from the start, sold out after
 //! about 24 s), sell throughout. The faults (`inject_cluster`):
 //! - `cluster-kill-primary`: kill -9 of P; once R is primary, P is started
-//!   again and rejoins as R's replica (without a replica R could not
-//!   acknowledge a purchase: the service requires one per shard);
+//!   again and rejoins as R's replica, as a supervisor would start it
+//!   (until then R acknowledges alone: the cluster believes no replica of
+//!   it up);
 //! - `cluster-stop-primary`: SIGSTOP of P for 10 s (more than the node
 //!   timeout, 5 s, and the election: R is elected), then SIGCONT;
 //! - `cluster-planned`: `CLUSTER FAILOVER` on R;
