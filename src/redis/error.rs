@@ -93,6 +93,9 @@ pub fn verdict(e: &redis::RedisError) -> Verdict {
     }
     match error_code(e).as_deref() {
         Some("READONLY") => Verdict::Stale,
+        // A node that lost our library (restarted empty, flushed): the
+        // next link to it loads it again.
+        Some("ERR") if e.to_string().contains("Function not found") => Verdict::Stale,
         Some(c) if NOT_YET.contains(&c) => Verdict::NotYet,
         _ => Verdict::Other,
     }

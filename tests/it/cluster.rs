@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use flashsale::config::DEFAULT_CLUSTER_FAILOVER_WAIT_MS;
 use flashsale_testkit::orders::reached_confirmed;
+use flashsale_testkit::procs::cluster_env;
 use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
 
 use crate::support::app::{AppOptions, Crowd, TestApp, buy_counting};
@@ -275,6 +276,30 @@ async fn sales_on_every_shard_sell_exactly_their_stock() {
     for (sku, _) in &skus {
         assert_settled(&app, &format!("{sku}b"), 1).await;
     }
+
+    // The operator's commands read every shard: `sale list` lists every
+    // sale, `audit` finds each consistent.
+    for (args, must) in [
+        (&["sale", "list"][..], "\"sku\""),
+        (&["audit"][..], "\"consistent\":true"),
+    ] {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        cluster_env(&mut cmd, cluster, &app.prefix).args(args);
+        let out = cmd.output().await.expect("run flashsale");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (sku, _) in &skus {
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!("\"{sku}\"")))
+                .unwrap_or_else(|| panic!("{args:?} names {sku}: {text}"));
+            assert!(line.contains(must), "{args:?}: {line}");
+        }
+    }
 }
 
 /// A replica stops answering: its shard promises nothing (503 after the
@@ -354,6 +379,17 @@ async fn a_silent_replica_stops_its_shard_until_the_cluster_flags_it() {
     let audit = app.audit(&a).await;
     assert_eq!(audit["sold"], 2, "{audit}");
     assert_eq!(audit["consistent"], true);
+
+    // A primary that lost the Function library (flushed, or restarted
+    // empty) gets it again from the next link, and the purchase goes on.
+    let mut c = cluster.client(other).await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .expect("function flush");
+    let (s, body) = app.purchase("u3", &b, 1, None).await;
+    assert_eq!(s, 202, "library loaded again: {body}");
 }
 
 /// A planned failover of the sale's shard, then its slot moved to another
