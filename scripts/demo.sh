@@ -257,7 +257,7 @@ flashsale demo is running (logs in $dir; its secrets in $dir/demo.env, mode 0600
                  $bin/flashsale orders export --sku demo-tv --format csv
                  psql "\$FLASHSALE_LEDGER_URL" -c 'SELECT sku, status, count(*) FROM orders GROUP BY 1, 2'
   worker metrics http://127.0.0.1:$metrics_port/metrics   (flashsale_ledger_up, flashsale_ledger_errors_total)
-  a failover     $(if [ "$redis_dir" = redis-cluster ]; then echo "scripts/redis-cluster.sh status --dir $dir/$redis_dir; then redis-cli -p <a replica's port> -a \\\$FLASHSALE_REDIS_PASSWORD CLUSTER FAILOVER"; else echo "redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)"; fi)
+  a failover     $(if [ "$redis_dir" = redis-cluster ]; then echo "scripts/redis-cluster.sh status --dir $dir/$redis_dir, then"; echo '                 redis-cli -p <a replica port> -a "$FLASHSALE_REDIS_PASSWORD" CLUSTER FAILOVER'; else echo "redis-cli -p 26410 SENTINEL FAILOVER mymaster   (Sentinels have no password here)"; fi)
 Press Ctrl-C to stop.
 MSG
 wait
