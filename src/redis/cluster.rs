@@ -331,11 +331,11 @@ async fn refresh(inner: &Inner, memory: &mut Memory) -> Result<(), DbError> {
 /// dropping the last [`super::Redis`] stops it.
 pub(super) async fn watch(weak: Weak<Inner>) {
     let Some(inner) = weak.upgrade() else { return };
-    let settings = inner.settings.clone();
-    drop(inner);
-    let RedisTarget::Cluster { seeds } = &settings.target else {
+    let RedisTarget::Cluster { seeds } = &inner.settings.target else {
         return;
     };
+    let seeds = seeds.clone();
+    drop(inner);
     let mut memory = Memory {
         known: seeds.iter().map(|(h, p)| Addr::new(h, *p)).collect(),
         conns: HashMap::new(),
@@ -343,23 +343,14 @@ pub(super) async fn watch(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let result = refresh(&inner, &mut memory).await;
-        if let Err(e) = &result {
-            tracing::debug!(error = %e, "cluster refresh failed");
-        }
-        *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            result.as_ref().err().map(ToString::to_string);
         let t = inner.topology();
         let missing = t.shards.is_empty()
             || t.shards.iter().any(|s| s.current().is_none())
             || t.slots.as_deref().is_some_and(|m| m.contains(&UNOWNED));
         drop(t);
+        let period = inner.after_pass(&result, missing);
         let wake = inner.wake.clone();
         drop(inner);
-        let period = if missing || result.is_err() {
-            Duration::from_millis(100)
-        } else {
-            settings.poll_interval
-        };
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = wake.notified() => {}

@@ -167,6 +167,22 @@ impl Inner {
         self.topology.load()
     }
 
+    /// Records how a watcher's pass ended (for start-up errors) and says
+    /// how long until the next: 100 ms while `missing` (no usable master
+    /// somewhere) or after a failure, else the polling period.
+    pub(crate) fn after_pass(&self, result: &Result<(), DbError>, missing: bool) -> Duration {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "watcher pass failed");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(ToString::to_string);
+        if missing || result.is_err() {
+            Duration::from_millis(100)
+        } else {
+            self.settings.poll_interval
+        }
+    }
+
     /// Installs a new topology and tells the waiters.
     pub(crate) fn set_topology(&self, t: Topology) {
         self.topology.store(Arc::new(t));

@@ -382,20 +382,10 @@ pub(super) async fn watch(weak: Weak<Inner>) {
                 continue;
             }
         };
-        if let Err(e) = &result {
-            tracing::debug!(error = %e, "refresh failed");
-        }
-        *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            result.as_ref().err().map(ToString::to_string);
-        let missing = shard.current().is_none();
+        let period = inner.after_pass(&result, shard.current().is_none());
         let wake = inner.wake.clone();
         drop(shard);
         drop(inner);
-        let period = if missing || result.is_err() {
-            Duration::from_millis(100)
-        } else {
-            settings.poll_interval
-        };
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             ev = rx.recv() => {

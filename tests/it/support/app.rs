@@ -35,33 +35,53 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub fn shared_group() -> &'static RedisGroup {
     static GROUP: OnceLock<RedisGroup> = OnceLock::new();
     GROUP.get_or_init(|| {
-        let group = std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for the shared group")
-                .block_on(RedisGroup::start(GroupOptions::default()))
-        })
-        .join()
-        .expect("shared group start");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-group.sh");
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' stop --dir '{dir}'; rm -rf '{dir}'",
-            pid = std::process::id(),
-            dir = group.dir().display(),
-        );
-        let watchdog_child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(watchdog)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("shared group watchdog");
-        // Not waited for on purpose: it must outlive this process.
-        std::mem::forget(watchdog_child);
-        group
+        start_shared(
+            || RedisGroup::start(GroupOptions::default()),
+            "redis-group.sh",
+            |g| g.dir().to_path_buf(),
+        )
     })
+}
+
+/// Starts a fixture shared by many tests on a thread and runtime of its
+/// own (the tests' runtimes come and go), and a watchdog process that runs
+/// `scripts/SCRIPT stop --dir DIR` and removes DIR once this test process
+/// is gone, whatever way it ends.
+pub fn start_shared<T, F>(
+    start: impl FnOnce() -> F + Send + 'static,
+    script: &str,
+    dir: impl Fn(&T) -> std::path::PathBuf,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let fixture = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime for a shared fixture")
+            .block_on(start())
+    })
+    .join()
+    .expect("shared fixture start");
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{root}/scripts/{script}' stop --dir '{dir}'; rm -rf '{dir}'",
+        pid = std::process::id(),
+        root = env!("CARGO_MANIFEST_DIR"),
+        dir = dir(&fixture).display(),
+    );
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(watchdog)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("shared fixture watchdog");
+    // Not waited for on purpose: it must outlive this process.
+    std::mem::forget(child);
+    fixture
 }
 
 /// A unique key prefix (and sku namespace) per app.

@@ -16,38 +16,19 @@ use flashsale::config::RedisTarget;
 use flashsale_testkit::procs::cluster_env;
 use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
 
-use super::app::{AppOptions, TestApp, redis_settings_for, serve_settings_on, unique};
+use super::app::{
+    AppOptions, TestApp, redis_settings_for, serve_settings_on, start_shared, unique,
+};
 
 /// The cluster shared by every test that does not break it.
 pub fn shared_cluster() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let cluster = std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for the shared cluster")
-                .block_on(RedisCluster::start(ClusterOptions::default()))
-        })
-        .join()
-        .expect("shared cluster start");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster.sh");
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' stop --dir '{dir}'; rm -rf '{dir}'",
-            pid = std::process::id(),
-            dir = cluster.dir().display(),
-        );
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(watchdog)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("shared cluster watchdog");
-        // Not waited for on purpose: it must outlive this process.
-        std::mem::forget(child);
-        cluster
+        start_shared(
+            || RedisCluster::start(ClusterOptions::default()),
+            "redis-cluster.sh",
+            |c| c.dir().to_path_buf(),
+        )
     })
 }
 
