@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # redis-cluster.sh — run a local Redis Cluster for flashsale development and
-# tests: 3 primaries, each with 1 replica, all on 127.0.0.1.
+# tests: 3 primaries (1 or 2 with --primaries), each with 1 replica, all on
+# 127.0.0.1.
 #
 # Usage:
 #   scripts/redis-cluster.sh start|stop|status|env [options]
@@ -12,6 +13,9 @@
 #                        [REDIS_CLUSTER_NODE_TIMEOUT_MS]   default: the shipped value
 #   --password PW        node password          [REDIS_CLUSTER_PASSWORD]    flashsale-dev
 #   --wait-secs N        convergence timeout    [REDIS_CLUSTER_WAIT_SECS]   30
+#   --primaries N        primaries: 1, 2 or 3, each with one replica     3
+#                        (no environment variable: the test kit's clusters
+#                        always have 3)
 #
 # The default password "flashsale-dev" is for local development ONLY.
 #
@@ -24,35 +28,44 @@
 # and records it in RUN_DIR/cluster.state (timing_override=...). Anything
 # measured on such a cluster is not a measurement of the shipped settings.
 #
-# Port layout (B = base port):
-#   redis-N (N = 0..5)  B+N, its cluster bus B+10+N (cluster-port)
-# `redis-cli --cluster create` picks which three are primaries and which
-# primary each replica follows; `status` shows it, failovers change it.
+# Port layout (B = base port, P = primaries):
+#   redis-N (N = 0..2P-1)  B+N, its cluster bus B+10+N (cluster-port)
+# With 3 primaries `redis-cli --cluster create` picks which three are
+# primaries and which primary each replica follows. It refuses fewer than 3
+# primaries, so with 1 or 2 the script builds the cluster itself: redis-0..
+# redis-(P-1) are the primaries, each assigned an equal share of the 16384
+# slots (CLUSTER ADDSLOTSRANGE; 1 primary: 0-16383, 2: 0-8191 and
+# 8192-16383), every node meets redis-0 (CLUSTER MEET), and redis-(P+i)
+# follows redis-i (CLUSTER REPLICATE). `status` shows the roles, failovers
+# change them.
 #
 # Run directory layout:
-#   RUN_DIR/cluster.state                ports/timing override of the cluster (0600)
+#   RUN_DIR/cluster.state                ports/timing override of the cluster (0600);
+#                                        primaries=P when P is not 3
 #   RUN_DIR/env                          FLASHSALE_REDIS_CLUSTER/_PASSWORD exports (0600, holds the password)
-#   RUN_DIR/create.log                   output of `redis-cli --cluster create`
+#   RUN_DIR/create.log                   output of `redis-cli --cluster create` (3 primaries)
+#                                        or of the script's CLUSTER commands (1 or 2)
 #   RUN_DIR/redis-N/redis.conf           config, pidfile redis.pid, logfile redis.log,
 #                                        cluster state nodes.conf, data (AOF)
 #
 # Commands:
-#   start   install redis if missing, write configs, start the six nodes, create
-#           the cluster (`redis-cli --cluster create … --cluster-replicas 1`), wait
+#   start   install redis if missing, write configs, start the 2P nodes (six by
+#           default), create the cluster (`redis-cli --cluster create …
+#           --cluster-replicas 1`; with 1 or 2 primaries see "Port layout"), wait
 #           until every node reports cluster_state:ok with all 16384 slots, and
-#           CLUSTER SHARDS shows three shards, each with its primary and one
+#           CLUSTER SHARDS shows P shards, each with its primary and one
 #           replica online (each primary's WAIT 1 answered), write RUN_DIR/env and
 #           print a summary. If the cluster in RUN_DIR is already running, says so
 #           and exits 0; refuses if only part of it runs or a port is taken.
 #           Configs are rewritten on every start; a cluster created before in
 #           RUN_DIR starts again from its nodes.conf and AOF (same data, the
-#           roles it had), so it keeps its base port.
+#           roles it had), so it keeps its base port and its number of primaries.
 #   stop    TERM (then KILL after 10 s) exactly the PIDs in RUN_DIR's pidfiles, after
 #           checking /proc/PID/cmdline still names a redis process on that port.
 #           Removes the pidfiles. Idempotent.
 #   status  per node: port, pid, alive, role (primary with its slots, or the
-#           primary it replicates), cluster_state. Exit status 0 if all six are
-#           alive, 3 otherwise.
+#           primary it replicates), cluster_state. Exit status 0 if all 2P
+#           nodes are alive, 3 otherwise.
 #   env     print RUN_DIR/env (source it: `. RUN_DIR/env` or `eval "$(... env)"`).
 #
 # The password is never printed; it is only written into configs and RUN_DIR/env,
@@ -83,6 +96,7 @@ BASE_PORT=${REDIS_CLUSTER_BASE_PORT:-26500}
 NODE_TIMEOUT=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-}
 PASSWORD=${REDIS_CLUSTER_PASSWORD:-flashsale-dev}
 WAIT_SECS=${REDIS_CLUSTER_WAIT_SECS:-30}
+PRIMARIES=3
 
 need_arg() {
   [[ $# -ge 2 ]] || die "option $1 needs a value"
@@ -105,6 +119,8 @@ while [[ $# -gt 0 ]]; do
     --password=*) PASSWORD=${1#*=}; shift ;;
     --wait-secs) need_arg "$@"; WAIT_SECS=$2; shift 2 ;;
     --wait-secs=*) WAIT_SECS=${1#*=}; shift ;;
+    --primaries) need_arg "$@"; PRIMARIES=$2; shift 2 ;;
+    --primaries=*) PRIMARIES=${1#*=}; shift ;;
     -h | --help | help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -112,6 +128,7 @@ done
 
 [[ -n $CMD ]] || { usage >&2; die "missing command (start|stop|status|env)"; }
 [[ -n $RUN_DIR ]] || die "--dir must not be empty"
+[[ $PRIMARIES =~ ^[123]$ ]] || die "--primaries must be 1, 2 or 3"
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
@@ -163,7 +180,17 @@ abs_dir() {
 
 # ------------------------------------------------------------ node layout ---
 
-NODES=(redis-0 redis-1 redis-2 redis-3 redis-4 redis-5)
+NODES=()
+# NODES: redis-0 .. redis-(2P-1); the first P are the primaries a cluster of
+# 1 or 2 primaries is built with (and the replica of redis-i is redis-(P+i)).
+set_nodes() {
+  local i
+  NODES=()
+  for ((i = 0; i < 2 * PRIMARIES; i++)); do
+    NODES+=("redis-$i")
+  done
+}
+set_nodes
 
 node_port() { echo $((BASE_PORT + ${1##*-})); }
 node_bus_port() { echo $((BASE_PORT + 10 + ${1##*-})); }
@@ -173,9 +200,11 @@ node_pidfile() { echo "$RUN_DIR/$1/redis.pid"; }
 node_logfile() { echo "$RUN_DIR/$1/redis.log"; }
 
 # Load BASE_PORT/NODE_TIMEOUT/... of an existing cluster (written by start).
+# A state without primaries= is a cluster of 3.
 load_state() {
   local f="$RUN_DIR/cluster.state" line k v
   [[ -f $f ]] || return 1
+  PRIMARIES=3
   while IFS= read -r line; do
     k=${line%%=*}
     v=${line#*=}
@@ -185,8 +214,11 @@ load_state() {
       timing_override) TIMING_OVERRIDE=$v ;;
       password) PASSWORD=$v ;;
       created) CREATED=$v ;;
+      primaries) PRIMARIES=$v ;;
     esac
   done <"$f"
+  [[ $PRIMARIES =~ ^[123]$ ]] || die "$f: primaries=$PRIMARIES is not 1, 2 or 3"
+  set_nodes
   return 0
 }
 
@@ -197,6 +229,9 @@ write_state() {
     echo "timing_override=$TIMING_OVERRIDE"
     echo "password=$PASSWORD"
     echo "created=$CREATED"
+    if ((PRIMARIES != 3)); then
+      echo "primaries=$PRIMARIES"
+    fi
   } >"$RUN_DIR/cluster.state"
   chmod 600 "$RUN_DIR/cluster.state"
 }
@@ -394,7 +429,7 @@ nudge_replication() {
 }
 
 # Why the cluster is not ready yet (empty when it is): on every node
-# cluster_state:ok, 6 known nodes, 16384 slots ok, its CLUSTER SHARDS three
+# cluster_state:ok, all 2P nodes known, 16384 slots ok, its CLUSTER SHARDS P
 # shards covering all slots, each with an online primary and an online
 # replica; every primary's WAIT 1 answered by its replica.
 CLUSTER_WHY=""
@@ -416,10 +451,10 @@ cluster_ready() {
     port=$(node_port "$node")
     info=$(rcli "$port" CLUSTER INFO 2>/dev/null) || info=""
     [[ $(info_field cluster_state <<<"$info") == ok ]] || { CLUSTER_WHY="$node: cluster_state not ok"; return 1; }
-    [[ $(info_field cluster_known_nodes <<<"$info") == 6 ]] || { CLUSTER_WHY="$node: does not know all 6 nodes"; return 1; }
+    [[ $(info_field cluster_known_nodes <<<"$info") == "${#NODES[@]}" ]] || { CLUSTER_WHY="$node: does not know all ${#NODES[@]} nodes"; return 1; }
     [[ $(info_field cluster_slots_ok <<<"$info") == 16384 ]] || { CLUSTER_WHY="$node: not all 16384 slots ok"; return 1; }
     shards=$(rcli "$port" CLUSTER SHARDS 2>/dev/null | shards_summary) || shards=""
-    [[ $shards == "3 16384 0" ]] ||
+    [[ $shards == "$PRIMARIES 16384 0" ]] ||
       { CLUSTER_WHY="$node: CLUSTER SHARDS (shards, slots, shards without online primary+replica): ${shards:-no answer}"; return 1; }
   done
   CLUSTER_WHY=""
@@ -470,6 +505,60 @@ print_summary() {
   fi
 }
 
+# One CLUSTER command on the node on PORT, logged with its reply (stdout:
+# RUN_DIR/create.log); fails unless the reply is OK.
+cluster_cmd() {
+  local port=$1 reply
+  shift
+  reply=$(rcli "$port" CLUSTER "$@" 2>&1) || reply="${reply:-no answer}"
+  echo "127.0.0.1:$port CLUSTER $* -> $reply"
+  [[ $reply == OK ]]
+}
+
+# Every node knows all 2P nodes (after CLUSTER MEET).
+all_nodes_met() {
+  local node n
+  for node in "${NODES[@]}"; do
+    n=$(rcli "$(node_port "$node")" CLUSTER INFO 2>/dev/null | info_field cluster_known_nodes) || n=""
+    [[ $n == "${#NODES[@]}" ]] || return 1
+  done
+}
+
+# A cluster of 1 or 2 primaries (redis-cli --cluster create needs 3): the
+# script does what create does. Primaries redis-0..redis-(P-1), each a
+# config epoch of its own and an equal share of the slots; every other node
+# meets redis-0; once all know each other, redis-(P+i) replicates redis-i.
+# Output (every command and its reply) goes to stdout: RUN_DIR/create.log.
+create_small_cluster() {
+  local i lo hi port id meet_port meet_bus deadline
+  for ((i = 0; i < PRIMARIES; i++)); do
+    port=$(node_port "redis-$i")
+    lo=$((i * 16384 / PRIMARIES))
+    hi=$(((i + 1) * 16384 / PRIMARIES - 1))
+    cluster_cmd "$port" SET-CONFIG-EPOCH $((i + 1)) || return 1
+    cluster_cmd "$port" ADDSLOTSRANGE "$lo" "$hi" || return 1
+  done
+  meet_port=$(node_port redis-0)
+  meet_bus=$(node_bus_port redis-0)
+  for ((i = 1; i < ${#NODES[@]}; i++)); do
+    cluster_cmd "$(node_port "redis-$i")" MEET 127.0.0.1 "$meet_port" "$meet_bus" || return 1
+  done
+  if ! wait_for all_nodes_met; then
+    echo "not every node knows all ${#NODES[@]} nodes within ${WAIT_SECS} s"
+    return 1
+  fi
+  for ((i = 0; i < PRIMARIES; i++)); do
+    id=$(rcli "$(node_port "redis-$i")" CLUSTER MYID 2>/dev/null) || id=""
+    [[ $id =~ ^[0-9a-f]{40}$ ]] || { echo "redis-$i: CLUSTER MYID gave '${id}'"; return 1; }
+    # Right after the meeting a node may not have this id's role yet: retried.
+    deadline=$((SECONDS + WAIT_SECS))
+    until cluster_cmd "$(node_port "redis-$((PRIMARIES + i))")" REPLICATE "$id"; do
+      ((SECONDS < deadline)) || return 1
+      sleep 0.2
+    done
+  done
+}
+
 cmd_start() {
   validate_start_options
   ensure_redis_installed
@@ -480,6 +569,7 @@ cmd_start() {
 
   # The cluster of this dir (with the ports and timing it was started on).
   local req_base=$BASE_PORT req_override=$TIMING_OVERRIDE req_timeout=$NODE_TIMEOUT req_password=$PASSWORD
+  local req_primaries=$PRIMARIES
   if load_state; then
     local alive
     alive=$(alive_count)
@@ -487,6 +577,9 @@ cmd_start() {
       echo "redis cluster in $RUN_DIR is already running; nothing to do"
       if [[ $BASE_PORT != "$req_base" || $TIMING_OVERRIDE != "$req_override" ]]; then
         echo "  (this call's --base-port/--node-timeout are ignored: stop it first to change them)"
+      fi
+      if ((PRIMARIES != req_primaries)); then
+        echo "  (it was started with --primaries $PRIMARIES; this call's --primaries $req_primaries is ignored)"
       fi
       print_summary
       return 0
@@ -496,11 +589,16 @@ cmd_start() {
     if ((CREATED)) && [[ $BASE_PORT != "$req_base" ]]; then
       die "the cluster in $RUN_DIR was created on base port $BASE_PORT (its nodes.conf names those ports); start it with --base-port $BASE_PORT, or remove $RUN_DIR for a new one"
     fi
+    if ((CREATED && PRIMARIES != req_primaries)); then
+      die "the cluster in $RUN_DIR was created with --primaries $PRIMARIES; start it with --primaries $PRIMARIES, or remove $RUN_DIR for a new one"
+    fi
   fi
   BASE_PORT=$req_base
   TIMING_OVERRIDE=$req_override
   NODE_TIMEOUT=$req_timeout
   PASSWORD=$req_password
+  PRIMARIES=$req_primaries
+  set_nodes
 
   if [[ -n $TIMING_OVERRIDE ]]; then
     log "TIMING OVERRIDE $TIMING_OVERRIDE"
@@ -542,7 +640,7 @@ cmd_start() {
     wait_node_up "$node"
   done
 
-  if ((!CREATED)); then
+  if ((!CREATED && PRIMARIES == 3)); then
     local addrs=()
     for node in "${NODES[@]}"; do
       addrs+=("127.0.0.1:$(node_port "$node")")
@@ -553,6 +651,14 @@ cmd_start() {
       log "last lines of $RUN_DIR/create.log:"
       tail -n 20 "$RUN_DIR/create.log" >&2 || true
       die "redis-cli --cluster create failed"
+    fi
+    CREATED=1
+    write_state
+  elif ((!CREATED)); then
+    if ! create_small_cluster >"$RUN_DIR/create.log" 2>&1; then
+      log "last lines of $RUN_DIR/create.log:"
+      tail -n 20 "$RUN_DIR/create.log" >&2 || true
+      die "creating the cluster of $PRIMARIES primaries failed"
     fi
     CREATED=1
     write_state
