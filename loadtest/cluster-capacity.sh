@@ -15,10 +15,11 @@
 #   sentinel    --sales sales on a Sentinel group (scripts/redis-group.sh:
 #               1 master, 2 replicas, 3 Sentinels; FLASHSALE_REPLICA_ACKS=all
 #               is WAIT 2 there, WAIT 1 on a cluster shard)
-#   cluster-1p-c16, cluster-3p-c16
-#               cluster-1p and cluster-3p with 16 connections instead of
-#               --conns: few purchases in flight per shard, so few share a
-#               WAIT round (the cost per purchase when a shard is not busy)
+#   cluster-1p-c16, cluster-3p-c16, cluster-1p-c4, cluster-3p-c4
+#               cluster-1p and cluster-3p with 16 or 4 connections instead
+#               of --conns: few purchases in flight per shard, so few share
+#               a WAIT round (with 4 on 3 shards, about one: the cost of a
+#               purchase that shares its round with no other)
 #
 # Every run of every configuration starts from nothing: a fresh cluster
 # (scripts/redis-cluster.sh start --primaries P, the shipped settings, a
@@ -134,6 +135,8 @@ CONFIGS = {
     "sentinel": {"mode": "sentinel", "primaries": 1, "hot": False},
     "cluster-1p-c16": {"mode": "cluster", "primaries": 1, "hot": False, "conns": 16},
     "cluster-3p-c16": {"mode": "cluster", "primaries": 3, "hot": False, "conns": 16},
+    "cluster-1p-c4": {"mode": "cluster", "primaries": 1, "hot": False, "conns": 4},
+    "cluster-3p-c4": {"mode": "cluster", "primaries": 3, "hot": False, "conns": 4},
 }
 WARMUP_S = 3.0
 N_TOKENS = 200_000
