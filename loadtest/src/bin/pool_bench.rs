@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use deadpool_redis::{Config, Runtime};
-use flashsale::redis::functions::{PurchaseReply, SaleFields, create_sale_call, purchase_call};
+use flashsale::redis::functions::{PurchaseReply, SaleFields, purchase_call};
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{cpu_seconds, histogram_json, latency_histogram};
 use redis::aio::MultiplexedConnection;
@@ -189,9 +189,7 @@ async fn main() -> std::process::ExitCode {
             currency: "USD",
             image_url: "",
         };
-        create_sale_call(&keys, &fields)
-            .query_async::<redis::Value>(&mut c)
-            .await
+        flashsale_loadtest::bench::create_indexed_sale(&mut c, &keys, &fields).await
     };
     if let Err(e) = created.await {
         eprintln!("pool_bench: creating the sale: {e}");

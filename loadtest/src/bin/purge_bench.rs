@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use flashsale::config::RedisArgs;
 use flashsale::redis::functions::{
-    CreateSaleReply, Lifecycle, SaleFields, create_sale_call, lifecycle_call, purchase_call,
+    CreateSaleReply, Lifecycle, SaleFields, lifecycle_call, purchase_call,
 };
 use flashsale::redis::keys::Keys;
 use flashsale::sale::Catalog;
@@ -139,8 +139,7 @@ async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, n: u
         currency: "USD",
         image_url: "",
     };
-    let r: CreateSaleReply = create_sale_call(keys, &fields)
-        .query_async(c)
+    let r: CreateSaleReply = flashsale_loadtest::bench::create_indexed_sale(c, keys, &fields)
         .await
         .map_err(e2s)?;
     if r != CreateSaleReply::Created {

@@ -38,7 +38,7 @@ use clap::{Parser, ValueEnum};
 use flashsale::config::Secret;
 use flashsale::ledger::{Ledger, LedgerSettings};
 use flashsale::redis::functions::{
-    AuditReply, CreateSaleReply, SaleFields, audit_call, create_sale_call, purchase_call,
+    AuditReply, CreateSaleReply, SaleFields, audit_call, purchase_call,
 };
 use flashsale::redis::keys::Keys;
 use flashsale_loadtest::bench::{
@@ -127,8 +127,7 @@ async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, stoc
         currency: "USD",
         image_url: "",
     };
-    let r: CreateSaleReply = create_sale_call(keys, &fields)
-        .query_async(c)
+    let r: CreateSaleReply = flashsale_loadtest::bench::create_indexed_sale(c, keys, &fields)
         .await
         .map_err(e2s)?;
     if r != CreateSaleReply::Created {
