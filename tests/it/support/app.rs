@@ -385,8 +385,16 @@ pub async fn order_exists(group: &RedisGroup, port: u16, prefix: &str, order_id:
 /// polling the tests use and its output on stderr only; the caller adds its
 /// arguments and spawns it.
 pub fn worker_command(group: &RedisGroup, prefix: &str) -> tokio::process::Command {
+    worker_command_on(|cmd| redis_env(cmd, group, prefix))
+}
+
+/// `flashsale-worker` with the Redis variables `env` sets (a Sentinel
+/// group's, a cluster's), polling fast, its output on stderr only.
+pub fn worker_command_on(
+    env: impl FnOnce(&mut tokio::process::Command) -> &mut tokio::process::Command,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-worker"));
-    redis_env(&mut cmd, group, prefix)
+    env(&mut cmd)
         .env("RUST_LOG", "warn")
         .args(["--discover-ms", "200", "--block-ms", "200"])
         .stdin(std::process::Stdio::null())

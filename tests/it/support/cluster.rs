@@ -18,6 +18,7 @@ use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
 
 use super::app::{
     AppOptions, TestApp, redis_settings_for, serve_settings_on, start_shared, unique,
+    worker_command_on,
 };
 
 /// The cluster shared by every test that does not break it.
@@ -66,15 +67,7 @@ pub async fn spawn_on_cluster(cluster: &RedisCluster, opts: AppOptions) -> TestA
 /// `flashsale-worker` on `cluster` and key prefix `prefix`, polling fast as
 /// the tests' workers do; the caller adds arguments and spawns it.
 pub fn cluster_worker_command(cluster: &RedisCluster, prefix: &str) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-worker"));
-    cluster_env(&mut cmd, cluster, prefix)
-        .env("RUST_LOG", "warn")
-        .args(["--discover-ms", "200", "--block-ms", "200"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true);
-    cmd
+    worker_command_on(|cmd| cluster_env(cmd, cluster, prefix))
 }
 
 /// A sku starting with `name` whose slot the primary on `port` owns now.
