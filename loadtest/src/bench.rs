@@ -226,3 +226,35 @@ pub async fn create_indexed_sale(
     }
     Ok(r)
 }
+
+/// [`create_indexed_sale`] of an open sale for a bench: `stock` units, one
+/// per shopper, open since a second ago for `open_ms`. Anything but a new
+/// sale is an error.
+pub async fn create_bench_sale(
+    conn: &mut MultiplexedConnection,
+    keys: &flashsale::redis::Keys,
+    sku: &str,
+    name: &str,
+    stock: u64,
+    open_ms: i64,
+) -> Result<(), String> {
+    use flashsale::redis::functions::{CreateSaleReply, SaleFields};
+    let now = now_unix_ms();
+    let fields = SaleFields {
+        sku,
+        name,
+        description: "",
+        price_cents: 1999,
+        stock: stock as i64,
+        starts_ms: now - 1000,
+        ends_ms: now + open_ms,
+        per_user_limit: 1,
+        currency: "USD",
+        image_url: "",
+    };
+    match create_indexed_sale(conn, keys, &fields).await {
+        Ok(CreateSaleReply::Created) => Ok(()),
+        Ok(r) => Err(format!("fs_create_sale replied {r:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -34,13 +34,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use flashsale::config::RedisArgs;
-use flashsale::redis::functions::{
-    CreateSaleReply, Lifecycle, SaleFields, lifecycle_call, purchase_call,
-};
+use flashsale::redis::functions::{Lifecycle, lifecycle_call, purchase_call};
 use flashsale::redis::keys::Keys;
 use flashsale::sale::Catalog;
 use flashsale::sale::purge::{self, Unlisted};
-use flashsale_loadtest::bench::{GroupArgs, now_unix_ms};
+use flashsale_loadtest::bench::GroupArgs;
 use flashsale_loadtest::redis_group::{GroupOptions, RedisGroup};
 use flashsale_testkit::postgres::Postgres;
 use redis::aio::MultiplexedConnection;
@@ -126,26 +124,7 @@ async fn settled_memory(c: &mut MultiplexedConnection) -> Res<BTreeMap<String, i
 }
 
 async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, n: u64) -> Res<()> {
-    let now = now_unix_ms();
-    let fields = SaleFields {
-        sku,
-        name: "purge bench",
-        description: "A sale whose purge is measured",
-        price_cents: 1999,
-        stock: n as i64,
-        starts_ms: now - 1000,
-        ends_ms: now + 3_600_000,
-        per_user_limit: 1,
-        currency: "USD",
-        image_url: "",
-    };
-    let r: CreateSaleReply = flashsale_loadtest::bench::create_indexed_sale(c, keys, &fields)
-        .await
-        .map_err(e2s)?;
-    if r != CreateSaleReply::Created {
-        return Err(format!("fs_create_sale replied {r:?}"));
-    }
-    Ok(())
+    flashsale_loadtest::bench::create_bench_sale(c, keys, sku, "purge bench", n, 3_600_000).await
 }
 
 /// `n` orders, one shopper each, by pipelined fs_purchase on 4 connections.

@@ -37,13 +37,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use flashsale::config::Secret;
 use flashsale::ledger::{Ledger, LedgerSettings};
-use flashsale::redis::functions::{
-    AuditReply, CreateSaleReply, SaleFields, audit_call, purchase_call,
-};
+use flashsale::redis::functions::{AuditReply, audit_call, purchase_call};
 use flashsale::redis::keys::Keys;
-use flashsale_loadtest::bench::{
-    GroupArgs, cpu_seconds, machine_busy_seconds, now_unix_ms, process_tree_cpu,
-};
+use flashsale_loadtest::bench::{GroupArgs, cpu_seconds, machine_busy_seconds, process_tree_cpu};
 use flashsale_testkit::postgres::Postgres;
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
@@ -114,26 +110,8 @@ fn e2s(e: redis::RedisError) -> String {
 }
 
 async fn create_sale(c: &mut MultiplexedConnection, keys: &Keys, sku: &str, stock: u64) -> Res<()> {
-    let now = now_unix_ms();
-    let fields = SaleFields {
-        sku,
-        name: "worker bench",
-        description: "",
-        price_cents: 100,
-        stock: stock as i64,
-        starts_ms: now - 1000,
-        ends_ms: now + 86_400_000,
-        per_user_limit: 1,
-        currency: "USD",
-        image_url: "",
-    };
-    let r: CreateSaleReply = flashsale_loadtest::bench::create_indexed_sale(c, keys, &fields)
+    flashsale_loadtest::bench::create_bench_sale(c, keys, sku, "worker bench", stock, 86_400_000)
         .await
-        .map_err(e2s)?;
-    if r != CreateSaleReply::Created {
-        return Err(format!("fs_create_sale replied {r:?}"));
-    }
-    Ok(())
 }
 
 /// Queues `n` orders (one per user) with pipelined fs_purchase on 4 connections.
