@@ -22,6 +22,8 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, watch};
 
+use super::error::{Verdict, verdict};
+
 /// Why a round did not confirm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckFault {
@@ -29,6 +31,9 @@ pub enum AckFault {
     Shortfall,
     /// The ack connection failed (I/O, READONLY, NOREPLICAS, …): the master is stale.
     Link,
+    /// The master refused the round's `INCR` for want of memory: the link
+    /// stays (the node is the master), the round confirms nothing.
+    Full,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,6 +156,7 @@ async fn run(mut conn: MultiplexedConnection, cfg: AckConfig, s: Arc<Shared>) {
                     metrics::counter!("flashsale_wait_shortfalls_total").increment(1);
                     Err(AckFault::Shortfall)
                 }
+                Err(e) if verdict(&e) == Verdict::Full => Err(AckFault::Full),
                 Err(e) => {
                     tracing::warn!(error = %e, "ack round failed; master link is stale");
                     broken = true;

@@ -1,10 +1,16 @@
 //! What can go wrong in the access layer, and what each failure means for
 //! the link it happened on: replace it (stale), keep it and retry after a
-//! pause (not writable yet), or give up (a bug). Owns no connection.
+//! pause (not writable yet), keep it and refuse the call at once (the master
+//! is full), or give up (a bug). Also the one warning a full master logs,
+//! at most once a second per process. Owns no connection.
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::Addr;
 
 /// Errors of the access layer. Messages never carry secrets; Redis error
 /// text is kept for logs only and never shown to a client.
@@ -16,8 +22,12 @@ pub enum DbError {
     Shortfall,
     #[error("Redis did not answer in time")]
     Timeout,
+    /// The master refused a write for want of memory (`OOM`: `maxmemory`
+    /// reached under `noeviction`). Nothing of the call was written.
+    #[error("the Redis master is out of memory (maxmemory reached)")]
+    Full,
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("unexpected reply from Redis: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -36,9 +46,22 @@ impl DbError {
             | DbError::Shortfall
             | DbError::Timeout
             | DbError::Discovery(_)
-            | DbError::LinkChanged => true,
-            DbError::Redis(e) => is_failover_error(e),
+            | DbError::LinkChanged
+            | DbError::Full => true,
+            DbError::Redis(e) => verdict(e) != Verdict::Other,
             DbError::Protocol(_) => false,
+        }
+    }
+}
+
+impl From<redis::RedisError> for DbError {
+    /// A refusal for want of memory becomes [`DbError::Full`]; every other
+    /// Redis error keeps its text for the log.
+    fn from(e: redis::RedisError) -> Self {
+        if verdict(&e) == Verdict::Full {
+            DbError::Full
+        } else {
+            DbError::Redis(e)
         }
     }
 }
@@ -54,6 +77,10 @@ pub enum Verdict {
     /// The right node, not writable yet (no replica attached, loading its
     /// data, …): keep the link, retry after a pause.
     NotYet,
+    /// The right master, out of memory (`OOM`): keep the link, refuse the
+    /// call at once. Waiting a few milliseconds frees nothing, and a
+    /// Function refused this way ran not at all.
+    Full,
     /// Not a failover error (a bug, bad input): do not retry.
     Other,
 }
@@ -97,6 +124,7 @@ pub fn verdict(e: &redis::RedisError) -> Verdict {
         // next link to it loads it again.
         Some("ERR") if e.to_string().contains("Function not found") => Verdict::Stale,
         Some(c) if NOT_YET.contains(&c) => Verdict::NotYet,
+        Some("OOM") => Verdict::Full,
         _ => Verdict::Other,
     }
 }
@@ -104,7 +132,57 @@ pub fn verdict(e: &redis::RedisError) -> Verdict {
 /// Errors that mean "this node cannot serve the call now" (stale or not
 /// yet writable): try again later or elsewhere.
 pub fn is_failover_error(e: &redis::RedisError) -> bool {
-    verdict(e) != Verdict::Other
+    matches!(verdict(e), Verdict::Stale | Verdict::NotYet)
+}
+
+/// Counts a write the master refused for want of memory
+/// (`flashsale_redis_full_total`) and says so in the log, at most once a
+/// second per process (with how many refusals the line stands for).
+pub(crate) fn out_of_memory(master: &Addr) {
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LOG: Throttle = Throttle::new(1000);
+    metrics::counter!("flashsale_redis_full_total").increment(1);
+    REFUSED.fetch_add(1, Ordering::Relaxed);
+    if LOG.due(process_ms()) {
+        let refused = REFUSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            %master,
+            refused,
+            "the Redis master is out of memory (maxmemory reached); writes are refused until memory is freed"
+        );
+    }
+}
+
+/// Milliseconds since this process first asked (never 0).
+fn process_ms() -> u64 {
+    static START: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64 + 1
+}
+
+/// Lets one caller through per period, whatever the number of callers.
+struct Throttle {
+    every_ms: u64,
+    /// When the last caller went through (0: never).
+    last: AtomicU64,
+}
+
+impl Throttle {
+    const fn new(every_ms: u64) -> Self {
+        Self {
+            every_ms,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the caller at `now_ms` (≥ 1) is the one to go through.
+    fn due(&self, now_ms: u64) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= self.every_ms)
+            && self
+                .last
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Jittered exponential pauses for retries on a master that is not
@@ -139,5 +217,43 @@ impl Backoff {
     /// Sleeps the next pause.
     pub async fn wait(&mut self, deadline: Instant) {
         tokio::time::sleep(self.next(deadline)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str, detail: &str) -> redis::RedisError {
+        redis::make_extension_error(code.to_owned(), Some(detail.to_owned()))
+    }
+
+    #[test]
+    fn a_full_master_is_its_own_verdict_and_error() {
+        let oom = server_error("OOM", "command not allowed when used memory > 'maxmemory'.");
+        assert_eq!(verdict(&oom), Verdict::Full);
+        assert!(!is_failover_error(&oom), "no failover to wait for");
+        let e = DbError::from(oom);
+        assert!(matches!(e, DbError::Full), "{e:?}");
+        assert!(e.is_unavailable());
+        assert_eq!(
+            e.to_string(),
+            "the Redis master is out of memory (maxmemory reached)"
+        );
+        let other = DbError::from(server_error("WRONGTYPE", "Operation against a key"));
+        assert!(matches!(other, DbError::Redis(_)));
+        assert!(!other.is_unavailable());
+        assert!(DbError::from(server_error("NOREPLICAS", "Not enough")).is_unavailable());
+    }
+
+    #[test]
+    fn the_throttle_lets_one_through_per_period() {
+        let t = Throttle::new(1000);
+        assert!(t.due(5), "the first one");
+        assert!(!t.due(5));
+        assert!(!t.due(1004));
+        assert!(t.due(1005), "a period later");
+        assert!(!t.due(1006));
+        assert!(t.due(9000));
     }
 }

@@ -28,6 +28,12 @@
 //!   backoff ([`Backoff`]); reinstalling the link would change nothing. A
 //!   link to one address is built at most every [`REBUILD_EVERY`], and every
 //!   install is counted (`flashsale_redis_link_installs_total`).
+//! - **Full.** `OOM` (`maxmemory` reached; the shipped policy is
+//!   `noeviction`) comes from the right master: the link is kept, the call
+//!   is refused at once ([`DbError::Full`], no retry within the hold —
+//!   waiting frees no memory), counted (`flashsale_redis_full_total`) and
+//!   logged at most once a second. A refused Function did not run at all.
+//!   Writes succeed again as soon as memory is freed.
 //! - **One node per decision.** A read whose answer decides a write runs on
 //!   the same link as the write ([`Redis::on_link`]), or both run inside one
 //!   Function: after a promotion the old and the new master both take writes
@@ -403,7 +409,8 @@ impl Redis {
 
     /// Reports an error seen on `link` and says what it means. A stale link
     /// is marked so; for both stale and not-yet-writable the watcher is woken
-    /// to check with the Sentinels (or the cluster).
+    /// to check with the Sentinels (or the cluster). A full master is
+    /// counted and logged (throttled); its link stays.
     pub fn report(&self, link: &MasterLink, err: &redis::RedisError) -> Verdict {
         let v = verdict(err);
         match v {
@@ -417,6 +424,7 @@ impl Redis {
                 metrics::counter!("flashsale_redis_not_writable_total").increment(1);
                 self.inner.wake.notify_one();
             }
+            Verdict::Full => error::out_of_memory(&link.addr),
             Verdict::Other => {}
         }
         v
@@ -487,6 +495,10 @@ impl Redis {
             loop {
                 match link.ack().await {
                     Ok(()) => break,
+                    Err(AckFault::Full) => {
+                        error::out_of_memory(&link.addr);
+                        return Err(DbError::Full);
+                    }
                     Err(_) if Instant::now() >= deadline => return Err(DbError::Shortfall),
                     Err(AckFault::Shortfall) if !link.is_stale() => continue,
                     Err(_) => continue 'attempt,

@@ -4,8 +4,9 @@
 //! mapping.
 //!
 //! A Redis failure becomes [`Error::Unavailable`] when it means "try again"
-//! (no master during a failover, a `WAIT` shortfall, a timeout) and
-//! [`Error::Internal`] otherwise; both keep the Redis text for the log.
+//! (no master during a failover, a `WAIT` shortfall, a timeout, a master out
+//! of memory) and [`Error::Internal`] otherwise; both keep the Redis text
+//! for the log.
 
 use crate::redis::DbError;
 
@@ -40,7 +41,8 @@ pub enum Error {
     AlreadyPurchased { order_id: String },
     #[error("a sale with this sku exists")]
     SaleExists,
-    /// Redis cannot answer right now (failover, shortfall, timeout).
+    /// Redis cannot answer right now (failover, shortfall, timeout, a
+    /// master out of memory).
     #[error("service temporarily unavailable: {0}")]
     Unavailable(String),
     /// A bug or a broken invariant; the detail is for the log only.
@@ -77,6 +79,10 @@ mod tests {
         assert!(matches!(
             Error::from(DbError::NoMaster),
             Error::Unavailable(m) if m == "no Redis master available"
+        ));
+        assert!(matches!(
+            Error::from(DbError::Full),
+            Error::Unavailable(m) if m.contains("out of memory")
         ));
         assert!(matches!(
             Error::from(DbError::Protocol("x".into())),

@@ -305,6 +305,7 @@ impl Worker {
                         return Err(DbError::Shortfall);
                     }
                 }
+                Err(AckFault::Full) => return Err(DbError::Full),
                 Err(_) => return Err(DbError::LinkChanged),
             }
         }

@@ -9,6 +9,7 @@ mod docs;
 mod expiry;
 mod export;
 mod failover;
+mod full;
 mod healing;
 mod hostile;
 mod identity;
