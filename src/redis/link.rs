@@ -324,6 +324,20 @@ impl Inner {
     }
 }
 
+/// The master a node's ROLE reply names when the node is a replica
+/// (`["slave", host, port, state, offset]`); `None` for any other role.
+pub(super) fn replica_of(role: &redis::Value) -> Option<Addr> {
+    let redis::Value::Array(items) = role else {
+        return None;
+    };
+    if items.first().and_then(text).as_deref() != Some("slave") {
+        return None;
+    }
+    let host = items.get(1).and_then(text)?;
+    let port = items.get(2).and_then(text)?.parse().ok()?;
+    Some(Addr::new(host, port))
+}
+
 /// ROLE's first element, and for a replica the state of its link
 /// (`connected`, `sync`, `connecting`, …).
 pub(super) async fn role_reply(
@@ -337,4 +351,33 @@ pub(super) async fn role_reply(
         ),
         _ => Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_replica_names_its_master() {
+        let replica = Value::Array(vec![
+            bulk("slave"),
+            bulk("127.0.0.1"),
+            Value::Int(6380),
+            bulk("connected"),
+            Value::Int(42),
+        ]);
+        assert_eq!(replica_of(&replica), Some(Addr::new("127.0.0.1", 6380)));
+        let master = Value::Array(vec![bulk("master"), Value::Int(42), Value::Array(vec![])]);
+        assert_eq!(replica_of(&master), None);
+        let sentinel = Value::Array(vec![bulk("sentinel"), Value::Array(vec![bulk("m")])]);
+        assert_eq!(replica_of(&sentinel), None);
+        assert_eq!(replica_of(&Value::Nil), None);
+        let no_port = Value::Array(vec![bulk("slave"), bulk("h"), bulk("x")]);
+        assert_eq!(replica_of(&no_port), None);
+    }
 }

@@ -15,7 +15,9 @@
 //!   backstop (≤ 1 s). When the Sentinels name another master, or a caller
 //!   reports the link stale, it resolves the master again and swaps the link.
 //!   The old link is dropped: its connections close as soon as the requests
-//!   still holding it let go.
+//!   still holding it let go. While no Sentinel answers, a stale link is
+//!   followed by `ROLE` of the old master (or of the known replicas) to the
+//!   master it now replicates from.
 //! - **Stale links.** `READONLY`, I/O errors and timeouts on the master mark
 //!   the link stale and wake the watcher; callers then wait (up to
 //!   `failover_wait`, the hold) for the next link instead of failing, and

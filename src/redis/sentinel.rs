@@ -21,6 +21,16 @@
 //! before `+switch-master` does (the latter waits for every replica to be
 //! reconfigured): its link is built then.
 //!
+//! When no Sentinel answers (all down, frozen or cut off) the watcher does
+//! not trust anything new about the group, with one exception: a stale
+//! link (its node answered `READONLY`: demoted to a replica) is followed by
+//! `ROLE`. The old master is asked, and failing that the shard's known
+//! replicas; a node that reports being a replica of another address names
+//! a candidate, and the candidate's link is installed only after `ROLE`
+//! there says `master`, as always. The acknowledgement count stays what the
+//! last Sentinel view set (it is never lowered without the Sentinels), and
+//! once a Sentinel answers again it is trusted again.
+//!
 //! Why one file of this size: it is one task — the subscriptions, the
 //! polling pass and the loop that ties them — and a pass reads top to
 //! bottom; the parts without I/O are in `view.rs`.
@@ -35,8 +45,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::mpsc;
 
+use super::link::replica_of;
 use super::view::{Event, View, fields, parse_event, readable_replicas, required_replicas};
-use super::{Addr, DbError, Inner, Shard, connect, url_host_port};
+use super::{Addr, DbError, Inner, ROLE_CHECK_TIMEOUT, Shard, connect, url_host_port};
 use crate::config::{RedisTarget, ReplicaAcks, Secret};
 
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -157,8 +168,67 @@ impl Sentinels {
     }
 }
 
+/// The master `addr` follows, by its own `ROLE` (`None`: it does not
+/// answer in time, or is not a replica).
+async fn master_of(inner: &Inner, addr: &Addr) -> Option<Addr> {
+    let ask = async {
+        let mut c = connect(
+            &addr.host,
+            addr.port,
+            inner.password(),
+            ROLE_CHECK_TIMEOUT,
+            Some(ROLE_CHECK_TIMEOUT),
+        )
+        .await?;
+        redis::cmd("ROLE").query_async::<Value>(&mut c).await
+    };
+    let limit = inner.settings.timeout.min(ROLE_CHECK_TIMEOUT);
+    match tokio::time::timeout(limit, ask).await {
+        Ok(Ok(role)) => replica_of(&role),
+        Ok(Err(e)) => {
+            tracing::debug!(node = %addr, error = %e, "ROLE not answered");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(node = %addr, "ROLE timed out");
+            None
+        }
+    }
+}
+
+/// With no Sentinel answering and the link to `old` stale: where the
+/// nodes this process knows say the master went. Asks `ROLE` of the old
+/// master and of the shard's known replicas at once; the first of them, in
+/// that order, that is a replica of an address other than `old` names the
+/// candidate. Returns (the node that answered, the candidate). The
+/// candidate is a candidate only: its link is installed after `ROLE` there
+/// says `master`.
+async fn follow_roles(inner: &Inner, shard: &Shard, old: &Addr) -> Option<(Addr, Addr)> {
+    let mut ask = vec![old.clone()];
+    ask.extend(
+        shard
+            .replicas
+            .load()
+            .iter()
+            .map(|r| r.addr.clone())
+            .filter(|a| a != old),
+    );
+    let answers = futures_util::future::join_all(ask.iter().map(|a| master_of(inner, a))).await;
+    ask.into_iter().zip(answers).find_map(|(asked, master)| {
+        master
+            .filter(|m| m != old && *m != asked)
+            .map(|m| (asked, m))
+    })
+}
+
 /// One pass: resolve the master (verifying ROLE), swap the link if needed,
 /// refresh replicas and the number of acknowledgements required.
+///
+/// When no Sentinel answers (and no announcement came), a stale link is
+/// followed by `ROLE` instead ([`follow_roles`]): a switch made by hand, or
+/// one the frozen Sentinels did not live to announce, is followed to a node
+/// that says `master`. The acknowledgement count stays what the last
+/// Sentinel view made it, and the replica set is left as it is.
 async fn refresh(
     inner: &Inner,
     shard: &Shard,
@@ -167,6 +237,8 @@ async fn refresh(
     hint: Option<Addr>,
 ) -> Result<(), DbError> {
     let current = shard.master.load_full();
+    // (the stale master, the node whose ROLE named the candidate)
+    let mut followed: Option<(Addr, Addr)> = None;
     let (mut candidates, view) = match (&inner.settings.target, sentinels) {
         (RedisTarget::Url(url), _) => {
             if current.as_ref().is_some_and(|l| !l.is_stale()) {
@@ -183,7 +255,17 @@ async fn refresh(
             match &view {
                 Ok(v) if !c.contains(&v.master) => c.push(v.master.clone()),
                 Ok(_) => {}
-                Err(e) if c.is_empty() => return Err(DbError::Discovery(e.to_string())),
+                Err(e) if c.is_empty() => {
+                    let stale = current.as_ref().filter(|l| l.is_stale());
+                    let Some(old) = stale.map(|l| l.addr.clone()) else {
+                        return Err(DbError::Discovery(e.to_string()));
+                    };
+                    let Some((asked, new)) = follow_roles(inner, shard, &old).await else {
+                        return Err(DbError::Discovery(e.to_string()));
+                    };
+                    c.push(new);
+                    followed = Some((old, asked));
+                }
                 Err(_) => {}
             }
             (c, view.ok())
@@ -245,6 +327,9 @@ async fn refresh(
                     .map(|l| l.addr.to_string())
                     .unwrap_or_else(|| "-".into());
                 let changed = current.as_ref().is_some_and(|l| l.addr != link.addr);
+                if let Some((old, asked)) = &followed {
+                    tracing::info!(%old, new = %addr, "no Sentinel answers; following ROLE of {asked} to {addr}");
+                }
                 tracing::info!(%from, to = %addr, epoch = link.epoch, "master link installed");
                 if changed {
                     inner.switches.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! Failures of the Sentinel group, each test on a group of its own (the
 //! settings deploy/ ships): reads without a master or without replicas,
 //! planned switches between and during purchases — with workers running, so
-//! that every promise is followed to `confirmed` — and a killed master.
+//! that every promise is followed to `confirmed` — a killed master, and a
+//! switch made by hand while every Sentinel is frozen (followed by `ROLE`).
 //!
 //! Shoppers here behave like the page script (same key, backoff on 503),
 //! but every 503 is counted: a 503 a retry hides is still one a shopper saw.
@@ -402,4 +403,144 @@ async fn killed_master_purchases_wait_for_the_new_one() {
     let a = app.audit(sku).await;
     assert_eq!(a["sold"], 2);
     assert_eq!(a["consistent"], true);
+}
+
+/// `REPLICAOF` on the data node at `port`: `None` makes it a master.
+async fn replicaof(group: &RedisGroup, port: u16, master: Option<u16>) {
+    let mut c = group.client(port).await;
+    let mut cmd = redis::cmd("REPLICAOF");
+    match master {
+        Some(m) => cmd.arg("127.0.0.1").arg(m),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let _: String = cmd
+        .query_async(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("REPLICAOF on {port}: {e}"));
+}
+
+/// Replicas that the master at `port` reports `state=online`.
+async fn online_replicas(group: &RedisGroup, port: u16) -> usize {
+    let mut c = group.client(port).await;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut c)
+        .await
+        .expect("INFO replication");
+    info.lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count()
+}
+
+/// One purchase of a shopper loop: status, body, sent and answered.
+type Answer = (u16, Value, Instant, Instant);
+
+/// With every Sentinel frozen, a switch made by hand the way a failover
+/// makes it (`REPLICAOF NO ONE` on a replica, the old master and the other
+/// replica pointed at it) is followed by `ROLE`: the old master's link goes
+/// stale (`READONLY`), the old master names the new one, whose link is
+/// installed once it says `master`. Purchases go on — 503 allowed while the
+/// switch happens, never a 500 — and every 202 is on the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_while_no_sentinel_answers_is_followed_by_role() {
+    let group = RedisGroup::start(GroupOptions::default()).await;
+    let app = Arc::new(TestApp::spawn(&group, AppOptions::default()).await);
+    let sku = "role-1";
+    app.create_sale(sku, 1000, 1, -5, 3600).await;
+    for i in 0..5 {
+        let (s, body) = app.purchase(&format!("r{i}"), sku, 1, None).await;
+        assert_eq!(s, 202, "{body}");
+    }
+    let m = group.master_index().await;
+    let (r, other) = match m {
+        0 => (1, 2),
+        1 => (2, 0),
+        _ => (0, 1),
+    };
+    let (m_port, r_port, other_port) = (
+        group.redis_port(m),
+        group.redis_port(r),
+        group.redis_port(other),
+    );
+    for i in 0..3 {
+        group.sigstop(Node::Sentinel(i));
+    }
+
+    // Four shoppers buying one unit each, one after the other, throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shoppers: Vec<_> = (0..4)
+        .map(|t| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answers: Vec<Answer> = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let (s, body) = app.purchase(&format!("t{t}-{i}"), sku, 1, None).await;
+                    answers.push((s, body, sent, Instant::now()));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                answers
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let began = Instant::now();
+    replicaof(&group, r_port, None).await;
+    replicaof(&group, m_port, Some(r_port)).await;
+    replicaof(&group, other_port, Some(r_port)).await;
+    while online_replicas(&group, r_port).await < 2 {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "redis-{r} does not have both replicas online"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let switched = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for s in shoppers {
+        answers.extend(s.await.expect("shopper"));
+    }
+
+    let mut statuses = std::collections::BTreeMap::new();
+    for (s, ..) in &answers {
+        *statuses.entry(*s).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| [202, 503].contains(s)),
+        "only 202, and 503 while switching: {statuses:?}"
+    );
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.2 >= switched).collect();
+    assert!(!after.is_empty(), "no purchase after the switch");
+    assert!(
+        after.iter().all(|a| a.0 == 202),
+        "purchases sent after the switch must all succeed: {:?}",
+        after.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    let promised: Vec<&str> = answers
+        .iter()
+        .filter(|a| a.0 == 202)
+        .map(|a| a.1["order_id"].as_str().expect("order id"))
+        .collect();
+    let mut missing = Vec::new();
+    for id in &promised {
+        if !order_exists(&group, r_port, &app.prefix, id).await {
+            missing.push(*id);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} promised orders missing on the new master redis-{r}: {missing:?} ({statuses:?})",
+        missing.len(),
+        promised.len()
+    );
+    let a = app.audit(sku).await;
+    assert_eq!(a["consistent"], true, "{a}");
+    for i in 0..3 {
+        group.sigcont(Node::Sentinel(i));
+    }
 }
