@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # redis-group.sh — run a local Redis Sentinel group for flashsale development
-# and tests: 1 master, 2 replicas, 3 Sentinels (quorum 2), all on 127.0.0.1.
+# and tests: 1 master, 2 replicas, 3 Sentinels (quorum 2), on 127.0.0.1 (or the addresses --hosts gives).
 #
 # Usage:
 #   scripts/redis-group.sh start|stop|status|env [options]
@@ -13,6 +13,14 @@
 #   --password PW        data-node password     [REDIS_GROUP_PASSWORD]    flashsale-dev
 #   --master-name NAME   monitored master name  [REDIS_GROUP_MASTER_NAME] mymaster
 #   --wait-secs N        convergence timeout    [REDIS_GROUP_WAIT_SECS]   30
+#   --hosts A,B,C,D,E,F  one address per node, in the order redis-0..2,
+#                        sentinel-0..2               [REDIS_GROUP_HOSTS]  all 127.0.0.1
+#   --netns N0,...,N5    run each node in that network namespace (ip netns exec),
+#                        same order; needs --hosts  [REDIS_GROUP_NETNS]  none
+#
+# --hosts and --netns are for tests that cut the network between nodes (each
+# node its own host on a bridge, made by the caller); every node binds only
+# its own address and is named by it to the others.
 #
 # The default password "flashsale-dev" is for local development ONLY.
 #
@@ -78,6 +86,8 @@ DOWN_AFTER=${REDIS_GROUP_DOWN_AFTER_MS:-}
 PASSWORD=${REDIS_GROUP_PASSWORD:-flashsale-dev}
 MASTER_NAME=${REDIS_GROUP_MASTER_NAME:-mymaster}
 WAIT_SECS=${REDIS_GROUP_WAIT_SECS:-30}
+HOSTS=${REDIS_GROUP_HOSTS:-}
+NETNS=${REDIS_GROUP_NETNS:-}
 
 need_arg() {
   [[ $# -ge 2 ]] || die "option $1 needs a value"
@@ -102,6 +112,10 @@ while [[ $# -gt 0 ]]; do
     --master-name=*) MASTER_NAME=${1#*=}; shift ;;
     --wait-secs) need_arg "$@"; WAIT_SECS=$2; shift 2 ;;
     --wait-secs=*) WAIT_SECS=${1#*=}; shift ;;
+    --hosts) need_arg "$@"; HOSTS=$2; shift 2 ;;
+    --hosts=*) HOSTS=${1#*=}; shift ;;
+    --netns) need_arg "$@"; NETNS=$2; shift 2 ;;
+    --netns=*) NETNS=${1#*=}; shift ;;
     -h | --help | help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -160,6 +174,29 @@ validate_start_options() {
   [[ -n $PASSWORD ]] || die "--password must not be empty"
   [[ $PASSWORD =~ ^[A-Za-z0-9_.,:@%+=/~^!?*#-]+$ ]] ||
     die "--password may only contain letters, digits and _.,:@%+=/~^!?*#-"
+  parse_layout
+}
+
+# Per-node addresses and namespaces (--hosts, --netns), checked.
+NODE_HOSTS=()
+NODE_NETNS=()
+parse_layout() {
+  NODE_HOSTS=()
+  NODE_NETNS=()
+  if [[ -n $HOSTS ]]; then
+    IFS=, read -r -a NODE_HOSTS <<<"$HOSTS"
+    ((${#NODE_HOSTS[@]} == 6)) || die "--hosts needs 6 addresses (redis-0..2, sentinel-0..2)"
+    local h
+    for h in "${NODE_HOSTS[@]}"; do
+      [[ $h =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--hosts: '$h' is not an IPv4 address"
+    done
+  fi
+  if [[ -n $NETNS ]]; then
+    [[ -n $HOSTS ]] || die "--netns needs --hosts (each namespace's own address)"
+    IFS=, read -r -a NODE_NETNS <<<"$NETNS"
+    ((${#NODE_NETNS[@]} == 6)) || die "--netns needs 6 namespaces (redis-0..2, sentinel-0..2)"
+    command -v ip >/dev/null 2>&1 || die "--netns needs ip (Debian's iproute2)"
+  fi
 }
 
 # Absolute run dir (created on start; other commands need it to exist).
@@ -186,6 +223,23 @@ node_kind() {
   esac
 }
 
+# Position of a node in --hosts/--netns: redis-N is N, sentinel-N is 3+N.
+node_index() {
+  case $1 in
+    redis-*) echo "${1##*-}" ;;
+    sentinel-*) echo $((3 + ${1##*-})) ;;
+  esac
+}
+
+# The address a node binds and is known by.
+node_host() {
+  if ((${#NODE_HOSTS[@]})); then
+    echo "${NODE_HOSTS[$(node_index "$1")]}"
+  else
+    echo 127.0.0.1
+  fi
+}
+
 node_dir() { echo "$RUN_DIR/$1"; }
 node_conf() { echo "$RUN_DIR/$1/$(node_kind "$1").conf"; }
 node_pidfile() { echo "$RUN_DIR/$1/$(node_kind "$1").pid"; }
@@ -204,8 +258,11 @@ load_state() {
       down_after_ms) DOWN_AFTER=$v ;;
       timing_override) TIMING_OVERRIDE=$v ;;
       password) PASSWORD=$v ;;
+      hosts) HOSTS=$v ;;
+      netns) NETNS=$v ;;
     esac
   done <"$f"
+  parse_layout
   return 0
 }
 
@@ -239,22 +296,35 @@ node_alive() {
   pid_is_ours "$pid" "$(node_port "$1")"
 }
 
+# Whether HOST:PORT takes connections.
 port_in_use() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# The host of the node on PORT (redis-cli calls are made by port).
+port_host() {
+  local node
+  for node in "${NODES[@]}"; do
+    if [[ $(node_port "$node") == "$1" ]]; then
+      node_host "$node"
+      return
+    fi
+  done
+  echo 127.0.0.1
 }
 
 # redis-cli against a data node (authenticated via env, bounded by timeout).
 rcli() {
   local port=$1
   shift
-  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" "$@"
+  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning -h "$(port_host "$port")" -p "$port" "$@"
 }
 
 # redis-cli against a Sentinel (no password on Sentinels).
 scli() {
   local port=$1
   shift
-  timeout 3 redis-cli -h 127.0.0.1 -p "$port" "$@"
+  timeout 3 redis-cli -h "$(port_host "$port")" -p "$port" "$@"
 }
 
 # ------------------------------------------------------------------ start ---
@@ -289,7 +359,7 @@ write_redis_conf() {
     echo "# generated by $PROG — rewritten on every start"
     echo "# This node's own lines; every other setting is the shipped one (include below)."
     echo "port $port"
-    echo "bind 127.0.0.1"
+    echo "bind $(node_host "$node")"
     echo "protected-mode no"
     echo "dir \"$dir\""
     echo "daemonize yes"
@@ -300,7 +370,7 @@ write_redis_conf() {
     echo "masterauth \"$PASSWORD\""
     echo "include \"$SHIPPED_REDIS_CONF\""
     if [[ $node != redis-0 ]]; then
-      echo "replicaof 127.0.0.1 $(node_port redis-0)"
+      echo "replicaof $(node_host redis-0) $(node_port redis-0)"
     fi
   } >"$(node_conf "$node")"
 }
@@ -312,7 +382,7 @@ write_sentinel_conf() {
   {
     echo "# generated by $PROG — rewritten on every start (Sentinel also rewrites it)"
     echo "port $port"
-    echo "bind 127.0.0.1"
+    echo "bind $(node_host "$node")"
     echo "protected-mode no"
     echo "dir \"$dir\""
     echo "daemonize yes"
@@ -320,7 +390,7 @@ write_sentinel_conf() {
     echo "logfile \"$(node_logfile "$node")\""
     echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
     echo "sentinel resolve-hostnames no"
-    echo "sentinel monitor $MASTER_NAME 127.0.0.1 $(node_port redis-0) 2"
+    echo "sentinel monitor $MASTER_NAME $(node_host redis-0) $(node_port redis-0) 2"
     echo "sentinel auth-pass $MASTER_NAME \"$PASSWORD\""
     echo "# the shipped tunables (${SHIPPED_SENTINEL#"$REPO_ROOT"/})"
     for k in "${SENTINEL_KEYS[@]}"; do
@@ -346,11 +416,15 @@ show_log_tail() {
 
 start_node() {
   local node=$1 conf
+  local -a in_ns=()
   conf=$(node_conf "$node")
   rm -f "$(node_pidfile "$node")"
+  if ((${#NODE_NETNS[@]})); then
+    in_ns=(ip netns exec "${NODE_NETNS[$(node_index "$node")]}")
+  fi
   case $(node_kind "$node") in
-    redis) redis-server "$conf" || { show_log_tail "$node"; die "redis-server $conf failed"; } ;;
-    sentinel) redis-sentinel "$conf" || { show_log_tail "$node"; die "redis-sentinel $conf failed"; } ;;
+    redis) "${in_ns[@]}" redis-server "$conf" || { show_log_tail "$node"; die "redis-server $conf failed"; } ;;
+    sentinel) "${in_ns[@]}" redis-sentinel "$conf" || { show_log_tail "$node"; die "redis-sentinel $conf failed"; } ;;
   esac
 }
 
@@ -457,8 +531,8 @@ cmd_start() {
   local node port
   for node in "${NODES[@]}"; do
     port=$(node_port "$node")
-    if port_in_use "$port"; then
-      die "port $port ($node) is already in use on 127.0.0.1; choose another --base-port"
+    if port_in_use "$(node_host "$node")" "$port"; then
+      die "port $port ($node) is already in use on $(node_host "$node"); choose another --base-port"
     fi
   done
 
@@ -474,6 +548,8 @@ cmd_start() {
     echo "down_after_ms=$DOWN_AFTER"
     echo "timing_override=$TIMING_OVERRIDE"
     echo "password=$PASSWORD"
+    echo "hosts=$HOSTS"
+    echo "netns=$NETNS"
   } >"$RUN_DIR/group.state"
   chmod 600 "$RUN_DIR/group.state"
 
@@ -515,7 +591,7 @@ cmd_start() {
   fi
 
   local sentinels
-  sentinels="127.0.0.1:$(node_port sentinel-0),127.0.0.1:$(node_port sentinel-1),127.0.0.1:$(node_port sentinel-2)"
+  sentinels="$(node_host sentinel-0):$(node_port sentinel-0),$(node_host sentinel-1):$(node_port sentinel-1),$(node_host sentinel-2):$(node_port sentinel-2)"
   {
     echo "# flashsale local Redis Sentinel group ($RUN_DIR) — dev only"
     echo "export FLASHSALE_REDIS_SENTINELS=$sentinels"
@@ -532,7 +608,7 @@ cmd_start() {
     echo "  settings: as shipped (${SHIPPED_REDIS_CONF#"$REPO_ROOT"/}, ${SHIPPED_SENTINEL#"$REPO_ROOT"/})"
   fi
   for node in "${NODES[@]}"; do
-    printf '  %-11s 127.0.0.1:%-5s pid %s\n' "$node" "$(node_port "$node")" "$(read_pid "$node")"
+    printf '  %-11s %s:%-5s pid %s\n' "$node" "$(node_host "$node")" "$(node_port "$node")" "$(read_pid "$node")"
   done
   echo "  FLASHSALE_REDIS_SENTINELS=$sentinels"
   echo "  environment (incl. password): . $RUN_DIR/env"

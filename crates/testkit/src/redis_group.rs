@@ -4,7 +4,9 @@
 //! [`RedisGroup::start`] picks free ports, makes a fresh temp dir and runs the
 //! very same script the demo uses (`redis-group.sh start --dir … --base-port …`),
 //! so tests and demo share one code path: 1 master (`redis-0`), 2 replicas and
-//! 3 Sentinels with quorum 2, all on 127.0.0.1.
+//! 3 Sentinels with quorum 2, all on 127.0.0.1 — or, with
+//! [`GroupOptions::hosts`], each node on its own host of a
+//! [`crate::netns::Net`], so that a test can cut the network between them.
 //!
 //! Settings: the script gives every node the settings `deploy/` ships
 //! (`deploy/redis/redis-shipped.conf`, `deploy/redis/sentinel-shipped.properties`;
@@ -58,6 +60,10 @@ pub struct GroupOptions {
     pub password: String,
     /// The name the Sentinels monitor the master under.
     pub master_name: String,
+    /// Where each node runs, in the order redis-0..2, sentinel-0..2: its
+    /// host of a [`crate::netns::Net`] (`redis-group.sh --hosts --netns`).
+    /// `None` (the default): all on 127.0.0.1 in this namespace.
+    pub hosts: Option<Vec<crate::netns::Host>>,
 }
 
 impl Default for GroupOptions {
@@ -66,6 +72,7 @@ impl Default for GroupOptions {
             down_after_override_ms: None,
             password: "test-pass".to_owned(),
             master_name: "mymaster".to_owned(),
+            hosts: None,
         }
     }
 }
@@ -150,7 +157,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 static RESERVED_BASES: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -298,6 +305,16 @@ impl RedisGroup {
             if let Some(ms) = opts.down_after_override_ms {
                 cmd.arg("--down-after").arg(ms.to_string());
             }
+            if let Some(hosts) = &opts.hosts {
+                assert_eq!(hosts.len(), 6, "redis_group: hosts needs 6 entries");
+                let join = |f: fn(&crate::netns::Host) -> &str| {
+                    hosts.iter().map(f).collect::<Vec<_>>().join(",")
+                };
+                cmd.arg("--hosts")
+                    .arg(join(|h| &h.ip))
+                    .arg("--netns")
+                    .arg(join(|h| &h.netns));
+            }
             let out = cmd
                 .env_remove("REDIS_GROUP_DOWN_AFTER_MS")
                 .arg("--master-name")
@@ -357,11 +374,35 @@ impl RedisGroup {
             .map(str::to_owned)
     }
 
-    /// `127.0.0.1:port` of the three Sentinels.
+    /// `host:port` of the three Sentinels.
     pub fn sentinel_addrs(&self) -> Vec<String> {
         (0..3)
-            .map(|i| format!("127.0.0.1:{}", self.sentinel_port(i)))
+            .map(|i| format!("{}:{}", self.host(Node::Sentinel(i)), self.sentinel_port(i)))
             .collect()
+    }
+
+    /// The address NODE binds and is known by.
+    pub fn host(&self, node: Node) -> &str {
+        match &self.opts.hosts {
+            Some(h) => &h[node.slot()].ip,
+            None => "127.0.0.1",
+        }
+    }
+
+    /// The network namespace NODE runs in (`None`: this one).
+    pub fn netns(&self, node: Node) -> Option<&str> {
+        self.opts
+            .hosts
+            .as_ref()
+            .map(|h| h[node.slot()].netns.as_str())
+    }
+
+    /// The address of the node listening on PORT.
+    pub fn host_of_port(&self, port: u16) -> &str {
+        Node::ALL
+            .into_iter()
+            .find(|&n| self.node_port(n) == port)
+            .map_or("127.0.0.1", |n| self.host(n))
     }
 
     /// The Sentinels, comma-joined, as `FLASHSALE_REDIS_SENTINELS` wants them.
@@ -396,7 +437,8 @@ impl RedisGroup {
         }
     }
 
-    fn conf_path(&self, node: Node) -> PathBuf {
+    /// NODE's config file (Sentinel rewrites its own).
+    pub fn conf_path(&self, node: Node) -> PathBuf {
         self.dir
             .join(node.dir_name())
             .join(format!("{}.conf", node.kind()))
@@ -510,7 +552,15 @@ impl RedisGroup {
             Node::Sentinel(_) => "redis-sentinel",
         };
         // daemonize yes: the command returns once the server forked.
-        let out = tokio::process::Command::new(bin)
+        let mut cmd = match self.netns(node) {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let out = cmd
             .arg(&conf)
             .stdin(std::process::Stdio::null())
             .output()
@@ -572,12 +622,13 @@ impl RedisGroup {
     }
 
     fn client_for(&self, node: Node, port: u16) -> Client {
+        let host = self.host_of_port(port);
         let url = match node {
             Node::Redis(_) => format!(
-                "redis://:{}@127.0.0.1:{port}/",
+                "redis://:{}@{host}:{port}/",
                 url_encode(&self.opts.password)
             ),
-            Node::Sentinel(_) => format!("redis://127.0.0.1:{port}/"),
+            Node::Sentinel(_) => format!("redis://{host}:{port}/"),
         };
         Client::open(url).expect("redis_group: invalid redis URL")
     }
@@ -606,7 +657,12 @@ impl RedisGroup {
         self.client_for(Node::Redis(0), port)
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
-            .unwrap_or_else(|e| panic!("redis_group: cannot connect to 127.0.0.1:{port}: {e}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis_group: cannot connect to {}:{port}: {e}",
+                    self.host_of_port(port)
+                )
+            })
     }
 
     /// Asks one Sentinel where the master is.

@@ -17,30 +17,31 @@ pub struct SwitchWatch {
 
 impl SwitchWatch {
     /// Subscribes on every Sentinel; returns once each one listens (a
-    /// Sentinel that cannot be reached is skipped).
+    /// Sentinel that cannot be reached is skipped for now). A subscription
+    /// that ends (its Sentinel was restarted) is made again, every 100 ms
+    /// until it succeeds.
     pub async fn start(group: &RedisGroup) -> SwitchWatch {
         let heard = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for addr in group.sentinel_addrs() {
-            let Ok(client) = redis::Client::open(format!("redis://{addr}")) else {
-                continue;
-            };
-            let Ok(mut ps) = client.get_async_pubsub().await else {
-                continue;
-            };
-            if ps.subscribe("+switch-master").await.is_err() {
-                continue;
-            }
+            let first = subscribe(&addr).await;
             let heard = heard.clone();
             tasks.push(tokio::spawn(async move {
-                let mut stream = ps.into_on_message();
-                while let Some(msg) = stream.next().await {
-                    let now = Instant::now();
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    let mut h = heard.lock().unwrap_or_else(|e| e.into_inner());
-                    if !h.iter().any(|(_, p)| *p == payload) {
-                        h.push((now, payload));
+                let mut ps = first;
+                loop {
+                    if let Some(p) = ps.take() {
+                        let mut stream = p.into_on_message();
+                        while let Some(msg) = stream.next().await {
+                            let now = Instant::now();
+                            let payload: String = msg.get_payload().unwrap_or_default();
+                            let mut h = heard.lock().unwrap_or_else(|e| e.into_inner());
+                            if !h.iter().any(|(_, p)| *p == payload) {
+                                h.push((now, payload));
+                            }
+                        }
                     }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    ps = subscribe(&addr).await;
                 }
             }));
         }
@@ -56,6 +57,17 @@ impl SwitchWatch {
     pub fn all(&self) -> Vec<(Instant, String)> {
         self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// A subscription to `+switch-master` on the Sentinel at `addr`.
+async fn subscribe(addr: &str) -> Option<redis::aio::PubSub> {
+    let client = redis::Client::open(format!("redis://{addr}")).ok()?;
+    let mut ps = tokio::time::timeout(std::time::Duration::from_secs(1), client.get_async_pubsub())
+        .await
+        .ok()?
+        .ok()?;
+    ps.subscribe("+switch-master").await.ok()?;
+    Some(ps)
 }
 
 impl Drop for SwitchWatch {
