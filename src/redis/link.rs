@@ -338,6 +338,32 @@ pub(super) fn replica_of(role: &redis::Value) -> Option<Addr> {
     Some(Addr::new(host, port))
 }
 
+/// For a master's `ROLE` reply: the replicas connected to it.
+pub(super) fn replicas_of_master(role: &redis::Value) -> Option<Vec<Addr>> {
+    let redis::Value::Array(items) = role else {
+        return None;
+    };
+    if items.first().and_then(text).as_deref() != Some("master") {
+        return None;
+    }
+    let Some(redis::Value::Array(replicas)) = items.get(2) else {
+        return Some(Vec::new());
+    };
+    Some(
+        replicas
+            .iter()
+            .filter_map(|r| {
+                let redis::Value::Array(f) = r else {
+                    return None;
+                };
+                let host = f.first().and_then(text)?;
+                let port = f.get(1).and_then(text)?.parse().ok()?;
+                Some(Addr::new(host, port))
+            })
+            .collect(),
+    )
+}
+
 /// ROLE's first element, and for a replica the state of its link
 /// (`connected`, `sync`, `connecting`, …).
 pub(super) async fn role_reply(
@@ -360,6 +386,35 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_master_lists_its_connected_replicas() {
+        let master = Value::Array(vec![
+            bulk("master"),
+            Value::Int(3129659),
+            Value::Array(vec![
+                Value::Array(vec![bulk("10.0.0.2"), bulk("9001"), bulk("3129242")]),
+                Value::Array(vec![bulk("10.0.0.3"), bulk("9002"), bulk("3129543")]),
+            ]),
+        ]);
+        assert_eq!(
+            replicas_of_master(&master),
+            Some(vec![
+                Addr::new("10.0.0.2", 9001),
+                Addr::new("10.0.0.3", 9002)
+            ])
+        );
+        let lone = Value::Array(vec![bulk("master"), Value::Int(0), Value::Array(vec![])]);
+        assert_eq!(replicas_of_master(&lone), Some(Vec::new()));
+        let replica = Value::Array(vec![
+            bulk("slave"),
+            bulk("10.0.0.1"),
+            Value::Int(9000),
+            bulk("connected"),
+            Value::Int(1),
+        ]);
+        assert_eq!(replicas_of_master(&replica), None);
     }
 
     #[test]

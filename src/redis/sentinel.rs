@@ -27,9 +27,11 @@
 //! `ROLE`. The old master is asked, and failing that the shard's known
 //! replicas; a node that reports being a replica of another address names
 //! a candidate, and the candidate's link is installed only after `ROLE`
-//! there says `master`, as always. The acknowledgement count stays what the
-//! last Sentinel view set (it is never lowered without the Sentinels), and
-//! once a Sentinel answers again it is trusted again.
+//! there says `master`, as always. The acknowledgement count is then the
+//! Sentinels' rule applied to what this process knows: the replicas
+//! counted before, less the new master, with the old master counted only
+//! once the new master lists it as a replica (at least one); nothing else
+//! changes it until a Sentinel answers again, and then it is trusted again.
 //!
 //! Why one file of this size: it is one task — the subscriptions, the
 //! polling pass and the loop that ties them — and a pass reads top to
@@ -45,7 +47,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::mpsc;
 
-use super::link::replica_of;
+use super::link::{replica_of, replicas_of_master};
 use super::view::{Event, View, fields, parse_event, readable_replicas, required_replicas};
 use super::{Addr, DbError, Inner, ROLE_CHECK_TIMEOUT, Shard, connect, url_host_port};
 use crate::config::{RedisTarget, ReplicaAcks, Secret};
@@ -221,14 +223,48 @@ async fn follow_roles(inner: &Inner, shard: &Shard, old: &Addr) -> Option<(Addr,
     })
 }
 
+/// The acknowledgement count after following a switch by `ROLE` from
+/// `old` to `new`, by the Sentinels' own rule as far as this process can
+/// apply it without them: the replicas counted before, less the one that
+/// is now the master (it cannot acknowledge its own writes), and the
+/// former master only once it replicates from the new one (`ROLE` of the
+/// new master lists it). At least one, as always. Without this the count
+/// would wait for the old master, which the Sentinels turn into a replica
+/// only some 10 s after a switch, and every purchase of that time would
+/// end in a shortfall.
+async fn required_after_following(inner: &Inner, shard: &Shard, old: &Addr, new: &Addr) -> usize {
+    let before = shard.required_acks();
+    let listed = async {
+        let mut c = connect(
+            &new.host,
+            new.port,
+            inner.password(),
+            ROLE_CHECK_TIMEOUT,
+            Some(ROLE_CHECK_TIMEOUT),
+        )
+        .await?;
+        redis::cmd("ROLE").query_async::<Value>(&mut c).await
+    };
+    let old_attached = match tokio::time::timeout(ROLE_CHECK_TIMEOUT, listed).await {
+        Ok(Ok(role)) => replicas_of_master(&role).is_some_and(|r| r.contains(old)),
+        // Unknown: keep the count as it was.
+        _ => return before,
+    };
+    if old_attached {
+        before
+    } else {
+        before.saturating_sub(1).max(1)
+    }
+}
+
 /// One pass: resolve the master (verifying ROLE), swap the link if needed,
 /// refresh replicas and the number of acknowledgements required.
 ///
 /// When no Sentinel answers (and no announcement came), a stale link is
 /// followed by `ROLE` instead ([`follow_roles`]): a switch made by hand, or
 /// one the frozen Sentinels did not live to announce, is followed to a node
-/// that says `master`. The acknowledgement count stays what the last
-/// Sentinel view made it, and the replica set is left as it is.
+/// that says `master`. The acknowledgement count follows
+/// [`required_after_following`]; the replica set is left as it is.
 async fn refresh(
     inner: &Inner,
     shard: &Shard,
@@ -329,6 +365,10 @@ async fn refresh(
                 let changed = current.as_ref().is_some_and(|l| l.addr != link.addr);
                 if let Some((old, asked)) = &followed {
                     tracing::info!(%old, new = %addr, "no Sentinel answers; following ROLE of {asked} to {addr}");
+                    if inner.settings.replica_acks == ReplicaAcks::All {
+                        shard
+                            .set_required(required_after_following(inner, shard, old, &addr).await);
+                    }
                 }
                 tracing::info!(%from, to = %addr, epoch = link.epoch, "master link installed");
                 if changed {
