@@ -127,6 +127,7 @@ use flashsale_loadtest::bench::cpu_seconds;
 use flashsale_loadtest::redis_group::{GroupOptions, Node, RedisGroup};
 use flashsale_testkit::metrics::counter_sum;
 use flashsale_testkit::metrics::metric_value;
+use flashsale_testkit::netns::Net;
 use flashsale_testkit::orders::{
     ledger_promises, order_statuses, reached_confirmed, unconfirmed_after,
 };
@@ -178,6 +179,27 @@ enum Scenario {
     ClusterKillReplica,
     /// Every cluster scenario above, in turn.
     ClusterAll,
+    /// Partition: the master and serve-0 on one side, the Sentinels, the
+    /// replicas and serve-1 on the other; healed after 15 s.
+    PartitionMasterMinority,
+    /// serve-0 cut off from the three Sentinels (it still reaches every
+    /// Redis node), a planned switch while it is; healed after 15 s.
+    PartitionAppFromSentinels,
+    /// One replica cut off from every other process for 15 s, then healed.
+    PartitionReplica,
+    /// The replica that is promoted is behind the other: its link rate
+    /// limited (tc tbf), the other made unpromotable (replica-priority 0);
+    /// kill -9 of the master; the other resyncs in full from it.
+    LaggingPromotion,
+    /// Every Sentinel restarted in turn (kill -9, started again), a planned
+    /// switch, then one Sentinel restarted from its config of before it.
+    SentinelsRestarted,
+    /// BGREWRITEAOF, then BGSAVE, on the master mid-sale.
+    ForkDuringSale,
+    /// maxmemory reached on the master (noeviction) for 5 s, then freed.
+    MasterFull,
+    /// Every harder fault above, in turn.
+    HarderAll,
 }
 
 const ALL: [Scenario; 8] = [
@@ -197,6 +219,40 @@ const CLUSTER_ALL: [Scenario; 5] = [
     Scenario::ClusterPlanned,
     Scenario::ClusterReshard,
     Scenario::ClusterKillReplica,
+];
+
+const HARDER_ALL: [Scenario; 7] = [
+    Scenario::PartitionMasterMinority,
+    Scenario::PartitionAppFromSentinels,
+    Scenario::PartitionReplica,
+    Scenario::LaggingPromotion,
+    Scenario::SentinelsRestarted,
+    Scenario::ForkDuringSale,
+    Scenario::MasterFull,
+];
+
+/// New shoppers per second from a harder fault on: the rest of the stock
+/// (about two thirds, 1 000 units) then sells over about 17 s, so that
+/// purchases go on through the fault and after its end.
+const HARDER_PACE: u64 = 60;
+/// How long a partition lasts before it is healed.
+const PARTITION: Duration = Duration::from_secs(15);
+/// How long `master-full` keeps the master full.
+const FULL_FOR: Duration = Duration::from_secs(5);
+/// `lagging-promotion`: the rate limit on the promoted replica's link.
+const LAG_RATE: &str = "1mbit";
+/// The hosts of a run that cuts the network: one per data node and
+/// Sentinel (the group's order), one per server. The harness, the
+/// workers and the ledger stay in this namespace (never cut off).
+const NET_HOSTS: [&str; 8] = [
+    "redis-0",
+    "redis-1",
+    "redis-2",
+    "sentinel-0",
+    "sentinel-1",
+    "sentinel-2",
+    "serve-0",
+    "serve-1",
 ];
 
 /// How long `cluster-stop-primary` keeps the primary frozen: longer than
@@ -219,6 +275,32 @@ impl Scenario {
                 | Scenario::ClusterStopPrimary
                 | Scenario::ClusterPlanned
                 | Scenario::ClusterReshard
+                | Scenario::PartitionMasterMinority
+                | Scenario::PartitionAppFromSentinels
+                | Scenario::LaggingPromotion
+                | Scenario::SentinelsRestarted
+        )
+    }
+
+    /// Whether its processes run on hosts of their own that can be cut
+    /// apart (network namespaces on a bridge, the test kit's `Net`).
+    fn networked(self) -> bool {
+        matches!(
+            self,
+            Scenario::PartitionMasterMinority
+                | Scenario::PartitionAppFromSentinels
+                | Scenario::PartitionReplica
+                | Scenario::LaggingPromotion
+        )
+    }
+
+    /// Whether shoppers may be answered 503 although the switch (if any)
+    /// completed within the hold: the service cannot sell safely for a
+    /// while (serve-0 with an isolated master; a full master).
+    fn may_answer_503(self) -> bool {
+        matches!(
+            self,
+            Scenario::PartitionMasterMinority | Scenario::MasterFull
         )
     }
 
@@ -245,7 +327,11 @@ impl Scenario {
     fn redis_untouched(self) -> bool {
         matches!(
             self,
-            Scenario::KillWorkerServer | Scenario::LedgerOutage | Scenario::WorkerKilledAfterCommit
+            Scenario::KillWorkerServer
+                | Scenario::LedgerOutage
+                | Scenario::WorkerKilledAfterCommit
+                | Scenario::PartitionReplica
+                | Scenario::ForkDuringSale
         )
     }
 }
@@ -351,11 +437,19 @@ enum Data {
 }
 
 impl Data {
-    async fn start(cluster: bool) -> Data {
+    /// `net`: the group's nodes each on their host of it (the first six
+    /// of [`NET_HOSTS`]).
+    async fn start(cluster: bool, net: Option<&Net>) -> Data {
         if cluster {
             Data::Cluster(RedisCluster::start(ClusterOptions::default()).await)
         } else {
-            Data::Group(RedisGroup::start(GroupOptions::default()).await)
+            Data::Group(
+                RedisGroup::start(GroupOptions {
+                    hosts: net.map(|n| n.hosts()[..6].to_vec()),
+                    ..GroupOptions::default()
+                })
+                .await,
+            )
         }
     }
 
@@ -502,6 +596,9 @@ struct Rig {
     /// the watchdog (a restarted worker is added).
     pid_file: PathBuf,
     watchdog: std::process::Child,
+    /// The hosts of a run that cuts the network (dropped last: the
+    /// processes in them are gone by then).
+    net: Option<Net>,
 }
 
 impl Drop for Rig {
@@ -532,10 +629,12 @@ impl Rig {
         bin_dir: &Path,
         logs: &Path,
         cluster: bool,
+        networked: bool,
         ledger: bool,
         fault: Option<&str>,
     ) -> Rig {
-        let data = Data::start(cluster).await;
+        let net = networked.then(|| Net::create(&NET_HOSTS));
+        let data = Data::start(cluster, net.as_ref()).await;
         std::fs::create_dir_all(logs).expect("log dir");
         let pg = if ledger {
             Some(Postgres::init().await)
@@ -546,19 +645,30 @@ impl Rig {
         for i in 0..2 {
             let port = free_port();
             let log = std::fs::File::create(logs.join(format!("serve-{i}.log"))).expect("log");
-            let mut c = Command::new(bin_dir.join("flashsale"));
+            let name = format!("serve-{i}");
+            // In a run that cuts the network, each server on its own host.
+            let (mut c, ip) = match &net {
+                Some(n) => (
+                    n.command(&name, bin_dir.join("flashsale")),
+                    n.host(&name).ip.clone(),
+                ),
+                None => (
+                    Command::new(bin_dir.join("flashsale")),
+                    "127.0.0.1".to_owned(),
+                ),
+            };
             service_env(&mut c, &data);
             c.arg("serve")
-                .env("FLASHSALE_LISTEN", format!("127.0.0.1:{port}"))
+                .env("FLASHSALE_LISTEN", format!("{ip}:{port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log));
             let child = c.spawn().expect("spawn flashsale serve");
-            let base = format!("http://127.0.0.1:{port}");
+            let base = format!("http://{ip}:{port}");
             servers.push((
                 base.clone(),
                 Proc {
                     child,
-                    name: format!("serve-{i}"),
+                    name,
                     metrics_url: format!("{base}/metrics"),
                     restarted: false,
                 },
@@ -568,10 +678,13 @@ impl Rig {
         // If the harness itself is killed, Drop never runs: a watchdog stops
         // what this run started, by PID, once the harness is gone.
         let watchdog = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in $(cat '{pids}' 2>/dev/null); do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; {stop}",
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; for p in $(cat '{pids}' 2>/dev/null); do grep -qs flashsale /proc/$p/cmdline && kill -9 $p; done; {stop}; {net}",
             me = std::process::id(),
             pids = pid_file.display(),
             stop = data.watchdog_stop(),
+            net = net
+                .as_ref()
+                .map_or_else(|| "true".to_owned(), Net::teardown_script),
         );
         let watchdog = std::process::Command::new("sh")
             .arg("-c")
@@ -590,6 +703,7 @@ impl Rig {
             logs: logs.to_owned(),
             pid_file,
             watchdog,
+            net,
         };
         for (_, p) in &rig.servers {
             rig.note_pid(p);
@@ -710,6 +824,12 @@ struct Observed {
     failed_shoppers: u64,
     /// Every 202 answered, when, with its order id.
     answered_202: Vec<(Instant, String)>,
+    /// The `error` code of each 503 answer, counted.
+    codes_503: BTreeMap<String, u64>,
+    /// 503 answers without a `Retry-After` header.
+    n503_without_retry_after: u64,
+    /// Each 503: when it was sent and answered, and by which server.
+    answered_503: Vec<(Instant, Instant, usize)>,
 }
 
 /// One sale of a run and what its shoppers saw: the sale the fault is
@@ -818,9 +938,11 @@ async fn shopper(shared: Arc<Shared>, sale: usize, i: usize) {
             .json(&json!({"qty": 1}))
             .send()
             .await;
+        let mut retry_after = false;
         let (status, body) = match r {
             Ok(r) => {
                 let s = r.status().as_u16();
+                retry_after = r.headers().contains_key("retry-after");
                 (s, r.json::<Value>().await.unwrap_or(Value::Null))
             }
             Err(_) => (0, Value::Null),
@@ -834,6 +956,12 @@ async fn shopper(shared: Arc<Shared>, sale: usize, i: usize) {
                 503 | 0 => {
                     if status == 503 {
                         o.n503 += 1;
+                        let code = body["error"].as_str().unwrap_or("-").to_owned();
+                        *o.codes_503.entry(code).or_default() += 1;
+                        if !retry_after {
+                            o.n503_without_retry_after += 1;
+                        }
+                        o.answered_503.push((sent, done, server));
                     } else {
                         o.transport_errors += 1;
                     }
@@ -865,10 +993,10 @@ async fn shopper(shared: Arc<Shared>, sale: usize, i: usize) {
             }
         }
         if status == 0 || status >= 500 {
-            if status == 0 {
-                // The server may be gone: use the other one from now on.
-                server = (server + 1) % shared.servers.len();
-            }
+            // The page script's retry goes through the balancer: to the
+            // other server (after a dropped connection the server may be
+            // gone; after a 503 it may be the one that cannot sell).
+            server = (server + 1) % shared.servers.len();
             attempt += 1;
             if attempt <= 12 {
                 let backoff = 50u64 * (1 << attempt.min(5));
@@ -898,6 +1026,24 @@ struct Fault {
     /// The cluster faults: when the sale's shard could take acknowledged
     /// writes again (its primary owns the slot and has a replica in sync).
     ready: Option<Instant>,
+    /// `partition-master-minority`: what the cut-off master took.
+    split: Option<Split>,
+    /// `master-full`: when the master was full, and when freed again.
+    full: Option<(Instant, Instant)>,
+}
+
+/// What the master on the minority side of a partition accepted while it
+/// was cut off: the sale's stream entries added on it from the cut to just
+/// before the heal (read on it directly; the harness is never cut off).
+struct Split {
+    /// Orders it took (their ids). Those its replicas got before the cut
+    /// survive the heal; the others are lost, and none of them may have
+    /// been promised.
+    ids: Vec<String>,
+    /// Of `ids`, those the final master does not have (after the drain).
+    lost: Vec<String>,
+    /// Its `ROLE` just before the heal.
+    role: String,
 }
 
 /// Injects the scenario's fault. Failures of the fault's own checks go to
@@ -913,6 +1059,9 @@ async fn inject(
 ) -> Result<Fault, String> {
     if scenario.cluster() {
         return inject_cluster(scenario, rig.data.cluster()?, shared).await;
+    }
+    if HARDER_ALL.contains(&scenario) {
+        return inject_harder(scenario, rig, shared).await;
     }
     let Data::Group(g) = &mut rig.data else {
         return Err("the Sentinel scenarios need a Sentinel group".into());
@@ -950,6 +1099,310 @@ async fn inject(
         _ => unreachable!("not a Sentinel fault: {scenario:?}"),
     }
     Ok(Fault::default())
+}
+
+/// The last entry id of the sale's stream on the node at `port` ("0-0"
+/// when it has none).
+async fn last_stream_id(g: &RedisGroup, port: u16) -> String {
+    let mut c = g.client(port).await;
+    let last: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+        .arg(Keys::new(PREFIX).stream(SKU))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    last.into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+}
+
+/// `INFO <section>` of the data node at `port` (`None` when it does not
+/// answer within 2 s).
+async fn info_text(g: &RedisGroup, port: u16, section: &str) -> Option<String> {
+    let url = format!(
+        "redis://:{}@{}:{port}/",
+        flashsale_testkit::redis_group::url_encode(g.password()),
+        g.host_of_port(port)
+    );
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut c = redis::Client::open(url)
+        .ok()?
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .ok()?;
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .ok()
+}
+
+/// `field` of `INFO <section>` on the data node at `port`.
+async fn info_field(g: &RedisGroup, port: u16, section: &str, field: &str) -> Option<String> {
+    let info = info_text(g, port, section).await?;
+    info.lines()
+        .find_map(|l| l.trim_end().strip_prefix(field)?.strip_prefix(':'))
+        .map(str::to_owned)
+}
+
+/// The harder faults (Sentinel group; the partitions on hosts of their
+/// own, see [`NET_HOSTS`]). M is the master when the fault starts.
+/// - partition-master-minority: M and serve-0 cut off from everything else
+///   for [`PARTITION`]; what M took meanwhile is read on it before the
+///   heal ([`Split`]);
+/// - partition-app-from-sentinels: serve-0 cut off from the Sentinels,
+///   `SENTINEL FAILOVER` 1 s later, healed [`PARTITION`] after the cut;
+/// - partition-replica: one replica cut off from everything for
+///   [`PARTITION`];
+/// - lagging-promotion: `replica-priority 0` on replica L (the Sentinels
+///   may not promote it), replica P's link limited to [`LAG_RATE`] (P falls
+///   behind L: every purchase waits for P's acknowledgement, so nothing
+///   promised is missing on P, but L holds more); 3 s later kill -9 of M:
+///   P is promoted, the limit goes, and L, ahead of P, syncs in full;
+/// - sentinels-restarted: each Sentinel in turn killed and started again
+///   (1 s down, 2 s apart), then sentinel-2's config copied, a planned
+///   switch, and sentinel-2 killed and started from the copy (a config of
+///   before the switch);
+/// - fork-during-sale: BGREWRITEAOF, then BGSAVE once it is done;
+/// - master-full: maxmemory set below M's used memory for [`FULL_FOR`],
+///   then 0 again (the group's own: the shipped settings set none).
+async fn inject_harder(
+    scenario: Scenario,
+    rig: &mut Rig,
+    shared: &Shared,
+) -> Result<Fault, String> {
+    let Data::Group(g) = &mut rig.data else {
+        return Err("the harder faults need a Sentinel group".into());
+    };
+    let m = g.master_index().await;
+    let mport = g.redis_port(m);
+    let t0 = Instant::now();
+    let since = |t: Instant| t.saturating_duration_since(t0).as_millis();
+    let node = |n: Node| match n {
+        Node::Redis(i) => format!("redis-{i}"),
+        Node::Sentinel(i) => format!("sentinel-{i}"),
+    };
+    let sentinels = ["sentinel-0", "sentinel-1", "sentinel-2"];
+    shared.main().pace.store(HARDER_PACE, Ordering::SeqCst);
+    let mut fault = Fault::default();
+    match scenario {
+        Scenario::PartitionMasterMinority => {
+            let net = rig.net.as_ref().ok_or("no hosts to cut apart")?;
+            let last = last_stream_id(g, mport).await;
+            let master = node(Node::Redis(m));
+            let minority = [master.as_str(), "serve-0"];
+            let majority: Vec<&str> = NET_HOSTS
+                .iter()
+                .copied()
+                .filter(|h| !minority.contains(h))
+                .collect();
+            net.cut(&minority, &majority);
+            tokio::time::sleep(PARTITION).await;
+            let mut c = g.client(mport).await;
+            let taken: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+                .arg(Keys::new(PREFIX).stream(SKU))
+                .arg(format!("({last}"))
+                .arg("+")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| format!("XRANGE on the cut-off master: {e}"))?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            let role = match role.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                _ => "unknown".to_owned(),
+            };
+            net.heal();
+            fault.split = Some(Split {
+                ids: taken
+                    .into_iter()
+                    .filter_map(|(_, f)| f.get("order_id").cloned())
+                    .collect(),
+                lost: Vec::new(),
+                role,
+            });
+            fault.text = format!(
+                "cut={master}+serve-0 healed_after_ms={}",
+                since(Instant::now())
+            );
+        }
+        Scenario::PartitionAppFromSentinels => {
+            let net = rig.net.as_ref().ok_or("no hosts to cut apart")?;
+            net.cut(&["serve-0"], &sentinels);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            g.sentinel_failover().await;
+            tokio::time::sleep_until((t0 + PARTITION).into()).await;
+            net.heal();
+            fault.text = format!(
+                "cut=serve-0/sentinels healed_after_ms={}",
+                since(Instant::now())
+            );
+        }
+        Scenario::PartitionReplica => {
+            let net = rig.net.as_ref().ok_or("no hosts to cut apart")?;
+            let r = node(Node::Redis((m + 1) % 3));
+            let rest: Vec<&str> = NET_HOSTS.iter().copied().filter(|h| *h != r).collect();
+            net.cut(&[r.as_str()], &rest);
+            tokio::time::sleep(PARTITION).await;
+            net.heal();
+            fault.text = format!("cut={r} healed_after_ms={}", since(Instant::now()));
+        }
+        Scenario::LaggingPromotion => {
+            let net = rig.net.as_ref().ok_or("no hosts to cut apart")?;
+            let (p, l) = ((m + 1) % 3, (m + 2) % 3);
+            let (pn, ln) = (node(Node::Redis(p)), node(Node::Redis(l)));
+            // L may not be promoted: the Sentinels must choose P, behind it.
+            let mut lc = g.client(g.redis_port(l)).await;
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("replica-priority")
+                .arg(0)
+                .query_async::<()>(&mut lc)
+                .await
+                .map_err(|e| format!("CONFIG SET replica-priority 0 on {ln}: {e}"))?;
+            net.limit_rate(&pn, LAG_RATE);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            // How far P is behind L, as M sees their acknowledged offsets.
+            let repl = info_text(g, mport, "replication").await.unwrap_or_default();
+            let acked = |port: u16| {
+                repl.lines()
+                    .filter(|l| l.starts_with("slave") && l.contains(&format!("port={port},")))
+                    .find_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")))
+                    .and_then(|o| o.trim().parse::<i64>().ok())
+            };
+            let behind = match (acked(g.redis_port(l)), acked(g.redis_port(p))) {
+                (Some(a), Some(b)) => (a - b).to_string(),
+                _ => "unknown".to_owned(),
+            };
+            g.kill9(Node::Redis(m));
+            let new = g.wait_master_change(mport, Duration::from_secs(30)).await;
+            let promoted = if new == g.redis_port(p) {
+                pn.clone()
+            } else {
+                format!("port {new}")
+            };
+            net.unlimit(&pn);
+            // L had what P had not: it must sync in full from P.
+            let switched = Instant::now();
+            let mut synced = None;
+            while switched.elapsed() < Duration::from_secs(60) {
+                let up = info_field(g, g.redis_port(l), "replication", "master_link_status").await;
+                let of = info_field(g, g.redis_port(l), "replication", "master_port").await;
+                if up.as_deref() == Some("up") && of == Some(new.to_string()) {
+                    synced = Some(switched.elapsed().as_millis());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let full = info_field(g, new, "stats", "sync_full")
+                .await
+                .unwrap_or_default();
+            fault.text = format!(
+                "lagging={pn}@{LAG_RATE} ahead={ln}(replica-priority 0) ahead_by_bytes={behind} promoted={promoted} synced_after_switch_ms={} full_syncs_on_new_master={full}",
+                synced.map_or_else(|| "none".to_owned(), |ms| ms.to_string())
+            );
+        }
+        Scenario::SentinelsRestarted => {
+            for i in 0..3 {
+                g.kill9(Node::Sentinel(i));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                g.restart(Node::Sentinel(i)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            let conf = g.conf_path(Node::Sentinel(2));
+            let stale = std::fs::read(&conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+            g.sentinel_failover().await;
+            g.wait_master_change(mport, Duration::from_secs(30)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            g.kill9(Node::Sentinel(2));
+            std::fs::write(&conf, stale).map_err(|e| format!("{}: {e}", conf.display()))?;
+            g.restart(Node::Sentinel(2)).await;
+            fault.text = format!(
+                "restarted=sentinel-0,1,2 then sentinel-2 from its config of before the switch, at {} ms",
+                since(Instant::now())
+            );
+        }
+        Scenario::ForkDuringSale => {
+            let mut c = g.client(mport).await;
+            let _: String = redis::cmd("BGREWRITEAOF")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| format!("BGREWRITEAOF: {e}"))?;
+            let g: &RedisGroup = g;
+            let idle = |f: &'static str| async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    if info_field(g, mport, "persistence", f).await.as_deref() == Some("0") {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                false
+            };
+            let aof = idle("aof_rewrite_in_progress").await;
+            let aof_fork = info_field(g, mport, "stats", "latest_fork_usec").await;
+            let aof_ms = since(Instant::now());
+            let _: String = redis::cmd("BGSAVE")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| format!("BGSAVE: {e}"))?;
+            let rdb = idle("rdb_bgsave_in_progress").await;
+            let rdb_fork = info_field(g, mport, "stats", "latest_fork_usec").await;
+            if !aof || !rdb {
+                return Err("a background rewrite or save did not end within 30 s".into());
+            }
+            fault.text = format!(
+                "bgrewriteaof_done_ms={aof_ms} fork_us={} bgsave_done_ms={} fork_us={}",
+                aof_fork.unwrap_or_default(),
+                since(Instant::now()),
+                rdb_fork.unwrap_or_default()
+            );
+        }
+        Scenario::MasterFull => {
+            let mut c = g.client(mport).await;
+            let used: u64 = info_field(g, mport, "memory", "used_memory")
+                .await
+                .and_then(|v| v.parse().ok())
+                .ok_or("no used_memory")?;
+            let cap = used.saturating_sub(512 * 1024).max(1024 * 1024);
+            let set = |v: u64| {
+                let mut c = c.clone();
+                async move {
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("maxmemory")
+                        .arg(v)
+                        .query_async::<()>(&mut c)
+                        .await
+                }
+            };
+            set(cap)
+                .await
+                .map_err(|e| format!("CONFIG SET maxmemory: {e}"))?;
+            let from = Instant::now();
+            tokio::time::sleep(FULL_FOR).await;
+            set(0)
+                .await
+                .map_err(|e| format!("CONFIG SET maxmemory 0: {e}"))?;
+            let to = Instant::now();
+            let _ = &mut c;
+            fault.full = Some((from, to));
+            fault.text = format!(
+                "maxmemory={cap} (used {used}) for {} ms",
+                FULL_FOR.as_millis()
+            );
+        }
+        _ => unreachable!("not a harder fault: {scenario:?}"),
+    }
+    Ok(fault)
 }
 
 /// The cluster faults, aimed at the shard of the sale's slot (its primary
@@ -1092,6 +1545,7 @@ async fn inject_cluster(
         text: format!("slot={slot} {text}"),
         ledger_back: None,
         ready,
+        ..Fault::default()
     })
 }
 
@@ -1226,6 +1680,7 @@ async fn ledger_outage(
         ),
         ledger_back: Some(back),
         ready: None,
+        ..Fault::default()
     })
 }
 
@@ -1771,6 +2226,202 @@ async fn side_sales(
     }
 }
 
+/// When each server's link first moved to another master (by index).
+type Noticed = Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
+
+/// Polls each server's `flashsale_master_switches_total` every 100 ms
+/// from `from` (for 120 s at most): when it first moved, per server.
+fn watch_switches(
+    http: &reqwest::Client,
+    servers: &[(String, Proc)],
+    from: Instant,
+) -> (Noticed, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(std::sync::Mutex::new(vec![None; servers.len()]));
+    let urls: Vec<String> = servers.iter().map(|(_, p)| p.metrics_url.clone()).collect();
+    let http = http.clone();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let read = |url: String| {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .get(url)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .ok()?;
+                counter_sum(&r.text().await.ok()?, "flashsale_master_switches_total")
+            }
+        };
+        let mut base = Vec::new();
+        for u in &urls {
+            base.push(read(u.clone()).await.unwrap_or(0.0));
+        }
+        while from.elapsed() < Duration::from_secs(120) {
+            for (i, u) in urls.iter().enumerate() {
+                if out.lock().expect("lock")[i].is_some() {
+                    continue;
+                }
+                if read(u.clone()).await.is_some_and(|v| v > base[i]) {
+                    out.lock().expect("lock")[i] = Some(Instant::now());
+                }
+            }
+            if out.lock().expect("lock").iter().all(Option::is_some) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// The harder faults' part of a run's line, and their own checks:
+/// - every fault: the longest time without a 202 from the fault on, when
+///   each server's link moved (`noticed_ms`), the 503s by error code
+///   (every one must be `unavailable`);
+/// - partition-master-minority (split-brain accounting): the orders the
+///   cut-off master took, how many of them were promised (must be 0), the
+///   promised orders lost (must be 0), and its role before the heal;
+/// - master-full: some server counted the full master
+///   (`flashsale_redis_full_total`) and logged it (`maxmemory`), and a 202
+///   came after it was freed (unless the sale sold out before).
+#[allow(clippy::too_many_arguments)]
+fn harder_accounting(
+    rig: &Rig,
+    fault: &Fault,
+    o: &Observed,
+    main: &Drained,
+    fault_at: Instant,
+    sold_out: Option<Instant>,
+    noticed: &std::sync::Mutex<Vec<Option<Instant>>>,
+    server_metrics: &[String],
+    violations: &mut Vec<String>,
+    reasons: &mut Vec<String>,
+) -> String {
+    let mut text = format!(
+        " longest_without_202_ms={}",
+        longest_without_202(o, fault_at, sold_out)
+    );
+    let noticed: Vec<String> = rig
+        .servers
+        .iter()
+        .zip(noticed.lock().expect("lock").iter())
+        .map(|((_, p), t)| {
+            format!(
+                "{}:{}",
+                p.name,
+                t.map_or_else(
+                    || "never".to_owned(),
+                    |t| t
+                        .saturating_duration_since(fault_at)
+                        .as_millis()
+                        .to_string()
+                )
+            )
+        })
+        .collect();
+    text.push_str(&format!(" noticed_ms={}", noticed.join(",")));
+    text.push_str(&format!(" codes_503={:?}", o.codes_503));
+    // When the 503s were answered (ms after the fault; a request sent
+    // before the fault counts from the fault too), per server.
+    for (k, (_, p)) in rig.servers.iter().enumerate() {
+        let at: Vec<i128> = o
+            .answered_503
+            .iter()
+            .filter(|(_, _, s)| *s == k)
+            .map(|(_, done, _)| {
+                if *done >= fault_at {
+                    done.duration_since(fault_at).as_millis() as i128
+                } else {
+                    -(fault_at.duration_since(*done).as_millis() as i128)
+                }
+            })
+            .collect();
+        if let (Some(lo), Some(hi)) = (at.iter().min(), at.iter().max()) {
+            text.push_str(&format!(" {}_503s={}@{lo}..{hi}ms", p.name, at.len()));
+        }
+    }
+    let odd: u64 = o
+        .codes_503
+        .iter()
+        .filter(|(c, _)| *c != "unavailable")
+        .map(|(_, n)| n)
+        .sum();
+    if odd > 0 {
+        reasons.push(format!(
+            "{odd} answers were 503 with another code than `unavailable`"
+        ));
+    }
+    let lost = main.statuses.iter().filter(|s| s.is_none()).count()
+        + main.promised.len().saturating_sub(main.statuses.len());
+    if let Some(split) = &fault.split {
+        let promised: HashSet<&String> = main.promised.iter().collect();
+        let isolated_promised = split.lost.iter().filter(|id| promised.contains(id)).count();
+        text.push_str(&format!(
+            " split_brain=(taken_by_cut_off_master={} of_them_replicated_before_the_cut={} lost={} promised_of_the_lost={isolated_promised} promised_lost={lost} cut_off_master_role_before_heal={})",
+            split.ids.len(),
+            split.ids.len() - split.lost.len(),
+            split.lost.len(),
+            split.role
+        ));
+        if isolated_promised > 0 {
+            violations.push(format!(
+                "{isolated_promised} orders the cut-off master took, and the heal lost, were promised"
+            ));
+        }
+        if lost > 0 {
+            violations.push(format!("{lost} promised orders lost"));
+        }
+    }
+    if let Some((_, freed)) = fault.full {
+        let counted: f64 = server_metrics
+            .iter()
+            .filter_map(|t| counter_sum(t, "flashsale_redis_full_total"))
+            .sum();
+        let logged = rig.servers.iter().any(|(_, p)| {
+            std::fs::read_to_string(rig.logs.join(format!("{}.log", p.name)))
+                .is_ok_and(|l| l.contains("maxmemory"))
+        });
+        let after = o.answered_202.iter().filter(|(t, _)| *t > freed).count();
+        text.push_str(&format!(
+            " full_counted={counted} full_logged={logged} answered_202_after_freed={after}"
+        ));
+        if counted <= 0.0 {
+            reasons.push("no server counted the full master (flashsale_redis_full_total)".into());
+        }
+        if !logged {
+            reasons.push("no server logged the full master (maxmemory)".into());
+        }
+        if after == 0 && sold_out.is_none_or(|t| t > freed) {
+            reasons.push("no 202 after the master's memory was freed".into());
+        }
+    }
+    text
+}
+
+/// The longest time without a 202 on the sale from `from` until it sold
+/// out (or its last 202), in ms.
+fn longest_without_202(o: &Observed, from: Instant, sold_out: Option<Instant>) -> u128 {
+    let mut times: Vec<Instant> = o
+        .answered_202
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| *t >= from)
+        .collect();
+    times.sort_unstable();
+    let end = sold_out.or_else(|| times.last().copied()).unwrap_or(from);
+    let mut prev = from;
+    let mut most = Duration::ZERO;
+    for t in times.into_iter().chain(std::iter::once(end)) {
+        if t > end {
+            break;
+        }
+        most = most.max(t.saturating_duration_since(prev));
+        prev = t;
+    }
+    most.as_millis()
+}
+
 async fn one_run(
     args: &Args,
     scenario: Scenario,
@@ -1784,6 +2435,7 @@ async fn one_run(
         bin_dir,
         logs,
         scenario.cluster(),
+        scenario.networked(),
         !args.no_ledger,
         fault_hook.as_deref(),
     )
@@ -1904,7 +2556,9 @@ async fn one_run(
             )
         })
     };
-    let fault = match inject(
+    // When each server's link first moved to another master.
+    let noticed = watch_switches(&shared.http, &rig.servers, fault_at);
+    let mut fault = match inject(
         scenario,
         &mut rig,
         &shared,
@@ -2039,6 +2693,50 @@ async fn one_run(
         .map_or_else(|| "ledger=off".to_owned(), |l| l.text.clone());
     let o = shared.main().observed.lock().await;
     let mut fault_text = fault.text.clone();
+    if let Some(split) = &mut fault.split {
+        match rig.data.order_statuses(SKU, &split.ids).await {
+            Ok(st) => {
+                split.lost = split
+                    .ids
+                    .iter()
+                    .zip(st)
+                    .filter(|(_, s)| s.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            }
+            Err(e) => reasons.push(format!("the split-brain orders could not be read: {e}")),
+        }
+    }
+    if HARDER_ALL.contains(&scenario) {
+        let mut server_metrics = Vec::new();
+        for (_, p) in &rig.servers {
+            if let Ok(r) = shared.http.get(&p.metrics_url).send().await
+                && let Ok(t) = r.text().await
+            {
+                server_metrics.push(t);
+            }
+        }
+        let harder = harder_accounting(
+            &rig,
+            &fault,
+            &o,
+            main,
+            fault_at,
+            *shared.main().first_sold_out.lock().expect("lock"),
+            &noticed.0,
+            &server_metrics,
+            &mut violations,
+            &mut reasons,
+        );
+        fault_text.push_str(&harder);
+    }
+    noticed.1.abort();
+    if o.n503_without_retry_after > 0 {
+        reasons.push(format!(
+            "{} answers were 503 without Retry-After",
+            o.n503_without_retry_after
+        ));
+    }
     if let Some(back) = fault.ledger_back {
         // The sale goes on once the ledger is back (unless it sold out before).
         let after = o.answered_202.iter().filter(|(t, _)| *t > back).count();
@@ -2092,7 +2790,8 @@ async fn one_run(
     let no503_bound = if scenario.cluster() {
         within(ready_ms) || scenario == Scenario::ClusterReshard
     } else {
-        (scenario.switches() && within(switch_ms)) || scenario.redis_untouched()
+        ((scenario.switches() && within(switch_ms)) || scenario.redis_untouched())
+            && !scenario.may_answer_503()
     };
     if no503_bound && o.n503 > 0 {
         reasons.push(format!(
@@ -2279,6 +2978,7 @@ fn main() -> ExitCode {
         let expanded = match s {
             Scenario::All => ALL.to_vec(),
             Scenario::ClusterAll => CLUSTER_ALL.to_vec(),
+            Scenario::HarderAll => HARDER_ALL.to_vec(),
             s => vec![*s],
         };
         for s in expanded {
