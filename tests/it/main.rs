@@ -17,6 +17,7 @@ mod ledger;
 mod lifecycle;
 mod openapi;
 mod operator;
+mod partition;
 mod payment;
 mod prices;
 mod proxies;

@@ -21,7 +21,7 @@ use flashsale::web::Application;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::redis_group::{GroupOptions, RedisGroup};
+use super::redis_group::{GroupOptions, Node, RedisGroup};
 pub use flashsale_testkit::metrics::metric_value;
 pub use flashsale_testkit::orders::unconfirmed_after;
 use flashsale_testkit::procs::redis_env;
@@ -138,7 +138,12 @@ pub fn redis_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Re
     redis_settings_for(
         RedisTarget::Sentinels {
             addrs: (0..3)
-                .map(|i| ("127.0.0.1".to_owned(), group.sentinel_port(i)))
+                .map(|i| {
+                    (
+                        group.host(Node::Sentinel(i)).to_owned(),
+                        group.sentinel_port(i),
+                    )
+                })
                 .collect(),
             master_name: group.master_name().to_owned(),
             sentinel_password: None,
