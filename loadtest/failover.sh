@@ -2,7 +2,11 @@
 # failover.sh — the failover matrix: every Sentinel scenario (`all`, the
 # default) or the ones named (`cluster-all`: the five Redis Cluster
 # scenarios, cluster-kill-primary, cluster-stop-primary, cluster-planned,
-# cluster-reshard, cluster-kill-replica), N runs each (default 20), release
+# cluster-reshard, cluster-kill-replica; `harder-all`: the seven harder
+# faults, partition-master-minority, partition-app-from-sentinels,
+# partition-replica, lagging-promotion, sentinels-restarted,
+# fork-during-sale, master-full — the partitions need root, iproute2 and
+# nftables, installed here), N runs each (default 20), release
 # build, on the Redis and Sentinel (or Redis Cluster) settings deploy/ ships
 # (the harness names any timing override in every line and the hold of each
 # mode in its header). One summary line per run, then the matrix per
@@ -34,7 +38,7 @@ while (($#)); do
 done
 ((${#scenarios[@]})) || scenarios=(--scenario all)
 # PostgreSQL's server binaries for the ledger (off PATH, found by the kit).
-scripts/setup.sh postgresql
+scripts/setup.sh postgresql netns
 cargo build --release --locked --workspace --bins
 out=loadtest/results/failover-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"

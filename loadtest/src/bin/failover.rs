@@ -100,6 +100,42 @@
 //!   shopper left without an answer, and 202s answered while the sale's
 //!   shard was out (unless that lasted less than 2 s or they sold out).
 //!
+//! **Harder faults** (`partition-master-minority`,
+//! `partition-app-from-sentinels`, `partition-replica`, `lagging-promotion`,
+//! `sentinels-restarted`, `fork-during-sale`, `master-full`; `harder-all`
+//! runs the seven). On the shipped Sentinel group. The partition scenarios
+//! and `lagging-promotion` give every data node, Sentinel and server a host
+//! of its own (the test kit's `Net`: a network namespace each, veth pairs
+//! into one bridge; a cut drops every packet between two groups of hosts,
+//! both ways, in an nftables bridge table; a rate limit is tc's `tbf` on a
+//! host's bridge port); the harness, the workers and the ledger stay in this
+//! namespace and are never cut off. From the fault on, new shoppers arrive
+//! at 60/s, so the last two thirds of the stock sell through the fault and
+//! after it. The faults (`inject_harder`): the master and serve-0 cut off
+//! from everything else for 15 s; serve-0 cut off from the Sentinels and a
+//! planned switch 1 s later, healed at 15 s; one replica cut off for 15 s;
+//! `replica-priority 0` on one replica and the other's link limited to
+//! 1 mbit/s, then kill -9 of the master (the slower one is promoted, the
+//! other syncs from it); each Sentinel killed and started again, a planned
+//! switch, then one Sentinel started from its config of before the switch;
+//! `BGREWRITEAOF` then `BGSAVE` on the master; `maxmemory` below the
+//! master's used memory for 5 s. Besides the checks above (a 503 within the
+//! hold fails the run, except in `partition-master-minority` and
+//! `master-full`, where the service cannot sell safely on one side or at
+//! all), every run of them reports and checks:
+//! - the longest time without a 202 from the fault on, when each server's
+//!   link moved (`noticed_ms`, from its `flashsale_master_switches_total`),
+//!   and the 503s by error code and by server, with when they were
+//!   answered; every 503 must be `unavailable` and carry `Retry-After`;
+//! - the split-brain accounting (`partition-master-minority`): the orders
+//!   the cut-off master took (its stream, read on it just before the heal),
+//!   how many of them its replicas had before the cut (they survive), how
+//!   many the heal lost, how many of those were promised (must be 0), the
+//!   promised orders lost (must be 0), and its role before the heal;
+//! - `master-full`: a server counted the full master
+//!   (`flashsale_redis_full_total`) and logged it, and 202s came after it
+//!   was freed (unless the sale sold out before).
+//!
 //! One summary line per run, ending in `result=ok` or `result=FAIL: <reasons>`,
 //! and a matrix per scenario at the end.
 //!
@@ -110,6 +146,8 @@
 //!     --scenario kill-master --runs 5 --no-ledger
 //! cargo run --release -p flashsale-loadtest --bin failover -- \
 //!     --scenario cluster-all --runs 2
+//! cargo run --release -p flashsale-loadtest --bin failover -- \
+//!     --scenario harder-all --runs 2
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
