@@ -2,10 +2,10 @@
 # failover.sh — the failover matrix: every Sentinel scenario (`all`, the
 # default) or the ones named (`cluster-all`: the five Redis Cluster
 # scenarios, cluster-kill-primary, cluster-stop-primary, cluster-planned,
-# cluster-reshard, cluster-kill-replica; `harder-all`: the seven harder
+# cluster-reshard, cluster-kill-replica; `harder-all`: the eight harder
 # faults, partition-master-minority, partition-app-from-sentinels,
 # partition-replica, lagging-promotion, sentinels-restarted,
-# fork-during-sale, master-full — the partitions need root, iproute2 and
+# fork-during-sale, master-full, restart-master-fast — the partitions need root, iproute2 and
 # nftables, installed here), N runs each (default 20), release
 # build, on the Redis and Sentinel (or Redis Cluster) settings deploy/ ships
 # (the harness names any timing override in every line and the hold of each

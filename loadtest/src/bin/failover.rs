@@ -102,8 +102,8 @@
 //!
 //! **Harder faults** (`partition-master-minority`,
 //! `partition-app-from-sentinels`, `partition-replica`, `lagging-promotion`,
-//! `sentinels-restarted`, `fork-during-sale`, `master-full`; `harder-all`
-//! runs the seven). On the shipped Sentinel group. The partition scenarios
+//! `sentinels-restarted`, `fork-during-sale`, `master-full`,
+//! `restart-master-fast`; `harder-all` runs the eight). On the shipped Sentinel group. The partition scenarios
 //! and `lagging-promotion` give every data node, Sentinel and server a host
 //! of its own (the test kit's `Net`: a network namespace each, veth pairs
 //! into one bridge; a cut drops every packet between two groups of hosts,
@@ -115,11 +115,14 @@
 //! from everything else for 15 s; serve-0 cut off from the Sentinels and a
 //! planned switch 1 s later, healed at 15 s; one replica cut off for 15 s;
 //! `replica-priority 0` on one replica and the other's link limited to
-//! 1 mbit/s, then kill -9 of the master (the slower one is promoted, the
-//! other syncs from it); each Sentinel killed and started again, a planned
+//! 1 mbit/s and cut for the last second, then kill -9 of the master (the
+//! one behind is promoted, the other must sync in full from it); each Sentinel killed and started again, a planned
 //! switch, then one Sentinel started from its config of before the switch;
 //! `BGREWRITEAOF` then `BGSAVE` on the master; `maxmemory` below the
-//! master's used memory for 5 s. Besides the checks above (a 503 within the
+//! master's used memory for 5 s; kill -9 of the master and a restart 2 s
+//! later, before the Sentinels' down-after (`restart-master-fast`, as the
+//! shipped systemd unit restarts it: a 503 fails the run when the master
+//! had a replica again within the hold). Besides the checks above (a 503 within the
 //! hold fails the run, except in `partition-master-minority` and
 //! `master-full`, where the service cannot sell safely on one side or at
 //! all), every run of them reports and checks:
@@ -236,6 +239,9 @@ enum Scenario {
     ForkDuringSale,
     /// maxmemory reached on the master (noeviction) for 5 s, then freed.
     MasterFull,
+    /// kill -9 of the master, started again 2 s later (as the shipped
+    /// systemd unit does: RestartSec=2s), before the Sentinels' down-after.
+    RestartMasterFast,
     /// Every harder fault above, in turn.
     HarderAll,
 }
@@ -259,7 +265,7 @@ const CLUSTER_ALL: [Scenario; 5] = [
     Scenario::ClusterKillReplica,
 ];
 
-const HARDER_ALL: [Scenario; 7] = [
+const HARDER_ALL: [Scenario; 8] = [
     Scenario::PartitionMasterMinority,
     Scenario::PartitionAppFromSentinels,
     Scenario::PartitionReplica,
@@ -267,6 +273,7 @@ const HARDER_ALL: [Scenario; 7] = [
     Scenario::SentinelsRestarted,
     Scenario::ForkDuringSale,
     Scenario::MasterFull,
+    Scenario::RestartMasterFast,
 ];
 
 /// New shoppers per second from a harder fault on: the rest of the stock
@@ -371,6 +378,12 @@ impl Scenario {
                 | Scenario::PartitionReplica
                 | Scenario::ForkDuringSale
         )
+    }
+
+    /// Whether the master's process is lost and comes back without a
+    /// switch (a 503 is then allowed only past the hold from the fault).
+    fn master_back(self) -> bool {
+        self == Scenario::RestartMasterFast
     }
 }
 
@@ -1200,8 +1213,9 @@ async fn info_field(g: &RedisGroup, port: u16, section: &str, field: &str) -> Op
 /// - lagging-promotion: `replica-priority 0` on replica L (the Sentinels
 ///   may not promote it), replica P's link limited to [`LAG_RATE`] (P falls
 ///   behind L: every purchase waits for P's acknowledgement, so nothing
-///   promised is missing on P, but L holds more); 3 s later kill -9 of M:
-///   P is promoted, the limit goes, and L, ahead of P, syncs in full;
+///   promised is missing on P, but L holds more), P cut off from M for the
+///   last 1 s, then kill -9 of M: P is promoted, the limit goes, and L,
+///   ahead of P, must sync in full (the run fails if it did not);
 /// - sentinels-restarted: each Sentinel in turn killed and started again
 ///   (1 s down, 2 s apart), then sentinel-2's config copied, a planned
 ///   switch, and sentinel-2 killed and started from the copy (a config of
@@ -1320,7 +1334,14 @@ async fn inject_harder(
                 (Some(a), Some(b)) => (a - b).to_string(),
                 _ => "unknown".to_owned(),
             };
+            // The last second before the kill, P gets nothing at all: what
+            // L takes then, P never has (and no purchase of that second is
+            // promised: each waits for P too).
+            let mn = node(Node::Redis(m));
+            net.cut(&[pn.as_str()], &[mn.as_str()]);
+            tokio::time::sleep(Duration::from_secs(1)).await;
             g.kill9(Node::Redis(m));
+            net.heal();
             let new = g.wait_master_change(mport, Duration::from_secs(30)).await;
             let promoted = if new == g.redis_port(p) {
                 pn.clone()
@@ -1344,9 +1365,14 @@ async fn inject_harder(
                 .await
                 .unwrap_or_default();
             fault.text = format!(
-                "lagging={pn}@{LAG_RATE} ahead={ln}(replica-priority 0) ahead_by_bytes={behind} promoted={promoted} synced_after_switch_ms={} full_syncs_on_new_master={full}",
+                "lagging={pn}@{LAG_RATE}(cut from the master the last 1 s) ahead={ln}(replica-priority 0) ahead_by_bytes={behind} promoted={promoted} synced_after_switch_ms={} full_syncs_on_new_master={full}",
                 synced.map_or_else(|| "none".to_owned(), |ms| ms.to_string())
             );
+            if full.parse::<u64>().unwrap_or(0) == 0 {
+                return Err(format!(
+                    "{ln} did not sync in full from {pn}: the promoted replica was not behind"
+                ));
+            }
         }
         Scenario::SentinelsRestarted => {
             for i in 0..3 {
@@ -1436,6 +1462,34 @@ async fn inject_harder(
             fault.text = format!(
                 "maxmemory={cap} (used {used}) for {} ms",
                 FULL_FOR.as_millis()
+            );
+        }
+        Scenario::RestartMasterFast => {
+            g.kill9(Node::Redis(m));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            g.restart(Node::Redis(m)).await;
+            let back = Instant::now();
+            // Purchases can go on once a replica is attached again.
+            let mut ready = None;
+            while back.elapsed() < Duration::from_secs(30) {
+                let n = info_field(g, mport, "replication", "connected_slaves").await;
+                if n.and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n >= 1)
+                {
+                    ready = Some(Instant::now());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let role = info_field(g, mport, "replication", "role").await;
+            let full = info_field(g, mport, "stats", "sync_full").await;
+            fault.ready = ready;
+            fault.text = format!(
+                "restarted_after_ms=2000 answering_after_ms={} replica_attached_after_ms={} role_after={} full_syncs={}",
+                since(back),
+                ready.map_or_else(|| "none".to_owned(), |t| since(t).to_string()),
+                role.unwrap_or_default(),
+                full.unwrap_or_default()
             );
         }
         _ => unreachable!("not a harder fault: {scenario:?}"),
@@ -2828,7 +2882,9 @@ async fn one_run(
     let no503_bound = if scenario.cluster() {
         within(ready_ms) || scenario == Scenario::ClusterReshard
     } else {
-        ((scenario.switches() && within(switch_ms)) || scenario.redis_untouched())
+        ((scenario.switches() && within(switch_ms))
+            || scenario.redis_untouched()
+            || (scenario.master_back() && within(ready_ms)))
             && !scenario.may_answer_503()
     };
     if no503_bound && o.n503 > 0 {
@@ -2844,12 +2900,20 @@ async fn one_run(
                     ready_ms.unwrap_or(0),
                     hold.as_millis()
                 )
-            } else if scenario.switches() {
+            } else if scenario.switches() && within(switch_ms) {
                 format!(
                     "the switch completed {} ms after the fault, within the {} ms hold",
                     switch_ms.unwrap_or(0),
                     hold.as_millis()
                 )
+            } else if scenario.master_back() {
+                format!(
+                    "the master was back with a replica {} ms after the fault, within the {} ms hold",
+                    ready_ms.unwrap_or(0),
+                    hold.as_millis()
+                )
+            } else if scenario == Scenario::PartitionReplica {
+                "only a replica was cut off".to_owned()
             } else {
                 "no data node failed".to_owned()
             }
