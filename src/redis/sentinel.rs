@@ -170,9 +170,9 @@ impl Sentinels {
     }
 }
 
-/// The master `addr` follows, by its own `ROLE` (`None`: it does not
-/// answer in time, or is not a replica).
-async fn master_of(inner: &Inner, addr: &Addr) -> Option<Addr> {
+/// `ROLE` of the node at `addr` (`None`: no answer within the role-check
+/// timeout, or the process's own timeout if shorter).
+async fn role_of(inner: &Inner, addr: &Addr) -> Option<Value> {
     let ask = async {
         let mut c = connect(
             &addr.host,
@@ -186,7 +186,7 @@ async fn master_of(inner: &Inner, addr: &Addr) -> Option<Addr> {
     };
     let limit = inner.settings.timeout.min(ROLE_CHECK_TIMEOUT);
     match tokio::time::timeout(limit, ask).await {
-        Ok(Ok(role)) => replica_of(&role),
+        Ok(Ok(role)) => Some(role),
         Ok(Err(e)) => {
             tracing::debug!(node = %addr, error = %e, "ROLE not answered");
             None
@@ -196,6 +196,12 @@ async fn master_of(inner: &Inner, addr: &Addr) -> Option<Addr> {
             None
         }
     }
+}
+
+/// The master `addr` follows, by its own `ROLE` (`None`: it does not
+/// answer in time, or is not a replica).
+async fn master_of(inner: &Inner, addr: &Addr) -> Option<Addr> {
+    replica_of(&role_of(inner, addr).await?)
 }
 
 /// With no Sentinel answering and the link to `old` stale: where the
@@ -234,21 +240,10 @@ async fn follow_roles(inner: &Inner, shard: &Shard, old: &Addr) -> Option<(Addr,
 /// end in a shortfall.
 async fn required_after_following(inner: &Inner, shard: &Shard, old: &Addr, new: &Addr) -> usize {
     let before = shard.required_acks();
-    let listed = async {
-        let mut c = connect(
-            &new.host,
-            new.port,
-            inner.password(),
-            ROLE_CHECK_TIMEOUT,
-            Some(ROLE_CHECK_TIMEOUT),
-        )
-        .await?;
-        redis::cmd("ROLE").query_async::<Value>(&mut c).await
-    };
-    let old_attached = match tokio::time::timeout(ROLE_CHECK_TIMEOUT, listed).await {
-        Ok(Ok(role)) => replicas_of_master(&role).is_some_and(|r| r.contains(old)),
+    let old_attached = match role_of(inner, new).await {
+        Some(role) => replicas_of_master(&role).is_some_and(|r| r.contains(old)),
         // Unknown: keep the count as it was.
-        _ => return before,
+        None => return before,
     };
     if old_attached {
         before
