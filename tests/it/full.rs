@@ -56,24 +56,9 @@ async fn holdings(conn: &mut MultiplexedConnection, keys: &Keys, sku: &str) -> (
         .query_async(conn)
         .await
         .expect("stock_left");
-    let mut orders = 0;
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.order(sku, "*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .expect("scan");
-        orders += found.len();
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let orders = flashsale_testkit::orders::order_records(conn, keys, sku)
+        .await
+        .expect("scan");
     let entries: i64 = redis::cmd("XLEN")
         .arg(keys.stream(sku))
         .query_async(conn)

@@ -160,6 +160,33 @@ pub async fn ledger_promises(
     ))
 }
 
+/// How many order records of `sku` the node behind `conn` holds (a `SCAN`
+/// of the sale's order keys; every node of one shard keeps them in one
+/// slot).
+pub async fn order_records(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &flashsale::redis::Keys,
+    sku: &str,
+) -> Result<usize, redis::RedisError> {
+    let mut records = 0;
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys.order(sku, "*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        records += found.len();
+        if next == 0 {
+            return Ok(records);
+        }
+        cursor = next;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

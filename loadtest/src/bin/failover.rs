@@ -2237,24 +2237,9 @@ async fn audit_sale(
         ));
     }
     // Orders on record: one per sold unit, each once.
-    let mut order_keys = 0i64;
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.order(sku, "*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await
-            .expect("scan");
-        order_keys += found.len() as i64;
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let order_keys = flashsale_testkit::orders::order_records(&mut redis, &keys, sku)
+        .await
+        .expect("scan") as i64;
     if order_keys != orders || orders != sold {
         violations.push(format!(
             "{of}records {order_keys}, orders {orders}, sold {sold} disagree"
