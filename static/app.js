@@ -726,6 +726,11 @@
       $("cancel-keep").addEventListener("click", function () { dialog.close("keep"); });
       $("cancel-yes").addEventListener("click", function () { dialog.close("cancel"); });
       dialog.addEventListener("close", function () {
+        // The event is queued: a quick Escape then Enter opens the question
+        // again before the first close is told. That stale event must not
+        // take the new question's order (its "Cancel the order" would then
+        // do nothing).
+        if (dialog.open) { return; }
         var a = asking;
         asking = null;
         if (!a) { return; }
