@@ -5,7 +5,8 @@
 //! the response and in the access line; refusals and 404s are logged with
 //! their id; admin changes are logged with sku, action and outcome; every
 //! line parses as JSON; and no secret, token or raw shopper id is in any of
-//! it. A bad `FLASHSALE_LOG_FORMAT` is a configuration error.
+//! it. Behind the shipped nginx the id is nginx's. A bad
+//! `FLASHSALE_LOG_FORMAT` is a configuration error.
 
 use std::net::IpAddr;
 use std::process::Stdio;
@@ -19,6 +20,7 @@ use tokio::process::{Child, Command};
 use crate::support::app::{
     AppOptions, TestApp, assert_config_error, shared_group, unique, worker_command,
 };
+use crate::support::nginx::Nginx;
 use flashsale_testkit::procs::redis_env;
 
 const JWT_SECRET: &str = "logs-JWT-secret-never-logged-81c3";
@@ -494,4 +496,37 @@ async fn a_bad_log_format_is_a_configuration_error() {
         "FLASHSALE_LOG_FORMAT",
     )
     .await;
+}
+
+/// Behind the shipped nginx, the app answers (and logs under) nginx's own
+/// `$request_id`, not the one the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_id_is_nginxs() {
+    let app = TestApp::spawn(shared_group(), AppOptions::default()).await;
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&[("FLASHSALE_UPSTREAMS", &upstream)]);
+    assert!(
+        nginx
+            .site()
+            .contains("proxy_set_header X-Request-Id $request_id;"),
+        "the site passes nginx's id"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = app
+            .http
+            .get(nginx.url("/api/products"))
+            .header("x-request-id", "client-chosen")
+            .send()
+            .await
+            .expect("get through nginx");
+        assert_eq!(r.status(), 200);
+        let id = rid(&r);
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "nginx's $request_id: {id:?}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "one id per request");
 }
