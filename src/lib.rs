@@ -9,13 +9,16 @@
 //! - [`web`]: the axum router, handlers, pages, auth and metrics, and the
 //!   web error with its mapping of every error to HTTP.
 //! - [`worker`]: the order-stream consumer behind `flashsale-worker`.
-//! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`logs`]: the log format and subscriber, the shopper pseudonym of
+//!   access lines.
+//! - [`telemetry`]: logging set-up and the Prometheus recorder.
 //! - [`cli`]: what the binaries share — failure reporting, exit codes, the
 //!   shutdown signal.
 
 pub mod cli;
 pub mod config;
 pub mod ledger;
+pub mod logs;
 pub mod redis;
 pub mod sale;
 pub mod telemetry;

@@ -4,19 +4,11 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`), and
-/// `FLASHSALE_LOG_FORMAT=json` switches to JSON lines.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("FLASHSALE_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+/// Structured logs to stderr in `format` (`FLASHSALE_LOG_FORMAT`, checked
+/// by the caller's settings); `RUST_LOG` filters (default `info`). See
+/// [`crate::logs`].
+pub fn init_tracing(format: crate::logs::LogFormat) {
+    crate::logs::init(format);
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

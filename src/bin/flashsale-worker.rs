@@ -36,6 +36,7 @@ struct Cli {
 
 async fn main_inner() -> Result<ExitCode, Failure> {
     let settings = Cli::parse().args.settings()?;
+    flashsale::telemetry::init_tracing(settings.log_format);
     let handle = flashsale::telemetry::metrics_handle();
     if let Some(addr) = settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -110,6 +111,5 @@ async fn main_inner() -> Result<ExitCode, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    flashsale::telemetry::init_tracing();
     exit("flashsale-worker", main_inner().await)
 }

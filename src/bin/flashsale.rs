@@ -9,6 +9,7 @@ use flashsale::cli::{EX_INCONSISTENT, Failure, exit, shutdown_signal};
 use flashsale::config::{RedisArgs, ServeArgs, secret};
 use flashsale::ledger::reconcile::LedgerCheck;
 use flashsale::ledger::{Ledger, LedgerArgs, LedgerOrder, LedgerSettings};
+use flashsale::logs::LogFormat;
 use flashsale::redis::Redis;
 use flashsale::redis::functions::SaleUpdate;
 use flashsale::sale::purge::{self, compare_with_ledger};
@@ -344,7 +345,9 @@ async fn connect(args: &RedisArgs) -> Result<Redis, Failure> {
 }
 
 async fn serve(args: &ServeArgs) -> Result<ExitCode, Failure> {
-    let app = Application::build(args.settings()?).await?;
+    let settings = args.settings()?;
+    flashsale::telemetry::init_tracing(settings.log_format);
+    let app = Application::build(settings).await?;
     app.run_until(async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
@@ -571,31 +574,60 @@ async fn sale_command(a: SaleArgs) -> Result<ExitCode, Failure> {
             if let Some(ledger) = ledger {
                 ledger.close().await;
             }
-            let purged = purged.map_err(|e| match e {
-                purge::PurgeError::Ledger(e) => ledger_failed(at.unwrap_or_default(), e),
-                e => Failure::from(format!("{sku}: {e}")),
-            })?;
+            let purged = logged(
+                &sku,
+                "purge",
+                purged.map_err(|e| match e {
+                    purge::PurgeError::Ledger(e) => ledger_failed(at.unwrap_or_default(), e),
+                    e => Failure::from(format!("{sku}: {e}")),
+                }),
+            )?;
             println!("{}", serde_json::to_string(&purged).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
         SaleAction::Update(u) => {
             let (sku, change) = sale_update(u)?;
-            let sale = shop
-                .catalog
-                .update(&sku, &change)
-                .await
-                .map_err(|e| refused(&sku, e))?;
+            let sale = logged(
+                &sku,
+                "update",
+                shop.catalog
+                    .update(&sku, &change)
+                    .await
+                    .map_err(|e| refused(&sku, e).into()),
+            )?;
             print(&sale);
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let sale = shop
-        .catalog
-        .change(&sku, change)
-        .await
-        .map_err(|e| refused(&sku, e))?;
+    let action = match change {
+        Lifecycle::Pause => "pause",
+        Lifecycle::Resume => "resume",
+        Lifecycle::End => "end",
+    };
+    let sale = logged(
+        &sku,
+        action,
+        shop.catalog
+            .change(&sku, change)
+            .await
+            .map_err(|e| refused(&sku, e).into()),
+    )?;
     print(&sale);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs a change `flashsale sale` made or was refused, at info on target
+/// `flashsale::admin` as the admin API logs its own (`via` = `cli`).
+fn logged<T>(sku: &str, action: &'static str, result: Result<T, Failure>) -> Result<T, Failure> {
+    match &result {
+        Ok(_) => {
+            tracing::info!(target: "flashsale::admin", sku, action, outcome = "ok", via = "cli", "admin action")
+        }
+        Err(e) => {
+            tracing::info!(target: "flashsale::admin", sku, action, outcome = "refused", error = %e, via = "cli", "admin action")
+        }
+    }
+    result
 }
 
 /// `flashsale orders export`: the sale's rows streamed from the ledger
@@ -829,8 +861,16 @@ async fn ledger_command(a: LedgerCommandArgs) -> Result<ExitCode, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    flashsale::telemetry::init_tracing();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `serve` sets up logging from its settings; the operator's tools
+    // from the variable alone (they have no flag for it).
+    if !matches!(command, Command::Serve(_)) {
+        match LogFormat::from_env() {
+            Ok(format) => flashsale::telemetry::init_tracing(format),
+            Err(e) => return exit("flashsale", Err(e.into())),
+        }
+    }
+    let result = match command {
         Command::Serve(args) => serve(&args).await,
         Command::Token(t) => token(t),
         Command::Render(r) => render(r).await,

@@ -3,7 +3,7 @@
 //! JWKS file; optional `iss`/`aud` checks), the browser origins allowed to
 //! call `/api`, the admin secret, rate limits, the proxies whose forwarded
 //! client addresses are believed, connection and concurrency caps, page
-//! assets.
+//! assets, the log format and the access log.
 //!
 //! A key file is loaded once here, so a missing or unusable one is a
 //! configuration error that names its variable; the key file paths are not
@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{ConfigError, RedisArgs, RedisSettings, Secret, invalid, secret};
+use crate::logs::LogFormat;
 use crate::web::proxies::TrustedProxies;
 
 /// Settings of `flashsale serve`.
@@ -113,6 +114,14 @@ pub struct ServeArgs {
     /// Mark the shopper cookie `Secure` (turn off only for plain-http development).
     #[arg(long, env = "FLASHSALE_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cookie_secure: bool,
+    /// Log lines as `text` or `json` (one JSON object per line).
+    #[arg(long, env = "FLASHSALE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// One access line per request (method, route, status, duration,
+    /// client, request id, shopper pseudonym), at info on target
+    /// `flashsale::access`.
+    #[arg(long, env = "FLASHSALE_ACCESS_LOG", default_value_t = false, action = clap::ArgAction::Set)]
+    pub access_log: bool,
 }
 
 /// Where the keys that verify shopper tokens come from.
@@ -185,6 +194,10 @@ pub struct ServeSettings {
     pub ended_listed: Duration,
     pub dev_login: bool,
     pub cookie_secure: bool,
+    /// How log lines are written (the binary sets up logging with it).
+    pub log_format: LogFormat,
+    /// Whether every request is logged at its end.
+    pub access_log: bool,
 }
 
 impl ServeArgs {
@@ -284,6 +297,9 @@ impl ServeArgs {
             ended_listed: Duration::from_secs(self.ended_listed_s),
             dev_login: self.dev_login,
             cookie_secure: self.cookie_secure,
+            log_format: LogFormat::parse(&self.log_format)
+                .map_err(|e| invalid(crate::logs::VAR, e))?,
+            access_log: self.access_log,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! unpaid orders and rediscovers, when it purges ended sales from Redis,
 //! the order ledger it records orders in (the ledger's own
 //! flags, shared with `flashsale ledger`), where it serves metrics and how
-//! long it may take to stop. Out-of-range values are refused (one line
+//! long it may take to stop, and its log format. Out-of-range values are refused (one line
 //! naming the variable), never clamped.
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use clap::Args;
 
 use super::{ConfigError, RedisArgs, RedisSettings, invalid, ms};
 use crate::ledger::{LedgerArgs, LedgerSettings};
+use crate::logs::LogFormat;
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -91,6 +92,9 @@ pub struct WorkerArgs {
         default_value_t = 15
     )]
     pub shutdown_timeout_s: u64,
+    /// Log lines as `text` or `json` (one JSON object per line).
+    #[arg(long, env = "FLASHSALE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
 }
 
 /// How a worker works, without the Redis settings.
@@ -131,6 +135,8 @@ pub struct WorkerSettings {
     pub ledger: Option<LedgerSettings>,
     pub metrics_addr: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
+    /// How log lines are written (the binary sets up logging with it).
+    pub log_format: LogFormat,
 }
 
 /// host-pid-random: unique per process, readable in XINFO CONSUMERS.
@@ -180,7 +186,10 @@ impl WorkerArgs {
                 "must be between 1 and 3600",
             ));
         }
+        let log_format =
+            LogFormat::parse(&self.log_format).map_err(|e| invalid(crate::logs::VAR, e))?;
         Ok(WorkerSettings {
+            log_format,
             redis,
             tuning: WorkerTuning {
                 consumer,

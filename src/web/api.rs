@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::{Admin, PaymentProvider, Shopper};
 use super::error::responses::{Unauthorized, Unavailable, UnknownSku};
 use super::error::{ApiError, Problem};
+use super::middleware::Caller;
 use crate::sale::money::valid_image_url;
 use crate::sale::{
     self, Currency, MAX_QTY, Sale, catalog::NewSale, now_ms, parse_rfc3339, rfc3339,
@@ -537,16 +538,49 @@ fn validate_sale(body: &[u8]) -> Result<NewSale, ApiError> {
 pub async fn create_sale(
     State(app): State<AppState>,
     _admin: Admin,
+    caller: Caller,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let new = validate_sale(&body?)?;
-    let sale = app.shop.catalog.create(&new).await?;
-    app.pages.invalidate();
-    let now = now_ms();
-    let mut v = serde_json::to_value(ProductJson::new(&sale, now, false))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    v["per_user_limit"] = json!(sale.per_user_limit);
-    Ok(no_store((StatusCode::CREATED, Json(v)).into_response()))
+    let new = match body.map_err(ApiError::from).and_then(|b| validate_sale(&b)) {
+        Ok(new) => new,
+        Err(e) => return logged(&caller, None, "create", Err(e)),
+    };
+    let result = async {
+        let sale = app.shop.catalog.create(&new).await?;
+        app.pages.invalidate();
+        let now = now_ms();
+        let mut v = serde_json::to_value(ProductJson::new(&sale, now, false))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        v["per_user_limit"] = json!(sale.per_user_limit);
+        Ok(no_store((StatusCode::CREATED, Json(v)).into_response()))
+    }
+    .await;
+    logged(&caller, Some(&new.sku), "create", result)
+}
+
+/// Logs an admin change at info (target `flashsale::admin`): the sku (when
+/// the request named one), the action, the outcome (`ok` or the error
+/// code), the client and the request id; never the admin token.
+fn logged(
+    caller: &Caller,
+    sku: Option<&str>,
+    action: &'static str,
+    result: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    tracing::info!(
+        target: "flashsale::admin",
+        sku,
+        action,
+        outcome,
+        client = caller.client.map(tracing::field::display),
+        request_id = caller.request_id(),
+        "admin action"
+    );
+    result
 }
 
 /// A sale's counters and consistency.
@@ -736,27 +770,43 @@ fn validate_patch(body: &[u8]) -> Result<crate::redis::functions::SaleUpdate, Ap
 pub async fn update_sale(
     State(app): State<AppState>,
     _admin: Admin,
+    caller: Caller,
     PathParam(sku): PathParam,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let change = validate_patch(&body?)?;
-    let sale = app.shop.catalog.update(&sku, &change).await?;
-    app.pages.invalidate();
-    Ok(no_store(
-        Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
-    ))
+    let result = async {
+        let change = validate_patch(&body?)?;
+        let sale = app.shop.catalog.update(&sku, &change).await?;
+        app.pages.invalidate();
+        Ok(no_store(
+            Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
+        ))
+    }
+    .await;
+    logged(&caller, Some(&sku), "update", result)
 }
 
 async fn change_sale(
     app: &AppState,
+    caller: &Caller,
     sku: &str,
     change: crate::redis::functions::Lifecycle,
 ) -> Result<Response, ApiError> {
-    let sale = app.shop.catalog.change(sku, change).await?;
-    app.pages.invalidate();
-    Ok(no_store(
-        Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
-    ))
+    use crate::redis::functions::Lifecycle;
+    let action = match change {
+        Lifecycle::Pause => "pause",
+        Lifecycle::Resume => "resume",
+        Lifecycle::End => "end",
+    };
+    let result = async {
+        let sale = app.shop.catalog.change(sku, change).await?;
+        app.pages.invalidate();
+        Ok(no_store(
+            Json(AdminSaleJson::new(&sale, now_ms())).into_response(),
+        ))
+    }
+    .await;
+    logged(caller, Some(sku), action, result)
 }
 
 /// Pauses a sale on every instance: purchases answer 423 `paused` (a
@@ -773,9 +823,16 @@ async fn change_sale(
 pub async fn pause_sale(
     State(app): State<AppState>,
     _admin: Admin,
+    caller: Caller,
     PathParam(sku): PathParam,
 ) -> Result<Response, ApiError> {
-    change_sale(&app, &sku, crate::redis::functions::Lifecycle::Pause).await
+    change_sale(
+        &app,
+        &caller,
+        &sku,
+        crate::redis::functions::Lifecycle::Pause,
+    )
+    .await
 }
 
 /// Resumes a paused sale on every instance.
@@ -790,9 +847,16 @@ pub async fn pause_sale(
 pub async fn resume_sale(
     State(app): State<AppState>,
     _admin: Admin,
+    caller: Caller,
     PathParam(sku): PathParam,
 ) -> Result<Response, ApiError> {
-    change_sale(&app, &sku, crate::redis::functions::Lifecycle::Resume).await
+    change_sale(
+        &app,
+        &caller,
+        &sku,
+        crate::redis::functions::Lifecycle::Resume,
+    )
+    .await
 }
 
 /// Ends a sale now (its `ends_at` becomes the server's now) on every
@@ -808,9 +872,10 @@ pub async fn resume_sale(
 pub async fn end_sale(
     State(app): State<AppState>,
     _admin: Admin,
+    caller: Caller,
     PathParam(sku): PathParam,
 ) -> Result<Response, ApiError> {
-    change_sale(&app, &sku, crate::redis::functions::Lifecycle::End).await
+    change_sale(&app, &caller, &sku, crate::redis::functions::Lifecycle::End).await
 }
 
 #[cfg(test)]

@@ -239,7 +239,9 @@ impl FromRequestParts<AppState> for Shopper {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = token_of(parts).ok_or(ApiError::Unauthorized)?;
-        state.tokens.verify(token).map(Shopper)
+        let user = state.tokens.verify(token)?;
+        super::middleware::note_shopper(&user);
+        Ok(Shopper(user))
     }
 }
 

@@ -1,29 +1,50 @@
 //! Middleware: one outer layer ([`front`]) that resolves the client address
 //! ([`ClientAddr`]), and handles the cross-site guard of state-changing
-//! requests, request metrics, the one log line of a 500 and the security
-//! headers; the per-address rate limit on `/api` (layered only when it is
-//! on); the JSON 404/405 fallbacks; and the API's
-//! `{"error","message"}` JSON for error responses made outside our handlers
-//! (the static-file service's 404/405/416, framework rejections). Its own
-//! refusals are [`ApiError`]s; the detail of a 500 arrives in the response's
-//! [`InternalDetail`] extension and is logged here once.
+//! requests, request metrics, the one log line of a 500, the access line
+//! and the security headers; the request id's guard ([`RequestIdGuardLayer`])
+//! and the request span ([`request_span`]); the per-address rate limit on
+//! `/api` (layered only when it is on); the JSON 404/405 fallbacks; and the
+//! API's `{"error","message"}` JSON for error responses made outside our
+//! handlers (the static-file service's 404/405/416, framework rejections).
+//! Its own refusals are [`ApiError`]s; the detail of a 500 arrives in the
+//! response's [`InternalDetail`] extension and is logged here once.
+//!
+//! Request ids: tower-http's `SetRequestIdLayer` makes a UUID v4 for a
+//! request without `X-Request-Id` and `PropagateRequestIdLayer` copies it
+//! to the response; in front of them [`RequestIdGuardLayer`] removes an
+//! incoming `X-Request-Id` unless the peer is a trusted proxy
+//! (`FLASHSALE_TRUSTED_PROXIES`, the rule of `X-Forwarded-For`) and the
+//! value is sane ([`sane_request_id`]), so a client cannot choose the id its
+//! lines are logged under. Every line logged while a request is handled is
+//! inside its span ([`request_span`], field `request_id`).
+//!
+//! This module does not choose the log format or the subscriber
+//! ([`crate::logs`]), and never logs a header's value other than the
+//! request id.
 //!
 //! Every route × status series of the request metrics is registered at
 //! start-up, so a request costs no registry lookup and `/metrics` shows
 //! zeros rather than missing series.
 
+use std::cell::Cell;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
+use tower_http::request_id::RequestId;
 
 use super::AppState;
 use super::error::{ApiError, InternalDetail, PROBLEM_JSON, problem_body};
 use super::proxies::TrustedProxies;
+use crate::logs::ShopperHash;
 
 /// Route labels of the request metrics besides the described paths: the
 /// purchase first (the busiest, found first), then the development page,
@@ -132,10 +153,12 @@ fn cross_site(req: &Request, allowed: &[String]) -> bool {
     !same && !super::cors::allowed(allowed, origin.as_bytes())
 }
 
-/// The outermost layer: refuses cross-site state changes, counts every
-/// request by route and status, records latency, logs a 500's detail once
-/// (and strips it), gives errors made outside our handlers the API's error
-/// JSON, and adds the security headers.
+/// The outermost of our middleware (inside the request id layers and the
+/// request span): refuses cross-site state changes, counts every request
+/// by route and status, records latency, logs a 500's detail once (and
+/// strips it), writes the access line when it is on, gives errors made
+/// outside our handlers the API's error JSON, and adds the security
+/// headers.
 pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let routes = &app.http_metrics.routes;
     let route = route_index(
@@ -146,26 +169,57 @@ pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) ->
     );
     let started = Instant::now();
     let client = client_addr(&req, &app.settings.trusted_proxies);
-    let (mut resp, method) = if cross_site(&req, &app.settings.cors_origins) {
-        (ApiError::CrossSite.into_response(), None)
+    let access_log = app.settings.access_log;
+    let method = req.method().clone();
+    // Only the access line needs its own copy of the id: every other line
+    // has it from the request's span.
+    let request_id = access_log
+        .then(|| req.extensions().get::<RequestId>().cloned())
+        .flatten();
+    let mut shopper = None;
+    let mut resp = if cross_site(&req, &app.settings.cors_origins) {
+        ApiError::CrossSite.into_response()
     } else {
-        let method = req.method().clone();
         if let Some(ip) = client {
             req.extensions_mut().insert(ClientAddr(ip));
         }
-        (next.run(req).await, Some(method))
+        if access_log {
+            let (resp, who) = SHOPPER
+                .scope(Cell::new(None), async move {
+                    let resp = next.run(req).await;
+                    (resp, SHOPPER.with(Cell::take))
+                })
+                .await;
+            shopper = who;
+            resp
+        } else {
+            next.run(req).await
+        }
     };
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(&resp) {
         resp = contract_error(resp);
     }
     if let Some(InternalDetail(detail)) = resp.extensions_mut().remove::<InternalDetail>() {
-        let method = method.as_ref().map(Method::as_str).unwrap_or("-");
         let client = client.map(tracing::field::display);
-        tracing::error!(method, route = routes[route], client, detail = %detail, "internal error");
+        tracing::error!(method = method.as_str(), route = routes[route], client, detail = %detail, "internal error");
     }
+    let elapsed = started.elapsed();
     app.http_metrics
-        .record(route, status, started.elapsed().as_secs_f64());
+        .record(route, status, elapsed.as_secs_f64());
+    if access_log {
+        tracing::info!(
+            target: "flashsale::access",
+            method = method.as_str(),
+            route = routes[route],
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            client = client.map(tracing::field::display),
+            request_id = request_id.as_ref().and_then(|id| id.header_value().to_str().ok()),
+            shopper = shopper.map(|s| tracing::field::display(ShopperHash::of(&s))),
+            "access"
+        );
+    }
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -188,6 +242,129 @@ pub async fn front(State(app): State<AppState>, mut req: Request, next: Next) ->
         );
     }
     resp
+}
+
+tokio::task_local! {
+    /// The shopper a request authenticated as, noted by the shopper
+    /// extractor ([`note_shopper`]) while [`front`] waits for the response
+    /// (only when the access log is on).
+    static SHOPPER: Cell<Option<Arc<str>>>;
+}
+
+/// Notes the authenticated shopper of the request being handled, for its
+/// access line (which shows only its [`ShopperHash`]). Does nothing when
+/// the access log is off.
+pub(crate) fn note_shopper(user: &Arc<str>) {
+    let _ = SHOPPER.try_with(|s| s.set(Some(Arc::clone(user))));
+}
+
+/// Longest `X-Request-Id` believed from a trusted proxy.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether an incoming request id can be kept: 1 to [`MAX_REQUEST_ID`]
+/// bytes of visible ASCII (no space, no control character).
+pub fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// Removes an incoming `X-Request-Id` unless it comes from a trusted proxy
+/// (one header, a [`sane_request_id`] value); tower-http's
+/// `SetRequestIdLayer`, inside it, then makes one.
+#[derive(Clone)]
+pub struct RequestIdGuardLayer(Arc<TrustedProxies>);
+
+impl RequestIdGuardLayer {
+    pub fn new(trusted: TrustedProxies) -> Self {
+        Self(Arc::new(trusted))
+    }
+}
+
+impl<S> tower::Layer<S> for RequestIdGuardLayer {
+    type Service = RequestIdGuard<S>;
+    fn layer(&self, inner: S) -> RequestIdGuard<S> {
+        RequestIdGuard {
+            inner,
+            trusted: Arc::clone(&self.0),
+        }
+    }
+}
+
+/// The service of [`RequestIdGuardLayer`].
+#[derive(Clone)]
+pub struct RequestIdGuard<S> {
+    inner: S,
+    trusted: Arc<TrustedProxies>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for RequestIdGuard<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> S::Future {
+        let headers = req.headers();
+        if headers.contains_key(X_REQUEST_ID) {
+            let trusted = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|peer| self.trusted.contains(peer.0.ip()));
+            let mut values = headers.get_all(X_REQUEST_ID).iter();
+            let keep =
+                trusted && values.next().is_some_and(sane_request_id) && values.next().is_none();
+            if !keep {
+                req.headers_mut().remove(X_REQUEST_ID);
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// The span of one request: `request` with its `request_id` (set by the
+/// request id layers before it is made). Every line logged while the
+/// request is handled is inside it.
+pub fn request_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", request_id = id)
+}
+
+/// Who made a request, for the log lines of admin actions: the client
+/// address ([`ClientAddr`]) and the request id. Never fails.
+pub struct Caller {
+    pub client: Option<IpAddr>,
+    request_id: Option<RequestId>,
+}
+
+impl Caller {
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id
+            .as_ref()
+            .and_then(|id| id.header_value().to_str().ok())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Caller {
+            client: parts.extensions.get::<ClientAddr>().map(|c| c.0),
+            request_id: parts.extensions.get::<RequestId>().cloned(),
+        })
+    }
 }
 
 fn is_json(resp: &Response) -> bool {
@@ -339,6 +516,18 @@ mod tests {
         assert_eq!(unique.len(), routes.len(), "{routes:?}");
         assert_eq!(STATUSES[status_index(StatusCode::GONE)], 410);
         assert_eq!(status_index(StatusCode::IM_A_TEAPOT), STATUSES.len());
+    }
+
+    #[test]
+    fn request_ids_kept_only_when_sane() {
+        let ok = |b: &[u8]| sane_request_id(&HeaderValue::from_bytes(b).expect("value"));
+        assert!(ok(b"abc-123"));
+        assert!(ok(b"0f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert!(ok("x".repeat(MAX_REQUEST_ID).as_bytes()));
+        assert!(!ok("x".repeat(MAX_REQUEST_ID + 1).as_bytes()));
+        for bad in [&b""[..], b"a b", b"a\tb", b"caf\xc3\xa9", b"\xff"] {
+            assert!(!ok(bad), "{bad:?}");
+        }
     }
 
     #[test]

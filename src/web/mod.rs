@@ -17,6 +17,10 @@
 //! a global concurrency limit with `load_shed` answers 503 at once when every
 //! slot is taken, and a timeout bounds every request.
 //!
+//! Every response carries `X-Request-Id` (a trusted proxy's, else a new
+//! UUID) and everything logged while handling a request is in its span
+//! (see [`middleware`]).
+//!
 //! Connections are served by our own accept loop ([`conn`]) rather than
 //! `axum::serve`, which has no header-read timeout: see [`ConnLimits`]. A
 //! request body must arrive within [`BODY_READ_TIMEOUT`].
@@ -47,6 +51,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -212,9 +217,27 @@ pub fn router(state: AppState) -> Router {
             cors::api,
         ));
     }
+    // Outermost last: the guard drops an id the peer may not choose, the
+    // next layer makes one where none is left, the response gets it back,
+    // and everything from `front` inward runs in the request's span. The
+    // trace layer's own events are off: `front` writes the access line and
+    // the one line of a 500.
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(middleware::request_span)
+        .on_request(())
+        .on_response(())
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(());
     app.layer(axum::middleware::from_fn_with_state(
         state.clone(),
         middleware::front,
+    ))
+    .layer(trace)
+    .layer(PropagateRequestIdLayer::x_request_id())
+    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    .layer(middleware::RequestIdGuardLayer::new(
+        state.settings.trusted_proxies.clone(),
     ))
     .with_state(state)
 }

@@ -895,6 +895,8 @@ async fn a_plain_node_url_works_for_development() {
         ended_listed: std::time::Duration::from_secs(3600),
         dev_login: false,
         cookie_secure: true,
+        log_format: Default::default(),
+        access_log: false,
     };
     let app = flashsale::web::Application::build(settings)
         .await

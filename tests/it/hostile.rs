@@ -1291,6 +1291,8 @@ async fn serve_with(limits: ConnLimits) -> Served {
         ended_listed: Duration::from_secs(3600),
         dev_login: false,
         cookie_secure: false,
+        log_format: Default::default(),
+        access_log: false,
     };
     let app = Application::build(settings)
         .await

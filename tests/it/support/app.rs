@@ -541,6 +541,8 @@ pub fn serve_settings_on(redis: RedisSettings, opts: &AppOptions) -> ServeSettin
         ended_listed: Duration::from_secs(3600),
         dev_login: true,
         cookie_secure: false,
+        log_format: Default::default(),
+        access_log: false,
     }
 }
 
