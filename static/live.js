@@ -253,14 +253,24 @@
     return 10 * p;
   }
 
+  function compact(v) {
+    try {
+      return new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 }).format(v);
+    } catch (e) {
+      return String(v);
+    }
+  }
+
   function chart() {
     var svg = $("live-chart");
     if (!samples.length) { return; }
+    // The last five minutes; while there is less to show, at least one.
     var now = samples[samples.length - 1].t;
-    var from = now - WINDOW_MS;
+    var span = Math.min(WINDOW_MS, Math.max(60000, now - samples[0].t));
+    var from = now - span;
     var stockMax = nice(Math.max.apply(null, samples.map(function (s) { return s.total; }).concat([1])));
     var rateMax = nice(Math.max.apply(null, samples.map(function (s) { return s.rate || 0; }).concat([1])));
-    function x(t) { return (X0 + (t - from) * (X1 - X0) / WINDOW_MS).toFixed(1); }
+    function x(t) { return (X0 + (t - from) * (X1 - X0) / span).toFixed(1); }
     function y(v, max) { return (Y1 - v * (Y1 - Y0) / max).toFixed(1); }
     $("live-line-stock").setAttribute("points", samples.map(function (s) {
       return x(s.t) + "," + y(s.stock, stockMax);
@@ -268,8 +278,9 @@
     $("live-line-rate").setAttribute("points", samples.filter(function (s) { return s.rate !== null; }).map(function (s) {
       return x(s.t) + "," + y(s.rate, rateMax);
     }).join(" "));
-    $("live-axis-stock").textContent = stockMax.toLocaleString();
-    $("live-axis-rate").textContent = rateMax.toLocaleString() + "/s";
+    $("live-axis-stock").textContent = compact(stockMax);
+    $("live-axis-rate").textContent = compact(rateMax) + "/s";
+    $("live-axis-from").textContent = "\u2212" + Math.round(span / 60000) + " min";
     var g = $("live-switch-marks");
     var ns = "http://www.w3.org/2000/svg";
     var lines = document.createDocumentFragment();

@@ -103,6 +103,7 @@ async function main() {
     await page.getByLabel("Admin token").fill(token);
     await page.getByRole("button", { name: "Show the sales" }).click();
     let n = await until(page, sku, "the sale on the page", (n) => n.row_stock_left !== null && n.master.includes(":"));
+    check(!(await page.getByLabel("Admin token").isVisible()), "the token form is gone once the sales are shown");
     check(await page.evaluate(() => sessionStorage.getItem("flashsale.admin_token")) !== null, "the token is kept in this tab");
     check(!page.url().includes(token) && requests.every((u) => !u.includes(token)), "the token is never in an address");
     send({ event: "ready", master: n.master });
@@ -138,6 +139,7 @@ async function main() {
     collectErrors(small, "phone", errors);
     await signIn(small, token);
     await until(small, sku, "the sale on the phone", (n) => n.stock_left === stopped.stock_left, 30000);
+    check(!(await small.getByLabel("Admin token").isVisible()), "phone: the token form is gone once the sales are shown");
     await noHorizontalScroll(small, "phone");
     await shot(small, "final-phone");
 
