@@ -6,7 +6,8 @@
 //! letters.
 //!
 //! This module owns those reads and nothing else: it writes nothing, and it
-//! never decides a purchase. Which sales are live comes from the catalog's
+//! never decides a purchase. The consumer group's name is the caller's to
+//! give (the worker owns it; the domain does not import the worker). Which sales are live comes from the catalog's
 //! cached list ([`super::Catalog::list`]); the numbers themselves are read
 //! from a replica of the shard owning the sale (the master when no replica
 //! answers), one pipeline per sale plus, only while orders wait, a second
@@ -22,7 +23,6 @@ use serde::Serialize;
 
 use super::{AdminState, Catalog, Error, Sale};
 use crate::redis::{Redis, text};
-use crate::worker::GROUP;
 
 /// One running sale as the live view shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -88,11 +88,11 @@ struct GroupInfo {
     last_delivered: String,
 }
 
-fn group_info(v: &Value) -> Option<GroupInfo> {
+fn group_info(v: &Value, name: &str) -> Option<GroupInfo> {
     let groups: Vec<HashMap<String, Value>> = redis::from_redis_value(v.clone()).ok()?;
     let g = groups
         .into_iter()
-        .find(|g| g.get("name").and_then(text).as_deref() == Some(GROUP))?;
+        .find(|g| g.get("name").and_then(text).as_deref() == Some(name))?;
     Some(GroupInfo {
         pending: g.get("pending").and_then(int).unwrap_or(0),
         lag: g.get("lag").and_then(int),
@@ -126,7 +126,12 @@ fn oldest_entry_ms(pending: &Value, unread: &Value) -> Option<i64> {
 
 /// The live numbers of one sale; `sale` is its catalog entry (name, window,
 /// pause), the counters are read again.
-async fn read_sale(redis: &Redis, sale: &Sale, now: i64) -> Result<Option<LiveSale>, Error> {
+async fn read_sale(
+    redis: &Redis,
+    group_name: &str,
+    sale: &Sale,
+    now: i64,
+) -> Result<Option<LiveSale>, Error> {
     let keys = redis.keys();
     let stream = keys.stream(&sale.sku);
     let mut first = redis::pipe();
@@ -179,7 +184,7 @@ async fn read_sale(redis: &Redis, sale: &Sale, now: i64) -> Result<Option<LiveSa
     let queued = (orders - field(3).unwrap_or(0)).max(0);
     // No group yet (no worker has read this stream): every entry is unread.
     let stream_exists = matches!(groups, Value::Array(_));
-    let group = group_info(groups).unwrap_or(GroupInfo {
+    let group = group_info(groups, group_name).unwrap_or(GroupInfo {
         pending: 0,
         lag: Some(queued),
         last_delivered: "0-0".to_owned(),
@@ -191,7 +196,7 @@ async fn read_sale(redis: &Redis, sale: &Sale, now: i64) -> Result<Option<LiveSa
             .ignore_errors()
             .cmd("XPENDING")
             .arg(&stream)
-            .arg(GROUP)
+            .arg(group_name)
             .cmd("XRANGE")
             .arg(&stream)
             .arg(format!("({}", group.last_delivered))
@@ -224,15 +229,15 @@ async fn read_sale(redis: &Redis, sale: &Sale, now: i64) -> Result<Option<LiveSa
 }
 
 /// The running (open, paused, sold-out) sales with their live numbers, by
-/// start time.
-pub async fn board(redis: &Redis, catalog: &Catalog) -> Result<Board, Error> {
+/// start time; `group` is the workers' consumer group on the order streams.
+pub async fn board(redis: &Redis, catalog: &Catalog, group: &str) -> Result<Board, Error> {
     let now = super::now_ms();
     let listed = catalog.list().await?;
     let candidates: Vec<&Sale> = listed
         .iter()
         .filter(|s| now < s.ends_ms && (now >= s.starts_ms || s.paused))
         .collect();
-    let reads = candidates.iter().map(|s| read_sale(redis, s, now));
+    let reads = candidates.iter().map(|s| read_sale(redis, group, s, now));
     let sales = futures_util::future::try_join_all(reads)
         .await?
         .into_iter()
@@ -251,6 +256,8 @@ mod tests {
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
     }
+
+    const GROUP: &str = "workers";
 
     #[test]
     fn the_worker_group_is_found_among_others() {
@@ -271,12 +278,12 @@ mod tests {
             ])
         };
         let reply = Value::Array(vec![g("other", 9, Value::Int(9)), g(GROUP, 2, Value::Nil)]);
-        let info = group_info(&reply).expect("group");
+        let info = group_info(&reply, GROUP).expect("group");
         assert_eq!(info.pending, 2);
         assert_eq!(info.lag, None);
         assert_eq!(info.last_delivered, "1700000000000-3");
-        assert!(group_info(&Value::Nil).is_none());
-        assert!(group_info(&Value::Array(vec![g("other", 1, Value::Int(0))])).is_none());
+        assert!(group_info(&Value::Nil, GROUP).is_none());
+        assert!(group_info(&Value::Array(vec![g("other", 1, Value::Int(0))]), GROUP).is_none());
     }
 
     #[test]

@@ -75,7 +75,10 @@ impl Live {
         {
             return Ok(board.clone());
         }
-        let board = Arc::new(crate::sale::live::board(&app.shop.redis, &app.shop.catalog).await?);
+        let board =
+            crate::sale::live::board(&app.shop.redis, &app.shop.catalog, crate::worker::GROUP)
+                .await?;
+        let board = Arc::new(board);
         *cache = Some((Instant::now(), board.clone()));
         Ok(board)
     }
