@@ -198,6 +198,9 @@ pub struct PurchaseOutcomes(
     [std::sync::atomic::AtomicU64; 14],
 );
 
+// One atomic per known outcome, and one for the others.
+const _: () = assert!(PurchaseOutcomes::KNOWN.len() + 1 == 14);
+
 impl PurchaseOutcomes {
     const KNOWN: [&'static str; 13] = [
         "accepted",
