@@ -1,6 +1,6 @@
-//! The domain: sales, the catalog, purchases, orders, dead letters, and the
-//! domain's errors ([`Error`]). No HTTP in here: how an error is answered is
-//! the web layer's business.
+//! The domain: sales, the catalog, purchases, orders, dead letters, the
+//! live view's reads, and the domain's errors ([`Error`]). No HTTP in here:
+//! how an error is answered is the web layer's business.
 //!
 //! [`Shop`] is the service object the web layer and the operator commands
 //! call. It decides nothing about units itself: every decision is made by the
@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod dead_letters;
 mod error;
+pub mod live;
 pub mod money;
 mod orders;
 mod payment;

@@ -190,8 +190,17 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// `flashsale_purchases_total` by outcome, registered once.
-pub struct PurchaseOutcomes(Vec<(&'static str, metrics::Counter)>);
+/// `flashsale_purchases_total` by outcome, registered once, and the same
+/// counts kept here too (the metrics facade cannot be read back; the live
+/// view shows them, see `live.rs`): the last atomic counts the outcomes
+/// outside [`Self::KNOWN`].
+pub struct PurchaseOutcomes(
+    Vec<(&'static str, metrics::Counter)>,
+    [std::sync::atomic::AtomicU64; 14],
+);
+
+// One atomic per known outcome, and one for the others.
+const _: () = assert!(PurchaseOutcomes::KNOWN.len() + 1 == 14);
 
 impl PurchaseOutcomes {
     const KNOWN: [&'static str; 13] = [
@@ -221,16 +230,32 @@ impl PurchaseOutcomes {
                     )
                 })
                 .collect(),
+            Default::default(),
         )
     }
 
     fn count(&self, outcome: &'static str) {
-        match self.0.iter().find(|(o, _)| *o == outcome) {
-            Some((_, c)) => c.increment(1),
+        let known = self.0.iter().position(|(o, _)| *o == outcome);
+        self.1[known.unwrap_or(Self::KNOWN.len())]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match known {
+            Some(i) => self.0[i].1.increment(1),
             None => {
                 metrics::counter!("flashsale_purchases_total", "outcome" => outcome).increment(1)
             }
         }
+    }
+
+    /// This instance's purchases by outcome since it started (`other`: any
+    /// outcome outside the known ones).
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        Self::KNOWN
+            .iter()
+            .copied()
+            .chain(std::iter::once("other"))
+            .zip(&self.1)
+            .map(|(o, n)| (o, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 }
 

@@ -31,6 +31,7 @@ pub mod conn;
 pub mod cors;
 pub mod error;
 pub mod keys;
+pub mod live;
 mod middleware;
 pub mod openapi;
 pub mod pages;
@@ -88,6 +89,8 @@ pub struct AppInner {
     pub settings: ServeSettings,
     pub(crate) http_metrics: middleware::HttpMetrics,
     pub(crate) purchase_outcomes: api::PurchaseOutcomes,
+    /// The live sale view's cache and this instance's 503 count.
+    pub(crate) live: Arc<live::Live>,
 }
 
 impl std::ops::Deref for AppState {
@@ -97,7 +100,8 @@ impl std::ops::Deref for AppState {
     }
 }
 
-async fn overloaded(err: tower::BoxError) -> axum::response::Response {
+async fn overloaded(live: Arc<live::Live>, err: tower::BoxError) -> axum::response::Response {
+    live.overloaded();
     if err.is::<tower::timeout::error::Elapsed>() {
         metrics::counter!("flashsale_requests_timed_out_total").increment(1);
         ApiError::unavailable("request timed out").into_response()
@@ -143,6 +147,8 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(api::resume_sale))
         .routes(routes!(api::end_sale))
         .routes(routes!(api::audit))
+        .routes(routes!(live::page))
+        .routes(routes!(live::snapshot))
         .routes(routes!(openapi::serve))
         .routes(routes!(api::readyz))
         .split_for_parts();
@@ -200,7 +206,10 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(overloaded))
+                .layer(HandleErrorLayer::new({
+                    let live = state.live.clone();
+                    move |err| overloaded(live.clone(), err)
+                }))
                 .load_shed()
                 // One semaphore for the whole router: `Router::layer` applies
                 // a layer to every route on its own, and a plain
@@ -294,6 +303,7 @@ impl Application {
             pages: pages::PageCache::default(),
             http_metrics: middleware::HttpMetrics::register(),
             purchase_outcomes: api::PurchaseOutcomes::register(),
+            live: Arc::new(live::Live::new(addr)),
             shop,
             settings,
         }));

@@ -36,7 +36,7 @@ const INSTALL_HINT: &str = "install them with `scripts/setup.sh chromium node` (
 // ---------------------------------------------------------------- helpers --
 
 /// `target/browser-artifacts/<name>/`, emptied.
-fn artifacts(name: &str) -> PathBuf {
+pub(crate) fn artifacts(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("target dir")
@@ -58,18 +58,18 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn nginx_bin() -> PathBuf {
+pub(crate) fn nginx_bin() -> PathBuf {
     which("nginx").unwrap_or_else(|| panic!("nginx is not installed; {INSTALL_HINT}"))
 }
 
-fn chromium_bin() -> PathBuf {
+pub(crate) fn chromium_bin() -> PathBuf {
     let bin = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     which(&bin).unwrap_or_else(|| panic!("chromium ({bin}) is not installed; {INSTALL_HINT}"))
 }
 
 /// node, and `tests/browser/node_modules` (installed with `npm ci` if
 /// missing; once per test process).
-fn node_ready() -> PathBuf {
+pub(crate) fn node_ready() -> PathBuf {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let node = which("node").unwrap_or_else(|| panic!("node is not installed; {INSTALL_HINT}"));
     let v = StdCommand::new(&node)
@@ -159,7 +159,7 @@ fn watchdog(pgid: u32) {
     std::mem::forget(child);
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .redirect(reqwest::redirect::Policy::none())
@@ -230,7 +230,10 @@ fn render(group: &RedisGroup, prefix: &str, out: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-async fn get_text(c: &reqwest::Client, url: &str) -> (u16, HashMap<String, String>, String) {
+pub(crate) async fn get_text(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, HashMap<String, String>, String) {
     let r = c
         .get(url)
         .send()
@@ -247,7 +250,7 @@ async fn get_text(c: &reqwest::Client, url: &str) -> (u16, HashMap<String, Strin
 
 /// The `<script` tags of a page all load a file (the CSP allows no inline
 /// script), and no `style=`/`<style` (nor inline style).
-fn assert_no_inline_code(html: &str, what: &str) {
+pub(crate) fn assert_no_inline_code(html: &str, what: &str) {
     for tag in html.split("<script").skip(1) {
         let head = &tag[..tag.find('>').expect("tag end")];
         assert!(
@@ -268,13 +271,13 @@ fn assert_no_inline_code(html: &str, what: &str) {
 // ----------------------------------------------------------------- worker --
 
 /// A `flashsale-worker` process, killed by process group on drop.
-struct Worker {
+pub(crate) struct Worker {
     pgid: u32,
     child: Child,
 }
 
 impl Worker {
-    fn spawn(group: &RedisGroup, prefix: &str) -> Worker {
+    pub(crate) fn spawn(group: &RedisGroup, prefix: &str) -> Worker {
         let child = worker_command(group, prefix)
             .process_group(0)
             .spawn()
@@ -284,7 +287,7 @@ impl Worker {
         Worker { pgid, child }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         kill_group(self.pgid, "TERM");
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
@@ -300,15 +303,15 @@ impl Drop for Worker {
 
 /// `node tests/browser/<script>` (and the Chromium it launches), talking
 /// JSON lines on stdin/stdout; its stderr goes to `e2e.log`.
-struct E2e {
+pub(crate) struct E2e {
     pgid: u32,
-    child: Child,
+    pub(crate) child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     log: PathBuf,
 }
 
 impl E2e {
-    fn spawn(script: &str, base: &str, out: &Path) -> E2e {
+    pub(crate) fn spawn(script: &str, base: &str, out: &Path) -> E2e {
         let node = node_ready();
         let chromium = chromium_bin();
         let log = out.join("e2e.log");
@@ -336,12 +339,12 @@ impl E2e {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The next message; panics with the script's log on failure or timeout.
-    async fn recv(&mut self, timeout: Duration) -> Value {
+    pub(crate) async fn recv(&mut self, timeout: Duration) -> Value {
         let line = tokio::time::timeout(timeout, self.lines.next_line()).await;
         match line {
             Ok(Ok(Some(l))) => serde_json::from_str(&l)
@@ -361,13 +364,13 @@ impl E2e {
         }
     }
 
-    async fn expect(&mut self, event: &str, timeout: Duration) -> Value {
+    pub(crate) async fn expect(&mut self, event: &str, timeout: Duration) -> Value {
         let v = self.recv(timeout).await;
         assert_eq!(v["event"], event, "{v}\n{}", self.log());
         v
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         stdin
             .write_all(format!("{v}\n").as_bytes())

@@ -224,6 +224,8 @@ async fn nginx_admin_allow_list_in_front_of_the_app() {
     for path in [
         "/admin/sales".to_owned(),
         "/admin".to_owned(),
+        "/admin/live".to_owned(),
+        "/admin/live/snapshot".to_owned(),
         format!("/admin/sales/{sku}"),
         format!("/admin/sales/{sku}/audit"),
         "/%61dmin/sales".to_owned(),

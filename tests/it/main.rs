@@ -15,6 +15,7 @@ mod hostile;
 mod identity;
 mod ledger;
 mod lifecycle;
+mod live;
 mod logs;
 mod openapi;
 mod operator;
