@@ -194,6 +194,7 @@
 mod entry;
 mod expiry;
 mod ledger;
+pub mod probe;
 mod retention;
 mod retire;
 mod upkeep;
