@@ -19,7 +19,9 @@ use flashsale_testkit::procs::redis_env;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::support::app::{ADMIN_TOKEN, JWT_SECRET, shared_group, unique, worker_command};
+use crate::support::app::{
+    ADMIN_TOKEN, AppOptions, JWT_SECRET, TestApp, shared_group, unique, worker_command,
+};
 use crate::support::redis_group::{GroupOptions, Node, RedisGroup};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -362,9 +364,11 @@ async fn every_metric_is_described_and_the_rules_and_dashboard_use_real_ones() {
     let base = format!("http://127.0.0.1:{port}");
     let _serve = spawn_serve(group, &prefix, port);
     let wport = free_port();
+    // Reclaims after 300 ms and dead-letters at the second delivery.
     let _worker = worker_command(group, &prefix)
         .env("FLASHSALE_LEDGER_URL", pg.url())
         .args(["--metrics", &format!("127.0.0.1:{wport}")])
+        .args(["--claim-idle-ms", "300", "--max-deliveries", "2"])
         .spawn()
         .expect("spawn flashsale-worker");
     let worker = format!("http://127.0.0.1:{wport}");
@@ -436,11 +440,46 @@ async fn every_metric_is_described_and_the_rules_and_dashboard_use_real_ones() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // The probe runs every 5 s; upkeep (process metrics) too.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A poison entry (its order does not exist) ends in the dead letters,
+    // and the probe (every 5 s) counts it there; nothing else waits.
+    let keys = flashsale::redis::Keys::new(prefix.clone());
+    let mut conn = group.client(group.master_port().await).await;
+    let _: String = redis::cmd("XADD")
+        .arg(keys.stream(&sku))
+        .arg("*")
+        .arg("order_id")
+        .arg("no-such-order")
+        .arg("sku")
+        .arg(&sku)
+        .arg("user_id")
+        .arg("nobody")
+        .arg("qty")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let series = |name: &str| format!("{name}{{shard=\"0\"}}");
+    let t = Instant::now();
+    let worker_text = loop {
+        let (s, text) = get(&http, &format!("{worker}/metrics")).await;
+        assert_eq!(s, 200);
+        let value = |name: &str| flashsale_testkit::metrics::metric_value(&text, &series(name));
+        if value("flashsale_worker_dead_letters") == Some(1.0)
+            && value("flashsale_worker_lag") == Some(0.0)
+            && value("flashsale_worker_oldest_entry_age_seconds") == Some(0.0)
+        {
+            break text;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the probe never saw one dead letter and nothing waiting: {:?} {:?} {:?}",
+            value("flashsale_worker_dead_letters"),
+            value("flashsale_worker_lag"),
+            value("flashsale_worker_oldest_entry_age_seconds")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let (s, serve_text) = get(&http, &format!("{base}/metrics")).await;
-    assert_eq!(s, 200);
-    let (s, worker_text) = get(&http, &format!("{worker}/metrics")).await;
     assert_eq!(s, 200);
 
     for (who, text) in [("serve", &serve_text), ("worker", &worker_text)] {
@@ -566,7 +605,8 @@ async fn worker_readiness_follows_the_master_and_the_ledger() {
     let http = reqwest::Client::new();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _worker = worker_command(&group, &unique("rdy"))
+    let prefix = unique("rdy");
+    let _worker = worker_command(&group, &prefix)
         .env("FLASHSALE_LEDGER_URL", pg.url())
         .args(["--metrics", &format!("127.0.0.1:{port}")])
         .spawn()
@@ -601,13 +641,72 @@ async fn worker_readiness_follows_the_master_and_the_ledger() {
     }
     group.sigcont(Node::Redis(master));
     until_status(&http, &ready, 200, Duration::from_secs(60)).await;
+    group.wait_converged(Duration::from_secs(60)).await;
 
-    // The ledger stopped: not ready; back: ready.
+    // The ledger stopped: not ready, and orders bought meanwhile wait
+    // (the backlog and its age grow); back: ready, nothing waits.
+    let app = TestApp::spawn_with(&group, &prefix, AppOptions::default()).await;
+    app.create_sale("rdy", 100, 1, -5, 3600).await;
     pg.stop().await;
     let body = until_status(&http, &ready, 503, Duration::from_secs(10)).await;
     assert!(body.contains("\"unavailable\""), "{body}");
     assert!(!body.contains(pg.password()), "{body}");
     assert_eq!(get(&http, &live).await.0, 200);
+    for i in 0..5 {
+        // A replica still catching up after the stop answers 503 for a
+        // moment; a retry finds the order made (409) or makes it (202).
+        let t = Instant::now();
+        loop {
+            let (status, body) = app.purchase(&format!("u{i}"), "rdy", 1, None).await;
+            if status == 202 || status == 409 {
+                break;
+            }
+            assert!(
+                status == 503 && t.elapsed() < Duration::from_secs(30),
+                "{status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let backlog = |text: &str| {
+        let v = |name: &str| {
+            flashsale_testkit::metrics::metric_value(text, &format!("{name}{{shard=\"0\"}}"))
+        };
+        (
+            v("flashsale_worker_lag"),
+            v("flashsale_worker_oldest_entry_age_seconds"),
+        )
+    };
+    let t = Instant::now();
+    loop {
+        let (_, m) = get(&http, &format!("{base}/metrics")).await;
+        if let (Some(lag), Some(age)) = backlog(&m)
+            && lag >= 5.0
+            && age >= 2.0
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the backlog never showed: {:?}",
+            backlog(&m)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     pg.start().await;
     until_status(&http, &ready, 200, Duration::from_secs(30)).await;
+    let t = Instant::now();
+    loop {
+        let (_, m) = get(&http, &format!("{base}/metrics")).await;
+        if backlog(&m) == (Some(0.0), Some(0.0)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the backlog never drained: {:?}",
+            backlog(&m)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    app.stop().await;
 }
