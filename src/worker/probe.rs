@@ -88,8 +88,9 @@ fn memory(info: &str) -> (Option<f64>, Option<f64>) {
     (field("used_memory"), field("maxmemory"))
 }
 
-/// The backlog of the streams of `skus` on `link`'s node.
-async fn backlog(redis: &Redis, link: &MasterLink, skus: &[&str]) -> Option<Backlog> {
+/// The backlog of the streams of `skus` on `link`'s node; a stream that
+/// cannot be read this time (none yet, a call timed out) counts as empty.
+async fn backlog(redis: &Redis, link: &MasterLink, skus: &[&str]) -> Backlog {
     let keys = redis.keys();
     let mut out = Backlog::default();
     for sku in skus {
@@ -162,7 +163,7 @@ async fn backlog(redis: &Redis, link: &MasterLink, skus: &[&str]) -> Option<Back
             (a, b) => a.or(b),
         };
     }
-    Some(out)
+    out
 }
 
 /// One key per hash slot (`keys()[s]` hashes to slot `s`): short
@@ -253,9 +254,7 @@ pub async fn probe_once(redis: &Redis) {
                     .is_some_and(|s| s.id == shard.id)
             })
             .collect();
-        let Some(b) = backlog(redis, &link, &mine).await else {
-            continue;
-        };
+        let b = backlog(redis, &link, &mine).await;
         let age = match b.oldest_ms {
             Some(ms) => match call::<(u64, u64), _>(redis, &link, &redis::cmd("TIME")).await {
                 Some(t) => (super::expiry::time_ms(t) - ms).max(0) as f64 / 1000.0,
