@@ -710,3 +710,51 @@ async fn worker_readiness_follows_the_master_and_the_ledger() {
     }
     app.stop().await;
 }
+
+/// On a Redis Cluster the worker's probe reports every shard, labelled by
+/// the lowest slot it owns, the same in every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_labels_each_cluster_shard_by_its_lowest_slot() {
+    use crate::support::cluster::{cluster_worker_command, shared_cluster};
+    let cluster = shared_cluster();
+    let prefix = unique("pc");
+    let http = reqwest::Client::new();
+    let ports = [free_port(), free_port()];
+    let _workers: Vec<Child> = ports
+        .iter()
+        .map(|p| {
+            cluster_worker_command(cluster, &prefix)
+                .args(["--metrics", &format!("127.0.0.1:{p}")])
+                .spawn()
+                .expect("spawn flashsale-worker")
+        })
+        .collect();
+    let want: BTreeSet<String> = cluster
+        .shards()
+        .await
+        .iter()
+        .filter_map(|s| s.slots.iter().map(|&(lo, _)| lo).min())
+        .map(|slot| format!("flashsale_redis_master_up{{shard=\"{slot}\"}} 1"))
+        .collect();
+    assert!(want.len() >= 3, "{want:?}");
+    for port in ports {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let t = Instant::now();
+        loop {
+            let (_, text) = get(&http, &url).await;
+            let got: BTreeSet<String> = text
+                .lines()
+                .filter(|l| l.starts_with("flashsale_redis_master_up{"))
+                .map(str::to_owned)
+                .collect();
+            if got == want {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "worker {port}: {got:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
