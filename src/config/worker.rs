@@ -82,7 +82,8 @@ pub struct WorkerArgs {
         default_value_t = false
     )]
     pub purge_without_ledger: bool,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address
+    /// (e.g. 127.0.0.1:9187).
     #[arg(long = "metrics", env = "FLASHSALE_WORKER_METRICS")]
     pub metrics_addr: Option<String>,
     /// Longest graceful shutdown, in seconds (1–3600).

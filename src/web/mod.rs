@@ -294,7 +294,7 @@ impl Application {
             tokens,
             cors,
             admin_token: settings.admin_token.clone(),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics: crate::telemetry::metrics_handle_for(crate::telemetry::Process::Serve),
             limiter: ratelimit::Limiter::new(
                 redis,
                 settings.rate_limit_per_shopper,

@@ -82,6 +82,11 @@
 //!   `flashsale_worker_purged_total`; a retirement comes no later than the
 //!   purge's grace. The task is not a step: it works on the master of the
 //!   moment, outside the one-node rule (nothing of the sale changes).
+//! - The probe (`probe.rs`, with `FLASHSALE_WORKER_METRICS`, every 5 s,
+//!   outside the steps): per shard, whether the master answers, its memory
+//!   against `maxmemory`, the streams' backlog (entries not processed, the
+//!   oldest one's age) and the dead letters, as gauges labelled by the
+//!   shard's lowest slot; and the readiness `/readyz` answers with.
 //! - SIGTERM/SIGINT: stop reading, finish and ack the batch in hand, exit 0
 //!   (bounded by `--shutdown-timeout-s`, which also covers the purge of the
 //!   sale in hand); a second signal exits at once —
@@ -194,6 +199,7 @@
 mod entry;
 mod expiry;
 mod ledger;
+pub mod probe;
 mod retention;
 mod retire;
 mod upkeep;

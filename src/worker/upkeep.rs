@@ -6,10 +6,8 @@
 //! the one link of the step it belongs to (see the one-node rule in
 //! `mod.rs`).
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use redis::Value;
 use redis::streams::{StreamAutoClaimReply, StreamPendingCountReply};
 
 use super::{GROUP, StepReport, TRIM_CALLS, TRIM_SCAN, Worker};
@@ -184,11 +182,11 @@ impl Worker {
 
     /// Trims each stream on `link`'s node with `fs_trim`, which decides and
     /// trims in one atomic step there (never below an entry a group still
-    /// needs or whose order is still queued), and publishes the lag gauge.
+    /// needs or whose order is still queued). The backlog gauges are the
+    /// probe's (`probe.rs`).
     pub(super) async fn trim(&mut self, link: &MasterLink) -> Result<(), DbError> {
         let keys = self.redis.keys().clone();
-        let mut total_lag = 0i64;
-        for (sku, stream) in &self.streams {
+        for (sku, _) in &self.streams {
             for _ in 0..TRIM_CALLS {
                 let (_trimmed, scanned): (i64, usize) = self
                     .redis
@@ -198,22 +196,7 @@ impl Worker {
                     break;
                 }
             }
-            let mut info = redis::cmd("XINFO");
-            info.arg("GROUPS").arg(stream);
-            let groups: Vec<HashMap<String, Value>> = match self.redis.on_link(link, &info).await {
-                Ok(g) => g,
-                Err(DbError::Redis(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            for g in &groups {
-                for field in ["lag", "pending"] {
-                    if let Some(Value::Int(n)) = g.get(field) {
-                        total_lag += *n;
-                    }
-                }
-            }
         }
-        metrics::gauge!("flashsale_worker_lag").set(total_lag as f64);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The one integration-test binary: real Redis Sentinel groups, real HTTP.
 
+mod alerts;
 mod api;
 mod browser;
 mod cluster;
