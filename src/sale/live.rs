@@ -16,11 +16,10 @@
 //! Caching (so that many open pages cost Redis no more than one) is the
 //! caller's business.
 
-use std::collections::HashMap;
-
 use redis::Value;
 use serde::Serialize;
 
+use super::backlog::{GroupState, group_state, oldest_entry_ms, push_oldest_reads};
 use super::{AdminState, Catalog, Error, Sale};
 use crate::redis::{Redis, text};
 
@@ -72,55 +71,6 @@ fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(n) => Some(*n),
         other => text(other).and_then(|t| t.parse().ok()),
-    }
-}
-
-/// Milliseconds part of a stream entry id (`<ms>-<seq>`).
-fn id_ms(id: &str) -> Option<i64> {
-    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
-}
-
-/// The worker group's numbers in an `XINFO GROUPS` reply (an error reply,
-/// a missing stream: none).
-struct GroupInfo {
-    pending: i64,
-    lag: Option<i64>,
-    last_delivered: String,
-}
-
-fn group_info(v: &Value, name: &str) -> Option<GroupInfo> {
-    let groups: Vec<HashMap<String, Value>> = redis::from_redis_value(v.clone()).ok()?;
-    let g = groups
-        .into_iter()
-        .find(|g| g.get("name").and_then(text).as_deref() == Some(name))?;
-    Some(GroupInfo {
-        pending: g.get("pending").and_then(int).unwrap_or(0),
-        lag: g.get("lag").and_then(int),
-        last_delivered: g
-            .get("last-delivered-id")
-            .and_then(text)
-            .unwrap_or_else(|| "0-0".to_owned()),
-    })
-}
-
-/// The time (ms) of the oldest entry the group still has to finish: its
-/// oldest pending one (`XPENDING` summary) or the first it has not read
-/// (`XRANGE` after its last delivered id), whichever is older.
-fn oldest_entry_ms(pending: &Value, unread: &Value) -> Option<i64> {
-    let oldest_pending = match pending {
-        Value::Array(items) => items.get(1).and_then(text).and_then(|id| id_ms(&id)),
-        _ => None,
-    };
-    let first_unread = match unread {
-        Value::Array(entries) => entries.first().and_then(|e| match e {
-            Value::Array(parts) => parts.first().and_then(text).and_then(|id| id_ms(&id)),
-            _ => None,
-        }),
-        _ => None,
-    };
-    match (oldest_pending, first_unread) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -184,7 +134,7 @@ async fn read_sale(
     let queued = (orders - field(3).unwrap_or(0)).max(0);
     // No group yet (no worker has read this stream): every entry is unread.
     let stream_exists = matches!(groups, Value::Array(_));
-    let group = group_info(groups, group_name).unwrap_or(GroupInfo {
+    let group = group_state(groups, group_name).unwrap_or(GroupState {
         pending: 0,
         lag: Some(queued),
         last_delivered: "0-0".to_owned(),
@@ -192,17 +142,7 @@ async fn read_sale(
     let waiting = stream_exists && (group.pending > 0 || group.lag != Some(0));
     let oldest_queued_ms = if waiting {
         let mut second = redis::pipe();
-        second
-            .ignore_errors()
-            .cmd("XPENDING")
-            .arg(&stream)
-            .arg(group_name)
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({}", group.last_delivered))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
+        push_oldest_reads(second.ignore_errors(), &stream, group_name, &group);
         let replies: Vec<Value> = redis.read(&second).await?;
         match replies.as_slice() {
             [pending, unread] => oldest_entry_ms(pending, unread).map(|t| (now - t).max(0)),
@@ -247,64 +187,4 @@ pub async fn board(redis: &Redis, catalog: &Catalog, group: &str) -> Result<Boar
         taken_ms: now,
         sales,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    const GROUP: &str = "workers";
-
-    #[test]
-    fn the_worker_group_is_found_among_others() {
-        let g = |name: &str, pending: i64, lag: Value| {
-            Value::Array(vec![
-                bulk("name"),
-                bulk(name),
-                bulk("consumers"),
-                Value::Int(1),
-                bulk("pending"),
-                Value::Int(pending),
-                bulk("last-delivered-id"),
-                bulk("1700000000000-3"),
-                bulk("entries-read"),
-                Value::Int(4),
-                bulk("lag"),
-                lag,
-            ])
-        };
-        let reply = Value::Array(vec![g("other", 9, Value::Int(9)), g(GROUP, 2, Value::Nil)]);
-        let info = group_info(&reply, GROUP).expect("group");
-        assert_eq!(info.pending, 2);
-        assert_eq!(info.lag, None);
-        assert_eq!(info.last_delivered, "1700000000000-3");
-        assert!(group_info(&Value::Nil, GROUP).is_none());
-        assert!(group_info(&Value::Array(vec![g("other", 1, Value::Int(0))]), GROUP).is_none());
-    }
-
-    #[test]
-    fn the_oldest_entry_is_the_older_of_pending_and_unread() {
-        let pending = Value::Array(vec![
-            Value::Int(2),
-            bulk("1000-0"),
-            bulk("1500-1"),
-            Value::Array(vec![]),
-        ]);
-        let unread = Value::Array(vec![Value::Array(vec![
-            bulk("900-0"),
-            Value::Array(vec![]),
-        ])]);
-        assert_eq!(oldest_entry_ms(&pending, &unread), Some(900));
-        let nothing_pending = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
-        assert_eq!(oldest_entry_ms(&nothing_pending, &unread), Some(900));
-        assert_eq!(oldest_entry_ms(&pending, &Value::Array(vec![])), Some(1000));
-        assert_eq!(
-            oldest_entry_ms(&nothing_pending, &Value::Array(vec![])),
-            None
-        );
-    }
 }

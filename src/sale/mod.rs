@@ -8,6 +8,7 @@
 //! (a new order, or the shopper's existing one) is given only after the
 //! replicas acknowledged it.
 
+pub mod backlog;
 pub mod catalog;
 pub mod dead_letters;
 mod error;

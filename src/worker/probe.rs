@@ -9,7 +9,6 @@
 //! dead master costs a probe no more than that limit. Changes nothing in
 //! Redis, and never takes part in the worker's steps.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use redis::Value;
 
 use super::GROUP;
 use crate::ledger::Ledger;
+use crate::sale::backlog::{first_unread_ms, group_state, oldest_entry_ms, push_oldest_reads};
 
 use crate::redis::{MasterLink, Redis, Shard};
 
@@ -58,11 +58,6 @@ pub struct Backlog {
     pub dead_letters: i64,
 }
 
-/// The milliseconds part of a stream entry id (`1700000000000-3`).
-fn id_ms(id: &str) -> Option<i64> {
-    id.split('-').next()?.parse().ok()
-}
-
 async fn call<T: redis::FromRedisValue + Send, C: crate::redis::Query>(
     redis: &Redis,
     link: &MasterLink,
@@ -99,65 +94,31 @@ async fn backlog(redis: &Redis, link: &MasterLink, skus: &[&str]) -> Backlog {
         pipe.cmd("XINFO").arg("GROUPS").arg(&stream);
         pipe.cmd("XLEN").arg(keys.dead_letters(sku));
         // A sale without a stream yet (nothing bought) has no groups.
-        let Some((groups, dead)): Option<(Vec<HashMap<String, Value>>, i64)> =
-            call(redis, link, &pipe).await
-        else {
+        let Some((groups, dead)): Option<(Value, i64)> = call(redis, link, &pipe).await else {
             continue;
         };
         out.dead_letters += dead;
-        let Some(g) = groups.iter().find(|g| {
-            g.get("name")
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .as_deref()
-                == Some(GROUP)
-        }) else {
+        let Some(state) = group_state(&groups, GROUP) else {
             continue;
         };
-        let int = |f: &str| match g.get(f) {
-            Some(Value::Int(n)) => Some(*n),
-            _ => None,
-        };
-        let pending = int("pending").unwrap_or(0);
         // `lag` is nil when Redis cannot tell (entries deleted in the
         // middle): the first unread entry decides then.
-        let lag = int("lag");
-        out.entries += pending + lag.unwrap_or(0);
-        let mut oldest: Option<i64> = None;
-        if pending > 0 {
-            let mut summary = redis::cmd("XPENDING");
-            summary.arg(&stream).arg(GROUP);
-            if let Some(Value::Array(s)) = call::<Value, _>(redis, link, &summary).await
-                && let Some(min) = s.get(1)
-                && let Ok(min) = redis::from_redis_value_ref::<String>(min)
-            {
-                oldest = id_ms(&min);
-            }
+        out.entries += state.pending + state.lag.unwrap_or(0);
+        if state.idle() {
+            continue;
         }
-        if lag != Some(0) {
-            let delivered = g
-                .get("last-delivered-id")
-                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                .unwrap_or_else(|| "0-0".into());
-            let mut first = redis::cmd("XRANGE");
-            first
-                .arg(&stream)
-                .arg(format!("({delivered}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-            if let Some(entries) = call::<Vec<(String, Value)>, _>(redis, link, &first).await
-                && let Some((id, _)) = entries.first()
-            {
-                if lag.is_none() {
-                    out.entries += 1;
-                }
-                let ms = id_ms(id);
-                oldest = match (oldest, ms) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+        let mut reads = redis::pipe();
+        push_oldest_reads(reads.ignore_errors(), &stream, GROUP, &state);
+        let Some([pending, unread]) = call::<Vec<Value>, _>(redis, link, &reads)
+            .await
+            .and_then(|r| <[Value; 2]>::try_from(r).ok())
+        else {
+            continue;
+        };
+        if state.lag.is_none() && first_unread_ms(&unread).is_some() {
+            out.entries += 1;
         }
+        let oldest = oldest_entry_ms(&pending, &unread);
         out.oldest_ms = match (out.oldest_ms, oldest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -283,12 +244,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn info_memory_and_entry_ids_parse() {
+    fn info_memory_parses() {
         let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:268435456\r\nmaxmemory_policy:noeviction\r\n";
         assert_eq!(memory(info), (Some(1_048_576.0), Some(268_435_456.0)));
         assert_eq!(memory("# Memory\r\n"), (None, None));
-        assert_eq!(id_ms("1700000000123-7"), Some(1_700_000_000_123));
-        assert_eq!(id_ms("x"), None);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 //! A purged sale (gone from the index) is dropped by `discover`, retired
 //! or not.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -20,6 +19,7 @@ use redis::Value;
 use super::expiry::time_ms;
 use super::{GROUP, Worker};
 use crate::redis::{DbError, MasterLink};
+use crate::sale::backlog::group_state;
 
 /// How long after its end a finished sale is retired.
 pub const RETIRE_AFTER_END: Duration = Duration::from_secs(60);
@@ -72,21 +72,8 @@ fn standing(
     if int(orders).unwrap_or(0) != int(confirmed).unwrap_or(0) || int(payby) != Some(0) {
         return Standing::Busy;
     }
-    let Ok(groups) = redis::from_redis_value_ref::<Vec<HashMap<String, Value>>>(groups) else {
-        return Standing::Busy;
-    };
-    let ours = groups.iter().find(|g| {
-        g.get("name")
-            .and_then(|n| redis::from_redis_value_ref::<String>(n).ok())
-            == Some(GROUP.into())
-    });
-    match ours {
-        Some(g)
-            if g.get("pending").and_then(int) == Some(0)
-                && g.get("lag").and_then(int) == Some(0) =>
-        {
-            Standing::Finished
-        }
+    match group_state(groups, GROUP) {
+        Some(g) if g.idle() => Standing::Finished,
         _ => Standing::Busy,
     }
 }
