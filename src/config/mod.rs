@@ -15,8 +15,8 @@ mod serve;
 mod worker;
 
 pub use redis::{
-    DEFAULT_CLUSTER_FAILOVER_WAIT_MS, DEFAULT_FAILOVER_WAIT_MS, RedisArgs, RedisSettings,
-    RedisTarget, ReplicaAcks,
+    Access, ClientCert, DEFAULT_CLUSTER_FAILOVER_WAIT_MS, DEFAULT_FAILOVER_WAIT_MS, RedisArgs,
+    RedisSettings, RedisTarget, ReplicaAcks, Tls,
 };
 pub use serve::{JwtKeys, JwtSettings, ServeArgs, ServeSettings};
 pub use worker::{WorkerArgs, WorkerSettings, WorkerTuning, default_consumer};
