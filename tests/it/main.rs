@@ -24,4 +24,5 @@ mod proxies;
 mod retention;
 mod settings;
 mod support;
+mod tls;
 mod worker;
