@@ -388,41 +388,13 @@ scli() {
 
 # ------------------------------------------------------------- TLS, users ---
 
-# A CA, one certificate for every node address (server and, for replicas and
-# Sentinels, client), and a client certificate, in RUN_DIR/tls.
-make_certs() {
-  local d=$RUN_DIR/tls san="DNS:localhost,IP:127.0.0.1" h
-  mkdir -p "$d"
-  for h in "${NODE_HOSTS[@]}"; do
-    [[ ,$san, == *",IP:$h,"* ]] || san+=",IP:$h"
-  done
-  {
-    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-      -keyout "$d/ca.key" -out "$d/ca.crt" -days 30 -subj "/CN=flashsale test CA" &&
-      openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$d/server.key" -out "$d/server.csr" -subj "/CN=flashsale redis node" &&
-      openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-        -out "$d/server.crt" -days 30 -extfile <(printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$san") &&
-      openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-        -keyout "$d/client.key" -out "$d/client.csr" -subj "/CN=flashsale client" &&
-      openssl x509 -req -in "$d/client.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
-        -out "$d/client.crt" -days 30 -extfile <(printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n')
-  } >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; die "openssl failed to make the certificates"; }
-  rm -f "$d"/*.csr "$d"/*.srl
-  chmod 600 "$d"/*.key
-}
+# shellcheck source=scripts/redis-certs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-certs.sh"
+
+make_certs() { make_redis_certs "$RUN_DIR/tls" "${NODE_HOSTS[@]}"; }
 
 # The TLS lines of a node's config (TLS only: no plain port).
-tls_conf() {
-  local port=$1
-  echo "port 0"
-  echo "tls-port $port"
-  echo "tls-cert-file \"$RUN_DIR/tls/server.crt\""
-  echo "tls-key-file \"$RUN_DIR/tls/server.key\""
-  echo "tls-ca-cert-file \"$RUN_DIR/tls/ca.crt\""
-  echo "tls-auth-clients yes"
-  echo "tls-replication yes"
-}
+tls_conf() { redis_tls_conf "$RUN_DIR/tls" "$1"; }
 
 declare -A USER_PW=()
 # A fresh password for every user of the users files, in RUN_DIR/users.

@@ -5,7 +5,9 @@
 //! `flashsale-worker`, all asking the Sentinels as `flashsale-watch`;
 //! purchases through a `kill -9` of the master; what those users must not
 //! do, tried on real connections; and the settings that cannot work,
-//! refused at start-up with status 78 and the variable's name.
+//! refused at start-up with status 78 and the variable's name; and a Redis
+//! Cluster over TLS (`redis-cluster.sh --tls`: the cluster bus and
+//! replication too), with serve and a worker on it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,10 @@ use crate::support::app::{
     AppOptions, TestApp, assert_config_error, buy_counting, redis_settings_for, serve_settings_on,
     shared_group, shipped_app_options, temp_dir, unconfirmed_after, worker_command_on,
 };
+use crate::support::cluster::cluster_redis_settings;
 use crate::support::redis_group::{GroupOptions, Node, RedisGroup};
+use flashsale_testkit::procs::cluster_env;
+use flashsale_testkit::redis_cluster::{ClusterOptions, RedisCluster};
 
 /// The key prefix the ACL users of the test groups may touch.
 const PREFIX: &str = "tlsfs";
@@ -522,5 +527,71 @@ async fn a_rediss_url_uses_the_ca_and_fails_clearly_on_a_plain_port() {
     assert!(
         lower.contains("tls") || lower.contains("handshake") || lower.contains("certificate"),
         "says it is TLS that failed: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_sells_and_confirms() {
+    let cluster = RedisCluster::start(ClusterOptions {
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let prefix = "tlsc";
+    let opts = AppOptions {
+        failover_wait: Duration::from_secs(12),
+        ..AppOptions::default()
+    };
+    let mut redis = cluster_redis_settings(&cluster, prefix, &opts);
+    redis.access = cluster.access();
+    let app = TestApp::spawn_settings(prefix, serve_settings_on(redis, &opts)).await;
+    let _worker = worker_command_on(|c| cluster_env(c, &cluster, prefix))
+        .spawn()
+        .expect("spawn flashsale-worker");
+    // Sales on every shard (their hash tags spread them over the slots).
+    let skus: Vec<String> = (0..6).map(|i| format!("tlsc-{i}")).collect();
+    let mut promised = Vec::new();
+    for sku in &skus {
+        app.create_sale(sku, 5, 1, -5, 3600).await;
+        for u in 0..3 {
+            let (s, body) = app.purchase(&format!("{sku}-u{u}"), sku, 1, None).await;
+            assert_eq!(s, 202, "{sku}: {body}");
+            promised.push((
+                sku.clone(),
+                body["order_id"].as_str().expect("id").to_owned(),
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for sku in &skus {
+        loop {
+            let a = app.audit(sku).await;
+            assert_eq!(a["consistent"], true, "{a}");
+            assert_eq!(a["sold"], 3, "{a}");
+            if a["confirmed"] == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not confirmed over TLS: {a}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(promised.len(), 18);
+    // TLS only: a plain connection to a node gets nowhere.
+    let plain = Access {
+        tls: None,
+        ..cluster.access()
+    };
+    let port = cluster.nodes()[0];
+    let r = async {
+        let mut c = flashsale::redis::client("127.0.0.1", port, 0, &plain)?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), r)
+            .await
+            .map_or(true, |r| r.is_err()),
+        "plain TCP to a TLS-only cluster node"
     );
 }

@@ -45,13 +45,20 @@ pub fn acl_env<'a>(
         )
 }
 
-/// Sets the Redis variables of `cluster` (seed nodes, password) and the
-/// key prefix on a command that starts a flashsale binary.
+/// Sets the Redis variables of `cluster` (seed nodes, password, and with a
+/// TLS cluster the TLS variables) and the key prefix on a command that
+/// starts a flashsale binary.
 pub fn cluster_env<'a>(
     cmd: &'a mut tokio::process::Command,
     cluster: &crate::redis_cluster::RedisCluster,
     prefix: &str,
 ) -> &'a mut tokio::process::Command {
+    if let Some(f) = cluster.tls_files() {
+        cmd.env("FLASHSALE_REDIS_TLS", "true")
+            .env("FLASHSALE_REDIS_TLS_CA_FILE", &f.ca)
+            .env("FLASHSALE_REDIS_TLS_CERT_FILE", &f.cert)
+            .env("FLASHSALE_REDIS_TLS_KEY_FILE", &f.key);
+    }
     cmd.env("FLASHSALE_REDIS_CLUSTER", cluster.seeds_env())
         .env("FLASHSALE_REDIS_PASSWORD", cluster.password())
         .env("FLASHSALE_KEY_PREFIX", prefix)
