@@ -32,7 +32,13 @@
 #    user nobody): the Sentinels agree on the master and see 2 replicas and
 #    each other; WAIT 2 works; a second ansible run against the live group
 #    changes nothing; a SENTINEL FAILOVER completes; a third run keeps the
-#    Sentinels' learned state and follows the new master.
+#    Sentinels' learned state and follows the new master. The same with
+#    redis_tls and redis_acl (certificates made with openssl): the role's
+#    asserts, a real run, the group formed over TLS only with the users of
+#    deploy/redis/ (the app's refused FLUSHALL, CONFIG, KEYS, other keys; no
+#    ACL denial of what the group itself needs), the app's TLS variables,
+#    credentials and the workers' drop-in, an idempotent second run, a
+#    SENTINEL FAILOVER.
 # 5. Redis Cluster: the playbook with redis_mode=cluster, three hosts on
 #    127.0.0.1-3 with two nodes each: its asserts (--check), a real run
 #    without the creation (the node configs, the unit, the app's
@@ -51,7 +57,10 @@
 #    addresses, cluster-init, the apps on the cluster, every other service
 #    as docker-compose.yml's; the containers' Redis scripts (a data node, a
 #    Sentinel, six cluster nodes and the cluster's creation) and the
-#    ledger's start-postgres.sh run outside a container. (`docker build`
+#    ledger's start-postgres.sh run outside a container; with
+#    docker-compose.secure.yml on top, TLS nodes with the ACL users and the
+#    apps and workers as theirs, and the data node's and Sentinel's scripts
+#    with TLS and the users, outside a container too (a TLS-only node). (`docker build`
 #    needs a Docker engine, which this machine does not have.)
 # 7. the ledger's PostgreSQL: the ansible role postgresql for real, on a
 #    throw-away cluster the role creates under a prefix (Debian's
@@ -268,6 +277,7 @@ command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v timeout >/dev/null || need_apt+=(coreutils)
 command -v pgrep >/dev/null || need_apt+=(procps)
+command -v openssl >/dev/null || need_apt+=(openssl)
 # The compose ledger's start script is run with Debian's PostgreSQL.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
@@ -284,7 +294,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
         || { tail -n 20 "$T/apt.log"; die "apt-get install ${need_apt[*]} failed"; }
     [ "$made_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
 fi
-for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout pgrep python3 psql; do
+for t in nginx redis-server redis-cli curl systemd-analyze docker-compose setpriv timeout pgrep python3 psql openssl; do
     command -v "$t" >/dev/null || die "$t is not available and could not be installed"
 done
 PG_BIN=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 | xargs -r dirname)
@@ -1136,6 +1146,183 @@ KEYS_RC=0; wait "$KEYS_PID" || KEYS_RC=$?
 check "a PEM public key, then a JWKS, from the controller: installed 0644 root, named in flashsale.env, no HS256 credential, unset by a drop-in systemd accepts; the payment secret and the ledger URL as credentials, or taken away, likewise" check_key_files
 
 # ---------------------------------------------------------------------------
+section "redis group with TLS and ACL users (redis_tls, redis_acl)"
+# The playbook with redis_tls and redis_acl for real into a prefix of its
+# own: certificates made with openssl, the users' passwords as extra vars;
+# the six rendered processes started as nobody; the group forms over TLS
+# only, the users of deploy/redis/ are there and the app's cannot do what it
+# must not; the app's variables, credentials and the workers' drop-in; a
+# second run (which asks the Sentinels over TLS) changes nothing; a
+# SENTINEL FAILOVER completes with no ACL denial anywhere.
+read -r XRP1 XRP2 XRP3 XSP1 XSP2 XSP3 <<<"$(free_ports 6)"
+X=$AT/secure
+XP=$X/root
+mkdir -p "$X/tls" "$XP"
+for h in redis1 redis2 redis3 app1; do mkdir -p "$XP/$h/etc" "$XP/$h/var/lib"; done
+make_secure_certs() {
+    local d=$X/tls ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+    openssl req -x509 -new -nodes "${ec[@]}" -keyout "$d/ca.key" -out "$d/ca.crt" -days 2 -subj "/CN=check CA"
+    openssl req -new -nodes "${ec[@]}" -keyout "$d/node.key" -out "$d/node.csr" -subj "/CN=redis node"
+    openssl x509 -req -in "$d/node.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -out "$d/node.crt" -days 2 \
+        -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n')
+    openssl req -new -nodes "${ec[@]}" -keyout "$d/client.key" -out "$d/client.csr" -subj "/CN=flashsale"
+    openssl x509 -req -in "$d/client.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -out "$d/client.crt" -days 2 \
+        -extfile <(printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n')
+    chmod 0644 "$d"/*
+}
+check "openssl: a CA, a node certificate for 127.0.0.1, a client certificate" make_secure_certs
+RP1=$XRP1 RP2=$XRP2 RP3=$XRP3 SP1=$XSP1 SP2=$XSP2 SP3=$XSP3 write_inventory secure "$XP"
+# As extra vars: an inventory's group vars rank below group_vars/all, where
+# the defaults are (an operator sets them there, or per host).
+{
+    echo "redis_tls: true"
+    echo "redis_acl: true"
+    echo "redis_tls_ca_src: $X/tls/ca.crt"
+    echo "redis_tls_cert_src: $X/tls/node.crt"
+    echo "redis_tls_key_src: $X/tls/node.key"
+    echo "flashsale_redis_tls_cert_src: $X/tls/client.crt"
+    echo "flashsale_redis_tls_key_src: $X/tls/client.key"
+} >"$X/secure.yml"
+declare -A XPW=()
+for u in flashsale-app flashsale-worker flashsale-replica flashsale-sentinel flashsale-watch flashsale-peer; do
+    XPW[$u]=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+done
+XSENT_PW=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+{
+    echo "vault_sentinel_password: $XSENT_PW"
+    echo "vault_redis_user_passwords:"
+    for u in "${!XPW[@]}"; do echo "  $u: ${XPW[$u]}"; done
+} >"$X/users.yml"
+chmod -R a+rX "$X"
+check_secure_asserts() {
+    # redis_acl without the users' passwords, redis_tls without its files:
+    # stopped at the role's asserts.
+    not run_playbook secure-noacl secure --limit redis1 --check -e @"$X/secure.yml"
+    grep -q 'no password for ACL user flashsale-app in vault_redis_user_passwords' "$AT/secure-noacl.log"
+    not run_playbook secure-nofiles secure --limit redis1 --check -e @"$X/secure.yml" -e @"$X/users.yml" -e redis_tls_key_src=
+    grep -q 'redis_tls needs redis_tls_ca_src, redis_tls_cert_src and redis_tls_key_src' "$AT/secure-nofiles.log"
+}
+check "redis_acl without the users' passwords, redis_tls without its files: stopped by the role's asserts" check_secure_asserts
+check "ansible-playbook with redis_tls and redis_acl (real run)" run_playbook secure1 secure -e @"$X/secure.yml" -e @"$X/users.yml"
+for i in 1 2 3; do
+    chgrp -R nogroup "$XP/redis$i/etc/flashsale-redis"
+    chown -R nobody:nogroup "$XP/redis$i/var/lib/flashsale-redis" "$XP/redis$i/var/lib/flashsale-sentinel"
+done
+for i in 1 2 3; do
+    as_nobody redis-server "$XP/redis$i/etc/flashsale-redis/redis.conf" >"$T/xredis$i.log" 2>&1 &
+    PIDS+=("$!")
+done
+for i in 1 2 3; do
+    as_nobody redis-server "$XP/redis$i/var/lib/flashsale-sentinel/sentinel.conf" --sentinel >"$T/xsentinel$i.log" 2>&1 &
+    PIDS+=("$!")
+done
+for p in $XRP1 $XRP2 $XRP3 $XSP1 $XSP2 $XSP3; do
+    wait_until 15 port_open "$p" || { tail -n 5 "$T"/xredis*.log "$T"/xsentinel*.log >&2; die "TLS redis/sentinel on port $p did not start"; }
+done
+XTLS=(--tls --cacert "$X/tls/ca.crt" --cert "$X/tls/client.crt" --key "$X/tls/client.key")
+# xcli USER PASSWORD PORT ARGS...: redis-cli over TLS as USER.
+xcli() {
+    local user=$1 pw=$2; shift 2
+    REDISCLI_AUTH=$pw timeout 5 redis-cli --no-auth-warning "${XTLS[@]}" --user "$user" -h 127.0.0.1 -p "$@"
+}
+# The operator's `default` users: the data nodes' and the Sentinels' passwords.
+xrc() { xcli default "$REDIS_PW" "$@"; }
+xsc() { xcli default "$XSENT_PW" "$@"; }
+secure_group_formed() {
+    local m=$1 s out
+    for s in $XSP1 $XSP2 $XSP3; do
+        out=$(xsc "$s" SENTINEL get-master-addr-by-name mymaster | tr '\n' ' ')
+        [ "$out" = "127.0.0.1 $m " ] || { echo "sentinel $s names master [$out]"; return 1; }
+        out=$(xsc "$s" SENTINEL ckquorum mymaster)
+        [[ "$out" == "OK 3 usable"* ]] || { echo "sentinel $s ckquorum: $out"; return 1; }
+        out=$(xsc "$s" SENTINEL replicas mymaster | grep -A1 -x flags | grep -cx 'slave' || true)
+        [ "$out" = 2 ] || { echo "sentinel $s sees $out healthy replicas"; return 1; }
+    done
+    out=$(xrc "$m" INFO replication | tr -d '\r')
+    [ "$(grep -cE '^slave[0-9]+:.*state=online' <<<"$out")" = 2 ] || { echo "master $m: $out"; return 1; }
+}
+# no_acl_denials: ACL LOG is empty on every node (nothing a user of
+# deploy/redis/ needed was refused, no failed login).
+no_acl_denials() {
+    local p log bad=0
+    for p in $XRP1 $XRP2 $XRP3 $XSP1 $XSP2 $XSP3; do
+        if [ "$p" -eq "$XSP1" ] || [ "$p" -eq "$XSP2" ] || [ "$p" -eq "$XSP3" ]; then
+            log=$(xsc "$p" ACL LOG)
+        else
+            log=$(xrc "$p" ACL LOG)
+        fi
+        [ -z "$(tr -d '[:space:]' <<<"$log")" ] || { echo "ACL LOG of $p:"; echo "$log"; bad=1; }
+    done
+    return $bad
+}
+check_secure_group() {
+    wait_until 40 secure_group_formed "$XRP1"
+    # TLS only: a plain connection gets no answer.
+    not timeout 3 redis-cli -h 127.0.0.1 -p "$XRP1" PING
+    # Replicas log in as the replication user; no password in clear text.
+    grep -qx 'masteruser flashsale-replica' "$XP/redis2/etc/flashsale-redis/redis.conf"
+    not grep -q "${XPW[flashsale-app]}" "$XP/redis1/etc/flashsale-redis/redis.conf"
+    no_acl_denials
+}
+check "the group forms over TLS only (3 Sentinels, quorum, 2 replicas online), no ACL denial" check_secure_group
+check_secure_users() {
+    local out cmd
+    expect_eq "$(xcli flashsale-app "${XPW[flashsale-app]}" "$XRP1" SET fs:deploy-check ok)" OK "app user in its prefix"
+    expect_eq "$(xcli flashsale-worker "${XPW[flashsale-worker]}" "$XRP1" WAIT 2 2000)" 2 "WAIT 2 as the worker"
+    for cmd in FLUSHALL "CONFIG SET appendonly no" "KEYS x" "SET other:key 1" "FUNCTION FLUSH"; do
+        # shellcheck disable=SC2086
+        out=$(xcli flashsale-app "${XPW[flashsale-app]}" "$XRP1" $cmd 2>&1 || true)
+        expect_has "$out" NOPERM
+    done
+    out=$(xcli flashsale-watch "${XPW[flashsale-watch]}" "$XSP1" SENTINEL master mymaster)
+    expect_has "$out" "^flags$"
+    out=$(xcli flashsale-watch "${XPW[flashsale-watch]}" "$XSP1" SENTINEL FAILOVER mymaster 2>&1 || true)
+    expect_has "$out" NOPERM
+    # Those refusals are in ACL LOG; the failover below must add none.
+    expect_has "$(xrc "$XRP1" ACL LOG)" "flashsale-app"
+    xrc "$XRP1" ACL LOG RESET >/dev/null
+    xsc "$XSP1" ACL LOG RESET >/dev/null
+}
+check "the users of deploy/redis/: the app's may touch its prefix, not FLUSHALL/CONFIG/KEYS/other keys; the watcher may ask, not fail over" check_secure_users
+check_secure_files() {
+    local env=$XP/app1/etc/flashsale/flashsale.env d=$XP/app1/etc/systemd/system/flashsale-worker@.service.d
+    grep -qx 'FLASHSALE_REDIS_TLS=true' "$env"
+    grep -qx 'FLASHSALE_REDIS_TLS_CA_FILE=/etc/flashsale/tls/ca.crt' "$env"
+    grep -qx 'FLASHSALE_REDIS_TLS_KEY_FILE=/etc/flashsale/tls/client.key' "$env"
+    grep -qx 'FLASHSALE_REDIS_USERNAME=flashsale-app' "$env"
+    grep -qx 'FLASHSALE_SENTINEL_USERNAME=flashsale-watch' "$env"
+    expect_eq "$(cat "$XP/app1/etc/flashsale/credentials/redis_password")" "${XPW[flashsale-app]}"
+    expect_eq "$(cat "$XP/app1/etc/flashsale/credentials/redis_worker_password")" "${XPW[flashsale-worker]}"
+    expect_eq "$(stat -c '%a' "$XP/app1/etc/flashsale/tls/client.key")" 640 client.key
+    grep -qx 'Environment=FLASHSALE_REDIS_USERNAME=flashsale-worker' "$d/redis-user.conf"
+    grep -qx 'Environment=FLASHSALE_REDIS_PASSWORD_FILE=%d/redis_worker_password' "$d/redis-user.conf"
+    # Without redis_acl the drop-in changes nothing and no worker credential is written.
+    expect_eq "$(grep -v '^#' "$P/app1/etc/systemd/system/flashsale-worker@.service.d/redis-user.conf")" '[Service]' redis-user.conf
+    [ ! -e "$P/app1/etc/flashsale/credentials/redis_worker_password" ]
+    not grep -q '^FLASHSALE_REDIS_TLS' "$P/app1/etc/flashsale/flashsale.env"
+}
+check "the app's TLS files and users: flashsale.env, credentials, the workers' drop-in (and none of it without them)" check_secure_files
+check_secure_second_run() {
+    run_playbook secure2 secure -e @"$X/secure.yml" -e @"$X/users.yml"
+    recap_changed_zero secure2
+    grep -q 'from the sentinels' "$AT/secure2.log"
+}
+check "a second run against the TLS group asks its Sentinels over TLS and changes nothing" check_secure_second_run
+secure_failover_done() {
+    local n
+    n=$(xsc "$XSP1" SENTINEL get-master-addr-by-name mymaster | sed -n 2p)
+    [ -n "$n" ] && [ "$n" != "$XRP1" ] && secure_group_formed "$n"
+}
+check_secure_failover() {
+    expect_eq "$(xsc "$XSP2" SENTINEL FAILOVER mymaster)" OK
+    wait_until 45 secure_failover_done
+    local n; n=$(xsc "$XSP1" SENTINEL get-master-addr-by-name mymaster | sed -n 2p)
+    expect_eq "$(xcli flashsale-app "${XPW[flashsale-app]}" "$n" GET fs:deploy-check)" ok "data survived"
+    no_acl_denials
+}
+check "SENTINEL FAILOVER over TLS with the ACL users: a new master, 2 replicas, no ACL denial anywhere" check_secure_failover
+
+# ---------------------------------------------------------------------------
 section "redis cluster from the rendered configs (redis_mode=cluster)"
 # The playbook in cluster mode: three hosts on three loopback addresses
 # (127.0.0.1-3, so that "a replica on another host than its primary" means
@@ -1676,6 +1863,97 @@ check_compose_sentinel() {
     grep -qx 'sentinel known-replica mymaster redis2 6379' "$f"
 }
 check "compose: start-sentinel.sh writes deploy/redis/'s tunables (a Sentinel started from them reports them; a restart replaces them)" check_compose_sentinel
+check_secure_compose() {
+    local cfg; cfg=$(compose_json docker-compose.yml docker-compose.secure.yml)
+    "$PY" - "$cfg" <<'EOF'
+import json, sys
+s = json.loads(sys.argv[1])["services"]
+for n in ["redis1", "redis2", "redis3", "sentinel1", "sentinel2", "sentinel3"]:
+    e = s[n]["environment"]
+    assert e["REDIS_TLS_DIR"] == "/usr/local/etc/flashsale-tls" and e["REDIS_USERS_DIR"] == "/run/secrets", n
+    assert "--tls" in " ".join(s[n]["healthcheck"]["test"]), n
+    assert any("flashsale-tls" in str(v) for v in s[n]["volumes"]), n
+users = {"app1": "flashsale-app", "app2": "flashsale-app", "render": "flashsale-app",
+         "worker1": "flashsale-worker", "worker2": "flashsale-worker"}
+for n, u in users.items():
+    e = s[n]["environment"]
+    assert e["FLASHSALE_REDIS_TLS"] == "true", n
+    assert e["FLASHSALE_REDIS_USERNAME"] == u, n
+    assert e["FLASHSALE_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_user_" + u, n
+    assert e["FLASHSALE_SENTINEL_USERNAME"] == "flashsale-watch", n
+    secrets = {x["source"] if isinstance(x, dict) else x for x in s[n]["secrets"]}
+    assert {"redis_user_" + u, "redis_user_flashsale-watch", "redis_password"} <= secrets, (n, secrets)
+assert {"jwt_secret", "admin_token"} <= {x["source"] if isinstance(x, dict) else x for x in s["app1"]["secrets"]}
+assert "ledger_url" in {x["source"] if isinstance(x, dict) else x for x in s["worker1"]["secrets"]}
+print("secure compose: 6 TLS nodes with the users, apps/render as flashsale-app, workers as flashsale-worker")
+EOF
+}
+check "compose: docker-compose.secure.yml on top: TLS nodes with the ACL users, the apps and workers as their own users over TLS" check_secure_compose
+# start-redis.sh / start-sentinel.sh with TLS and the users, outside a
+# container, with the certificates of the ansible section.
+CRX=$T/compose-secure
+mkdir -p "$CRX/bin" "$CRX/redis1" "$CRX/sentinel1" "$CRX/users"
+cat >"$CRX/bin/docker-entrypoint.sh" <<'EOF'
+#!/bin/sh
+case " $* " in *" --sentinel "*) echo "would start: $*"; exit 0 ;; esac
+exec "$@" --tls-port "$CHECK_PORT" --bind 127.0.0.1
+EOF
+chmod 0755 "$CRX/bin/docker-entrypoint.sh"
+for u in "${!XPW[@]}"; do printf '%s\n' "${XPW[$u]}" >"$CRX/users/redis_user_$u"; done
+read -r CXP <<<"$(free_ports 1)"
+compose_secure_env() {
+    env PATH="$CRX/bin:$PATH" FLASHSALE_ETC="$C/redis" FLASHSALE_SHIPPED="$DEPLOY/redis" \
+        REDIS_DATA="$CRX/redis1" SENTINEL_DATA="$CRX/sentinel1" REDIS_PASSWORD_FILE="$CR/redis_password" \
+        REDIS_ANNOUNCE=127.0.0.1 SENTINEL_ANNOUNCE=sentinel1 CHECK_PORT="$CXP" \
+        REDIS_TLS_DIR="$X/tls" REDIS_USERS_DIR="$CRX/users" "$@"
+}
+compose_secure_env sh "$C/redis/start-redis.sh" >"$CRX/redis1.log" 2>&1 &
+PIDS+=("$!")
+check_compose_secure_node() {
+    wait_until 15 port_open "$CXP" || { cat "$CRX/redis1.log"; return 1; }
+    local out
+    not timeout 3 redis-cli -h 127.0.0.1 -p "$CXP" PING
+    # (A lone master refuses writes: min-replicas-to-write. A read will do.)
+    expect_eq "$(xcli flashsale-app "${XPW[flashsale-app]}" "$CXP" EXISTS fs:compose-check)" 0 "app user in its prefix"
+    out=$(xcli flashsale-app "${XPW[flashsale-app]}" "$CXP" FLUSHALL 2>&1 || true)
+    expect_has "$out" NOPERM
+    out=$(xcli default "$REDIS_PW" "$CXP" ACL USERS | tr '\n' ' ')
+    expect_eq "$out" "default flashsale-app flashsale-replica flashsale-sentinel flashsale-worker " "ACL USERS"
+    grep -qx 'masteruser flashsale-replica' "$CRX/redis1/runtime.conf"
+    data_node_is_shipped_tls
+}
+# The shipped settings hold over TLS too (CONFIG GET as default).
+data_node_is_shipped_tls() {
+    local k v got bad=0
+    while IFS=$'\t' read -r k v; do
+        got=$(xcli default "$REDIS_PW" "$CXP" CONFIG GET "$k" | sed -n 2p)
+        [ "$got" = "$v" ] || { echo "TLS data node: $k is [$got], shipped [$v]"; bad=1; }
+    done < <(shipped_redis)
+    return $bad
+}
+check "compose: start-redis.sh with REDIS_TLS_DIR and REDIS_USERS_DIR: TLS only, the users of deploy/redis/users.acl, the shipped settings" check_compose_secure_node
+check_compose_secure_sentinel() {
+    compose_secure_env sh "$C/redis/start-sentinel.sh"
+    local f=$CRX/sentinel1/sentinel.conf
+    grep -qx 'tls-port 26379' "$f"
+    grep -qx 'port 0' "$f"
+    grep -q '^user flashsale-watch reset on >' "$f"
+    grep -qx "sentinel auth-user mymaster flashsale-sentinel" "$f"
+    grep -qx "sentinel sentinel-user flashsale-peer" "$f"
+    # A second start replaces the lines instead of adding to them.
+    compose_secure_env sh "$C/redis/start-sentinel.sh"
+    expect_eq "$(grep -c '^user flashsale-watch ' "$f")" 1 "user lines"
+    expect_eq "$(grep -c '^tls-port ' "$f")" 1 "tls-port lines"
+    expect_eq "$(grep -c '^sentinel auth-pass mymaster ' "$f")" 1 "auth-pass lines"
+    # Without them again: plain port, the data nodes' password.
+    env -u REDIS_TLS_DIR -u REDIS_USERS_DIR PATH="$CRX/bin:$PATH" FLASHSALE_ETC="$C/redis" FLASHSALE_SHIPPED="$DEPLOY/redis" \
+        SENTINEL_DATA="$CRX/sentinel1" REDIS_PASSWORD_FILE="$CR/redis_password" SENTINEL_ANNOUNCE=sentinel1 \
+        sh "$C/redis/start-sentinel.sh"
+    grep -qx 'port 26379' "$f"
+    not grep -q '^tls-\|^user ' "$f"
+    grep -qx "sentinel auth-pass mymaster $REDIS_PW" "$f"
+}
+check "compose: start-sentinel.sh with TLS and the users writes tls-port, the users of sentinel-users.acl, auth-user; a restart replaces them" check_compose_secure_sentinel
 # The cluster's containers, outside a container: start-cluster-node.sh for
 # six nodes, each on its own loopback address (127.0.0.21-26, as the
 # containers have their own), and create-cluster.sh (cluster-init) with them.

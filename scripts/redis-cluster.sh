@@ -16,6 +16,11 @@
 #   --primaries N        primaries: 1, 2 or 3, each with one replica     3
 #                        (no environment variable: the test kit's clusters
 #                        always have 3)
+#   --tls                TLS only, on the same ports, the cluster bus and
+#                        replication too (tls-cluster, tls-replication); the
+#                        certificates are made with openssl in RUN_DIR/tls
+#                        (scripts/redis-certs.sh: ca.crt, server.crt/.key,
+#                        client.crt/.key)   [REDIS_CLUSTER_TLS=1]   off
 #
 # The default password "flashsale-dev" is for local development ONLY.
 #
@@ -42,7 +47,9 @@
 # Run directory layout:
 #   RUN_DIR/cluster.state                ports/timing override of the cluster (0600);
 #                                        primaries=P when P is not 3
-#   RUN_DIR/env                          FLASHSALE_REDIS_CLUSTER/_PASSWORD exports (0600, holds the password)
+#   RUN_DIR/env                          FLASHSALE_REDIS_CLUSTER/_PASSWORD exports (0600, holds the password;
+#                                        with --tls the FLASHSALE_REDIS_TLS* ones too)
+#   RUN_DIR/tls/                         --tls: the certificates
 #   RUN_DIR/create.log                   output of `redis-cli --cluster create` (3 primaries)
 #                                        or of the script's CLUSTER commands (1 or 2)
 #   RUN_DIR/redis-N/redis.conf           config, pidfile redis.pid, logfile redis.log,
@@ -97,6 +104,7 @@ NODE_TIMEOUT=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-}
 PASSWORD=${REDIS_CLUSTER_PASSWORD:-flashsale-dev}
 WAIT_SECS=${REDIS_CLUSTER_WAIT_SECS:-30}
 PRIMARIES=3
+TLS=${REDIS_CLUSTER_TLS:-0}
 
 need_arg() {
   [[ $# -ge 2 ]] || die "option $1 needs a value"
@@ -121,6 +129,7 @@ while [[ $# -gt 0 ]]; do
     --wait-secs=*) WAIT_SECS=${1#*=}; shift ;;
     --primaries) need_arg "$@"; PRIMARIES=$2; shift 2 ;;
     --primaries=*) PRIMARIES=${1#*=}; shift ;;
+    --tls) TLS=1; shift ;;
     -h | --help | help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -154,6 +163,10 @@ load_shipped_settings() {
 
 validate_start_options() {
   load_shipped_settings
+  [[ $TLS == 0 || $TLS == 1 ]] || die "REDIS_CLUSTER_TLS must be 0 or 1"
+  if ((TLS)); then
+    command -v openssl >/dev/null 2>&1 || die "--tls needs openssl (apt-get install -y openssl)"
+  fi
   is_uint "$BASE_PORT" || die "--base-port must be a number"
   [[ -n $NODE_TIMEOUT ]] || NODE_TIMEOUT=$SHIPPED_NODE_TIMEOUT
   is_uint "$NODE_TIMEOUT" || die "--node-timeout must be a number of milliseconds"
@@ -215,6 +228,7 @@ load_state() {
       password) PASSWORD=$v ;;
       created) CREATED=$v ;;
       primaries) PRIMARIES=$v ;;
+      tls) TLS=$v ;;
     esac
   done <"$f"
   [[ $PRIMARIES =~ ^[123]$ ]] || die "$f: primaries=$PRIMARIES is not 1, 2 or 3"
@@ -232,6 +246,7 @@ write_state() {
     if ((PRIMARIES != 3)); then
       echo "primaries=$PRIMARIES"
     fi
+    echo "tls=$TLS"
   } >"$RUN_DIR/cluster.state"
   chmod 600 "$RUN_DIR/cluster.state"
 }
@@ -270,11 +285,24 @@ port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# shellcheck source=scripts/redis-certs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-certs.sh"
+
+# redis-cli's TLS options (with --tls: the client certificate of RUN_DIR/tls).
+TLS_CLI=()
+set_tls_cli() {
+  TLS_CLI=()
+  if ((TLS)); then
+    TLS_CLI=(--tls --cacert "$RUN_DIR/tls/ca.crt" --cert "$RUN_DIR/tls/client.crt" --key "$RUN_DIR/tls/client.key")
+  fi
+}
+
 # redis-cli against a node (authenticated via env, bounded by timeout).
 rcli() {
   local port=$1
   shift
-  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" "$@"
+  set_tls_cli
+  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning "${TLS_CLI[@]}" -h 127.0.0.1 -p "$port" "$@"
 }
 
 # ------------------------------------------------------------------ start ---
@@ -320,6 +348,10 @@ write_redis_conf() {
     echo "masterauth \"$PASSWORD\""
     echo "cluster-config-file \"$dir/nodes.conf\""
     echo "cluster-port $(node_bus_port "$node")"
+    if ((TLS)); then
+      redis_tls_conf "$RUN_DIR/tls" "$port"
+      echo "tls-cluster yes"
+    fi
     echo "include \"$SHIPPED_REDIS_CONF\""
     echo "include \"$SHIPPED_CLUSTER_CONF\""
     if [[ -n $TIMING_OVERRIDE ]]; then
@@ -569,7 +601,7 @@ cmd_start() {
 
   # The cluster of this dir (with the ports and timing it was started on).
   local req_base=$BASE_PORT req_override=$TIMING_OVERRIDE req_timeout=$NODE_TIMEOUT req_password=$PASSWORD
-  local req_primaries=$PRIMARIES
+  local req_primaries=$PRIMARIES req_tls=$TLS
   if load_state; then
     local alive
     alive=$(alive_count)
@@ -589,6 +621,9 @@ cmd_start() {
     if ((CREATED)) && [[ $BASE_PORT != "$req_base" ]]; then
       die "the cluster in $RUN_DIR was created on base port $BASE_PORT (its nodes.conf names those ports); start it with --base-port $BASE_PORT, or remove $RUN_DIR for a new one"
     fi
+    if ((CREATED && TLS != req_tls)); then
+      die "the cluster in $RUN_DIR was created $( ((TLS)) && echo with || echo without) --tls; start it so, or remove $RUN_DIR for a new one"
+    fi
     if ((CREATED && PRIMARIES != req_primaries)); then
       die "the cluster in $RUN_DIR was created with --primaries $PRIMARIES; start it with --primaries $PRIMARIES, or remove $RUN_DIR for a new one"
     fi
@@ -598,6 +633,7 @@ cmd_start() {
   NODE_TIMEOUT=$req_timeout
   PASSWORD=$req_password
   PRIMARIES=$req_primaries
+  TLS=$req_tls
   set_nodes
 
   if [[ -n $TIMING_OVERRIDE ]]; then
@@ -624,6 +660,9 @@ cmd_start() {
   done
   rm -f "$RUN_DIR/env"
   write_state
+  if ((TLS)) && [[ ! -f $RUN_DIR/tls/ca.crt ]]; then
+    make_redis_certs "$RUN_DIR/tls"
+  fi
 
   for node in "${NODES[@]}"; do
     write_redis_conf "$node"
@@ -645,7 +684,8 @@ cmd_start() {
     for node in "${NODES[@]}"; do
       addrs+=("127.0.0.1:$(node_port "$node")")
     done
-    if ! REDISCLI_AUTH=$PASSWORD timeout "$WAIT_SECS" redis-cli --no-auth-warning \
+    set_tls_cli
+    if ! REDISCLI_AUTH=$PASSWORD timeout "$WAIT_SECS" redis-cli --no-auth-warning "${TLS_CLI[@]}" \
       --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
       >"$RUN_DIR/create.log" 2>&1; then
       log "last lines of $RUN_DIR/create.log:"
@@ -675,6 +715,12 @@ cmd_start() {
     echo "# flashsale local Redis Cluster ($RUN_DIR) — dev only"
     echo "export FLASHSALE_REDIS_CLUSTER=$(seeds)"
     echo "export FLASHSALE_REDIS_PASSWORD='$PASSWORD'"
+    if ((TLS)); then
+      echo "export FLASHSALE_REDIS_TLS=true"
+      echo "export FLASHSALE_REDIS_TLS_CA_FILE=$RUN_DIR/tls/ca.crt"
+      echo "export FLASHSALE_REDIS_TLS_CERT_FILE=$RUN_DIR/tls/client.crt"
+      echo "export FLASHSALE_REDIS_TLS_KEY_FILE=$RUN_DIR/tls/client.key"
+    fi
   } >"$RUN_DIR/env"
   chmod 600 "$RUN_DIR/env"
   trap - EXIT

@@ -17,6 +17,26 @@
 #                        sentinel-0..2               [REDIS_GROUP_HOSTS]  all 127.0.0.1
 #   --netns N0,...,N5    run each node in that network namespace (ip netns exec),
 #                        same order; needs --hosts  [REDIS_GROUP_NETNS]  none
+#   --tls                TLS only, on the same ports  [REDIS_GROUP_TLS=1]  off
+#   --acl                the ACL users of deploy/redis/ [REDIS_GROUP_ACL=1]  off
+#   --key-prefix P       key prefix the app's and worker's users may touch
+#                        (with --acl)           [REDIS_GROUP_KEY_PREFIX]  fs
+#
+# --tls: openssl makes, in RUN_DIR/tls/, a CA (ca.crt), a certificate for
+# every node address (server.crt/.key; replicas and Sentinels present it as
+# their client certificate too) and a client certificate (client.crt/.key).
+# Every node listens with TLS only (port 0, tls-port = the port above) and
+# asks clients for a certificate; replication and the Sentinels' own
+# connections use TLS (tls-replication yes).
+#
+# --acl: the users of deploy/redis/users.acl (data nodes) and
+# deploy/redis/sentinel-users.acl (Sentinels), each with a fresh random
+# password written to RUN_DIR/users (name=password, 0600); replicas
+# authenticate as the replication user (masteruser), the Sentinels as the
+# Sentinel user (sentinel auth-user) and to each other as the peer user
+# (sentinel sentinel-user). The default user keeps --password on the data
+# nodes and gets it on the Sentinels too (the operator's and the tests'
+# account).
 #
 # --hosts and --netns are for tests that cut the network between nodes (each
 # node its own host on a bridge, made by the caller); every node binds only
@@ -41,6 +61,8 @@
 # Run directory layout:
 #   RUN_DIR/group.state                  ports/name/timing override of the running group (0600)
 #   RUN_DIR/env                          FLASHSALE_REDIS_* exports (0600, holds the password)
+#   RUN_DIR/users                        --acl: name=password of each ACL user (0600)
+#   RUN_DIR/tls/                         --tls: ca.crt, server.crt/.key, client.crt/.key
 #   RUN_DIR/redis-N/redis.conf           config, pidfile redis.pid, logfile redis.log, data (AOF)
 #   RUN_DIR/sentinel-N/sentinel.conf     config (rewritten by Sentinel), sentinel.pid, sentinel.log
 #
@@ -88,6 +110,9 @@ MASTER_NAME=${REDIS_GROUP_MASTER_NAME:-mymaster}
 WAIT_SECS=${REDIS_GROUP_WAIT_SECS:-30}
 HOSTS=${REDIS_GROUP_HOSTS:-}
 NETNS=${REDIS_GROUP_NETNS:-}
+TLS=${REDIS_GROUP_TLS:-0}
+ACL=${REDIS_GROUP_ACL:-0}
+KEY_PREFIX=${REDIS_GROUP_KEY_PREFIX:-fs}
 
 need_arg() {
   [[ $# -ge 2 ]] || die "option $1 needs a value"
@@ -116,6 +141,10 @@ while [[ $# -gt 0 ]]; do
     --hosts=*) HOSTS=${1#*=}; shift ;;
     --netns) need_arg "$@"; NETNS=$2; shift 2 ;;
     --netns=*) NETNS=${1#*=}; shift ;;
+    --tls) TLS=1; shift ;;
+    --acl) ACL=1; shift ;;
+    --key-prefix) need_arg "$@"; KEY_PREFIX=$2; shift 2 ;;
+    --key-prefix=*) KEY_PREFIX=${1#*=}; shift ;;
     -h | --help | help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
   esac
@@ -131,6 +160,8 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 SHIPPED_REDIS_CONF=$REPO_ROOT/deploy/redis/redis-shipped.conf
 SHIPPED_SENTINEL=$REPO_ROOT/deploy/redis/sentinel-shipped.properties
+SHIPPED_USERS=$REPO_ROOT/deploy/redis/users.acl
+SHIPPED_SENTINEL_USERS=$REPO_ROOT/deploy/redis/sentinel-users.acl
 # Keys and values of the Sentinel tunables, in file order.
 SENTINEL_KEYS=()
 declare -A SENTINEL_VALUES=()
@@ -170,6 +201,16 @@ validate_start_options() {
   fi
   ((WAIT_SECS >= 1)) || die "--wait-secs must be at least 1"
   [[ $MASTER_NAME =~ ^[A-Za-z0-9_.-]+$ ]] || die "--master-name must be [A-Za-z0-9_.-]+"
+  [[ $TLS == 0 || $TLS == 1 ]] || die "REDIS_GROUP_TLS must be 0 or 1"
+  [[ $ACL == 0 || $ACL == 1 ]] || die "REDIS_GROUP_ACL must be 0 or 1"
+  [[ $KEY_PREFIX =~ ^[A-Za-z0-9_-]+$ ]] || die "--key-prefix must be [A-Za-z0-9_-]+"
+  if ((ACL)); then
+    [[ -r $SHIPPED_USERS ]] || die "$SHIPPED_USERS not found (the ACL users of the data nodes)"
+    [[ -r $SHIPPED_SENTINEL_USERS ]] || die "$SHIPPED_SENTINEL_USERS not found (the ACL users of the Sentinels)"
+  fi
+  if ((TLS)); then
+    command -v openssl >/dev/null 2>&1 || die "--tls needs openssl (apt-get install -y openssl)"
+  fi
   # Kept simple so it can be written into redis configs and shell files verbatim.
   [[ -n $PASSWORD ]] || die "--password must not be empty"
   [[ $PASSWORD =~ ^[A-Za-z0-9_.,:@%+=/~^!?*#-]+$ ]] ||
@@ -260,6 +301,9 @@ load_state() {
       password) PASSWORD=$v ;;
       hosts) HOSTS=$v ;;
       netns) NETNS=$v ;;
+      tls) TLS=$v ;;
+      acl) ACL=$v ;;
+      key_prefix) KEY_PREFIX=$v ;;
     esac
   done <"$f"
   parse_layout
@@ -313,18 +357,76 @@ port_host() {
   echo 127.0.0.1
 }
 
+# redis-cli's TLS options (with --tls: the client certificate of RUN_DIR/tls).
+tls_cli_args() {
+  if ((TLS)); then
+    printf '%s\n' --tls --cacert "$RUN_DIR/tls/ca.crt" --cert "$RUN_DIR/tls/client.crt" --key "$RUN_DIR/tls/client.key"
+  fi
+}
+
 # redis-cli against a data node (authenticated via env, bounded by timeout).
 rcli() {
   local port=$1
   shift
-  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning -h "$(port_host "$port")" -p "$port" "$@"
+  local -a t
+  mapfile -t t < <(tls_cli_args)
+  REDISCLI_AUTH=$PASSWORD timeout 3 redis-cli --no-auth-warning "${t[@]}" -h "$(port_host "$port")" -p "$port" "$@"
 }
 
-# redis-cli against a Sentinel (no password on Sentinels).
+# redis-cli against a Sentinel (no password on Sentinels, except with --acl:
+# then the default user has --password there too).
 scli() {
   local port=$1
   shift
-  timeout 3 redis-cli -h "$(port_host "$port")" -p "$port" "$@"
+  local -a t auth=()
+  mapfile -t t < <(tls_cli_args)
+  if ((ACL)); then
+    auth=(env "REDISCLI_AUTH=$PASSWORD")
+  fi
+  "${auth[@]}" timeout 3 redis-cli --no-auth-warning "${t[@]}" -h "$(port_host "$port")" -p "$port" "$@"
+}
+
+# ------------------------------------------------------------- TLS, users ---
+
+# shellcheck source=scripts/redis-certs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/redis-certs.sh"
+
+make_certs() { make_redis_certs "$RUN_DIR/tls" "${NODE_HOSTS[@]}"; }
+
+# The TLS lines of a node's config (TLS only: no plain port).
+tls_conf() { redis_tls_conf "$RUN_DIR/tls" "$1"; }
+
+declare -A USER_PW=()
+# A fresh password for every user of the users files, in RUN_DIR/users.
+make_passwords() {
+  local f name
+  : >"$RUN_DIR/users"
+  chmod 600 "$RUN_DIR/users"
+  for f in "$SHIPPED_USERS" "$SHIPPED_SENTINEL_USERS"; do
+    while read -r name; do
+      [[ -n ${USER_PW[$name]+set} ]] && continue
+      USER_PW[$name]=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+      echo "$name=${USER_PW[$name]}" >>"$RUN_DIR/users"
+    done < <(awk '$1 == "user" { print $2 }' "$f")
+  done
+}
+
+load_passwords() {
+  local line
+  [[ -f $RUN_DIR/users ]] || return 0
+  while IFS= read -r line; do
+    USER_PW[${line%%=*}]=${line#*=}
+  done <"$RUN_DIR/users"
+}
+
+# `user NAME RULES…` lines of a users file as config lines: each user reset,
+# switched on, given its password; {prefix} becomes the key prefix.
+render_users() {
+  local name rules
+  while read -r _ name rules; do
+    rules=${rules//\{prefix\}/$KEY_PREFIX}
+    echo "user $name reset on >${USER_PW[$name]} $rules"
+  done < <(grep -E '^user ' "$1")
 }
 
 # ------------------------------------------------------------------ start ---
@@ -367,7 +469,17 @@ write_redis_conf() {
     echo "logfile \"$(node_logfile "$node")\""
     echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
     echo "requirepass \"$PASSWORD\""
-    echo "masterauth \"$PASSWORD\""
+    if ((ACL)); then
+      echo "# the ACL users (${SHIPPED_USERS#"$REPO_ROOT"/}); replicas log in as the replication user"
+      render_users "$SHIPPED_USERS"
+      echo "masteruser flashsale-replica"
+      echo "masterauth \"${USER_PW[flashsale-replica]}\""
+    else
+      echo "masterauth \"$PASSWORD\""
+    fi
+    if ((TLS)); then
+      tls_conf "$port"
+    fi
     echo "include \"$SHIPPED_REDIS_CONF\""
     if [[ $node != redis-0 ]]; then
       echo "replicaof $(node_host redis-0) $(node_port redis-0)"
@@ -391,7 +503,21 @@ write_sentinel_conf() {
     echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
     echo "sentinel resolve-hostnames no"
     echo "sentinel monitor $MASTER_NAME $(node_host redis-0) $(node_port redis-0) 2"
-    echo "sentinel auth-pass $MASTER_NAME \"$PASSWORD\""
+    if ((TLS)); then
+      tls_conf "$port"
+    fi
+    if ((ACL)); then
+      echo "# the ACL users (${SHIPPED_SENTINEL_USERS#"$REPO_ROOT"/}); the data nodes are"
+      echo "# watched as the Sentinel user, the other Sentinels asked as the peer user"
+      echo "requirepass \"$PASSWORD\""
+      render_users "$SHIPPED_SENTINEL_USERS"
+      echo "sentinel sentinel-user flashsale-peer"
+      echo "sentinel sentinel-pass \"${USER_PW[flashsale-peer]}\""
+      echo "sentinel auth-user $MASTER_NAME flashsale-sentinel"
+      echo "sentinel auth-pass $MASTER_NAME \"${USER_PW[flashsale-sentinel]}\""
+    else
+      echo "sentinel auth-pass $MASTER_NAME \"$PASSWORD\""
+    fi
     echo "# the shipped tunables (${SHIPPED_SENTINEL#"$REPO_ROOT"/})"
     for k in "${SENTINEL_KEYS[@]}"; do
       v=${SENTINEL_VALUES[$k]}
@@ -550,9 +676,19 @@ cmd_start() {
     echo "password=$PASSWORD"
     echo "hosts=$HOSTS"
     echo "netns=$NETNS"
+    echo "tls=$TLS"
+    echo "acl=$ACL"
+    echo "key_prefix=$KEY_PREFIX"
   } >"$RUN_DIR/group.state"
   chmod 600 "$RUN_DIR/group.state"
 
+  rm -f "$RUN_DIR/users"
+  if ((TLS)); then
+    make_certs
+  fi
+  if ((ACL)); then
+    make_passwords
+  fi
   for node in redis-0 redis-1 redis-2; do
     write_redis_conf "$node"
   done
@@ -596,7 +732,21 @@ cmd_start() {
     echo "# flashsale local Redis Sentinel group ($RUN_DIR) — dev only"
     echo "export FLASHSALE_REDIS_SENTINELS=$sentinels"
     echo "export FLASHSALE_REDIS_MASTER_NAME=$MASTER_NAME"
-    echo "export FLASHSALE_REDIS_PASSWORD='$PASSWORD'"
+    if ((ACL)); then
+      echo "# the app's users (flashsale-worker has its own: see $RUN_DIR/users)"
+      echo "export FLASHSALE_REDIS_USERNAME=flashsale-app"
+      echo "export FLASHSALE_REDIS_PASSWORD='${USER_PW[flashsale-app]}'"
+      echo "export FLASHSALE_SENTINEL_USERNAME=flashsale-watch"
+      echo "export FLASHSALE_SENTINEL_PASSWORD='${USER_PW[flashsale-watch]}'"
+    else
+      echo "export FLASHSALE_REDIS_PASSWORD='$PASSWORD'"
+    fi
+    if ((TLS)); then
+      echo "export FLASHSALE_REDIS_TLS=true"
+      echo "export FLASHSALE_REDIS_TLS_CA_FILE=$RUN_DIR/tls/ca.crt"
+      echo "export FLASHSALE_REDIS_TLS_CERT_FILE=$RUN_DIR/tls/client.crt"
+      echo "export FLASHSALE_REDIS_TLS_KEY_FILE=$RUN_DIR/tls/client.key"
+    fi
   } >"$RUN_DIR/env"
   chmod 600 "$RUN_DIR/env"
   trap - EXIT

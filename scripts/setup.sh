@@ -7,7 +7,8 @@
 # (the server binaries the order ledger's tests and the demo start; Debian
 # keeps them in /usr/lib/postgresql/<version>/bin, off PATH), `netns`
 # (iproute2 and nftables: the partition tests' hosts and cuts), `promtool`
-# (Debian's prometheus package: the alert rules' checks and unit tests), or
+# (Debian's prometheus package: the alert rules' checks and unit tests), `tls`
+# (openssl: the certificates of a TLS test group, redis-group.sh --tls), or
 # any Debian package name.
 set -euo pipefail
 
@@ -30,6 +31,7 @@ for extra in "$@"; do
              command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
            done ;;
     promtool) command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus) ;;
+    tls) command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) ;;
     postgresql) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql) ;;
     *) need_apt+=("$extra") ;;
   esac

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh chromium node pip postgresql netns promtool
-for tool in redis-server redis-sentinel redis-cli nginx chromium node npm ip nft tc promtool; do
+scripts/setup.sh chromium node pip postgresql netns promtool tls
+for tool in redis-server redis-sentinel redis-cli nginx chromium node npm ip nft tc promtool openssl; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing" >&2; exit 1; }
 done
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \

@@ -15,8 +15,8 @@ mod serve;
 mod worker;
 
 pub use redis::{
-    DEFAULT_CLUSTER_FAILOVER_WAIT_MS, DEFAULT_FAILOVER_WAIT_MS, RedisArgs, RedisSettings,
-    RedisTarget, ReplicaAcks,
+    Access, ClientCert, DEFAULT_CLUSTER_FAILOVER_WAIT_MS, DEFAULT_FAILOVER_WAIT_MS, RedisArgs,
+    RedisSettings, RedisTarget, ReplicaAcks, Tls,
 };
 pub use serve::{JwtKeys, JwtSettings, ServeArgs, ServeSettings};
 pub use worker::{WorkerArgs, WorkerSettings, WorkerTuning, default_consumer};
@@ -172,6 +172,64 @@ mod tests {
         assert_eq!((s.max_connections, s.max_connections_per_ip), (50, 0));
         let e = serve(&["--max-connections", "0"]).unwrap_err();
         assert!(e.to_string().starts_with("FLASHSALE_MAX_CONNECTIONS"));
+    }
+
+    #[test]
+    fn users_and_tls_settings_that_cannot_work_name_their_variable() {
+        let first = |args: &[&str]| parse(args).unwrap_err().to_string();
+        let s = ["--redis-sentinels", "h:1"];
+        let with = |more: &[&'static str]| {
+            let mut v = s.to_vec();
+            v.extend_from_slice(more);
+            v
+        };
+        assert!(
+            first(&with(&["--redis-tls-ca-file", "/x"])).starts_with("FLASHSALE_REDIS_TLS_CA_FILE")
+        );
+        assert!(first(&with(&["--redis-tls", "on"])).starts_with("FLASHSALE_REDIS_TLS:"));
+        assert!(
+            first(&with(&[
+                "--redis-tls",
+                "true",
+                "--redis-tls-key-file",
+                "/x"
+            ]))
+            .starts_with("FLASHSALE_REDIS_TLS_CERT_FILE")
+        );
+        assert!(first(&with(&["--redis-username", "u"])).starts_with("FLASHSALE_REDIS_USERNAME"));
+        assert!(
+            first(&with(&["--sentinel-username", "u"])).starts_with("FLASHSALE_SENTINEL_USERNAME")
+        );
+        assert!(
+            first(&["--redis-url", "redis://h:1", "--redis-tls", "true"])
+                .starts_with("FLASHSALE_REDIS_TLS:")
+        );
+    }
+
+    #[test]
+    fn a_urls_user_stays_unless_the_variables_name_another() {
+        let s = parse(&["--redis-url", "redis://u:hunter2@h:1/"]).unwrap();
+        assert_eq!(s.access.username.as_deref(), Some("u"));
+        assert_eq!(
+            s.access.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert!(s.access.tls.is_none());
+        let s = parse(&[
+            "--redis-url",
+            "redis://u:hunter2@h:1/",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "pw",
+        ])
+        .unwrap();
+        assert_eq!(s.access.username.as_deref(), Some("app"));
+        assert_eq!(s.access.password.as_ref().map(Secret::expose), Some("pw"));
+        // rediss:// turns TLS on (the system's roots without a CA file).
+        let s = parse(&["--redis-url", "rediss://h:1"]).unwrap();
+        assert!(s.access.tls.as_ref().is_some_and(|t| t.ca.is_none()));
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]

@@ -1,12 +1,84 @@
-//! The Redis settings every binary shares: where the data lives (Sentinels
-//! or one development node), credentials, key prefix, timeouts, the hold
-//! and the acknowledgement rule. Validation only; no connection is made here.
+//! The Redis settings every binary shares: where the data lives (Sentinels,
+//! a cluster or one development node), how to reach it ([`Access`]: ACL
+//! user, password, TLS), key prefix, timeouts, the hold and the
+//! acknowledgement rule. Validation only: certificate files are read and
+//! parsed here, but no connection is made (that is `crate::redis`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{ConfigError, Secret, invalid, ms, secret};
+
+/// How to reach one kind of node (the data nodes, or the Sentinels):
+/// every connection the product opens is made from one of these.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// ACL user; `None`: `default`.
+    pub username: Option<String>,
+    /// That user's password; `None`: no `AUTH`.
+    pub password: Option<Secret>,
+    /// `Some`: TLS, verified with these certificates.
+    pub tls: Option<Arc<Tls>>,
+}
+
+impl Access {
+    /// The `default` user with `password`, over plain TCP.
+    pub fn password(password: impl Into<String>) -> Self {
+        Access {
+            username: None,
+            password: Some(Secret::new(password)),
+            tls: None,
+        }
+    }
+}
+
+/// TLS to Redis and the Sentinels: the CA to verify them with (`None`: the
+/// system's roots) and the client certificate, if any. Read and parsed at
+/// start-up.
+#[derive(Clone)]
+pub struct Tls {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<ClientCert>,
+}
+
+/// A client certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl ClientCert {
+    /// A certificate chain and its key, both PEM (not checked here: the
+    /// variables are checked by [`RedisArgs::settings`]).
+    pub fn new(cert: Vec<u8>, key: Vec<u8>) -> Self {
+        ClientCert { cert, key }
+    }
+
+    /// The private key (PEM): a secret, never printed.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca", &self.ca.as_ref().map(|_| "<pem>"))
+            .field("client", &self.client.as_ref().map(|_| "<cert, key ***>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCert(<cert>, key ***)")
+    }
+}
 
 /// How many replicas must hold a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +95,8 @@ pub enum RedisTarget {
     Sentinels {
         addrs: Vec<(String, u16)>,
         master_name: String,
-        sentinel_password: Option<Secret>,
+        /// How to reach the Sentinels (their own ACL user; the same TLS).
+        access: Access,
     },
     /// Seed nodes of a Redis Cluster: the rest is discovered.
     Cluster { seeds: Vec<(String, u16)> },
@@ -35,7 +108,9 @@ pub enum RedisTarget {
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub target: RedisTarget,
-    pub password: Option<Secret>,
+    /// How to reach the data nodes (with a URL: its credentials, unless
+    /// the variables name others, and TLS when it is `rediss://`).
+    pub access: Access,
     pub key_prefix: String,
     /// Response timeout of one command on the master or a replica.
     pub timeout: Duration,
@@ -71,6 +146,24 @@ pub struct RedisArgs {
     /// File holding the password of the Sentinels.
     #[arg(long, env = "FLASHSALE_SENTINEL_PASSWORD_FILE")]
     pub sentinel_password_file: Option<String>,
+    /// ACL user of the data nodes (the password is this user's).
+    #[arg(long, env = "FLASHSALE_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// ACL user of the Sentinels (the Sentinel password is this user's).
+    #[arg(long, env = "FLASHSALE_SENTINEL_USERNAME")]
+    pub sentinel_username: Option<String>,
+    /// `true`: TLS to the data nodes and the Sentinels.
+    #[arg(long, env = "FLASHSALE_REDIS_TLS")]
+    pub redis_tls: Option<String>,
+    /// PEM file of the CA that signed the nodes' certificates (default: the system's roots).
+    #[arg(long, env = "FLASHSALE_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<String>,
+    /// PEM file of the client certificate (with FLASHSALE_REDIS_TLS_KEY_FILE).
+    #[arg(long, env = "FLASHSALE_REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "FLASHSALE_REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<String>,
     /// Seed nodes of a Redis Cluster as host:port,host:port,...
     #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
     pub redis_cluster: Option<String>,
@@ -130,6 +223,104 @@ fn parse_addrs(
     Ok(out)
 }
 
+/// An ACL user name: not empty, no spaces or control characters.
+fn username(var: &'static str, raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some("") => Err(invalid(var, "is empty (unset it for the `default` user)")),
+        Some(u) if u.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(invalid(
+            var,
+            "must not contain spaces or control characters",
+        )),
+        Some(u) => Ok(Some(u.to_owned())),
+    }
+}
+
+/// Reads a PEM file named by `var`.
+fn read_pem(var: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    if path.is_empty() {
+        return Err(invalid(var, "is empty"));
+    }
+    std::fs::read(path).map_err(|e| invalid(var, format!("cannot read the file it names: {e}")))
+}
+
+/// Certificates of a PEM file named by `var` (at least one).
+fn certificates(
+    var: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| invalid(var, "the file it names is not valid PEM"))?;
+    if certs.is_empty() {
+        return Err(invalid(var, "the file it names holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The TLS files, read and checked: the CA must hold trust anchors, and a
+/// client certificate comes with the key that matches it.
+fn load_tls(a: &RedisArgs) -> Result<Tls, ConfigError> {
+    const CA: &str = "FLASHSALE_REDIS_TLS_CA_FILE";
+    const CERT: &str = "FLASHSALE_REDIS_TLS_CERT_FILE";
+    const KEY: &str = "FLASHSALE_REDIS_TLS_KEY_FILE";
+    let ca = match a.redis_tls_ca_file.as_deref() {
+        None => None,
+        Some(path) => {
+            let pem = read_pem(CA, path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(CA, &pem)? {
+                roots.add(cert).map_err(|_| {
+                    invalid(
+                        CA,
+                        "the file it names holds a certificate that is not a valid CA",
+                    )
+                })?;
+            }
+            Some(pem)
+        }
+    };
+    let client = match (
+        a.redis_tls_cert_file.as_deref(),
+        a.redis_tls_key_file.as_deref(),
+    ) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                KEY,
+                format!("not set, but {CERT} is (a client certificate needs its key)"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                CERT,
+                format!("not set, but {KEY} is (a client key needs its certificate)"),
+            ));
+        }
+        (Some(cert_path), Some(key_path)) => {
+            let cert = read_pem(CERT, cert_path)?;
+            let chain = certificates(CERT, &cert)?;
+            let key = read_pem(KEY, key_path)?;
+            let der = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|_| invalid(KEY, "the file it names holds no PEM private key"))?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|_| invalid(KEY, "no TLS version is available"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_client_auth_cert(chain, der)
+                .map_err(|_| {
+                    invalid(
+                        KEY,
+                        format!("the key is unusable or does not match the certificate of {CERT}"),
+                    )
+                })?;
+            Some(ClientCert { cert, key })
+        }
+    };
+    Ok(Tls { ca, client })
+}
+
 /// The hold's default with Sentinels (or one node), in milliseconds.
 pub const DEFAULT_FAILOVER_WAIT_MS: u64 = 8_000;
 /// The hold's default with a cluster, in milliseconds.
@@ -159,10 +350,26 @@ impl RedisArgs {
             "FLASHSALE_SENTINEL_PASSWORD_FILE",
             self.sentinel_password_file.clone(),
         )?;
+        let redis_username = username("FLASHSALE_REDIS_USERNAME", self.redis_username.as_deref())?;
+        let sentinel_username = username(
+            "FLASHSALE_SENTINEL_USERNAME",
+            self.sentinel_username.as_deref(),
+        )?;
+        if sentinel_username.is_some() && sentinel_password.is_none() {
+            return Err(invalid(
+                "FLASHSALE_SENTINEL_USERNAME",
+                "set, but FLASHSALE_SENTINEL_PASSWORD is not (an ACL user needs its password)",
+            ));
+        }
+        let tls_on = match self.redis_tls.as_deref().map(str::trim) {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(invalid("FLASHSALE_REDIS_TLS", "must be `true` or `false`")),
+        };
         let sentinels = self.redis_sentinels.as_deref().filter(|s| !s.is_empty());
         let cluster = self.redis_cluster.as_deref().filter(|s| !s.is_empty());
         let url = self.redis_url.as_deref().filter(|s| !s.is_empty());
-        let target = match (sentinels, cluster, url) {
+        let mut target = match (sentinels, cluster, url) {
             (None, None, None) => {
                 return Err(invalid(
                     "FLASHSALE_REDIS_SENTINELS",
@@ -176,7 +383,11 @@ impl RedisArgs {
                 RedisTarget::Sentinels {
                     addrs: parse_addrs("FLASHSALE_REDIS_SENTINELS", raw, "Sentinel")?,
                     master_name: self.redis_master_name.clone(),
-                    sentinel_password,
+                    access: Access {
+                        username: sentinel_username,
+                        password: sentinel_password,
+                        tls: None,
+                    },
                 }
             }
             (None, Some(raw), None) => RedisTarget::Cluster {
@@ -186,7 +397,13 @@ impl RedisArgs {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                     return Err(invalid(
                         "FLASHSALE_REDIS_URL",
-                        "must start with redis:// (the value is not shown)",
+                        "must start with redis:// or rediss:// (the value is not shown)",
+                    ));
+                }
+                if tls_on && !u.starts_with("rediss://") {
+                    return Err(invalid(
+                        "FLASHSALE_REDIS_TLS",
+                        "is true, but FLASHSALE_REDIS_URL is redis:// (use rediss:// for TLS)",
                     ));
                 }
                 RedisTarget::Url(u.to_owned())
@@ -203,6 +420,55 @@ impl RedisArgs {
                 ));
             }
         };
+        let mut access = Access {
+            username: redis_username,
+            password,
+            tls: None,
+        };
+        if let RedisTarget::Url(u) = &target {
+            // The URL's own user and password, unless the variables name others.
+            let info =
+                redis::IntoConnectionInfo::into_connection_info(u.as_str()).map_err(|_| {
+                    invalid(
+                        "FLASHSALE_REDIS_URL",
+                        "is not a valid redis:// URL (the value is not shown)",
+                    )
+                })?;
+            let rs = info.redis_settings();
+            if access.username.is_none() {
+                access.username = rs.username().map(str::to_owned);
+            }
+            if access.password.is_none() {
+                access.password = rs.password().map(Secret::new);
+            }
+        }
+        if access.username.is_some() && access.password.is_none() {
+            return Err(invalid(
+                "FLASHSALE_REDIS_USERNAME",
+                "set, but FLASHSALE_REDIS_PASSWORD is not (an ACL user needs its password)",
+            ));
+        }
+        let url_tls = matches!(&target, RedisTarget::Url(u) if u.starts_with("rediss://"));
+        if tls_on || url_tls {
+            let tls = Arc::new(load_tls(self)?);
+            access.tls = Some(tls.clone());
+            if let RedisTarget::Sentinels { access: s, .. } = &mut target {
+                s.tls = Some(tls);
+            }
+        } else {
+            for (var, set) in [
+                ("FLASHSALE_REDIS_TLS_CA_FILE", &self.redis_tls_ca_file),
+                ("FLASHSALE_REDIS_TLS_CERT_FILE", &self.redis_tls_cert_file),
+                ("FLASHSALE_REDIS_TLS_KEY_FILE", &self.redis_tls_key_file),
+            ] {
+                if set.is_some() {
+                    return Err(invalid(
+                        var,
+                        "set, but TLS is off (set FLASHSALE_REDIS_TLS=true, or use a rediss:// URL)",
+                    ));
+                }
+            }
+        }
         let replica_acks = match self.replica_acks.as_deref().map(str::trim) {
             None | Some("") => match target {
                 RedisTarget::Url(_) => ReplicaAcks::Count(0),
@@ -236,7 +502,7 @@ impl RedisArgs {
         }
         Ok(RedisSettings {
             target,
-            password,
+            access,
             key_prefix: self.key_prefix.clone(),
             timeout: ms(
                 "FLASHSALE_REDIS_TIMEOUT_MS",

@@ -155,7 +155,7 @@ impl Memory {
                             connect(
                                 &a.host,
                                 a.port,
-                                inner.password(),
+                                inner.access(),
                                 NODE_TIMEOUT,
                                 Some(NODE_TIMEOUT),
                             )

@@ -4,6 +4,12 @@
 //! installed. Knows nothing of Sentinels, of the cluster or of which node
 //! is the master (that is the watchers', `sentinel.rs` and `cluster.rs`,
 //! which call in here).
+//!
+//! Every connection the product opens — to data nodes and to Sentinels,
+//! multiplexed or Pub/Sub — is made by [`client`] from an
+//! [`Access`] (ACL user, password, TLS); no other code builds connection
+//! info. TLS is rustls with the ring provider, installed once
+//! ([`install_crypto_provider`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,15 +17,15 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo,
-    RedisConnectionInfo,
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, FromRedisValue,
+    IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
 };
 
 use tokio::time::Instant;
 
 use super::ack::{AckConfig, AckFault, Acker};
 use super::{DbError, Inner, REBUILD_EVERY, ROLE_CHECK_TIMEOUT, Shard, functions, slots};
-use crate::config::{RedisTarget, ReplicaAcks, Secret};
+use crate::config::{Access, RedisTarget, ReplicaAcks};
 
 /// A node's address as the Sentinels name it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -152,26 +158,67 @@ pub fn text(v: &redis::Value) -> Option<String> {
     }
 }
 
+/// Installs rustls' process-wide crypto provider (ring) once; later calls,
+/// and a provider installed by someone else first, are fine.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A client for `host:port` (database `db`) as `access` says: its ACL user
+/// and password, and TLS with its certificates.
+pub fn client(host: &str, port: u16, db: i64, access: &Access) -> redis::RedisResult<Client> {
+    let mut settings = RedisConnectionInfo::default().set_db(db);
+    if let Some(p) = &access.password {
+        if let Some(u) = &access.username {
+            settings = settings.set_username(u);
+        }
+        settings = settings.set_password(p.expose());
+    }
+    match &access.tls {
+        None => Client::open(
+            ConnectionAddr::Tcp(host.to_owned(), port)
+                .into_connection_info()?
+                .set_redis_settings(settings),
+        ),
+        Some(tls) => {
+            install_crypto_provider();
+            let info = ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+            .into_connection_info()?
+            .set_redis_settings(settings);
+            Client::build_with_tls(
+                info,
+                TlsCertificates {
+                    client_tls: tls.client.as_ref().map(|c| ClientTlsConfig {
+                        client_cert: c.cert.clone(),
+                        client_key: c.key().to_vec(),
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            )
+        }
+    }
+}
+
 /// Opens one authenticated multiplexed connection.
 pub(crate) async fn connect(
     host: &str,
     port: u16,
-    password: Option<&Secret>,
+    access: &Access,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
 ) -> Result<MultiplexedConnection, redis::RedisError> {
-    let mut settings = RedisConnectionInfo::default();
-    if let Some(p) = password {
-        settings = settings.set_password(p.expose());
-    }
-    let info = ConnectionAddr::Tcp(host.to_owned(), port)
-        .into_connection_info()?
-        .set_redis_settings(settings);
-    let client = Client::open(info)?;
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         .set_response_timeout(response_timeout);
-    client
+    client(host, port, 0, access)?
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
 }
@@ -193,13 +240,9 @@ pub(crate) fn url_host_port(url: &str) -> Result<Addr, DbError> {
 }
 
 impl Inner {
-    pub(super) fn password(&self) -> Option<&Secret> {
-        match &self.settings.target {
-            RedisTarget::Url(_) => None,
-            RedisTarget::Sentinels { .. } | RedisTarget::Cluster { .. } => {
-                self.settings.password.as_ref()
-            }
-        }
+    /// How to reach the data nodes.
+    pub(super) fn access(&self) -> &Access {
+        &self.settings.access
     }
 
     /// Builds a link to `addr` after checking ROLE and the Function library;
@@ -232,15 +275,12 @@ impl Inner {
         let open = || async {
             match &s.target {
                 RedisTarget::Url(url) => {
-                    let mut info = url.as_str().into_connection_info()?;
-                    if let Some(p) = &s.password {
-                        let rs = info.redis_settings().clone().set_password(p.expose());
-                        info = info.set_redis_settings(rs);
-                    }
+                    // The URL's database; user, password and TLS are in the access.
+                    let db = url.as_str().into_connection_info()?.redis_settings().db();
                     let cfg = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(s.timeout))
                         .set_response_timeout(Some(s.timeout + s.wait_timeout));
-                    Client::open(info)?
+                    client(host, port, db, self.access())?
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await
                 }
@@ -248,7 +288,7 @@ impl Inner {
                     connect(
                         host,
                         port,
-                        self.password(),
+                        self.access(),
                         s.timeout,
                         Some(s.timeout + s.wait_timeout),
                     )
@@ -257,14 +297,25 @@ impl Inner {
             }
         };
         // A frozen or unreachable node must not hold up the watcher.
+        let connected = AtomicBool::new(false);
         let check = async {
             let mut c = open().await?;
+            connected.store(true, Ordering::Relaxed);
             let r = role_reply(&mut c).await?.0;
             Ok::<_, redis::RedisError>((c, r))
         };
-        let (mut first, role_name) = tokio::time::timeout(s.timeout.min(ROLE_CHECK_TIMEOUT), check)
-            .await
-            .map_err(|_| DbError::Timeout)??;
+        let limit = s.timeout.min(ROLE_CHECK_TIMEOUT);
+        let (mut first, role_name) = tokio::time::timeout(limit, check).await.map_err(|_| {
+            if self.access().tls.is_some() && !connected.load(Ordering::Relaxed) {
+                // A port that does not speak TLS reads the handshake as a
+                // command and never answers it.
+                DbError::Discovery(format!(
+                    "no TLS session with {addr} within {limit:?} (does that port speak TLS?)"
+                ))
+            } else {
+                DbError::Timeout
+            }
+        })??;
         if role_name != "master" {
             return Err(DbError::Discovery(format!(
                 "{host}:{port} is not a master (ROLE says {role_name:?})"

@@ -91,7 +91,7 @@ use tokio::time::Instant;
 pub use ack::AckFault;
 pub use error::{Backoff, DbError, REBUILD_EVERY, Verdict, error_code, is_failover_error, verdict};
 pub use keys::Keys;
-pub use link::{Addr, At, MasterLink, Q, Query, text};
+pub use link::{Addr, At, MasterLink, Q, Query, client, install_crypto_provider, text};
 pub(crate) use link::{connect, url_host_port};
 pub use shard::Shard;
 
@@ -692,7 +692,7 @@ impl Redis {
         Ok(connect(
             &link.addr.host,
             link.addr.port,
-            self.inner.password(),
+            self.inner.access(),
             self.inner.settings.timeout,
             Some(response_timeout),
         )

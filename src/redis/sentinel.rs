@@ -43,14 +43,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::mpsc;
 
+use super::link::client;
 use super::link::{replica_of, replicas_of_master};
 use super::view::{Event, View, fields, parse_event, readable_replicas, required_replicas};
 use super::{Addr, DbError, Inner, ROLE_CHECK_TIMEOUT, Shard, connect, url_host_port};
-use crate::config::{RedisTarget, ReplicaAcks, Secret};
+use crate::config::{Access, RedisTarget, ReplicaAcks};
 
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 const EVENTS: &[&str] = &[
@@ -87,7 +88,7 @@ struct Memory {
 /// Persistent connections to the Sentinels, owned by the watcher task.
 struct Sentinels {
     addrs: Vec<Addr>,
-    password: Option<Secret>,
+    access: Access,
     conns: Vec<Option<MultiplexedConnection>>,
 }
 
@@ -100,7 +101,7 @@ impl Sentinels {
         let c = connect(
             &a.host,
             a.port,
-            self.password.as_ref(),
+            &self.access,
             SENTINEL_TIMEOUT,
             Some(SENTINEL_TIMEOUT),
         )
@@ -177,7 +178,7 @@ async fn role_of(inner: &Inner, addr: &Addr) -> Option<Value> {
         let mut c = connect(
             &addr.host,
             addr.port,
-            inner.password(),
+            inner.access(),
             ROLE_CHECK_TIMEOUT,
             Some(ROLE_CHECK_TIMEOUT),
         )
@@ -394,21 +395,16 @@ async fn refresh(
 /// and now; everything else goes to the watcher.
 async fn subscribe(
     addr: Addr,
-    password: Option<Secret>,
+    access: Access,
     master_name: String,
     tx: mpsc::Sender<Event>,
     weak: Weak<Inner>,
 ) {
     loop {
         let open = async {
-            let mut rs = RedisConnectionInfo::default();
-            if let Some(p) = &password {
-                rs = rs.set_password(p.expose());
-            }
-            let info = ConnectionAddr::Tcp(addr.host.clone(), addr.port)
-                .into_connection_info()?
-                .set_redis_settings(rs);
-            let mut ps = Client::open(info)?.get_async_pubsub().await?;
+            let mut ps = client(&addr.host, addr.port, 0, &access)?
+                .get_async_pubsub()
+                .await?;
             ps.subscribe(EVENTS).await?;
             Ok::<_, redis::RedisError>(ps)
         };
@@ -454,13 +450,13 @@ pub(super) async fn watch(weak: Weak<Inner>) {
         RedisTarget::Sentinels {
             addrs,
             master_name,
-            sentinel_password,
+            access,
         } => {
             let addrs: Vec<Addr> = addrs.iter().map(|(h, p)| Addr::new(h, *p)).collect();
             for a in &addrs {
                 tokio::spawn(subscribe(
                     a.clone(),
-                    sentinel_password.clone(),
+                    access.clone(),
                     master_name.clone(),
                     tx.clone(),
                     weak.clone(),
@@ -469,7 +465,7 @@ pub(super) async fn watch(weak: Weak<Inner>) {
             Some(Sentinels {
                 conns: vec![None; addrs.len()],
                 addrs,
-                password: sentinel_password.clone(),
+                access: access.clone(),
             })
         }
         RedisTarget::Url(_) | RedisTarget::Cluster { .. } => None,

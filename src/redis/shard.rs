@@ -101,7 +101,7 @@ impl Shard {
                         let mut c = connect(
                             &addr.host,
                             addr.port,
-                            inner.password(),
+                            inner.access(),
                             s.timeout,
                             Some(s.timeout),
                         )

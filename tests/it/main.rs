@@ -27,4 +27,5 @@ mod proxies;
 mod retention;
 mod settings;
 mod support;
+mod tls;
 mod worker;

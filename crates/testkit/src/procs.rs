@@ -8,26 +8,57 @@ use std::time::Duration;
 
 use crate::redis_group::RedisGroup;
 
-/// Sets the Redis variables of `group` (Sentinels, password, master name)
-/// and the key prefix on a command that starts a flashsale binary.
+/// Sets the Redis variables of `group` (Sentinels, password, master name,
+/// and with a TLS group the TLS variables) and the key prefix on a command
+/// that starts a flashsale binary. With an ACL group the password is the
+/// `default` user's: [`acl_env`] switches to the product's users.
 pub fn redis_env<'a>(
     cmd: &'a mut tokio::process::Command,
     group: &RedisGroup,
     prefix: &str,
 ) -> &'a mut tokio::process::Command {
+    if let Some(f) = group.tls_files() {
+        cmd.env("FLASHSALE_REDIS_TLS", "true")
+            .env("FLASHSALE_REDIS_TLS_CA_FILE", &f.ca)
+            .env("FLASHSALE_REDIS_TLS_CERT_FILE", &f.cert)
+            .env("FLASHSALE_REDIS_TLS_KEY_FILE", &f.key);
+    }
     cmd.env("FLASHSALE_REDIS_SENTINELS", group.sentinels_env())
         .env("FLASHSALE_REDIS_PASSWORD", group.password())
         .env("FLASHSALE_REDIS_MASTER_NAME", group.master_name())
         .env("FLASHSALE_KEY_PREFIX", prefix)
 }
 
-/// Sets the Redis variables of `cluster` (seed nodes, password) and the
-/// key prefix on a command that starts a flashsale binary.
+/// With an ACL group: log in as data-node user `user` (`flashsale-app`,
+/// `flashsale-worker`) and as the Sentinels' `flashsale-watch`.
+pub fn acl_env<'a>(
+    cmd: &'a mut tokio::process::Command,
+    group: &RedisGroup,
+    user: &str,
+) -> &'a mut tokio::process::Command {
+    cmd.env("FLASHSALE_REDIS_USERNAME", user)
+        .env("FLASHSALE_REDIS_PASSWORD", group.user_password(user))
+        .env("FLASHSALE_SENTINEL_USERNAME", "flashsale-watch")
+        .env(
+            "FLASHSALE_SENTINEL_PASSWORD",
+            group.user_password("flashsale-watch"),
+        )
+}
+
+/// Sets the Redis variables of `cluster` (seed nodes, password, and with a
+/// TLS cluster the TLS variables) and the key prefix on a command that
+/// starts a flashsale binary.
 pub fn cluster_env<'a>(
     cmd: &'a mut tokio::process::Command,
     cluster: &crate::redis_cluster::RedisCluster,
     prefix: &str,
 ) -> &'a mut tokio::process::Command {
+    if let Some(f) = cluster.tls_files() {
+        cmd.env("FLASHSALE_REDIS_TLS", "true")
+            .env("FLASHSALE_REDIS_TLS_CA_FILE", &f.ca)
+            .env("FLASHSALE_REDIS_TLS_CERT_FILE", &f.cert)
+            .env("FLASHSALE_REDIS_TLS_KEY_FILE", &f.key);
+    }
     cmd.env("FLASHSALE_REDIS_CLUSTER", cluster.seeds_env())
         .env("FLASHSALE_REDIS_PASSWORD", cluster.password())
         .env("FLASHSALE_KEY_PREFIX", prefix)

@@ -33,6 +33,11 @@
 //! stop`) if this process dies without unwinding. It never touches a process
 //! whose command line does not name its own temp dir.
 //!
+//! With [`ClusterOptions::tls`] every node speaks TLS only (clients, the
+//! cluster bus, replication); the cluster's own probes then connect with
+//! its client certificate, through the product's client builder
+//! ([`flashsale::redis::client`]), as they do without.
+//!
 //! Timings on the shipped settings (`cluster-node-timeout` 5000, Redis 7.0,
 //! 2 shared cores): `start` ≈ 4–6 s; `CLUSTER FAILOVER` on a replica → it
 //! is primary within milliseconds; kill -9 of a primary → its replica is primary
@@ -54,7 +59,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use crate::procs::{live_cmdline, on_path, send_signal};
-use crate::redis_group::url_encode;
+use crate::redis_group::TlsFiles;
+use flashsale::config::{Access, ClientCert, Secret, Tls};
 
 /// How the cluster is configured. Every Redis setting is the shipped one
 /// unless an override below is set.
@@ -66,6 +72,10 @@ pub struct ClusterOptions {
     pub node_timeout_override_ms: Option<u64>,
     /// `requirepass` / `masterauth` of every node.
     pub password: String,
+    /// TLS only, the cluster bus and replication too, with certificates
+    /// made for the cluster (`redis-cluster.sh --tls`;
+    /// [`RedisCluster::tls_files`]).
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +83,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             node_timeout_override_ms: None,
             password: "test-pass".to_owned(),
+            tls: false,
         }
     }
 }
@@ -404,8 +415,12 @@ impl RedisCluster {
             if let Some(ms) = opts.node_timeout_override_ms {
                 cmd.arg("--node-timeout").arg(ms.to_string());
             }
+            if opts.tls {
+                cmd.arg("--tls");
+            }
             let out = cmd
                 .env_remove("REDIS_CLUSTER_NODE_TIMEOUT_MS")
+                .env_remove("REDIS_CLUSTER_TLS")
                 .arg("--wait-secs")
                 .arg("30")
                 .env("REDIS_CLUSTER_PASSWORD", &opts.password)
@@ -709,11 +724,40 @@ impl RedisCluster {
     }
 
     fn client_for(&self, port: u16) -> Client {
-        let url = format!(
-            "redis://:{}@127.0.0.1:{port}/",
-            url_encode(&self.opts.password)
-        );
-        Client::open(url).expect("redis_cluster: invalid redis URL")
+        flashsale::redis::client("127.0.0.1", port, 0, &self.access())
+            .expect("redis_cluster: client")
+    }
+
+    /// The certificates of a TLS cluster (`None`: plain TCP).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.opts.tls.then(|| {
+            let d = self.dir.join("tls");
+            TlsFiles {
+                ca: d.join("ca.crt"),
+                cert: d.join("client.crt"),
+                key: d.join("client.key"),
+            }
+        })
+    }
+
+    /// How to reach the nodes: `default` with the password, and with a TLS
+    /// cluster its CA and client certificate.
+    pub fn access(&self) -> Access {
+        let tls = self.tls_files().map(|f| {
+            let read = |p: &Path| {
+                std::fs::read(p)
+                    .unwrap_or_else(|e| panic!("redis_cluster: read {}: {e}", p.display()))
+            };
+            std::sync::Arc::new(Tls {
+                ca: Some(read(&f.ca)),
+                client: Some(ClientCert::new(read(&f.cert), read(&f.key))),
+            })
+        });
+        Access {
+            username: None,
+            password: Some(Secret::new(self.opts.password.clone())),
+            tls,
+        }
     }
 
     /// A short-timeout connection for the cluster's own probes.

@@ -23,6 +23,14 @@
 //! and removes the temp dir, also while a test panics. It never touches a
 //! process whose command line does not name its own temp dir.
 //!
+//! With [`GroupOptions::tls`] every node speaks TLS only (the script makes
+//! a CA, node and client certificates: [`RedisGroup::tls_files`]); with
+//! [`GroupOptions::acl`] the nodes have the ACL users of
+//! `deploy/redis/users.acl` and `sentinel-users.acl`
+//! ([`RedisGroup::user_password`]). The group's own probes use the
+//! `default` user (the group password, on the Sentinels too with `acl`)
+//! and the product's own client builder ([`flashsale::redis::client`]).
+//!
 //! Port layout (B = base port): redis-N on B+N, sentinel-N on B+10+N (N = 0..3).
 //! Run-dir layout: see `scripts/redis-group.sh` (`redis-N/redis.{conf,pid,log}`,
 //! `sentinel-N/sentinel.{conf,pid,log}`, `group.state`).
@@ -45,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::procs::{live_cmdline, on_path, send_signal};
+use flashsale::config::{Access, ClientCert, Secret, Tls};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
@@ -64,6 +73,12 @@ pub struct GroupOptions {
     /// host of a [`crate::netns::Net`] (`redis-group.sh --hosts --netns`).
     /// `None` (the default): all on 127.0.0.1 in this namespace.
     pub hosts: Option<Vec<crate::netns::Host>>,
+    /// TLS only, with certificates made for the group (`redis-group.sh --tls`).
+    pub tls: bool,
+    /// The ACL users of `deploy/redis/` (`redis-group.sh --acl`).
+    pub acl: bool,
+    /// With `acl`: the key prefix the app's and worker's users may touch.
+    pub key_prefix: String,
 }
 
 impl Default for GroupOptions {
@@ -73,8 +88,19 @@ impl Default for GroupOptions {
             password: "test-pass".to_owned(),
             master_name: "mymaster".to_owned(),
             hosts: None,
+            tls: false,
+            acl: false,
+            key_prefix: "fs".to_owned(),
         }
     }
+}
+
+/// The PEM files of a TLS group (`RUN_DIR/tls/`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// One process of the group.
@@ -282,6 +308,10 @@ impl RedisGroup {
             "redis_group: {} not found",
             script.display()
         );
+        assert!(
+            !opts.tls || on_path("openssl"),
+            "redis_group: a TLS group needs `openssl` on PATH (scripts/setup.sh tls)"
+        );
 
         let mut last_err = String::new();
         for attempt in 1..=4 {
@@ -305,6 +335,12 @@ impl RedisGroup {
             if let Some(ms) = opts.down_after_override_ms {
                 cmd.arg("--down-after").arg(ms.to_string());
             }
+            if opts.tls {
+                cmd.arg("--tls");
+            }
+            if opts.acl {
+                cmd.arg("--acl").arg("--key-prefix").arg(&opts.key_prefix);
+            }
             if let Some(hosts) = &opts.hosts {
                 assert_eq!(hosts.len(), 6, "redis_group: hosts needs 6 entries");
                 let join = |f: fn(&crate::netns::Host) -> &str| {
@@ -317,6 +353,8 @@ impl RedisGroup {
             }
             let out = cmd
                 .env_remove("REDIS_GROUP_DOWN_AFTER_MS")
+                .env_remove("REDIS_GROUP_TLS")
+                .env_remove("REDIS_GROUP_ACL")
                 .arg("--master-name")
                 .arg(&opts.master_name)
                 .arg("--wait-secs")
@@ -412,6 +450,77 @@ impl RedisGroup {
 
     pub fn password(&self) -> &str {
         &self.opts.password
+    }
+
+    /// The certificates of a TLS group (`None`: the group is plain TCP).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.opts.tls.then(|| {
+            let d = self.dir.join("tls");
+            TlsFiles {
+                ca: d.join("ca.crt"),
+                cert: d.join("client.crt"),
+                key: d.join("client.key"),
+            }
+        })
+    }
+
+    /// The password of ACL user `name` (`redis-group.sh --acl` wrote them
+    /// to `RUN_DIR/users`). Panics when the group has no such user.
+    pub fn user_password(&self, name: &str) -> String {
+        let path = self.dir.join("users");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("redis_group: read {}: {e}", path.display()));
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("redis_group: no ACL user {name} (started with acl?)"))
+            .to_owned()
+    }
+
+    /// How to reach this group's nodes as `default` (TLS with the client
+    /// certificate when the group has TLS).
+    fn access(&self, node: Node) -> Access {
+        let tls = self.tls_files().map(|f| {
+            let read = |p: &Path| {
+                std::fs::read(p)
+                    .unwrap_or_else(|e| panic!("redis_group: read {}: {e}", p.display()))
+            };
+            std::sync::Arc::new(Tls {
+                ca: Some(read(&f.ca)),
+                client: Some(ClientCert::new(read(&f.cert), read(&f.key))),
+            })
+        });
+        let password = match node {
+            Node::Redis(_) => Some(Secret::new(self.opts.password.clone())),
+            Node::Sentinel(_) if self.opts.acl => Some(Secret::new(self.opts.password.clone())),
+            Node::Sentinel(_) => None,
+        };
+        Access {
+            username: None,
+            password,
+            tls,
+        }
+    }
+
+    /// A client for `host:port` with `access`, built the way the product
+    /// builds its own (for a test's connection as an ACL user, say).
+    pub fn client_as(&self, port: u16, access: &Access) -> Client {
+        flashsale::redis::client(self.host_of_port(port), port, 0, access)
+            .expect("redis_group: client")
+    }
+
+    /// [`Access`] of ACL user `name` to this group's data nodes or
+    /// Sentinels (TLS as the group has it).
+    pub fn user_access(&self, name: &str, sentinel: bool) -> Access {
+        let node = if sentinel {
+            Node::Sentinel(0)
+        } else {
+            Node::Redis(0)
+        };
+        Access {
+            username: Some(name.to_owned()),
+            password: Some(Secret::new(self.user_password(name))),
+            ..self.access(node)
+        }
     }
 
     pub fn master_name(&self) -> &str {
@@ -622,15 +731,7 @@ impl RedisGroup {
     }
 
     fn client_for(&self, node: Node, port: u16) -> Client {
-        let host = self.host_of_port(port);
-        let url = match node {
-            Node::Redis(_) => format!(
-                "redis://:{}@{host}:{port}/",
-                url_encode(&self.opts.password)
-            ),
-            Node::Sentinel(_) => format!("redis://{host}:{port}/"),
-        };
-        Client::open(url).expect("redis_group: invalid redis URL")
+        self.client_as(port, &self.access(node))
     }
 
     /// A short-timeout connection for the group's own probes.

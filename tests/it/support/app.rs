@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flashsale::config::{
-    JwtSettings, RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings,
+    Access, JwtSettings, RedisSettings, RedisTarget, ReplicaAcks, Secret, ServeSettings,
 };
 use flashsale::web::Application;
 use serde_json::{Value, json};
@@ -146,7 +146,7 @@ pub fn redis_settings(group: &RedisGroup, prefix: &str, opts: &AppOptions) -> Re
                 })
                 .collect(),
             master_name: group.master_name().to_owned(),
-            sentinel_password: None,
+            access: Access::default(),
         },
         group.password(),
         prefix,
@@ -163,7 +163,7 @@ pub fn redis_settings_for(
 ) -> RedisSettings {
     RedisSettings {
         target,
-        password: Some(Secret::new(password)),
+        access: Access::password(password),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_millis(1000),
         failover_wait: opts.failover_wait,
