@@ -59,11 +59,15 @@ fn app_redis_settings(group: &RedisGroup, opts: &AppOptions) -> RedisSettings {
     s
 }
 
-/// `flashsale-worker` on `group` as its own users.
-fn spawn_worker(group: &RedisGroup) -> tokio::process::Child {
-    worker_command_on(|c| acl_env(redis_env(c, group, PREFIX), group, "flashsale-worker"))
-        .spawn()
-        .expect("spawn flashsale-worker")
+/// `flashsale-worker` on `group` as its own users, its metrics, health and
+/// probes (`INFO memory`, the streams' backlog) on `metrics`.
+fn spawn_worker(group: &RedisGroup, metrics: &str) -> tokio::process::Child {
+    worker_command_on(|c| {
+        acl_env(redis_env(c, group, PREFIX), group, "flashsale-worker")
+            .env("FLASHSALE_WORKER_METRICS", metrics)
+    })
+    .spawn()
+    .expect("spawn flashsale-worker")
 }
 
 /// `flashsale ARGS` on `group` as the worker's users; exit code and stdout.
@@ -136,7 +140,8 @@ async fn serve_and_worker_over_tls_as_their_own_users_keep_every_promise_through
         )
         .await,
     );
-    let _worker = spawn_worker(&group);
+    let worker_addr = format!("127.0.0.1:{}", crate::support::nginx::free_port());
+    let _worker = spawn_worker(&group, &worker_addr);
     let sku = "tls-1";
     let stock = 400;
     app.create_sale(sku, stock, 1, -5, 3600).await;
@@ -184,6 +189,33 @@ async fn serve_and_worker_over_tls_as_their_own_users_keep_every_promise_through
     assert_eq!(code, Some(0), "{out}{err}");
     let v: Value = serde_json::from_str(out.trim()).expect("audit JSON");
     assert_eq!(v["audit"]["sold"], promised.len(), "{v}");
+
+    // The worker's probes ran as its user: ready, the master's memory read.
+    let metrics = format!("http://{worker_addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = app
+            .http
+            .get(format!("http://{worker_addr}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        let text = match app.http.get(&metrics).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let memory = text
+            .lines()
+            .any(|l| l.starts_with("flashsale_redis_used_memory_bytes{"));
+        if matches!(ready, Ok(200)) && memory {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker ready {ready:?}, memory gauge {memory}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Nothing the product sent was refused by the ACL rules.
     assert!(group.master_port().await == new_port);
