@@ -18,6 +18,37 @@
 //! and a token; GETs carry no token.
 //!
 //! Output: a human summary on stderr, and `--out FILE` JSON (see `Report`).
+//!
+//! **Open loop** (`--rate R`): instead of every connection firing back to
+//! back, requests *arrive* at R per second in total, a Poisson process
+//! (exponential inter-arrival times drawn from a seeded RNG, `--seed`), from
+//! the start until `--duration` (or `--requests` arrivals). Each arrival goes
+//! to the first free one of the `-c` keep-alive connections; when all are
+//! busy it waits in a backlog of at most `--backlog` requests, and an arrival
+//! that finds the backlog full is counted as `dropped` (reported, never
+//! silently skipped). Latency is measured from each request's *intended*
+//! send time (its arrival), so a slow answer that holds a connection makes
+//! the requests behind it later and that shows: no coordinated omission.
+//! The service time (from the actual send) is reported beside it, so the
+//! difference — the queueing the closed loop hides — is visible. The
+//! arrivals are handed out by a thread of their own (`std::thread::sleep`,
+//! tens of µs late; tokio's timer would round up to the next millisecond):
+//! that lateness counts in the latency from the intended time and is
+//! reported as `schedule_lag`, the generator's own floor. The hot path
+//! passes one `u64` (the intended time) per request through a bounded
+//! channel; what it allocates beyond that is hyper's request. The closed
+//! loop stays the default.
+//!
+//! Why open loop here rather than in oha or k6: oha 1.16 has `-q` (a total
+//! rate, evenly spaced, not Poisson) and `--latency-correction` (with `-q`,
+//! latency from the scheduled time rather than the actual send; without it,
+//! from the actual send), but it repeats one request — one shopper token, so
+//! a purchase run is one 202 and then 409s — and reports neither the service
+//! time beside the corrected latency nor the arrivals it could not send.
+//! k6's `constant-arrival-rate` (`k6/openloop.js`) starts iterations on an
+//! even schedule and counts `dropped_iterations` when no VU is free, but its
+//! `http_req_duration` runs from the actual send, and k6 needs more than a
+//! core of this 2-core machine for a few thousand requests per second.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,14 +66,16 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, Mutex, mpsc};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "Closed-loop HTTP/1.1 load generator with a shopper-token pool"
+    about = "HTTP/1.1 load generator with a shopper-token pool: closed loop, or open loop with --rate"
 )]
 struct Args {
     /// Base URL, plain HTTP: http://127.0.0.1:8080
@@ -57,6 +90,17 @@ struct Args {
     /// Connections (each keeps one request in flight).
     #[arg(short = 'c', long, default_value_t = 256)]
     connections: usize,
+    /// Open loop: requests per second in total, Poisson arrivals; latency
+    /// from each request's intended send time. Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the open loop's arrival times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Open loop: arrivals that may wait for a free connection; one more
+    /// is dropped (and counted).
+    #[arg(long, default_value_t = 4096)]
+    backlog: usize,
     /// Stop sending after this many seconds (1..=600).
     #[arg(short = 'z', long, default_value_t = 10.0)]
     duration: f64,
@@ -117,6 +161,9 @@ struct StatusStats {
 #[derive(Default)]
 struct TaskStats {
     by_status: BTreeMap<u16, StatusStats>,
+    /// Open loop: from the actual send to the answer (the latency per
+    /// status is from the intended send time).
+    service: Option<Histogram<u64>>,
     io_errors: u64,
     timeouts: u64,
     connect_errors: u64,
@@ -139,6 +186,18 @@ impl TaskStats {
             s.per_second.resize(sec + 1, 0);
         }
         s.per_second[sec] += 1;
+    }
+
+    /// Open loop: one answer, its times in ns from the start. The latency is
+    /// from the intended time (its arrival), whatever it waited for a
+    /// connection; the service time from the actual send.
+    fn record_open(&mut self, status: u16, intended_ns: u64, sent_ns: u64, done_ns: u64) {
+        let latency_us = done_ns.saturating_sub(intended_ns) / 1000;
+        let service_us = done_ns.saturating_sub(sent_ns.max(intended_ns)) / 1000;
+        self.record(status, latency_us, done_ns / 1000);
+        self.service
+            .get_or_insert_with(latency_histogram)
+            .saturating_record(service_us.max(1));
     }
 
     fn error(&mut self, what: String) {
@@ -166,6 +225,11 @@ impl TaskStats {
                 }
             }
         }
+        match (&mut self.service, other.service) {
+            (Some(s), Some(o)) => s.add(&o).expect("same histogram bounds"),
+            (s @ None, o) => *s = o,
+            (Some(_), None) => {}
+        }
         self.io_errors += other.io_errors;
         self.timeouts += other.timeouts;
         self.connect_errors += other.connect_errors;
@@ -186,6 +250,33 @@ impl Rng {
         x ^= x >> 27;
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Poisson arrivals at `rate` per second: exponential gaps (mean `1/rate`)
+/// by inversion of a uniform draw from a seeded RNG, so one seed gives one
+/// schedule.
+struct PoissonSchedule {
+    rng: StdRng,
+    mean_gap_ns: f64,
+    at_ns: f64,
+}
+
+impl PoissonSchedule {
+    fn new(rate: f64, seed: u64) -> Self {
+        PoissonSchedule {
+            rng: StdRng::seed_from_u64(seed),
+            mean_gap_ns: 1e9 / rate,
+            at_ns: 0.0,
+        }
+    }
+
+    /// The next arrival, in ns from the start.
+    fn next_ns(&mut self) -> u64 {
+        // u in [0, 1): 1 - u in (0, 1], so the logarithm is finite.
+        let u: f64 = self.rng.random();
+        self.at_ns += -(1.0 - u).ln() * self.mean_gap_ns;
+        self.at_ns as u64
     }
 }
 
@@ -328,6 +419,122 @@ async fn run_connection(
     stats
 }
 
+/// What the open loop's arrivals did.
+struct Arrivals {
+    /// Arrivals scheduled (handed to a connection or dropped).
+    scheduled: u64,
+    dropped: u64,
+    /// How late the schedule itself handed each arrival out (µs after its
+    /// intended time): the generator's own floor under the latency.
+    lag: Histogram<u64>,
+}
+
+/// Open loop: the arrivals, at their intended times, into the backlog
+/// (`tx`, bounded); one that finds it full is dropped. A thread of its
+/// own sleeping with `std::thread::sleep` (tens of µs late on Linux, where
+/// tokio's timer rounds up to the next millisecond).
+fn schedule(
+    tx: mpsc::Sender<u64>,
+    rate: f64,
+    seed: u64,
+    start: Instant,
+    duration: Duration,
+    max_requests: u64,
+) -> Arrivals {
+    let mut arrivals = Arrivals {
+        scheduled: 0,
+        dropped: 0,
+        lag: latency_histogram(),
+    };
+    let mut poisson = PoissonSchedule::new(rate, seed);
+    let end_ns = duration.as_nanos() as u64;
+    while arrivals.scheduled < max_requests {
+        let at_ns = poisson.next_ns();
+        if at_ns >= end_ns {
+            break;
+        }
+        let at = start + Duration::from_nanos(at_ns);
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let lag_us = Instant::now().saturating_duration_since(at).as_micros() as u64;
+        arrivals.lag.saturating_record(lag_us.max(1));
+        arrivals.scheduled += 1;
+        match tx.try_send(at_ns) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => arrivals.dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+    arrivals
+}
+
+/// Open loop: one connection taking the next waiting arrival whenever it is
+/// free, until the schedule ends and the backlog is empty.
+async fn run_open_connection(
+    sh: Arc<Shared>,
+    id: usize,
+    rx: Arc<Mutex<mpsc::Receiver<u64>>>,
+    barrier: Arc<Barrier>,
+    go: Arc<Barrier>,
+    start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
+) -> TaskStats {
+    let mut stats = TaskStats::default();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
+    let mut sender = match connect(&sh).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            stats.connect_errors += 1;
+            stats.error(e);
+            None
+        }
+    };
+    barrier.wait().await;
+    go.wait().await;
+    let (start, _) = *start_at.get().expect("start set before `go` opens");
+    let total: u32 = *sh.cumulative.last().unwrap_or(&1);
+    loop {
+        let next = rx.lock().await.recv().await;
+        let Some(intended_ns) = next else { break };
+        if sender.is_none() {
+            match connect(&sh).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    // This arrival is lost with the connection: counted.
+                    stats.connect_errors += 1;
+                    stats.error(e);
+                    continue;
+                }
+            }
+        }
+        let pick = (rng.next() % u64::from(total)) as u32;
+        let spec = &sh.specs[sh.cumulative.iter().position(|&c| pick < c).unwrap_or(0)];
+        let req = build(&sh, spec);
+        let t0 = Instant::now();
+        let s = sender.as_mut().expect("connected above");
+        let res = tokio::time::timeout(sh.timeout, one(s, req)).await;
+        let t1 = Instant::now();
+        match res {
+            Ok(Ok(status)) => {
+                let sent_ns = t0.saturating_duration_since(start).as_nanos() as u64;
+                let done_ns = t1.saturating_duration_since(start).as_nanos() as u64;
+                stats.record_open(status, intended_ns, sent_ns, done_ns);
+            }
+            Ok(Err(e)) => {
+                stats.io_errors += 1;
+                stats.error(e);
+                sender = None;
+            }
+            Err(_) => {
+                stats.timeouts += 1;
+                sender = None;
+            }
+        }
+    }
+    stats
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -364,6 +571,14 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.connections == 0 || args.connections > 10_000 {
         return Err("--connections must be 1..=10000".into());
+    }
+    if let Some(rate) = args.rate
+        && !(rate > 0.0 && rate <= 1_000_000.0)
+    {
+        return Err("--rate must be in (0, 1000000] requests per second".into());
+    }
+    if args.backlog == 0 || args.backlog > 10_000_000 {
+        return Err("--backlog must be 1..=10000000".into());
     }
     let hostport = args
         .target
@@ -423,19 +638,34 @@ fn run(args: Args) -> Result<(), String> {
     let duration = Duration::from_secs_f64(args.duration);
     let start_at_ms = args.start_at_ms;
     let connections = args.connections;
-    let (stats, start, end) = rt.block_on(async move {
+    let open = args.rate.map(|rate| (rate, args.seed, args.backlog));
+    let (stats, arrivals, start, end) = rt.block_on(async move {
         let barrier = Arc::new(Barrier::new(connections + 1));
         let go = Arc::new(Barrier::new(connections + 1));
         let start_cell = Arc::new(std::sync::OnceLock::new());
         let mut tasks = Vec::with_capacity(connections);
+        // Open loop: the backlog, filled by the schedule once the clock starts.
+        let (tx, rx) = mpsc::channel(open.map_or(1, |(_, _, backlog)| backlog));
+        let rx = Arc::new(Mutex::new(rx));
         for id in 0..connections {
-            tasks.push(tokio::spawn(run_connection(
-                sh.clone(),
-                id,
-                barrier.clone(),
-                go.clone(),
-                start_cell.clone(),
-            )));
+            if open.is_some() {
+                tasks.push(tokio::spawn(run_open_connection(
+                    sh.clone(),
+                    id,
+                    rx.clone(),
+                    barrier.clone(),
+                    go.clone(),
+                    start_cell.clone(),
+                )));
+            } else {
+                tasks.push(tokio::spawn(run_connection(
+                    sh.clone(),
+                    id,
+                    barrier.clone(),
+                    go.clone(),
+                    start_cell.clone(),
+                )));
+            }
         }
         // Connections open first; the clock starts once all are open (a
         // connect can take a second when a SYN is retransmitted, and that
@@ -452,6 +682,19 @@ fn run(args: Args) -> Result<(), String> {
         }
         let _ = start_cell.set((start, start + duration));
         go.wait().await;
+        let scheduler = open.map(|(rate, seed, _)| {
+            let max_requests = sh.max_requests;
+            tokio::task::spawn_blocking(move || {
+                schedule(tx, rate, seed, start, duration, max_requests)
+            })
+        });
+        let arrivals = match scheduler {
+            Some(t) => match t.await {
+                Ok(a) => Some(a),
+                Err(e) => return Err(format!("schedule: {e}")),
+            },
+            None => None,
+        };
         let mut all = TaskStats::default();
         for t in tasks {
             match t.await {
@@ -459,8 +702,8 @@ fn run(args: Args) -> Result<(), String> {
                 Err(e) => all.error(format!("task: {e}")),
             }
         }
-        (all, start, Instant::now())
-    });
+        Ok((all, arrivals, start, Instant::now()))
+    })?;
 
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
     let mut overall = latency_histogram();
@@ -476,8 +719,14 @@ fn run(args: Args) -> Result<(), String> {
         by_status.insert(code.to_string(), j);
     }
     let completed = overall.len();
-    let report = json!({
+    let mode = if args.rate.is_some() {
+        "open"
+    } else {
+        "closed"
+    };
+    let mut report = json!({
         "tool": "loadgen",
+        "mode": mode,
         "label": args.label,
         "target": args.target,
         "reqs": args.reqs,
@@ -499,13 +748,45 @@ fn run(args: Args) -> Result<(), String> {
         "by_status": by_status,
         "histogram_ms": buckets(&overall),
     });
+    if let (Some(rate), Some(a)) = (args.rate, &arrivals) {
+        let service = stats.service.clone().unwrap_or_else(latency_histogram);
+        let window = duration.as_secs_f64();
+        report["open_loop"] = json!({
+            "rate": rate,
+            "seed": args.seed,
+            "backlog": args.backlog,
+            "scheduled": a.scheduled,
+            "dropped": a.dropped,
+            "offered_rps": a.scheduled as f64 / window,
+            "sent_rps": (a.scheduled - a.dropped) as f64 / window,
+            "latency_from": "intended send time",
+            "service": histogram_json(&service),
+            "schedule_lag": histogram_json(&a.lag),
+        });
+        eprintln!(
+            "loadgen {} open loop at {:.0} req/s (seed {}): {} arrivals, {} dropped (backlog {}); service time p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; the schedule's own lateness p50 {:.3} ms, p99 {:.3} ms; latencies below are from the intended send time",
+            args.label,
+            rate,
+            args.seed,
+            a.scheduled,
+            a.dropped,
+            args.backlog,
+            ms(service.value_at_quantile(0.5)),
+            ms(service.value_at_quantile(0.99)),
+            ms(service.value_at_quantile(0.999)),
+            ms(service.max()),
+            ms(a.lag.value_at_quantile(0.5)),
+            ms(a.lag.value_at_quantile(0.99)),
+        );
+    }
     eprintln!(
-        "loadgen {}: {} requests in {:.2} s = {:.0} req/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; status {}; errors io {} timeout {} connect {}",
+        "loadgen {}: {} requests in {:.2} s = {:.0} req/s; p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; status {}; errors io {} timeout {} connect {}",
         args.label,
         completed,
         elapsed,
         completed as f64 / elapsed,
         ms(overall.value_at_quantile(0.5)),
+        ms(overall.value_at_quantile(0.9)),
         ms(overall.value_at_quantile(0.99)),
         ms(overall.value_at_quantile(0.999)),
         ms(overall.max()),
@@ -528,4 +809,93 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over many draws with a fixed seed the mean gap is 1/rate (within 1 %),
+    /// the gaps are exponential (standard deviation ≈ mean, unlike an even
+    /// spacing), and the same seed gives the same schedule.
+    #[test]
+    fn poisson_schedule_has_the_asked_rate() {
+        let rate = 2_000.0;
+        let n = 200_000;
+        let mut p = PoissonSchedule::new(rate, 42);
+        let mut prev = 0u64;
+        let mut gaps = Vec::with_capacity(n);
+        for _ in 0..n {
+            let at = p.next_ns();
+            assert!(at >= prev, "arrivals go forward");
+            gaps.push((at - prev) as f64);
+            prev = at;
+        }
+        let mean = gaps.iter().sum::<f64>() / n as f64;
+        let expected = 1e9 / rate;
+        assert!(
+            (mean / expected - 1.0).abs() < 0.01,
+            "mean gap {mean} ns, expected {expected} ns"
+        );
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n as f64;
+        let cv = var.sqrt() / mean;
+        assert!((cv - 1.0).abs() < 0.02, "coefficient of variation {cv}");
+        let achieved = n as f64 / (prev as f64 / 1e9);
+        assert!((achieved / rate - 1.0).abs() < 0.01, "rate {achieved}");
+
+        let mut a = PoissonSchedule::new(rate, 7);
+        let mut b = PoissonSchedule::new(rate, 7);
+        let mut c = PoissonSchedule::new(rate, 8);
+        let sa: Vec<u64> = (0..100).map(|_| a.next_ns()).collect();
+        let sb: Vec<u64> = (0..100).map(|_| b.next_ns()).collect();
+        let sc: Vec<u64> = (0..100).map(|_| c.next_ns()).collect();
+        assert_eq!(sa, sb);
+        assert_ne!(sa, sc);
+    }
+
+    /// One connection, a request arriving every millisecond, each answered
+    /// 10 ms after it is sent: request k waits for the k before it, so its
+    /// latency from the intended time is 10 + 9k ms while its service time
+    /// stays 10 ms — the queueing a closed loop would not show.
+    #[test]
+    fn open_loop_latency_counts_from_the_intended_time() {
+        const MS: u64 = 1_000_000;
+        let mut stats = TaskStats::default();
+        let mut free_at = 0u64;
+        for k in 0..10u64 {
+            let intended = k * MS;
+            let sent = intended.max(free_at);
+            let done = sent + 10 * MS;
+            free_at = done;
+            stats.record_open(202, intended, sent, done);
+        }
+        let s = &stats.by_status[&202];
+        assert_eq!(s.hist.len(), 10);
+        let lat = |q: f64| s.hist.value_at_quantile(q);
+        // Histogram values are within 0.1 % (3 significant digits).
+        let near = |v: u64, want_ms: u64| (v as f64 / (want_ms * 1000) as f64 - 1.0).abs() < 0.002;
+        assert!(near(s.hist.min(), 10), "min {}", s.hist.min());
+        assert!(near(lat(1.0), 10 + 9 * 9), "max {}", lat(1.0));
+        assert!(near(lat(0.5), 10 + 9 * 4), "median {}", lat(0.5));
+        let service = stats
+            .service
+            .as_ref()
+            .expect("open loop records service times");
+        assert_eq!(service.len(), 10);
+        assert!(near(service.min(), 10) && near(service.max(), 10));
+        // Done times: the last answer at 100 ms.
+        assert_eq!(s.last_us, 100_000);
+        assert_eq!(s.per_second, vec![10]);
+
+        // A request sent on time, answered in 2 ms: both figures equal.
+        let mut one = TaskStats::default();
+        one.record_open(200, 5 * MS, 5 * MS, 7 * MS);
+        assert!(near(one.by_status[&200].hist.max(), 2));
+        assert!(near(one.service.as_ref().map_or(0, |h| h.max()), 2));
+
+        // Merging keeps both histograms.
+        stats.merge(one);
+        assert_eq!(stats.service.as_ref().map(|h| h.len()), Some(11));
+        assert_eq!(stats.by_status.len(), 2);
+    }
 }
