@@ -16,7 +16,10 @@ which:
    each figure has the ceiling of its own run and the keys the baseline
    adds do not slow the measurement after it), checking the invariants of every
    sale afterwards (audit `consistent`, `sold <= stock_total`, and for the
-   stampede: exactly as many 202 as units sold),
+   stampede: exactly as many 202 as units sold); `openloop` sends purchases
+   at 25/50/75 % of the live sale's maximum rate in an open loop (loadgen
+   `--rate`, latency from each request's intended send time; k6
+   `constant-arrival-rate` at 50 %),
 5. writes <results>/summary.md (medians, ratios to the ceilings, CPU seconds
    per process from /proc/PID/stat), results.json, raw outputs under raw/,
    and latency.svg (plot.py),
@@ -57,8 +60,13 @@ BINARIES = ["flashsale", "flashsale-worker", "bare", "loadgen", "fcall_bench", "
 # 8 600 purchases/s over 10 s, in every run, while runs without the baseline
 # before them were flat at 9 500–11 500/s). Last, its aftermath falls on the
 # cleanup and AOF rewrite between runs instead of on a measurement.
-ALL_SCENARIOS = ["live", "stampede", "soldout", "browse", "mixed", "workers", "baseline"]
+# The open loop right after the live sale, whose maximum rate it reuses.
+ALL_SCENARIOS = ["live", "openloop", "stampede", "soldout", "browse", "mixed", "workers", "baseline"]
 CONNS = 256
+# The open loop's loads, in % of the live sale's maximum purchase rate, and
+# the one k6 runs too.
+OPENLOOP_PCTS = (25, 50, 75)
+OPENLOOP_K6_PCT = 50
 # The Python seeds' stack on this kind of machine: purchases/s,
 # sold-out answers/s, product JSON/s. Flashsale should do ≥ 10× these.
 SEEDS = {"purchase": 2900, "soldout": 5300, "product_json": 5700}
@@ -1046,6 +1054,53 @@ class Bench:
         m["redis_master_busy_us_per_purchase"] = top / n if n else None
         self.check_sale(run, sku, accepted=n, note=name)
 
+    def sc_openloop(self, run):
+        """Open-loop purchases (latency from each request's intended send
+        time) at 25, 50 and 75 % of the live sale's maximum rate (WAIT on),
+        loadgen; k6's constant-arrival-rate at 50 %. The maximum is the
+        `live` scenario's figure of this run, or measured the same way."""
+        live = self.results.get(run, {}).get("live_all")
+        if live is not None:
+            max_rps, source = live["rps"], "live_all"
+        else:
+            self.live_one(run, "openloop_max", self.port_all)
+            self.wait_confirmed([self.run_skus[-1]], secs=120)
+            max_rps, source = self.results[run]["openloop_max"]["rps"], "openloop_max"
+        if not max_rps:
+            raise Failure(f"openloop: no maximum rate ({source} measured {max_rps})")
+        for pct in OPENLOOP_PCTS:
+            rate = max_rps * pct / 100
+            name = f"openloop_{pct}"
+            sku = self.create_sale(self.sku("openloop", run), 100_000_000, 1_000_000)
+            time.sleep(0.3)  # past the other instance's catalog cache
+            out = self.raw / f"r{run}-{name}.json"
+            cmd = [str(self.bin / "loadgen"), "--target", f"http://127.0.0.1:{self.port_all}",
+                   "-c", str(CONNS), "-z", str(self.dur), "--rate", f"{rate:.1f}",
+                   "--seed", str(run * 1000 + pct), "--req", f"1:POST:/api/sales/{sku}/purchase",
+                   "--tokens", str(self.tokens), "--out", str(out), "--label", name]
+            meta = {"tool": "loadgen", "conns": CONNS, "sku": sku, "pct_of_max": pct,
+                    "target_rps": rate, "max_rps": max_rps, "max_from": source}
+            m = self.generate(run, name, cmd, self.dur + 90, lambda out=out: parse_loadgen(out), meta)
+            self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
+            # The worker's backlog must not run during the next load.
+            self.wait_confirmed([sku], secs=120)
+        if self.k6:
+            pct = OPENLOOP_K6_PCT
+            rate = max_rps * pct / 100
+            name = f"openloop_k6_{pct}"
+            sku = self.create_sale(self.sku("openloop", run), 100_000_000, 1_000_000)
+            time.sleep(0.3)
+            out = self.raw / f"r{run}-{name}.json"
+            cmd = ["k6", "run", "--quiet", "--no-color", "-e", f"BASE=http://127.0.0.1:{self.port_all}",
+                   "-e", f"SKU={sku}", "-e", f"TOKENS={self.tokens_k6}", "-e", f"VUS={CONNS}",
+                   "-e", f"RATE={max(1, round(rate))}", "-e", f"DURATION={int(self.dur)}s",
+                   "-e", f"SUMMARY={out}", str(HERE / "k6/openloop.js")]
+            meta = {"tool": "k6", "conns": CONNS, "sku": sku, "pct_of_max": pct,
+                    "target_rps": max(1, round(rate)), "max_rps": max_rps, "max_from": source}
+            m = self.generate(run, name, cmd, self.dur + 120, lambda: parse_k6(out), meta)
+            self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
+            self.wait_confirmed([sku], secs=120)
+
     def sc_stampede(self, run):
         r = self.redis()
         mem_before = int(info_fields(r.call("INFO", "memory"))["used_memory"])
@@ -1227,6 +1282,7 @@ class Bench:
 
     def write(self):
         data = {"meta": getattr(self, "meta", {}), "results": self.results,
+                "openloop": openloop_table(self.results),
                 "invariants": self.invariants, "failures": self.failures}
         (self.out / "results.json").write_text(json.dumps(data, indent=2))
         summary = render_summary(data)
@@ -1297,9 +1353,19 @@ def parse_loadgen(path):
     j = json.loads(Path(path).read_text())
     lat = j["latency"]
     errors = {k: v for k, v in j["errors"].items() if k != "samples" and v}
-    return {"rps": j["rps"], "requests": j["requests"], "p50": lat["p50_ms"], "p99": lat["p99_ms"],
-            "p999": lat["p999_ms"], "max": lat["max_ms"], "status": j["status"], "errors": errors,
-            "by_status": j["by_status"], "histogram_ms": j["histogram_ms"], "elapsed_s": j["elapsed_s"]}
+    m = {"rps": j["rps"], "requests": j["requests"], "p50": lat["p50_ms"], "p90": lat.get("p90_ms"),
+         "p99": lat["p99_ms"], "p999": lat["p999_ms"], "max": lat["max_ms"], "status": j["status"],
+         "errors": errors, "by_status": j["by_status"], "histogram_ms": j["histogram_ms"],
+         "elapsed_s": j["elapsed_s"]}
+    ol = j.get("open_loop")
+    if ol:
+        # Open loop: the percentiles above are from the intended send time.
+        m.update({"open_loop": ol, "dropped": ol["dropped"], "offered_rps": ol["offered_rps"],
+                  "sent_rps": ol["sent_rps"],
+                  "service_p50": ol["service"]["p50_ms"], "service_p99": ol["service"]["p99_ms"],
+                  "service_p999": ol["service"]["p999_ms"],
+                  "schedule_lag_p99": ol["schedule_lag"]["p99_ms"]})
+    return m
 
 
 def parse_oha(path):
@@ -1324,8 +1390,13 @@ def parse_k6(path):
     for k, v in mt.items():
         if k.startswith("status_") and v["values"].get("count"):
             status[k[len("status_"):]] = v["values"]["count"]
-    return {"rps": reqs["rate"], "requests": reqs["count"], "p50": d.get("med"), "p99": d.get("p(99)"),
-            "p999": d.get("p(99.9)"), "max": d.get("max"), "status": status, "errors": {},
+    # Only an open loop (constant-arrival-rate) drops iterations; k6 lists
+    # the metric only once one was dropped.
+    dropped = mt.get("dropped_iterations", {}).get("values", {}).get("count", 0)
+    return {"rps": reqs["rate"], "requests": reqs["count"], "p50": d.get("med"), "p90": d.get("p(90)"),
+            "p99": d.get("p(99)"), "p999": d.get("p(99.9)"), "max": d.get("max"), "status": status,
+            "errors": {}, "dropped": dropped, "sent_rps": reqs["rate"],
+            "service_p50": d.get("med"), "service_p99": d.get("p(99)"), "service_p999": d.get("p(99.9)"),
             "percentiles_ms": {"p50": d.get("med"), "p90": d.get("p(90)"), "p99": d.get("p(99)"),
                                "p99.9": d.get("p(99.9)")}}
 
@@ -1350,6 +1421,8 @@ EXPECTED = {
     "live_all": {"202"}, "live_noack": {"202"}, "live_all_solo": {"202"}, "live_noack_solo": {"202"}, "stampede": {"202", "409", "410"}, "soldout": {"410"},
     "product_page": {"200"}, "product_json": {"200"}, "mixed_loadgen": {"200", "202"},
     "mixed_k6": {"200", "202"}, "bare_get": {"200"}, "bare_post": {"410"},
+    "openloop_max": {"202"}, "openloop_25": {"202"}, "openloop_50": {"202"}, "openloop_75": {"202"},
+    "openloop_k6_50": {"202"},
 }
 
 ORDER = [
@@ -1365,6 +1438,11 @@ ORDER = [
     ("live_noack", "live sale, acks 0 (WAIT off)"),
     ("live_all_solo", "live sale, acks all, worker paused (purchase path alone)"),
     ("live_noack_solo", "live sale, acks 0, worker paused (purchase path alone)"),
+    ("openloop_max", "open loop: the live sale's maximum (closed loop, acks all)"),
+    ("openloop_25", "open loop 25 % of the maximum (loadgen; latency from the intended time)"),
+    ("openloop_50", "open loop 50 % of the maximum (loadgen; latency from the intended time)"),
+    ("openloop_75", "open loop 75 % of the maximum (loadgen; latency from the intended time)"),
+    ("openloop_k6_50", "open loop 50 % of the maximum (k6 constant-arrival-rate; from the actual send)"),
     ("stampede", "stampede: 1 000 units, distinct shoppers"),
     ("soldout", "sold-out path (oha, one shopper)"),
     ("product_page", "product page HTML /p/{sku}"),
@@ -1419,6 +1497,31 @@ def fmt_num(v, digits=0):
     if digits == 0:
         return f"{v:,.0f}".replace(",", " ")
     return f"{v:.{digits}f}"
+
+
+def openloop_table(results):
+    """The open loop at each load: medians over the runs of the achieved
+    rate and of the percentiles (loadgen: from the intended send time, the
+    service time beside; k6: from the actual send), dropped summed."""
+    results = {str(k): v for k, v in results.items()}
+    runs = sorted(results, key=int)
+    rows = []
+    names = [f"openloop_{p}" for p in OPENLOOP_PCTS] + [f"openloop_k6_{OPENLOOP_K6_PCT}"]
+    for name in sorted(names, key=lambda n: (int(n.rsplit("_", 1)[1]), "k6" in n)):
+        ms = [results[r][name] for r in runs if name in results[r]]
+        if not ms:
+            continue
+        rows.append({
+            "measurement": name, "tool": ms[0].get("tool"), "pct_of_max": ms[0].get("pct_of_max"),
+            "latency_from": "actual send" if ms[0].get("tool") == "k6" else "intended send time",
+            "runs": len(ms),
+            **{k: med([m.get(k) for m in ms]) for k in (
+                "max_rps", "target_rps", "sent_rps", "rps", "p50", "p90", "p99", "p999", "max", "service_p50",
+                "service_p99", "service_p999")},
+            "dropped": sum(m.get("dropped") or 0 for m in ms),
+            "others_cores": med([m.get("cpu_s", {}).get("others_cores") for m in ms]),
+        })
+    return rows
 
 
 def render_summary(data):
@@ -1577,6 +1680,29 @@ def render_summary(data):
                   "| command | calls per purchase | µs per purchase |", "|---|---:|---:|"]
         for c, v in top:
             lines.append(f"| {c} | {med([a for a, _ in v]):.3f} | {med([u for _, u in v]):.2f} |")
+        lines.append("")
+
+    # The open loop: latency from the intended send time at each load.
+    ol = openloop_table(results)
+    if ol:
+        lines += ["## Open loop: purchases at a fixed rate (acks all)", "",
+                  "Poisson arrivals at a % of the live sale's maximum purchase rate of the same run "
+                  "(loadgen `--rate`, 256 connections at most); latency from each request's *intended* "
+                  "send time, so waiting for a connection counts; the service time (from the actual send) "
+                  "beside it. k6 (`constant-arrival-rate`, 256 VUs at most) measures from the actual send; "
+                  "what queues there shows as dropped iterations. Sent: arrivals per second of the schedule "
+                  "that were not dropped (k6: requests per second); answered: answers over the time until the "
+                  "last one. Medians over the runs; dropped: the sum.", "",
+                  "| load | tool | max req/s | target req/s | sent req/s | answered req/s | p50 ms | p99 ms | "
+                  "p99.9 ms | service p50 ms | service p99 ms | dropped | others' CPU (cores) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in ol:
+            lines.append(f"| {row['pct_of_max']} % | {row['tool']} | {fmt_num(row['max_rps'])} | "
+                         f"{fmt_num(row['target_rps'])} | {fmt_num(row['sent_rps'])} | {fmt_num(row['rps'])} | "
+                         f"{fmt_num(row['p50'], 2)} | "
+                         f"{fmt_num(row['p99'], 2)} | {fmt_num(row['p999'], 2)} | "
+                         f"{fmt_num(row['service_p50'], 2)} | {fmt_num(row['service_p99'], 2)} | "
+                         f"{row['dropped']} | {fmt_num(row['others_cores'], 2)} |")
         lines.append("")
 
     # Per-run req/s, to see the noise.
