@@ -7,6 +7,9 @@
 # Scenarios (default: all, in this order):
 #   live      live sale: huge stock, every purchase a different shopper token,
 #             256 connections — acks all (WAIT on) and acks 0 (WAIT off)
+#   openloop  open-loop purchases (Poisson arrivals, latency from the intended
+#             send time) at 25 %, 50 % and 75 % of the live sale's rate
+#             (loadgen --rate; k6 constant-arrival-rate at 50 %)
 #   stampede  200 000 distinct shoppers vs 1 000 units from the second the sale
 #             opens: time to sell out, then the sold-out path; server RSS peak,
 #             Redis memory per sold unit

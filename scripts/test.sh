@@ -35,4 +35,5 @@ loadtest/smoke.sh
 # Playwright (playwright-core, no browser download) for the browser test.
 npm ci --prefix tests/browser --no-audit --no-fund
 cargo test --locked -p flashsale-testkit
+cargo test --locked -p flashsale-loadtest --bin loadgen
 cargo test --locked --tests -- --test-threads 2
