@@ -462,14 +462,14 @@ fn decoded_len(seg: &str) -> usize {
 }
 
 /// In front of the static files: a name no file can have is 404 at once
-/// (the file service would answer the file system's "name too long" with
-/// an empty 500).
+/// (the file service would answer the file system's "name too long", or
+/// its refusal of a NUL byte in a name, with an empty 500).
 pub async fn static_guard(req: Request, next: Next) -> Response {
     if req
         .uri()
         .path()
         .split('/')
-        .any(|s| decoded_len(s) > MAX_NAME)
+        .any(|s| decoded_len(s) > MAX_NAME || s.contains("%00"))
     {
         return ApiError::not_found().into_response();
     }

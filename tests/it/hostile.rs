@@ -1678,9 +1678,16 @@ async fn metrics_and_error_bodies_hold_no_secret() {
         app.http.delete(app.url("/api/products")),
         app.http.post(app.url("/static/app.js")),
         app.http.get(app.url("/static/nope.js")),
+        // A NUL byte no file name can hold: 404, not the file service's 500.
+        app.http.get(app.url("/static/%00")),
         app.http.get(app.url("/readyz")),
         app.http.post(app.url("/dev/login")).body("user=%7B%7D"),
     ];
+    // The same as HEAD (no body to look at: the status says it).
+    for path in ["/static/%00", "/static/a%00.js"] {
+        let r = app.http.head(app.url(path)).send().await.expect("send");
+        assert_eq!(r.status(), 404, "HEAD {path}");
+    }
     for req in requests {
         let r = req.send().await.expect("send");
         let status = r.status().as_u16();
