@@ -70,7 +70,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::{Barrier, Mutex, mpsc};
+use tokio::sync::Barrier;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -352,16 +352,21 @@ async fn one(
     Ok(status)
 }
 
-async fn run_connection(
-    sh: Arc<Shared>,
+type Sender = SendRequest<Full<Bytes>>;
+
+/// A connection task's start: its connection (`None` if it could not be
+/// opened: counted), its request picker, and the clock, once every task
+/// is connected and the start is set.
+async fn ready(
+    sh: &Shared,
     id: usize,
-    barrier: Arc<Barrier>,
-    go: Arc<Barrier>,
-    start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
-) -> TaskStats {
-    let mut stats = TaskStats::default();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
-    let mut sender = match connect(&sh).await {
+    barrier: &Barrier,
+    go: &Barrier,
+    start_at: &std::sync::OnceLock<(Instant, Instant)>,
+    stats: &mut TaskStats,
+) -> (Option<Sender>, Rng, (Instant, Instant)) {
+    let rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
+    let sender = match connect(sh).await {
         Ok(s) => Some(s),
         Err(e) => {
             stats.connect_errors += 1;
@@ -371,9 +376,75 @@ async fn run_connection(
     };
     barrier.wait().await;
     go.wait().await;
-    let (start, deadline) = *start_at.get().expect("start set before `go` opens");
-    tokio::time::sleep_until(start.into()).await;
+    let clock = *start_at.get().expect("start set before `go` opens");
+    (sender, rng, clock)
+}
+
+/// What became of one request.
+enum Sent {
+    /// Sent at the first instant, answered with the status at the second.
+    Answered(Instant, Instant, u16),
+    /// No connection could be opened for it (counted).
+    NoConnection,
+    /// Sent and failed or timed out (counted; the connection is dropped).
+    Failed,
+}
+
+/// One request of the mix, on `sender`, opened again first if it was
+/// dropped.
+async fn request(
+    sh: &Shared,
+    sender: &mut Option<Sender>,
+    rng: &mut Rng,
+    stats: &mut TaskStats,
+) -> Sent {
+    if sender.is_none() {
+        match connect(sh).await {
+            Ok(s) => *sender = Some(s),
+            Err(e) => {
+                stats.connect_errors += 1;
+                stats.error(e);
+                return Sent::NoConnection;
+            }
+        }
+    }
     let total: u32 = *sh.cumulative.last().unwrap_or(&1);
+    let pick = (rng.next() % u64::from(total)) as u32;
+    let spec = &sh.specs[sh.cumulative.iter().position(|&c| pick < c).unwrap_or(0)];
+    let req = build(sh, spec);
+    let s = sender.as_mut().expect("connected above");
+    let t0 = Instant::now();
+    let res = tokio::time::timeout(sh.timeout, one(s, req)).await;
+    let t1 = Instant::now();
+    match res {
+        Ok(Ok(status)) => Sent::Answered(t0, t1, status),
+        Ok(Err(e)) => {
+            stats.io_errors += 1;
+            stats.error(e);
+            *sender = None;
+            Sent::Failed
+        }
+        Err(_) => {
+            stats.timeouts += 1;
+            *sender = None;
+            Sent::Failed
+        }
+    }
+}
+
+/// Closed loop: one connection sending back to back until the deadline or
+/// the request budget.
+async fn run_connection(
+    sh: Arc<Shared>,
+    id: usize,
+    barrier: Arc<Barrier>,
+    go: Arc<Barrier>,
+    start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
+) -> TaskStats {
+    let mut stats = TaskStats::default();
+    let (mut sender, mut rng, (start, deadline)) =
+        ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
+    tokio::time::sleep_until(start.into()).await;
     loop {
         if Instant::now() >= deadline {
             break;
@@ -381,39 +452,14 @@ async fn run_connection(
         if sh.issued.fetch_add(1, Ordering::Relaxed) >= sh.max_requests {
             break;
         }
-        if sender.is_none() {
-            match connect(&sh).await {
-                Ok(s) => sender = Some(s),
-                Err(e) => {
-                    stats.connect_errors += 1;
-                    stats.error(e);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            }
-        }
-        let pick = (rng.next() % u64::from(total)) as u32;
-        let spec = &sh.specs[sh.cumulative.iter().position(|&c| pick < c).unwrap_or(0)];
-        let req = build(&sh, spec);
-        let t0 = Instant::now();
-        let s = sender.as_mut().expect("connected above");
-        let res = tokio::time::timeout(sh.timeout, one(s, req)).await;
-        let t1 = Instant::now();
-        match res {
-            Ok(Ok(status)) => {
+        match request(&sh, &mut sender, &mut rng, &mut stats).await {
+            Sent::Answered(t0, t1, status) => {
                 let lat = t1.duration_since(t0).as_micros() as u64;
                 let done = t1.saturating_duration_since(start).as_micros() as u64;
                 stats.record(status, lat, done);
             }
-            Ok(Err(e)) => {
-                stats.io_errors += 1;
-                stats.error(e);
-                sender = None;
-            }
-            Err(_) => {
-                stats.timeouts += 1;
-                sender = None;
-            }
+            Sent::NoConnection => tokio::time::sleep(Duration::from_millis(20)).await,
+            Sent::Failed => {}
         }
     }
     stats
@@ -434,7 +480,7 @@ struct Arrivals {
 /// own sleeping with `std::thread::sleep` (tens of µs late on Linux, where
 /// tokio's timer rounds up to the next millisecond).
 fn schedule(
-    tx: mpsc::Sender<u64>,
+    tx: flume::Sender<u64>,
     rate: f64,
     seed: u64,
     start: Instant,
@@ -463,8 +509,8 @@ fn schedule(
         arrivals.scheduled += 1;
         match tx.try_send(at_ns) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => arrivals.dropped += 1,
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
+            Err(flume::TrySendError::Full(_)) => arrivals.dropped += 1,
+            Err(flume::TrySendError::Disconnected(_)) => break,
         }
     }
     arrivals
@@ -475,61 +521,24 @@ fn schedule(
 async fn run_open_connection(
     sh: Arc<Shared>,
     id: usize,
-    rx: Arc<Mutex<mpsc::Receiver<u64>>>,
+    rx: flume::Receiver<u64>,
     barrier: Arc<Barrier>,
     go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
     let mut stats = TaskStats::default();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
-    let mut sender = match connect(&sh).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            stats.connect_errors += 1;
-            stats.error(e);
-            None
-        }
-    };
-    barrier.wait().await;
-    go.wait().await;
-    let (start, _) = *start_at.get().expect("start set before `go` opens");
-    let total: u32 = *sh.cumulative.last().unwrap_or(&1);
-    loop {
-        let next = rx.lock().await.recv().await;
-        let Some(intended_ns) = next else { break };
-        if sender.is_none() {
-            match connect(&sh).await {
-                Ok(s) => sender = Some(s),
-                Err(e) => {
-                    // This arrival is lost with the connection: counted.
-                    stats.connect_errors += 1;
-                    stats.error(e);
-                    continue;
-                }
-            }
-        }
-        let pick = (rng.next() % u64::from(total)) as u32;
-        let spec = &sh.specs[sh.cumulative.iter().position(|&c| pick < c).unwrap_or(0)];
-        let req = build(&sh, spec);
-        let t0 = Instant::now();
-        let s = sender.as_mut().expect("connected above");
-        let res = tokio::time::timeout(sh.timeout, one(s, req)).await;
-        let t1 = Instant::now();
-        match res {
-            Ok(Ok(status)) => {
-                let sent_ns = t0.saturating_duration_since(start).as_nanos() as u64;
-                let done_ns = t1.saturating_duration_since(start).as_nanos() as u64;
-                stats.record_open(status, intended_ns, sent_ns, done_ns);
-            }
-            Ok(Err(e)) => {
-                stats.io_errors += 1;
-                stats.error(e);
-                sender = None;
-            }
-            Err(_) => {
-                stats.timeouts += 1;
-                sender = None;
-            }
+    let (mut sender, mut rng, (start, _)) =
+        ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
+    // Ends when the schedule has ended (its sender dropped) and the
+    // backlog is empty.
+    while let Ok(intended_ns) = rx.recv_async().await {
+        // An arrival without a connection is lost with it: counted.
+        if let Sent::Answered(t0, t1, status) =
+            request(&sh, &mut sender, &mut rng, &mut stats).await
+        {
+            let sent_ns = t0.saturating_duration_since(start).as_nanos() as u64;
+            let done_ns = t1.saturating_duration_since(start).as_nanos() as u64;
+            stats.record_open(status, intended_ns, sent_ns, done_ns);
         }
     }
     stats
@@ -645,8 +654,8 @@ fn run(args: Args) -> Result<(), String> {
         let start_cell = Arc::new(std::sync::OnceLock::new());
         let mut tasks = Vec::with_capacity(connections);
         // Open loop: the backlog, filled by the schedule once the clock starts.
-        let (tx, rx) = mpsc::channel(open.map_or(1, |(_, _, backlog)| backlog));
-        let rx = Arc::new(Mutex::new(rx));
+        // Many receivers (the connections), one sender (the schedule).
+        let (tx, rx) = flume::bounded(open.map_or(1, |(_, _, backlog)| backlog));
         for id in 0..connections {
             if open.is_some() {
                 tasks.push(tokio::spawn(run_open_connection(
