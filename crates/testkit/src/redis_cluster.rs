@@ -60,7 +60,7 @@ use redis::{AsyncConnectionConfig, Client, Value};
 
 use crate::procs::{live_cmdline, on_path, send_signal};
 use crate::redis_group::TlsFiles;
-use flashsale::config::{Access, ClientCert, Secret, Tls};
+use flashsale::config::{Access, Secret};
 
 /// How the cluster is configured. Every Redis setting is the shipped one
 /// unless an override below is set.
@@ -743,16 +743,7 @@ impl RedisCluster {
     /// How to reach the nodes: `default` with the password, and with a TLS
     /// cluster its CA and client certificate.
     pub fn access(&self) -> Access {
-        let tls = self.tls_files().map(|f| {
-            let read = |p: &Path| {
-                std::fs::read(p)
-                    .unwrap_or_else(|e| panic!("redis_cluster: read {}: {e}", p.display()))
-            };
-            std::sync::Arc::new(Tls {
-                ca: Some(read(&f.ca)),
-                client: Some(ClientCert::new(read(&f.cert), read(&f.key))),
-            })
-        });
+        let tls = self.tls_files().map(|f| f.load());
         Access {
             username: None,
             password: Some(Secret::new(self.opts.password.clone())),

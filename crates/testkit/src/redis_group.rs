@@ -103,6 +103,19 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// The files read, as the product's TLS settings hold them.
+    pub fn load(&self) -> std::sync::Arc<Tls> {
+        let read = |p: &Path| {
+            std::fs::read(p).unwrap_or_else(|e| panic!("testkit: read {}: {e}", p.display()))
+        };
+        std::sync::Arc::new(Tls {
+            ca: Some(read(&self.ca)),
+            client: Some(ClientCert::new(read(&self.cert), read(&self.key))),
+        })
+    }
+}
+
 /// One process of the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Node {
@@ -479,16 +492,7 @@ impl RedisGroup {
     /// How to reach this group's nodes as `default` (TLS with the client
     /// certificate when the group has TLS).
     fn access(&self, node: Node) -> Access {
-        let tls = self.tls_files().map(|f| {
-            let read = |p: &Path| {
-                std::fs::read(p)
-                    .unwrap_or_else(|e| panic!("redis_group: read {}: {e}", p.display()))
-            };
-            std::sync::Arc::new(Tls {
-                ca: Some(read(&f.ca)),
-                client: Some(ClientCert::new(read(&f.cert), read(&f.key))),
-            })
-        });
+        let tls = self.tls_files().map(|f| f.load());
         let password = match node {
             Node::Redis(_) => Some(Secret::new(self.opts.password.clone())),
             Node::Sentinel(_) if self.opts.acl => Some(Secret::new(self.opts.password.clone())),
