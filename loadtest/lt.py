@@ -527,6 +527,10 @@ class Bench:
         for r in self.data_nodes():
             try:
                 r.call("CONFIG", "SET", "auto-aof-rewrite-percentage", "0")
+                # Diagnostic only (changes no behaviour): the latency monitor
+                # records events of 10 ms and more instead of the shipped
+                # 100 ms, so the open loop can name what stalled it.
+                r.call("CONFIG", "SET", "latency-monitor-threshold", str(LATENCY_MONITOR_MS))
             finally:
                 r.close()
 
@@ -552,6 +556,41 @@ class Bench:
         finally:
             for r in nodes:
                 r.close()
+
+    def redis_marks(self, reset=False):
+        """Each data node's counters of what can stall it (forks, delayed
+        AOF fsyncs); with `reset`, its latency monitor is emptied too, so
+        `redis_events` shows what happened during one measurement only."""
+        marks = {}
+        for i, r in enumerate(self.data_nodes()):
+            try:
+                if reset:
+                    r.call("LATENCY", "RESET")
+                info = info_fields(r.call("INFO", "all"))
+                marks[i] = {k: int(info.get(k, 0) or 0) for k in
+                            ("total_forks", "aof_delayed_fsync")}
+            finally:
+                r.close()
+        return marks
+
+    def redis_events(self, before):
+        """Per data node (by port): forks and delayed AOF fsyncs since
+        `before`, and the latency monitor's events over its threshold
+        (`LATENCY LATEST`: event, latest ms, max ms)."""
+        after = self.redis_marks()
+        out = {}
+        for i, r in enumerate(self.data_nodes()):
+            try:
+                latest = r.call("LATENCY", "LATEST") or []
+            finally:
+                r.close()
+            node = {k: after[i][k] - before[i][k] for k in after[i] if after[i][k] - before[i][k]}
+            events = {str(e[0]): [int(e[2]), int(e[3])] for e in latest}
+            if events:
+                node["latency_ms"] = events
+            if node:
+                out[str(self.base_port + i)] = node
+        return out
 
     def stop_group(self):
         if self.group_started:
@@ -1080,7 +1119,15 @@ class Bench:
                    "--tokens", str(self.tokens), "--out", str(out), "--label", name]
             meta = {"tool": "loadgen", "conns": CONNS, "sku": sku, "pct_of_max": pct,
                     "target_rps": rate, "max_rps": max_rps, "max_from": source}
+            marks = self.redis_marks(reset=True)
             m = self.generate(run, name, cmd, self.dur + 90, lambda out=out: parse_loadgen(out), meta)
+            m["redis_events"] = self.redis_events(marks)
+            m["stalls"] = stalls(m.get("open_loop", {}).get("timeline"))
+            if m["stalls"]:
+                log(f"run {run} {name}: stalls (100 ms slots with an answer > {STALL_MS} ms): "
+                    + ", ".join(f"{s['at']} {s['max_ms']:.0f} ms" for s in m["stalls"][:8]))
+            if any(m["redis_events"].values()):
+                log(f"run {run} {name}: redis {m['redis_events']}")
             self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
             # The worker's backlog must not run during the next load.
             self.wait_confirmed([sku], secs=120)
@@ -1366,6 +1413,27 @@ def parse_loadgen(path):
                   "service_p999": ol["service"]["p999_ms"],
                   "schedule_lag_p99": ol["schedule_lag"]["p99_ms"]})
     return m
+
+
+STALL_MS = 50
+LATENCY_MONITOR_MS = 10
+
+
+def stalls(timeline):
+    """The open loop's 100 ms slots in which an answer took over
+    `STALL_MS` from its intended send time: wall-clock time (UTC), the
+    slowest answer, how many answered."""
+    if not timeline:
+        return []
+    t0, slot = timeline["start_unix_ms"], timeline["slot_ms"]
+    out = []
+    for i, mx in enumerate(timeline["max_ms"]):
+        if mx > STALL_MS:
+            at = t0 + i * slot
+            stamp = time.strftime("%H:%M:%S", time.gmtime(at / 1000)) + f".{at % 1000 // 100}"
+            out.append({"at": stamp, "unix_ms": at, "max_ms": mx, "answers": timeline["answers"][i],
+                        "over_10ms": timeline["over_10ms"][i]})
+    return out
 
 
 def parse_oha(path):

@@ -125,6 +125,7 @@ fn shipped_files_parse_and_hold_the_reasoned_values() {
         ("min-replicas-to-write", "1"),
         ("min-replicas-max-lag", "10"),
         ("appendonly", "yes"),
+        ("save", ""),
         ("maxmemory-policy", "noeviction"),
     ] {
         assert_eq!(redis.get(key).map(String::as_str), Some(want), "{key}");

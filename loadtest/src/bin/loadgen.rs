@@ -158,12 +158,27 @@ struct StatusStats {
     per_second: Vec<u64>,
 }
 
+/// One 100 ms slot of the open loop's timeline.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    answers: u32,
+    over_10ms: u32,
+    max_us: u64,
+}
+
+/// The timeline's slot width.
+const SLOT_NS: u64 = 100_000_000;
+
 #[derive(Default)]
 struct TaskStats {
     by_status: BTreeMap<u16, StatusStats>,
     /// Open loop: from the actual send to the answer (the latency per
     /// status is from the intended send time).
     service: Option<Histogram<u64>>,
+    /// Open loop: per 100 ms of intended send time, the answers, those
+    /// over 10 ms from their intended time, and the slowest (µs) — to line
+    /// stalls up with what the servers and Redis logged at that moment.
+    timeline: Vec<Slot>,
     io_errors: u64,
     timeouts: u64,
     connect_errors: u64,
@@ -195,6 +210,14 @@ impl TaskStats {
         let latency_us = done_ns.saturating_sub(intended_ns) / 1000;
         let service_us = done_ns.saturating_sub(sent_ns.max(intended_ns)) / 1000;
         self.record(status, latency_us, done_ns / 1000);
+        let i = (intended_ns / SLOT_NS) as usize;
+        if self.timeline.len() <= i {
+            self.timeline.resize(i + 1, Slot::default());
+        }
+        let slot = &mut self.timeline[i];
+        slot.answers += 1;
+        slot.over_10ms += u32::from(latency_us > 10_000);
+        slot.max_us = slot.max_us.max(latency_us);
         self.service
             .get_or_insert_with(latency_histogram)
             .saturating_record(service_us.max(1));
@@ -229,6 +252,14 @@ impl TaskStats {
             (Some(s), Some(o)) => s.add(&o).expect("same histogram bounds"),
             (s @ None, o) => *s = o,
             (Some(_), None) => {}
+        }
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), Slot::default());
+        }
+        for (s, o) in self.timeline.iter_mut().zip(other.timeline) {
+            s.answers += o.answers;
+            s.over_10ms += o.over_10ms;
+            s.max_us = s.max_us.max(o.max_us);
         }
         self.io_errors += other.io_errors;
         self.timeouts += other.timeouts;
@@ -715,6 +746,11 @@ fn run(args: Args) -> Result<(), String> {
     })?;
 
     let elapsed = end.saturating_duration_since(start).as_secs_f64().max(1e-9);
+    // The wall-clock time of the start, to line the timeline up with logs.
+    let start_unix_ms = SystemTime::now()
+        .checked_sub(Instant::now().saturating_duration_since(start))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
     let mut overall = latency_histogram();
     let mut status = serde_json::Map::new();
     let mut by_status = serde_json::Map::new();
@@ -771,6 +807,13 @@ fn run(args: Args) -> Result<(), String> {
             "latency_from": "intended send time",
             "service": histogram_json(&service),
             "schedule_lag": histogram_json(&a.lag),
+            "timeline": {
+                "slot_ms": SLOT_NS / 1_000_000,
+                "start_unix_ms": start_unix_ms,
+                "answers": stats.timeline.iter().map(|s| s.answers).collect::<Vec<_>>(),
+                "over_10ms": stats.timeline.iter().map(|s| s.over_10ms).collect::<Vec<_>>(),
+                "max_ms": stats.timeline.iter().map(|s| ms(s.max_us)).collect::<Vec<_>>(),
+            },
         });
         eprintln!(
             "loadgen {} open loop at {:.0} req/s (seed {}): {} arrivals, {} dropped (backlog {}); service time p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; the schedule's own lateness p50 {:.3} ms, p99 {:.3} ms; latencies below are from the intended send time",
