@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -342,7 +343,9 @@ def run_child(cmd, logfile, timeout, env=None):
 # ------------------------------------------------------------------ HTTP ---
 
 def http_call(port, method, path, body=None, headers=None, timeout=15):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One HTTP/1.1 call to 127.0.0.1:`port`, or to `port` = (host, port)."""
+    host, port = port if isinstance(port, tuple) else ("127.0.0.1", port)
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         h = dict(headers or {})
         data = None
@@ -427,6 +430,39 @@ def med(values):
 
 # ------------------------------------------------------------- the bench ---
 
+class Peer:
+    """A second implementation of the HTTP contract, given by URL
+    (`--peer`), with the two secrets it was started with (`--peer-env`: the
+    contract's `FLASHSALE_JWT_SECRET` and `FLASHSALE_ADMIN_TOKEN`, as
+    `NAME=value` lines) and, optionally, the PIDs whose CPU is its own
+    (`--peer-pid`, children included)."""
+
+    def __init__(self, url, env_file, pids):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "http" or not u.hostname or u.path not in ("", "/"):
+            raise SystemExit(f"lt: --peer {url!r}: give http://HOST:PORT")
+        self.url = f"http://{u.hostname}:{u.port or 80}"
+        self.addr = (u.hostname, u.port or 80)
+        env = {}
+        for line in Path(env_file).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                k, v = line.split("=", 1)
+                env[k.strip()] = v.strip().strip('"').strip("'")
+        for k in ("FLASHSALE_JWT_SECRET", "FLASHSALE_ADMIN_TOKEN"):
+            if not env.get(k):
+                raise SystemExit(f"lt: --peer-env {env_file}: no {k}=… line")
+        self.jwt_secret = env["FLASHSALE_JWT_SECRET"]
+        self.admin_token = env["FLASHSALE_ADMIN_TOKEN"]
+        self.pids = [int(p) for p in pids.split(",") if p.strip()] if pids else []
+        self.tokens = None
+
+    def cpu_seconds(self):
+        if not self.pids:
+            return None
+        return sum(cpu_seconds(p) or 0 for pid in self.pids for p in [pid] + children_of(pid))
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -471,6 +507,7 @@ class Bench:
         self.wb_orders = 2_000 if q else 50_000
         self.run_skus = []
         self.rb_skus = []
+        self.peer = Peer(args.peer, args.peer_env, args.peer_pid) if args.peer else None
 
     # --- environment ---------------------------------------------------
 
@@ -592,6 +629,27 @@ class Bench:
                 out[str(self.base_port + i)] = node
         return out
 
+    def wait_quiet(self, secs=60, ops=None):
+        """Waits until the master is quiet (`instantaneous_ops_per_sec` below
+        `ops` twice, 0.5 s apart): the previous measurement's wake (the
+        worker confirming and trimming its orders) must not run during a
+        latency-sensitive one. Returns the seconds waited."""
+        t0 = time.monotonic()
+        quiet = 0
+        while time.monotonic() - t0 < secs:
+            r = self.redis()
+            try:
+                now = int(info_fields(r.call("INFO", "stats")).get("instantaneous_ops_per_sec", 0))
+            finally:
+                r.close()
+            quiet = quiet + 1 if now < (ops or QUIET_OPS) else 0
+            if quiet >= 2:
+                break
+            time.sleep(0.5)
+        else:
+            log(f"the master was still busy after {secs} s; going on")
+        return round(time.monotonic() - t0, 2)
+
     def stop_group(self):
         if self.group_started:
             subprocess.run(["bash", str(REPO / "scripts/redis-group.sh"), "stop", "--dir",
@@ -701,34 +759,51 @@ class Bench:
                            capture_output=True, text=True, timeout=60)
         self.first_buyer = r.stdout.strip()
         log(f"minted {len(lines)} shopper tokens in {time.monotonic() - t0:.1f} s")
+        if self.peer:
+            # The same shoppers, signed with the peer's secret.
+            self.peer.tokens = self.out / "tokens-peer.txt"
+            env = dict(os.environ, FLASHSALE_JWT_SECRET=self.peer.jwt_secret)
+            r = subprocess.run([str(self.bin / "flashsale"), "token", "--users", str(self.n_tokens),
+                                "--prefix", "u", "--out", str(self.peer.tokens)], env=env,
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                raise Failure(f"flashsale token (peer) failed: {r.stderr}")
+            for who in ("prober", "first-buyer"):
+                r = subprocess.run([str(self.bin / "flashsale"), "token", "--user", who], env=env,
+                                   capture_output=True, text=True, timeout=60)
+                if r.returncode != 0:
+                    raise Failure(f"flashsale token (peer) failed: {r.stderr}")
+                setattr(self.peer, who.replace("-", "_"), r.stdout.strip())
 
     # --- sales ----------------------------------------------------------
 
-    def create_sale(self, sku, stock, limit, starts_ms=None, ends_ms=None, track=True):
+    def create_sale(self, sku, stock, limit, starts_ms=None, ends_ms=None, track=True, peer=None):
+        """Through `POST /admin/sales` of our WAIT-on server, or of the peer."""
         starts_ms = starts_ms if starts_ms is not None else now_ms() - 60_000
         ends_ms = ends_ms if ends_ms is not None else now_ms() + 6 * 3600_000
-        st, j = http_call(self.port_all, "POST", "/admin/sales", {
+        st, j = http_call(peer.addr if peer else self.port_all, "POST", "/admin/sales", {
             "sku": sku, "name": f"Load test {sku}", "description": "created by loadtest/lt.py",
             "price_cents": 1999, "stock": stock, "starts_at": rfc3339(starts_ms),
             "ends_at": rfc3339(ends_ms), "per_user_limit": limit,
-        }, {"Authorization": f"Bearer {self.admin_token}"})
+        }, {"Authorization": f"Bearer {peer.admin_token if peer else self.admin_token}"})
         if st != 201:
-            raise Failure(f"creating sale {sku}: {st} {j}")
-        if track:
+            raise Failure(f"creating sale {sku}{' on the peer' if peer else ''}: {st} {j}")
+        if track and not peer:
             self.run_skus.append(sku)
         return sku
 
-    def audit(self, sku):
-        st, j = http_call(self.port_all, "GET", f"/admin/sales/{sku}/audit", None,
-                          {"Authorization": f"Bearer {self.admin_token}"})
+    def audit(self, sku, peer=None):
+        st, j = http_call(peer.addr if peer else self.port_all, "GET", f"/admin/sales/{sku}/audit", None,
+                          {"Authorization": f"Bearer {peer.admin_token if peer else self.admin_token}"})
         if st != 200:
-            raise Failure(f"audit of {sku}: {st} {j}")
+            raise Failure(f"audit of {sku}{' on the peer' if peer else ''}: {st} {j}")
         return j
 
-    def check_sale(self, run, sku, accepted=None, exact=False, note=""):
+    def check_sale(self, run, sku, accepted=None, exact=False, note="", peer=None):
         """Invariants after a scenario: consistent, sold <= stock, and the 202s
-        all exist (== sold when nothing else bought)."""
-        a = self.audit(sku)
+        all exist (== sold when nothing else bought). A peer's audit is
+        its `GET /admin/sales/{sku}/audit` (the contract's)."""
+        a = self.audit(sku, peer)
         ok = bool(a.get("consistent")) and a["sold"] <= a["stock_total"] \
             and a["stock_left"] + a["sold"] == a["stock_total"]
         why = []
@@ -819,6 +894,8 @@ class Bench:
         snap["redis_replicas"] = sum(cpu_seconds(p) or 0 for port, p in self.redis_pids.items()
                                      if port != master)
         snap["sentinels"] = sum(cpu_seconds(p) or 0 for p in self.sentinel_pids)
+        if self.peer and self.peer.pids:
+            snap["peer"] = self.peer.cpu_seconds()
         if self.ledger_pid:
             # The postmaster and its backends (those still running).
             snap["ledger"] = sum(cpu_seconds(p) or 0
@@ -903,9 +980,9 @@ class Bench:
         log(f"perf profile of {name}: {out}")
 
     def loadgen(self, run, name, reqs, duration, tokens=None, start_at=None, target=None, meta=None,
-                conns=CONNS, rss_pid=None):
+                conns=CONNS, rss_pid=None, url=None):
         out = self.raw / f"r{run}-{name}.json"
-        cmd = [str(self.bin / "loadgen"), "--target", f"http://127.0.0.1:{target or self.port_all}",
+        cmd = [str(self.bin / "loadgen"), "--target", url or f"http://127.0.0.1:{target or self.port_all}",
                "-c", str(conns), "-z", str(duration), "--out", str(out), "--label", name]
         for r in reqs:
             cmd += ["--req", r]
@@ -915,7 +992,7 @@ class Bench:
             cmd += ["--start-at-ms", str(start_at)]
         return self.generate(run, name, cmd, duration + 90, lambda: parse_loadgen(out), meta, rss_pid)
 
-    def oha(self, run, name, path, port, method="GET", token=None, duration=None, meta=None):
+    def oha(self, run, name, path, port, method="GET", token=None, duration=None, meta=None, url=None):
         out = self.raw / f"r{run}-{name}.json"
         duration = duration or self.dur_short
         cmd = ["oha", "--no-tui", "--output-format", "json", "-o", str(out), "-c", str(CONNS),
@@ -924,7 +1001,7 @@ class Bench:
             cmd += ["-m", method, "-d", '{"qty":1}', "-T", "application/json"]
         if token:
             cmd += ["-H", f"Authorization: Bearer {token}"]
-        cmd.append(f"http://127.0.0.1:{port}{path}")
+        cmd.append(f"{url or f'http://127.0.0.1:{port}'}{path}")
         return self.generate(run, name, cmd, duration + 60, lambda: parse_oha(out), meta)
 
     # --- scenarios -------------------------------------------------------
@@ -952,7 +1029,8 @@ class Bench:
 
             def parse(out=out, c=c):
                 return parse_redis_benchmark(out)
-            self.generate_to_file(run, name, cmd, out, 300, parse, {"tool": "redis-benchmark", "conns": c})
+            self.generate_to_file(run, name, cmd, out, 300, parse, {"tool": "redis-benchmark", "conns": c,
+                                                                   "requests": self.rb_requests})
         for c in (50, CONNS):
             for wait in (0, 2):
                 name = f"fcall_c{c}_wait{wait}"
@@ -1119,10 +1197,11 @@ class Bench:
                    "--tokens", str(self.tokens), "--out", str(out), "--label", name]
             meta = {"tool": "loadgen", "conns": CONNS, "sku": sku, "pct_of_max": pct,
                     "target_rps": rate, "max_rps": max_rps, "max_from": source}
+            meta["quiet_wait_s"] = self.wait_quiet()
             marks = self.redis_marks(reset=True)
             m = self.generate(run, name, cmd, self.dur + 90, lambda out=out: parse_loadgen(out), meta)
             m["redis_events"] = self.redis_events(marks)
-            m["stalls"] = stalls(m.get("open_loop", {}).get("timeline"))
+            m["stalls"] = stalls(m.get("timeline"))
             if m["stalls"]:
                 log(f"run {run} {name}: stalls (100 ms slots with an answer > {STALL_MS} ms): "
                     + ", ".join(f"{s['at']} {s['max_ms']:.0f} ms" for s in m["stalls"][:8]))
@@ -1152,11 +1231,13 @@ class Bench:
         r = self.redis()
         mem_before = int(info_fields(r.call("INFO", "memory"))["used_memory"])
         r.close()
+        quiet_s = self.wait_quiet()
         opens = (now_ms() // 1000 + 3) * 1000  # the next whole second at least 2 s ahead
         sku = self.create_sale(self.sku("stampede", run), 1000, 1, starts_ms=opens)
         m = self.loadgen(run, "stampede", [f"1:POST:/api/sales/{sku}/purchase"], self.dur_stampede,
                          tokens=self.tokens, start_at=opens, rss_pid=self.procs.pid("server"),
                          meta={"tool": "loadgen", "conns": CONNS, "sku": sku, "opens_ms": opens})
+        m["quiet_wait_s"] = quiet_s
         n202 = m["status"].get("202", 0)
         bs = m.get("by_status", {})
         m["sold_out_after_ms"] = bs.get("202", {}).get("last_ms")
@@ -1187,6 +1268,63 @@ class Bench:
         m["redis_used_memory_delta_per_unit"] = (mem_after - mem_before) / a["sold"] if a["sold"] else None
         m["redis_bytes_per_unit"] = keys_bytes / a["sold"] if a["sold"] else None
         m["redis_sale_keys"] = n_keys
+
+    def sc_peer(self, run):
+        """The peer (`--peer URL`): the same measurements as ours, in the
+        same run, with the same tools, connections, durations and shoppers;
+        its invariants from its own audit endpoint."""
+        p = self.peer
+        if p is None:
+            raise Failure("peer: no --peer URL given")
+        meta = {"tool": "loadgen", "conns": CONNS, "peer": p.url}
+        # Live sale, closed loop (our `live_all`).
+        sku = self.create_sale(self.sku("peer-live", run), 100_000_000, 1_000_000, peer=p)
+        time.sleep(0.3)
+        m = self.loadgen(run, "peer_live", [f"1:POST:/api/sales/{sku}/purchase"], self.dur,
+                         tokens=p.tokens, url=p.url, meta=dict(meta, sku=sku))
+        self.check_sale(run, sku, accepted=m["status"].get("202", 0), note="peer_live", peer=p)
+        # Open loop at 50 % of our own maximum of this run (the same offered load).
+        ours = self.results.get(run, {}).get("live_all") or self.results.get(run, {}).get("openloop_max")
+        if ours and ours.get("rps"):
+            rate = ours["rps"] * OPENLOOP_K6_PCT / 100
+            sku = self.create_sale(self.sku("peer-open", run), 100_000_000, 1_000_000, peer=p)
+            time.sleep(0.3)
+            out = self.raw / f"r{run}-peer_openloop_50.json"
+            cmd = [str(self.bin / "loadgen"), "--target", p.url, "-c", str(CONNS), "-z", str(self.dur),
+                   "--rate", f"{rate:.1f}", "--seed", str(run * 1000 + 50),
+                   "--req", f"1:POST:/api/sales/{sku}/purchase", "--tokens", str(p.tokens),
+                   "--out", str(out), "--label", "peer_openloop_50"]
+            m = self.generate(run, "peer_openloop_50", cmd, self.dur + 90, lambda: parse_loadgen(out),
+                              dict(meta, sku=sku, pct_of_max=50, target_rps=rate, max_rps=ours["rps"]))
+            self.check_sale(run, sku, accepted=m["status"].get("202", 0), note="peer_openloop_50", peer=p)
+        # Stampede: 1 000 units, limit 1, from a whole second.
+        opens = (now_ms() // 1000 + 3) * 1000
+        sku = self.create_sale(self.sku("peer-stampede", run), 1000, 1, starts_ms=opens, peer=p)
+        m = self.loadgen(run, "peer_stampede", [f"1:POST:/api/sales/{sku}/purchase"], self.dur_stampede,
+                         tokens=p.tokens, start_at=opens, url=p.url, meta=dict(meta, sku=sku, opens_ms=opens))
+        n202 = m["status"].get("202", 0)
+        m["sold_out_after_ms"] = m.get("by_status", {}).get("202", {}).get("last_ms")
+        a = self.check_sale(run, sku, accepted=n202, exact=True, note="peer_stampede", peer=p)
+        m["sold"] = a["sold"]
+        if a["sold"] > 1000 or n202 > 1000:
+            self.failures.append(f"run {run}: the peer's stampede sold {a['sold']} / answered {n202} 202 "
+                                 "for 1000 units")
+        # Sold out (one non-buyer, oha) and the product JSON.
+        sku = self.create_sale(self.sku("peer-soldout", run), 1, 1, peer=p)
+        time.sleep(0.3)
+        st, j = http_call(p.addr, "POST", f"/api/sales/{sku}/purchase", {"qty": 1},
+                          {"Authorization": f"Bearer {p.first_buyer}"})
+        if st != 202:
+            raise Failure(f"peer soldout: the one unit was not sold: {st} {j}")
+        st, j = http_call(p.addr, "POST", f"/api/sales/{sku}/purchase", {"qty": 1},
+                          {"Authorization": f"Bearer {p.prober}"})
+        if st != 410:
+            raise Failure(f"peer soldout: expected 410, got {st} {j}")
+        self.oha(run, "peer_soldout", f"/api/sales/{sku}/purchase", None, method="POST", token=p.prober,
+                 url=p.url, meta={"tool": "oha", "conns": CONNS, "sku": sku, "peer": p.url})
+        self.check_sale(run, sku, accepted=1, exact=True, note="peer_soldout", peer=p)
+        self.oha(run, "peer_product_json", f"/api/products/{sku}", None, url=p.url,
+                 meta={"tool": "oha", "conns": CONNS, "peer": p.url})
 
     def sale_memory(self, r, sku):
         """Sum of MEMORY USAGE (SAMPLES 0: exact) over every key of one sale."""
@@ -1403,7 +1541,7 @@ def parse_loadgen(path):
     m = {"rps": j["rps"], "requests": j["requests"], "p50": lat["p50_ms"], "p90": lat.get("p90_ms"),
          "p99": lat["p99_ms"], "p999": lat["p999_ms"], "max": lat["max_ms"], "status": j["status"],
          "errors": errors, "by_status": j["by_status"], "histogram_ms": j["histogram_ms"],
-         "elapsed_s": j["elapsed_s"]}
+         "elapsed_s": j["elapsed_s"], "timeline": j.get("timeline")}
     ol = j.get("open_loop")
     if ol:
         # Open loop: the percentiles above are from the intended send time.
@@ -1416,6 +1554,7 @@ def parse_loadgen(path):
 
 
 STALL_MS = 50
+QUIET_OPS = 500
 LATENCY_MONITOR_MS = 10
 
 
@@ -1491,6 +1630,8 @@ EXPECTED = {
     "mixed_k6": {"200", "202"}, "bare_get": {"200"}, "bare_post": {"410"},
     "openloop_max": {"202"}, "openloop_25": {"202"}, "openloop_50": {"202"}, "openloop_75": {"202"},
     "openloop_k6_50": {"202"},
+    "peer_live": {"202"}, "peer_openloop_50": {"202"}, "peer_stampede": {"202", "409", "410"},
+    "peer_soldout": {"410"}, "peer_product_json": {"200"},
 }
 
 ORDER = [
@@ -1520,6 +1661,11 @@ ORDER = [
     ("workers_1", "worker bench: 1 worker (orders confirmed/s)"),
     ("workers_2", "worker bench: 2 workers"),
     ("workers_4", "worker bench: 4 workers"),
+    ("peer_live", "peer: live sale, 256 conns"),
+    ("peer_openloop_50", "peer: open loop at 50 % of our maximum"),
+    ("peer_stampede", "peer: stampede, 1 000 units"),
+    ("peer_soldout", "peer: sold out (oha)"),
+    ("peer_product_json", "peer: product JSON (oha)"),
 ]
 
 # name -> (ceiling, target ratio or None, label)
@@ -1590,6 +1736,110 @@ def openloop_table(results):
             "others_cores": med([m.get("cpu_s", {}).get("others_cores") for m in ms]),
         })
     return rows
+
+
+def cpu_us_per(m, proc, count=None):
+    """CPU µs of `proc` per request (or per `count`) of one measurement."""
+    if not m:
+        return None
+    c = (m.get("cpu_s") or {}).get(proc)
+    n = count if count is not None else m.get("requests")
+    return c / n * 1e6 if c is not None and n else None
+
+
+def goals_section(results, runs):
+    """The speed-per-CPU goals, each a figure or ratio of one run, then the
+    median over the runs."""
+    rows = []
+
+    def row(label, vals, goal, ok, digits=2):
+        vals = [v for v in vals if v is not None]
+        if vals:
+            mv = med(vals)
+            met = "" if not goal else ("yes" if ok(mv) else "**no**")
+            rows.append(f"| {label} | {fmt_num(mv, digits)} | {' '.join(fmt_num(v, digits) for v in vals)} | "
+                        f"{goal} | {met} |")
+
+    def per_run(f):
+        return [f(results[r]) for r in runs]
+
+    def server_ratio(res):
+        a = cpu_us_per(res.get("live_all"), "server")
+        b = cpu_us_per(res.get("bare_post"), "bare")
+        return a / b if a and b else None
+
+    def master_ratio(res):
+        live = res.get("live_all")
+        a = cpu_us_per(live, "redis_master", (live or {}).get("status", {}).get("202"))
+        b = cpu_us_per(res.get("redis_benchmark_c256"), "redis_master")
+        return a / b if a and b else None
+
+    row("server CPU per WAIT-on purchase / bare axum POST's CPU per answer", per_run(server_ratio),
+        "≤ 2", lambda v: v <= 2)
+    row("server CPU µs per WAIT-on purchase", per_run(lambda res: cpu_us_per(res.get("live_all"), "server")),
+        "", lambda v: True, 1)
+    row("bare axum POST: CPU µs per answer", per_run(lambda res: cpu_us_per(res.get("bare_post"), "bare")),
+        "", lambda v: True, 1)
+    row("master CPU per sold unit (live sale, worker running) / per redis-benchmark FCALL (c256)",
+        per_run(master_ratio), "≤ 1.2", lambda v: v <= 1.2)
+    row("master CPU µs per sold unit (live sale, worker running)",
+        per_run(lambda res: cpu_us_per(res.get("live_all"), "redis_master",
+                                       (res.get("live_all") or {}).get("status", {}).get("202"))),
+        "", lambda v: True, 1)
+    row("master CPU µs per redis-benchmark FCALL (c256)",
+        per_run(lambda res: cpu_us_per(res.get("redis_benchmark_c256"), "redis_master")), "", lambda v: True, 1)
+    for pct in OPENLOOP_PCTS:
+        row(f"open loop at {pct} % of the maximum: p99 from the intended send time, ms",
+            per_run(lambda res: (res.get(f"openloop_{pct}") or {}).get("p99")),
+            "≤ 10" if pct == 50 else "", (lambda v: v <= 10) if pct == 50 else (lambda v: True))
+    row("stampede: sold out after the opening, ms", per_run(lambda res: (res.get("stampede") or {})
+                                                             .get("sold_out_after_ms")), "≤ 150",
+        lambda v: v <= 150, 0)
+    if not rows:
+        return []
+    return ["## Speed-per-CPU goals (median of the per-run figures)", "",
+            "| figure | median | per run | goal | met |", "|---|---:|---|---|---|"] + rows + [""]
+
+
+PEER_PAIRS = [
+    # (ours, the peer's, field, what, higher is better)
+    ("live_all", "peer_live", "rps", "live sale, closed loop, 256 conns: purchases/s", True),
+    ("openloop_50", "peer_openloop_50", "p99", "open loop at 50 % of our maximum: p99 ms", False),
+    ("stampede", "peer_stampede", "sold_out_after_ms", "stampede: sold out after, ms", False),
+    ("soldout", "peer_soldout", "rps", "sold out (oha): answers/s", True),
+    ("product_json", "peer_product_json", "rps", "product JSON (oha): answers/s", True),
+]
+
+
+def peer_section(results, runs):
+    """Ours against the peer (`--peer`), each ratio within one run."""
+    if not any(k.startswith("peer_") for r in runs for k in results[r]):
+        return []
+    peer = next(m.get("peer") for r in runs for k, m in results[r].items() if k.startswith("peer_"))
+    lines = [f"## Against the peer ({peer}), same run, same tools", "",
+             "| measurement | ours | peer | ours / peer (per run) | better |", "|---|---:|---:|---|---|"]
+    for ours, theirs, field, label, higher in PEER_PAIRS:
+        a = [(results[r].get(ours) or {}).get(field) for r in runs]
+        b = [(results[r].get(theirs) or {}).get(field) for r in runs]
+        ratios = [x / y for x, y in zip(a, b) if x is not None and y]
+        if not ratios:
+            continue
+        mr = med(ratios)
+        better = "ours" if (mr > 1) == higher and mr != 1 else "peer"
+        lines.append(f"| {label} | {fmt_num(med([x for x in a if x is not None]), 2)} | "
+                     f"{fmt_num(med([y for y in b if y is not None]), 2)} | {fmt_num(mr, 2)} "
+                     f"({' '.join(fmt_num(v, 2) for v in ratios)}) | {better} |")
+    for ours, theirs, label in (("live_all", "peer_live", "CPU µs per purchase"),
+                                ("soldout", "peer_soldout", "CPU µs per sold-out answer")):
+        a = [cpu_us_per(results[r].get(ours), "server") for r in runs]
+        b = [cpu_us_per(results[r].get(theirs), "peer") for r in runs]
+        ratios = [x / y for x, y in zip(a, b) if x is not None and y]
+        if ratios:
+            lines.append(f"| {label} (server vs the peer's `--peer-pid` processes) | "
+                         f"{fmt_num(med([x for x in a if x is not None]), 1)} | "
+                         f"{fmt_num(med([y for y in b if y is not None]), 1)} | {fmt_num(med(ratios), 2)} | "
+                         f"{'ours' if med(ratios) < 1 else 'peer'} |")
+    return lines + [""]
 
 
 def render_summary(data):
@@ -1675,6 +1925,9 @@ def render_summary(data):
         lines.append(f"| {label} | {mv:.2f} | {' '.join(f'{v:.2f}' for v in vals)} | "
                      f"{'' if target is None else f'≥ {target}'} | {met} |")
     lines.append("")
+
+    lines += goals_section(results, runs)
+    lines += peer_section(results, runs)
 
     # The load-test targets that are not ratios.
     live = [results[r].get("live_all") for r in runs if results[r].get("live_all")]
@@ -1815,6 +2068,12 @@ def main():
                     help="perf record the server during each HTTP measurement of run 1 (raw/perf-*.txt)")
     ap.add_argument("--keep-bin", action="store_true",
                     help="keep the pinned binaries in <results>/bin (for perf report afterwards)")
+    ap.add_argument("--peer", metavar="URL",
+                    help="also measure a second implementation of the HTTP contract at URL (scenario peer)")
+    ap.add_argument("--peer-env", metavar="FILE",
+                    help="the peer's FLASHSALE_JWT_SECRET and FLASHSALE_ADMIN_TOKEN (NAME=value lines)")
+    ap.add_argument("--peer-pid", metavar="PID[,PID…]",
+                    help="the peer's processes, whose CPU (children included) is reported")
     ap.add_argument("--summary-from", help="re-render summary.md and latency.svg of a results dir")
     argv = sys.argv[1:]
     args = ap.parse_args(argv)
@@ -1826,8 +2085,15 @@ def main():
         plot.write_svg(data, d / "latency.svg")
         print((d / "summary.md").read_text())
         return 0
+    if args.peer and not args.peer_env:
+        ap.error("--peer needs --peer-env FILE (the peer's JWT secret and admin token)")
+    if "peer" in args.scenarios and not args.peer:
+        ap.error("scenario peer needs --peer URL")
+    if args.peer and "peer" not in args.scenarios:
+        # The peer is measured in every run, after our own scenarios.
+        args.scenarios = (args.scenarios or list(ALL_SCENARIOS)) + ["peer"]
     for sc in args.scenarios:
-        if sc not in ALL_SCENARIOS:
+        if sc not in ALL_SCENARIOS + ["peer"]:
             ap.error(f"unknown scenario {sc!r} (choose from {', '.join(ALL_SCENARIOS)})")
     if not 1 <= args.runs <= 50:
         ap.error("--runs must be 1..50")

@@ -2,6 +2,7 @@
 # run.sh — flashsale's load tests in one command (Debian, as root).
 #
 #   loadtest/run.sh [scenario…] [--runs N] [--quick] [--no-k6] [--ledger] [--worker-batch N] [--out DIR]
+#                   [--peer URL --peer-env FILE [--peer-pid PID,…]]
 #   loadtest/run.sh --install-only        # only install oha and k6
 #
 # Scenarios (default: all, in this order):
@@ -35,6 +36,13 @@
 # Every process it starts is stopped by PID on exit, Ctrl-C or SIGTERM.
 # --ledger: the worker records every order in an order ledger, a throw-away
 # PostgreSQL (pg_scratch, the test kit's; its CPU is a column of its own).
+# --peer URL: a second implementation of the HTTP contract, already running;
+# in every run, after ours, the same live sale, open loop (50 % of our
+# maximum), stampede, sold-out and product-JSON measurements against it, its
+# sales audited through its own `GET /admin/sales/{sku}/audit`, and a table
+# of ours / peer. --peer-env FILE holds the FLASHSALE_JWT_SECRET and
+# FLASHSALE_ADMIN_TOKEN it was started with; --peer-pid its PIDs, whose CPU
+# (children included) is then compared per request.
 #
 # Environment: LT_BUILD_PROFILE=debug uses target/debug (the smoke test does);
 # LT_NO_INSTALL=1 never installs, and fails when a tool is missing.

@@ -101,6 +101,11 @@ struct Args {
     /// is dropped (and counted).
     #[arg(long, default_value_t = 4096)]
     backlog: usize,
+    /// Width of the timeline's slots in ms (answers, those over 10 ms and
+    /// the slowest per slot; by intended send time in the open loop, by
+    /// send time in the closed loop).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    timeline_ms: u64,
     /// Stop sending after this many seconds (1..=600).
     #[arg(short = 'z', long, default_value_t = 10.0)]
     duration: f64,
@@ -148,6 +153,8 @@ struct Shared {
     issued: AtomicU64,
     max_requests: u64,
     timeout: Duration,
+    /// The timeline's slot width.
+    slot_ns: u64,
 }
 
 /// What one status saw.
@@ -166,19 +173,17 @@ struct Slot {
     max_us: u64,
 }
 
-/// The timeline's slot width.
-const SLOT_NS: u64 = 100_000_000;
-
 #[derive(Default)]
 struct TaskStats {
     by_status: BTreeMap<u16, StatusStats>,
     /// Open loop: from the actual send to the answer (the latency per
     /// status is from the intended send time).
     service: Option<Histogram<u64>>,
-    /// Open loop: per 100 ms of intended send time, the answers, those
-    /// over 10 ms from their intended time, and the slowest (µs) — to line
+    /// Per slot (`--timeline-ms`) of send time (open loop: intended send
+    /// time), the answers, those over 10 ms, and the slowest (µs) — to line
     /// stalls up with what the servers and Redis logged at that moment.
     timeline: Vec<Slot>,
+    slot_ns: u64,
     io_errors: u64,
     timeouts: u64,
     connect_errors: u64,
@@ -210,7 +215,20 @@ impl TaskStats {
         let latency_us = done_ns.saturating_sub(intended_ns) / 1000;
         let service_us = done_ns.saturating_sub(sent_ns.max(intended_ns)) / 1000;
         self.record(status, latency_us, done_ns / 1000);
-        let i = (intended_ns / SLOT_NS) as usize;
+        self.slot(intended_ns, latency_us);
+        self.service
+            .get_or_insert_with(latency_histogram)
+            .saturating_record(service_us.max(1));
+    }
+
+    /// One answer into the timeline, at `at_ns` from the start.
+    fn slot(&mut self, at_ns: u64, latency_us: u64) {
+        let width = if self.slot_ns == 0 {
+            100_000_000
+        } else {
+            self.slot_ns
+        };
+        let i = (at_ns / width) as usize;
         if self.timeline.len() <= i {
             self.timeline.resize(i + 1, Slot::default());
         }
@@ -218,9 +236,6 @@ impl TaskStats {
         slot.answers += 1;
         slot.over_10ms += u32::from(latency_us > 10_000);
         slot.max_us = slot.max_us.max(latency_us);
-        self.service
-            .get_or_insert_with(latency_histogram)
-            .saturating_record(service_us.max(1));
     }
 
     fn error(&mut self, what: String) {
@@ -472,7 +487,10 @@ async fn run_connection(
     go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
-    let mut stats = TaskStats::default();
+    let mut stats = TaskStats {
+        slot_ns: sh.slot_ns,
+        ..TaskStats::default()
+    };
     let (mut sender, mut rng, (start, deadline)) =
         ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
     tokio::time::sleep_until(start.into()).await;
@@ -488,6 +506,7 @@ async fn run_connection(
                 let lat = t1.duration_since(t0).as_micros() as u64;
                 let done = t1.saturating_duration_since(start).as_micros() as u64;
                 stats.record(status, lat, done);
+                stats.slot(t0.saturating_duration_since(start).as_nanos() as u64, lat);
             }
             Sent::NoConnection => tokio::time::sleep(Duration::from_millis(20)).await,
             Sent::Failed => {}
@@ -557,7 +576,10 @@ async fn run_open_connection(
     go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
-    let mut stats = TaskStats::default();
+    let mut stats = TaskStats {
+        slot_ns: sh.slot_ns,
+        ..TaskStats::default()
+    };
     let (mut sender, mut rng, (start, _)) =
         ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
     // Ends when the schedule has ended (its sender dropped) and the
@@ -667,6 +689,7 @@ fn run(args: Args) -> Result<(), String> {
         issued: AtomicU64::new(0),
         max_requests: args.requests,
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        slot_ns: args.timeline_ms * 1_000_000,
     });
 
     let n_tokens = sh.tokens.len();
@@ -764,6 +787,13 @@ fn run(args: Args) -> Result<(), String> {
         by_status.insert(code.to_string(), j);
     }
     let completed = overall.len();
+    let timeline = json!({
+        "slot_ms": args.timeline_ms,
+        "start_unix_ms": start_unix_ms,
+        "answers": stats.timeline.iter().map(|s| s.answers).collect::<Vec<_>>(),
+        "over_10ms": stats.timeline.iter().map(|s| s.over_10ms).collect::<Vec<_>>(),
+        "max_ms": stats.timeline.iter().map(|s| ms(s.max_us)).collect::<Vec<_>>(),
+    });
     let mode = if args.rate.is_some() {
         "open"
     } else {
@@ -792,6 +822,7 @@ fn run(args: Args) -> Result<(), String> {
         "latency": histogram_json(&overall),
         "by_status": by_status,
         "histogram_ms": buckets(&overall),
+        "timeline": timeline,
     });
     if let (Some(rate), Some(a)) = (args.rate, &arrivals) {
         let service = stats.service.clone().unwrap_or_else(latency_histogram);
@@ -807,13 +838,7 @@ fn run(args: Args) -> Result<(), String> {
             "latency_from": "intended send time",
             "service": histogram_json(&service),
             "schedule_lag": histogram_json(&a.lag),
-            "timeline": {
-                "slot_ms": SLOT_NS / 1_000_000,
-                "start_unix_ms": start_unix_ms,
-                "answers": stats.timeline.iter().map(|s| s.answers).collect::<Vec<_>>(),
-                "over_10ms": stats.timeline.iter().map(|s| s.over_10ms).collect::<Vec<_>>(),
-                "max_ms": stats.timeline.iter().map(|s| ms(s.max_us)).collect::<Vec<_>>(),
-            },
+            "timeline": timeline,
         });
         eprintln!(
             "loadgen {} open loop at {:.0} req/s (seed {}): {} arrivals, {} dropped (backlog {}); service time p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; the schedule's own lateness p50 {:.3} ms, p99 {:.3} ms; latencies below are from the intended send time",
@@ -945,9 +970,30 @@ mod tests {
         assert!(near(one.by_status[&200].hist.max(), 2));
         assert!(near(one.service.as_ref().map_or(0, |h| h.max()), 2));
 
-        // Merging keeps both histograms.
+        // The timeline (100 ms slots by default): all ten arrivals are in
+        // the first slot, nine of them over 10 ms, the slowest at 91 ms.
+        assert_eq!(stats.timeline.len(), 1);
+        assert_eq!(stats.timeline[0].answers, 10);
+        assert_eq!(stats.timeline[0].over_10ms, 9);
+        assert_eq!(stats.timeline[0].max_us, 91_000);
+
+        // Merging keeps both histograms and adds the timelines slot by slot.
         stats.merge(one);
         assert_eq!(stats.service.as_ref().map(|h| h.len()), Some(11));
         assert_eq!(stats.by_status.len(), 2);
+        assert_eq!(stats.timeline[0].answers, 11);
+        assert_eq!(stats.timeline[0].max_us, 91_000);
+
+        // Narrower slots (`--timeline-ms 10`) by intended time.
+        let mut narrow = TaskStats {
+            slot_ns: 10 * MS,
+            ..TaskStats::default()
+        };
+        narrow.record_open(202, 5 * MS, 5 * MS, 7 * MS);
+        narrow.record_open(202, 25 * MS, 30 * MS, 45 * MS);
+        let answers: Vec<u32> = narrow.timeline.iter().map(|s| s.answers).collect();
+        assert_eq!(answers, vec![1, 0, 1]);
+        assert_eq!(narrow.timeline[2].over_10ms, 1);
+        assert_eq!(narrow.timeline[2].max_us, 20_000);
     }
 }
