@@ -1196,9 +1196,14 @@ class Bench:
             max_rps, source = self.results[run]["openloop_max"]["rps"], "openloop_max"
         if not max_rps:
             raise Failure(f"openloop: no maximum rate ({source} measured {max_rps})")
-        for pct in OPENLOOP_PCTS:
+        # The 50 % load once more with the worker paused (SIGSTOP, as in
+        # `live_all_solo`): what the worker's own Redis work (reads, confirms,
+        # trims, all replicated) adds to the purchases' tail.
+        loads = [(pct, f"openloop_{pct}") for pct in OPENLOOP_PCTS] + [(OPENLOOP_K6_PCT,
+                                                                       f"openloop_{OPENLOOP_K6_PCT}_solo")]
+        for pct, name in loads:
+            solo = name.endswith("_solo")
             rate = max_rps * pct / 100
-            name = f"openloop_{pct}"
             sku = self.create_sale(self.sku("openloop", run), 100_000_000, 1_000_000)
             time.sleep(0.3)  # past the other instance's catalog cache
             out = self.raw / f"r{run}-{name}.json"
@@ -1209,13 +1214,28 @@ class Bench:
             meta = {"tool": "loadgen", "conns": CONNS, "sku": sku, "pct_of_max": pct,
                     "target_rps": rate, "max_rps": max_rps, "max_from": source}
             meta["quiet_wait_s"] = self.wait_quiet()
+            meta["worker_paused"] = solo
             marks = self.redis_marks(reset=True)
-            m = self.generate(run, name, cmd, self.dur + 90, lambda out=out: parse_loadgen(out), meta)
+            if solo:
+                self.procs.signal("worker", signal.SIGSTOP)
+            try:
+                m = self.generate(run, name, cmd, self.dur + 90, lambda out=out: parse_loadgen(out), meta)
+            finally:
+                if solo:
+                    self.procs.signal("worker", signal.SIGCONT)
             m["redis_events"] = self.redis_events(marks)
             m["stalls"] = stalls(m.get("timeline"))
+            scrapes = getattr(getattr(self, "scraper", None), "times", [])
+            for st in m["stalls"]:
+                # A scrape of either server that began within 300 ms before the slot.
+                st["scrape_ms_before"] = next((st["unix_ms"] - t for _, t, _ in reversed(scrapes)
+                                               if 0 <= st["unix_ms"] - t <= 300), None)
             if m["stalls"]:
                 log(f"run {run} {name}: stalls (100 ms slots with an answer > {STALL_MS} ms): "
-                    + ", ".join(f"{s['at']} {s['max_ms']:.0f} ms" for s in m["stalls"][:8]))
+                    + ", ".join(f"{s['at']} {s['max_ms']:.0f} ms"
+                                + (f" (a /metrics scrape {s['scrape_ms_before']} ms before)"
+                                   if s.get("scrape_ms_before") is not None else "")
+                                for s in m["stalls"][:8]))
             if any(m["redis_events"].values()):
                 log(f"run {run} {name}: redis {m['redis_events']}")
             self.check_sale(run, sku, accepted=m["status"].get("202", 0), note=name)
@@ -1501,6 +1521,7 @@ class Scraper:
 
     def __init__(self, ports, every):
         self.ports, self.every = ports, every
+        self.times = []
         self.done = threading.Event()
         self.t = threading.Thread(target=self.loop, daemon=True)
         self.t.start()
@@ -1508,10 +1529,13 @@ class Scraper:
     def loop(self):
         while not self.done.wait(self.every):
             for p in self.ports:
+                t0 = now_ms()
                 try:
                     http_call(p, "GET", "/metrics", timeout=5)
                 except OSError:
                     pass
+                # When each scrape ran (to line stalls up with): port, start, ms.
+                self.times.append((p, t0, now_ms() - t0))
 
     def stop(self):
         self.done.set()
@@ -1640,7 +1664,7 @@ EXPECTED = {
     "product_page": {"200"}, "product_json": {"200"}, "mixed_loadgen": {"200", "202"},
     "mixed_k6": {"200", "202"}, "bare_get": {"200"}, "bare_post": {"410"}, "bare_post_live_rate": {"410"},
     "openloop_max": {"202"}, "openloop_25": {"202"}, "openloop_50": {"202"}, "openloop_75": {"202"},
-    "openloop_k6_50": {"202"},
+    "openloop_k6_50": {"202"}, "openloop_50_solo": {"202"},
     "peer_live": {"202"}, "peer_openloop_50": {"202"}, "peer_stampede": {"202", "409", "410"},
     "peer_soldout": {"410"}, "peer_product_json": {"200"},
 }
@@ -1664,6 +1688,7 @@ ORDER = [
     ("openloop_50", "open loop 50 % of the maximum (loadgen; latency from the intended time)"),
     ("openloop_75", "open loop 75 % of the maximum (loadgen; latency from the intended time)"),
     ("openloop_k6_50", "open loop 50 % of the maximum (k6 constant-arrival-rate; from the actual send)"),
+    ("openloop_50_solo", "open loop 50 % of the maximum, worker paused (loadgen)"),
     ("stampede", "stampede: 1 000 units, distinct shoppers"),
     ("soldout", "sold-out path (oha, one shopper)"),
     ("product_page", "product page HTML /p/{sku}"),
@@ -1732,8 +1757,10 @@ def openloop_table(results):
     results = {str(k): v for k, v in results.items()}
     runs = sorted(results, key=int)
     rows = []
-    names = [f"openloop_{p}" for p in OPENLOOP_PCTS] + [f"openloop_k6_{OPENLOOP_K6_PCT}"]
-    for name in sorted(names, key=lambda n: (int(n.rsplit("_", 1)[1]), "k6" in n)):
+    names = [f"openloop_{p}" for p in OPENLOOP_PCTS] + [f"openloop_k6_{OPENLOOP_K6_PCT}",
+                                                        f"openloop_{OPENLOOP_K6_PCT}_solo"]
+    for name in sorted(names, key=lambda n: (int(n.split("_")[-2] if n.endswith("_solo") else n.split("_")[-1]),
+                                             "k6" in n, n.endswith("_solo"))):
         ms = [results[r][name] for r in runs if name in results[r]]
         if not ms:
             continue
@@ -1813,6 +1840,8 @@ def goals_section(results, runs):
         row(f"open loop at {pct} % of the maximum: p99 from the intended send time, ms",
             per_run(lambda res: (res.get(f"openloop_{pct}") or {}).get("p99")),
             "≤ 10" if pct == 50 else "", (lambda v: v <= 10) if pct == 50 else (lambda v: True))
+    row(f"open loop at {OPENLOOP_K6_PCT} %, worker paused: p99 from the intended send time, ms",
+        per_run(lambda res: (res.get(f"openloop_{OPENLOOP_K6_PCT}_solo") or {}).get("p99")), "", lambda v: True)
     row("stampede: sold out after the opening, ms", per_run(lambda res: (res.get("stampede") or {})
                                                              .get("sold_out_after_ms")), "≤ 150",
         lambda v: v <= 150, 0)
@@ -2039,7 +2068,8 @@ def render_summary(data):
                   "p99.9 ms | service p50 ms | service p99 ms | dropped | others' CPU (cores) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in ol:
-            lines.append(f"| {row['pct_of_max']} % | {row['tool']} | {fmt_num(row['max_rps'])} | "
+            paused = ", worker paused" if row["measurement"].endswith("_solo") else ""
+            lines.append(f"| {row['pct_of_max']} %{paused} | {row['tool']} | {fmt_num(row['max_rps'])} | "
                          f"{fmt_num(row['target_rps'])} | {fmt_num(row['sent_rps'])} | {fmt_num(row['rps'])} | "
                          f"{fmt_num(row['p50'], 2)} | "
                          f"{fmt_num(row['p99'], 2)} | {fmt_num(row['p999'], 2)} | "

@@ -109,7 +109,7 @@ runs = data["results"].get("1") or data["results"].get(1) or {}
 want = ["redis_benchmark_c50", "redis_benchmark_c256", "fcall_c50_wait0", "fcall_c50_wait2",
         "fcall_c256_wait0", "fcall_c256_wait2", "bare_get", "bare_post", "bare_post_live_rate",
         "live_all", "live_noack", "live_all_solo", "live_noack_solo",
-        "openloop_25", "openloop_50", "openloop_75", "openloop_k6_50",
+        "openloop_25", "openloop_50", "openloop_75", "openloop_k6_50", "openloop_50_solo",
         "stampede", "soldout", "product_page", "product_json", "mixed_loadgen", "mixed_k6",
         "workers_1", "workers_2", "workers_4",
         "peer_live", "peer_openloop_50", "peer_stampede", "peer_soldout", "peer_product_json"]
