@@ -1472,6 +1472,10 @@ class Bench:
         self.meta["worker_batch"] = self.args.worker_batch
         self.start_group()
         self.no_auto_rewrite()
+        self.meta["overrides"] = {
+            "auto-aof-rewrite-percentage": "0 (every node's AOF is rewritten between runs instead)",
+            "latency-monitor-threshold": f"{LATENCY_MONITOR_MS} (diagnostic only; shipped: 100)",
+        }
         if self.args.ledger:
             self.start_ledger()
         self.start_services()
@@ -1906,6 +1910,9 @@ def render_summary(data):
                  if meta.get("ledger") else "")
               + (f" The worker reads batches of {meta['worker_batch']} (`--worker-batch`)."
                  if meta.get("worker_batch") else ""), ""]
+    if meta.get("overrides"):
+        lines += ["Settings of the Redis nodes that differ from the shipped ones for this run: "
+                  + "; ".join(f"`{k}` {v}" for k, v in meta["overrides"].items()) + ".", ""]
     lines += ["Medians over the runs (each percentile is the median of the runs' percentiles). "
               "CPU seconds per process during the measurement, from /proc/PID/stat "
               "(generator: the load tool itself, from wait4). \"Others' CPU\": what the rest of the "
