@@ -400,17 +400,20 @@ async fn one(
 
 type Sender = SendRequest<Full<Bytes>>;
 
-/// A connection task's start: its connection (`None` if it could not be
-/// opened: counted), its request picker, and the clock, once every task
-/// is connected and the start is set.
+/// A connection task's start: its statistics, its connection (`None` if it
+/// could not be opened: counted), its request picker, and the clock, once
+/// every task is connected and the start is set.
 async fn ready(
     sh: &Shared,
     id: usize,
     barrier: &Barrier,
     go: &Barrier,
     start_at: &std::sync::OnceLock<(Instant, Instant)>,
-    stats: &mut TaskStats,
-) -> (Option<Sender>, Rng, (Instant, Instant)) {
+) -> (TaskStats, Option<Sender>, Rng, (Instant, Instant)) {
+    let mut stats = TaskStats {
+        slot_ns: sh.slot_ns,
+        ..TaskStats::default()
+    };
     let rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x1000_0000_01B3));
     let sender = match connect(sh).await {
         Ok(s) => Some(s),
@@ -423,7 +426,7 @@ async fn ready(
     barrier.wait().await;
     go.wait().await;
     let clock = *start_at.get().expect("start set before `go` opens");
-    (sender, rng, clock)
+    (stats, sender, rng, clock)
 }
 
 /// What became of one request.
@@ -487,12 +490,8 @@ async fn run_connection(
     go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
-    let mut stats = TaskStats {
-        slot_ns: sh.slot_ns,
-        ..TaskStats::default()
-    };
-    let (mut sender, mut rng, (start, deadline)) =
-        ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
+    let (mut stats, mut sender, mut rng, (start, deadline)) =
+        ready(&sh, id, &barrier, &go, &start_at).await;
     tokio::time::sleep_until(start.into()).await;
     loop {
         if Instant::now() >= deadline {
@@ -576,12 +575,8 @@ async fn run_open_connection(
     go: Arc<Barrier>,
     start_at: Arc<std::sync::OnceLock<(Instant, Instant)>>,
 ) -> TaskStats {
-    let mut stats = TaskStats {
-        slot_ns: sh.slot_ns,
-        ..TaskStats::default()
-    };
-    let (mut sender, mut rng, (start, _)) =
-        ready(&sh, id, &barrier, &go, &start_at, &mut stats).await;
+    let (mut stats, mut sender, mut rng, (start, _)) =
+        ready(&sh, id, &barrier, &go, &start_at).await;
     // Ends when the schedule has ended (its sender dropped) and the
     // backlog is empty.
     while let Ok(intended_ns) = rx.recv_async().await {
