@@ -730,14 +730,7 @@ impl RedisCluster {
 
     /// The certificates of a TLS cluster (`None`: plain TCP).
     pub fn tls_files(&self) -> Option<TlsFiles> {
-        self.opts.tls.then(|| {
-            let d = self.dir.join("tls");
-            TlsFiles {
-                ca: d.join("ca.crt"),
-                cert: d.join("client.crt"),
-                key: d.join("client.key"),
-            }
-        })
+        self.opts.tls.then(|| TlsFiles::in_dir(&self.dir))
     }
 
     /// How to reach the nodes: `default` with the password, and with a TLS

@@ -104,6 +104,17 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The CA and client files that `scripts/redis-certs.sh` writes into a
+    /// test group's or cluster's `tls/` directory.
+    pub fn in_dir(dir: &Path) -> Self {
+        let d = dir.join("tls");
+        Self {
+            ca: d.join("ca.crt"),
+            cert: d.join("client.crt"),
+            key: d.join("client.key"),
+        }
+    }
+
     /// The files read, as the product's TLS settings hold them.
     pub fn load(&self) -> std::sync::Arc<Tls> {
         let read = |p: &Path| {
@@ -467,14 +478,7 @@ impl RedisGroup {
 
     /// The certificates of a TLS group (`None`: the group is plain TCP).
     pub fn tls_files(&self) -> Option<TlsFiles> {
-        self.opts.tls.then(|| {
-            let d = self.dir.join("tls");
-            TlsFiles {
-                ca: d.join("ca.crt"),
-                cert: d.join("client.crt"),
-                key: d.join("client.key"),
-            }
-        })
+        self.opts.tls.then(|| TlsFiles::in_dir(&self.dir))
     }
 
     /// The password of ACL user `name` (`redis-group.sh --acl` wrote them
